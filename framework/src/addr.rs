@@ -1,0 +1,37 @@
+//! Address newtypes: a device address (IOVA) cannot be mixed up with a
+//! process pointer by accident.
+
+use std::fmt;
+
+/// An I/O virtual address: what a device puts on the bus for DMA. For memory
+/// from a [`crate::DmaRegion`] it is the pointer plus the region's constant
+/// offset (zero when the region is identity mapped).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct Iova(pub u64);
+
+impl Iova {
+    /// The raw bus address, as written into descriptors and commands.
+    #[inline(always)]
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The address `n` bytes further.
+    #[inline(always)]
+    pub const fn add(self, n: u64) -> Iova {
+        Iova(self.0.wrapping_add(n))
+    }
+}
+
+impl fmt::Debug for Iova {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Iova({:#x})", self.0)
+    }
+}
+
+impl fmt::Display for Iova {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}

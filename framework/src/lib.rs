@@ -1,0 +1,47 @@
+//! The fastlane framework: what every polling-mode driver stands on.
+//!
+//! - [`DmaRegion`]: hugepage memory mapped through the IOMMU once, with a
+//!   constant IOVA offset (zero when identity mapping fits the aperture).
+//! - [`BufferPool`] / [`DmaBuf`]: fixed-size DMA buffers that carry their IOVA.
+//! - [`Vfio`] / [`PciDevice`] / [`Mmio`]: devices through VFIO, config space,
+//!   bus mastering, BARs as volatile register blocks.
+//!
+//! ```no_run
+//! use fastlane_framework::{Vfio, BufferPool, PageSize};
+//! let vfio = Vfio::new()?;
+//! let dev = vfio.open("0000:00:04.0")?;
+//! dev.enable_dma()?;
+//! let bar0 = dev.map_bar(0)?;
+//! let pool = BufferPool::new(&vfio, 4096, 1024, PageSize::Huge2M)?;
+//! let buf = pool.alloc()?;
+//! println!("version {:#x}, buffer at {}", bar0.read32(0x08), buf.iova());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A buffer cannot be freed twice: freeing consumes the handle.
+//! ```compile_fail
+//! # use fastlane_framework::{BufferPool, PageSize};
+//! let pool = BufferPool::new_unmapped(64, 4, PageSize::Small).unwrap();
+//! let buf = pool.alloc().unwrap();
+//! pool.free(buf).unwrap();
+//! pool.free(buf).unwrap();
+//! ```
+
+pub mod addr;
+pub mod error;
+pub mod hugepage;
+pub mod iova;
+pub mod mmio;
+pub mod pci;
+pub mod pool;
+pub mod region;
+pub mod vfio;
+
+pub use addr::Iova;
+pub use error::{Error, Result};
+pub use hugepage::PageSize;
+pub use mmio::Mmio;
+pub use pci::{PciAddress, PciDevice};
+pub use pool::{BufferPool, DmaBuf, PoolCache, PoolError};
+pub use region::DmaRegion;
+pub use vfio::Vfio;

@@ -1,0 +1,467 @@
+//! Buffer pools: fixed-size DMA buffers carved from one region.
+//!
+//! The free list is a lock-free bounded queue (crossbeam `ArrayQueue`) of
+//! buffer indices; a [`PoolCache`] gives one thread a local stash that it
+//! refills and drains in bulk, as DPDK's per-lcore mempool caches do. Every
+//! [`DmaBuf`] knows its IOVA (`pointer + region offset`). A buffer is an
+//! owned handle: freeing consumes it, so a double free does not compile, and
+//! a buffer handed to another pool's cache comes back as an error.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam::queue::ArrayQueue;
+
+use crate::addr::Iova;
+use crate::error::{Error, Result};
+use crate::hugepage::PageSize;
+use crate::region::DmaRegion;
+use crate::vfio::Vfio;
+
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Errors of pool operations.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Every buffer is in use.
+    #[error("buffer pool exhausted")]
+    Empty,
+    /// The buffer belongs to another pool; it is handed back untouched.
+    #[error("buffer belongs to pool {found}, not pool {expected}")]
+    WrongPool {
+        expected: u64,
+        found: u64,
+        buf: DmaBuf,
+    },
+}
+
+/// A pool of equal-size DMA buffers. Cloning shares the pool.
+#[derive(Clone)]
+pub struct BufferPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    id: u64,
+    region: DmaRegion,
+    base: NonNull<u8>,
+    stride: usize,
+    buf_size: usize,
+    count: u32,
+    free: ArrayQueue<u32>,
+}
+
+// SAFETY: base points into `region`, which the pool owns; buffers are handed
+// out exclusively through the queue, so no two handles share a buffer.
+unsafe impl Send for PoolInner {}
+// SAFETY: as above; the queue is the only shared mutable state.
+unsafe impl Sync for PoolInner {}
+
+impl BufferPool {
+    /// `count` buffers of `buf_size` bytes in a new region of `page_size`
+    /// pages, mapped into `vfio`'s container. Buffers of 4 KiB and more are
+    /// 4 KiB aligned (one NVMe PRP page each); smaller ones 64-byte aligned.
+    pub fn new(vfio: &Vfio, buf_size: usize, count: u32, page_size: PageSize) -> Result<BufferPool> {
+        let (stride, total) = layout(buf_size, count)?;
+        let region = vfio.alloc_region(total, page_size)?;
+        Self::build(region, buf_size, stride, count)
+    }
+
+    /// Like [`BufferPool::new`] on memory no IOMMU maps (simulated devices).
+    pub fn new_unmapped(buf_size: usize, count: u32, page_size: PageSize) -> Result<BufferPool> {
+        let (stride, total) = layout(buf_size, count)?;
+        let region = DmaRegion::new_unmapped(total, page_size)?;
+        Self::build(region, buf_size, stride, count)
+    }
+
+    fn build(region: DmaRegion, buf_size: usize, stride: usize, count: u32) -> Result<BufferPool> {
+        let free = ArrayQueue::new(count as usize);
+        for i in 0..count {
+            let _ = free.push(i);
+        }
+        let base = NonNull::new(region.as_ptr())
+            .ok_or_else(|| Error::InvalidArgument("null region".into()))?;
+        Ok(BufferPool {
+            inner: Arc::new(PoolInner {
+                id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+                region,
+                base,
+                stride,
+                buf_size,
+                count,
+                free,
+            }),
+        })
+    }
+
+    /// A unique id, carried by every buffer of this pool.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Bytes per buffer.
+    pub fn buf_size(&self) -> usize {
+        self.inner.buf_size
+    }
+
+    /// Buffers in the pool.
+    pub fn capacity(&self) -> u32 {
+        self.inner.count
+    }
+
+    /// Buffers in the shared free list (not counting thread caches).
+    pub fn available(&self) -> usize {
+        self.inner.free.len()
+    }
+
+    /// The region the buffers live in.
+    pub fn region(&self) -> &DmaRegion {
+        &self.inner.region
+    }
+
+    /// One buffer from the shared free list.
+    pub fn alloc(&self) -> Result<DmaBuf, PoolError> {
+        self.inner.free.pop().map(|i| self.make(i)).ok_or(PoolError::Empty)
+    }
+
+    /// Returns a buffer; a buffer of another pool comes back in the error.
+    pub fn free(&self, buf: DmaBuf) -> Result<(), PoolError> {
+        self.check_owner(buf)?;
+        Ok(())
+    }
+
+    /// A per-thread cache holding up to `size` buffers locally.
+    pub fn cache(&self, size: usize) -> PoolCache {
+        let size = size.clamp(2, self.inner.count as usize);
+        PoolCache {
+            pool: self.clone(),
+            local: Vec::with_capacity(size),
+            size,
+        }
+    }
+
+    fn check_owner(&self, buf: DmaBuf) -> Result<DmaBuf, PoolError> {
+        if Arc::ptr_eq(&buf.pool, &self.inner) {
+            Ok(buf)
+        } else {
+            Err(PoolError::WrongPool {
+                expected: self.inner.id,
+                found: buf.pool.id,
+                buf,
+            })
+        }
+    }
+
+    #[inline]
+    fn make(&self, index: u32) -> DmaBuf {
+        // SAFETY: index < count, so the buffer lies inside the region (see layout).
+        let ptr = unsafe { self.inner.base.add(index as usize * self.inner.stride) };
+        DmaBuf {
+            pool: self.inner.clone(),
+            index,
+            ptr,
+        }
+    }
+}
+
+fn layout(buf_size: usize, count: u32) -> Result<(usize, usize)> {
+    if buf_size == 0 || count == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "pool of {count} buffers of {buf_size} bytes"
+        )));
+    }
+    let align = if buf_size >= 4096 { 4096 } else { 64 };
+    let stride = buf_size
+        .checked_next_multiple_of(align)
+        .ok_or_else(|| Error::InvalidArgument(format!("buffer size {buf_size}")))?;
+    let total = stride
+        .checked_mul(count as usize)
+        .ok_or_else(|| Error::InvalidArgument(format!("{count} buffers of {stride} bytes")))?;
+    Ok((stride, total))
+}
+
+/// A DMA buffer on loan from a pool; goes back to it when dropped.
+pub struct DmaBuf {
+    pool: Arc<PoolInner>,
+    index: u32,
+    ptr: NonNull<u8>,
+}
+
+// SAFETY: the handle owns its buffer exclusively (see PoolInner).
+unsafe impl Send for DmaBuf {}
+// SAFETY: shared handles only read through raw copies.
+unsafe impl Sync for DmaBuf {}
+
+impl DmaBuf {
+    /// Device address of the first byte: pointer plus the region's offset.
+    #[inline(always)]
+    pub fn iova(&self) -> Iova {
+        Iova((self.ptr.as_ptr() as u64).wrapping_add(self.pool.region.iova_offset()))
+    }
+
+    /// First byte, for raw access.
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Usable bytes.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.pool.buf_size
+    }
+
+    /// Never true: pools refuse zero-sized buffers.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Index of the buffer in its pool.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Id of the owning pool.
+    pub fn pool_id(&self) -> u64 {
+        self.pool.id
+    }
+
+    /// Copies `data` in at `offset`.
+    pub fn write(&mut self, offset: usize, data: &[u8]) -> Result<()> {
+        self.check(offset, data.len())?;
+        // SAFETY: in bounds; raw copy into memory this handle owns.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len()) };
+        Ok(())
+    }
+
+    /// Copies bytes at `offset` out into `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        self.check(offset, out.len())?;
+        // SAFETY: in bounds; raw copy out of memory this handle owns.
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Sets the whole buffer to `byte`.
+    pub fn fill(&mut self, byte: u8) {
+        // SAFETY: exactly the buffer's bytes.
+        unsafe { std::ptr::write_bytes(self.as_ptr(), byte, self.len()) };
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len() => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "{len} bytes at offset {offset} outside a {}-byte buffer",
+                self.len()
+            ))),
+        }
+    }
+}
+
+impl Drop for DmaBuf {
+    fn drop(&mut self) {
+        // Cannot fail: the queue holds every index and each is out once.
+        let _ = self.pool.free.push(self.index);
+    }
+}
+
+impl fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DmaBuf(pool {}, #{}, {})", self.pool.id, self.index, self.iova())
+    }
+}
+
+/// A thread's cache in front of a pool. Not shared: each thread makes its own.
+pub struct PoolCache {
+    pool: BufferPool,
+    local: Vec<u32>,
+    size: usize,
+}
+
+impl PoolCache {
+    /// One buffer, refilling half the cache from the pool when empty.
+    #[inline]
+    pub fn alloc(&mut self) -> Result<DmaBuf, PoolError> {
+        if self.local.is_empty() {
+            self.refill(self.size / 2);
+        }
+        let i = self.local.pop().ok_or(PoolError::Empty)?;
+        Ok(self.pool.make(i))
+    }
+
+    /// Exactly `n` buffers appended to `out`, or none and `Empty`.
+    pub fn alloc_bulk(&mut self, n: usize, out: &mut Vec<DmaBuf>) -> Result<(), PoolError> {
+        if self.local.len() < n {
+            self.refill(n - self.local.len() + self.size / 2);
+        }
+        if self.local.len() < n {
+            return Err(PoolError::Empty);
+        }
+        let from = self.local.len() - n;
+        out.extend(self.local.drain(from..).map(|i| self.pool.make(i)));
+        Ok(())
+    }
+
+    /// Returns a buffer to the local stash (spilling half when full).
+    #[inline]
+    pub fn free(&mut self, buf: DmaBuf) -> Result<(), PoolError> {
+        let buf = self.pool.check_owner(buf)?;
+        if self.local.len() >= self.size {
+            self.spill(self.size / 2);
+        }
+        self.local.push(buf.index);
+        std::mem::forget(buf);
+        Ok(())
+    }
+
+    /// Returns every buffer of `bufs`; buffers of other pools are left in it.
+    pub fn free_bulk(&mut self, bufs: &mut Vec<DmaBuf>) {
+        let mut foreign = Vec::new();
+        for b in bufs.drain(..) {
+            if let Err(PoolError::WrongPool { buf, .. }) = self.free(b) {
+                foreign.push(buf);
+            }
+        }
+        *bufs = foreign;
+    }
+
+    /// Buffers held in this cache.
+    pub fn cached(&self) -> usize {
+        self.local.len()
+    }
+
+    fn refill(&mut self, n: usize) {
+        for _ in 0..n {
+            match self.pool.inner.free.pop() {
+                Some(i) => self.local.push(i),
+                None => break,
+            }
+        }
+    }
+
+    fn spill(&mut self, n: usize) {
+        for _ in 0..n.min(self.local.len()) {
+            if let Some(i) = self.local.pop() {
+                let _ = self.pool.inner.free.push(i);
+            }
+        }
+    }
+}
+
+impl Drop for PoolCache {
+    fn drop(&mut self) {
+        self.spill(self.local.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn pool(n: u32) -> BufferPool {
+        BufferPool::new_unmapped(2048, n, PageSize::Small).unwrap()
+    }
+
+    #[test]
+    fn buffers_are_distinct_aligned_and_carry_their_iova() {
+        let p = pool(64);
+        let bufs: Vec<_> = (0..64).map(|_| p.alloc().unwrap()).collect();
+        let ptrs: HashSet<_> = bufs.iter().map(|b| b.as_ptr() as usize).collect();
+        assert_eq!(ptrs.len(), 64);
+        for b in &bufs {
+            assert_eq!(b.as_ptr() as usize % 64, 0);
+            assert_eq!(b.iova().get(), b.as_ptr() as u64 + p.region().iova_offset());
+        }
+        assert!(matches!(p.alloc(), Err(PoolError::Empty)));
+        drop(bufs);
+        assert_eq!(p.available(), 64);
+    }
+
+    #[test]
+    fn wrong_pool_is_refused_and_buffer_returned() {
+        let (a, b) = (pool(4), pool(4));
+        let mut cache = b.cache(4);
+        let buf = a.alloc().unwrap();
+        match cache.free(buf) {
+            Err(PoolError::WrongPool { buf, expected, found }) => {
+                assert_eq!((expected, found), (b.id(), a.id()));
+                a.free(buf).unwrap();
+            }
+            other => panic!("expected WrongPool, got {other:?}"),
+        }
+        assert_eq!(a.available(), 4);
+        assert_eq!(b.available(), 4);
+    }
+
+    #[test]
+    fn cache_bulk_is_all_or_nothing_and_returns_everything() {
+        let p = pool(40);
+        let mut c = p.cache(16);
+        let mut v = Vec::new();
+        c.alloc_bulk(32, &mut v).unwrap();
+        assert_eq!(v.len(), 32);
+        assert!(matches!(c.alloc_bulk(9, &mut v), Err(PoolError::Empty)));
+        assert_eq!(v.len(), 32);
+        c.free_bulk(&mut v);
+        assert!(v.is_empty());
+        drop(c);
+        assert_eq!(p.available(), 40);
+    }
+
+    #[test]
+    fn data_round_trips_and_bounds_are_checked() {
+        let p = pool(2);
+        let mut b = p.alloc().unwrap();
+        b.write(2040, b"12345678").unwrap();
+        let mut out = [0u8; 8];
+        b.read(2040, &mut out).unwrap();
+        assert_eq!(&out, b"12345678");
+        assert!(b.write(2041, b"12345678").is_err());
+        assert!(b.read(usize::MAX, &mut out).is_err());
+    }
+
+    #[test]
+    fn threads_share_a_pool_without_losing_buffers() {
+        let p = pool(256);
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut c = p.cache(32);
+                    let mut held = Vec::new();
+                    for i in 0..20_000u32 {
+                        if (i * 7 + t) % 3 != 0 {
+                            if let Ok(mut b) = c.alloc() {
+                                b.write(0, &i.to_le_bytes()).unwrap();
+                                held.push((b, i));
+                            }
+                        } else if let Some((b, v)) = held.pop() {
+                            let mut x = [0; 4];
+                            b.read(0, &mut x).unwrap();
+                            assert_eq!(u32::from_le_bytes(x), v, "buffer shared by two owners");
+                            c.free(b).unwrap();
+                        }
+                        if held.len() > 40 {
+                            held.clear();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(p.available(), 256);
+    }
+
+    #[test]
+    fn zero_sizes_are_rejected() {
+        assert!(BufferPool::new_unmapped(0, 4, PageSize::Small).is_err());
+        assert!(BufferPool::new_unmapped(64, 0, PageSize::Small).is_err());
+        assert!(BufferPool::new_unmapped(usize::MAX / 2, 4, PageSize::Small).is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! DMA regions: hugepage memory that a device reaches through the IOMMU.
+//!
+//! A region is mapped through VFIO exactly once, when it is created (or when
+//! the first device is opened, for a region made before any device). Its
+//! IOVA is then `pointer + offset` with one constant offset for the whole
+//! region, so no lookup is ever needed on the data path.
+//!
+//! The memory is shared with devices, so it is only touched through raw
+//! pointers (volatile or `copy_nonoverlapping`), never through Rust
+//! references: a device may write it at any time.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use memmap2::MmapMut;
+
+use crate::addr::Iova;
+use crate::error::{Error, Result};
+use crate::hugepage::{self, PageSize};
+use crate::vfio::Shared;
+
+/// A contiguous range of DMA-able memory. Cloning shares the same memory.
+#[derive(Clone)]
+pub struct DmaRegion {
+    pub(crate) inner: Arc<RegionInner>,
+}
+
+pub(crate) struct RegionInner {
+    ptr: NonNull<u8>,
+    len: usize,
+    page_size: PageSize,
+    /// `iova - va`, wrapping. Zero until mapped (and for unmapped regions).
+    offset: AtomicU64,
+    /// Where it is mapped, once it is.
+    pub(crate) iova: OnceLock<u64>,
+    /// The container it is (or will be) mapped into.
+    vfio: Option<Arc<Shared>>,
+    /// Owns the mapping; never dereferenced (see the module doc).
+    _map: MmapMut,
+}
+
+// SAFETY: the region is plain memory addressed through raw pointers; all
+// access goes through volatile/copy operations whose synchronisation is the
+// caller's protocol with the device (doorbells, descriptor ownership bits).
+unsafe impl Send for RegionInner {}
+// SAFETY: as above; the only interior mutability is atomics and a OnceLock.
+unsafe impl Sync for RegionInner {}
+
+impl DmaRegion {
+    /// Allocates `len` bytes (rounded up to whole pages) that no IOMMU maps:
+    /// its IOVA equals its address. For in-process simulated devices and
+    /// tests; real devices need [`crate::Vfio::alloc_region`].
+    pub fn new_unmapped(len: usize, page_size: PageSize) -> Result<DmaRegion> {
+        Self::allocate(len, page_size, None)
+    }
+
+    pub(crate) fn allocate(
+        len: usize,
+        page_size: PageSize,
+        vfio: Option<Arc<Shared>>,
+    ) -> Result<DmaRegion> {
+        let len = page_size
+            .round_up(len)
+            .ok_or_else(|| Error::InvalidArgument(format!("region of {len} bytes")))?;
+        let mut map = hugepage::map(len, page_size)?;
+        let ptr = NonNull::new(map.as_mut_ptr())
+            .ok_or_else(|| Error::InvalidArgument("mmap returned null".into()))?;
+        // SAFETY: ptr/len describe the mapping we own. MADV_DONTFORK keeps a
+        // fork from turning the pages the device holds into copy-on-write
+        // pages. Failure only loses that protection, so it is logged.
+        let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTFORK) };
+        if rc != 0 {
+            log::warn!("madvise(MADV_DONTFORK): {}", std::io::Error::last_os_error());
+        }
+        Ok(DmaRegion {
+            inner: Arc::new(RegionInner {
+                ptr,
+                len,
+                page_size,
+                offset: AtomicU64::new(0),
+                iova: OnceLock::new(),
+                vfio,
+                _map: map,
+            }),
+        })
+    }
+
+    /// First byte of the region.
+    #[inline]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.inner.ptr.as_ptr()
+    }
+
+    /// Length in bytes (whole pages).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.inner.len
+    }
+
+    /// Never true: a region has at least one page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The page size backing the region.
+    pub fn page_size(&self) -> PageSize {
+        self.inner.page_size
+    }
+
+    /// `iova - va` for this region (wrapping); zero when identity mapped.
+    #[inline]
+    pub fn iova_offset(&self) -> u64 {
+        self.inner.offset.load(Ordering::Relaxed)
+    }
+
+    /// Whether the region is mapped through an IOMMU yet.
+    pub fn is_mapped(&self) -> bool {
+        self.inner.iova.get().is_some()
+    }
+
+    /// Whether its IOVA equals its virtual address.
+    pub fn is_identity(&self) -> bool {
+        self.iova_offset() == 0
+    }
+
+    /// IOVA of the byte at `offset` into the region: a single add.
+    #[inline(always)]
+    pub fn iova_at(&self, offset: usize) -> Iova {
+        debug_assert!(offset <= self.inner.len);
+        Iova((self.as_ptr() as u64 + offset as u64).wrapping_add(self.iova_offset()))
+    }
+
+    /// IOVA of an arbitrary pointer, if it lies inside this region.
+    pub fn iova_of(&self, ptr: *const u8) -> Option<Iova> {
+        let off = (ptr as usize).checked_sub(self.as_ptr() as usize)?;
+        (off < self.inner.len).then(|| self.iova_at(off))
+    }
+
+    /// Copies `data` into the region at `offset`.
+    pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
+        self.check(offset, data.len())?;
+        // SAFETY: bounds checked above; raw copy, no reference to DMA memory.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
+        };
+        Ok(())
+    }
+
+    /// Copies bytes at `offset` out of the region into `out`.
+    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        self.check(offset, out.len())?;
+        // SAFETY: bounds checked above; raw copy, no reference to DMA memory.
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Sets `len` bytes at `offset` to `byte`.
+    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<()> {
+        self.check(offset, len)?;
+        // SAFETY: bounds checked above.
+        unsafe { std::ptr::write_bytes(self.as_ptr().add(offset), byte, len) };
+        Ok(())
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.inner.len => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "{len} bytes at offset {offset} outside a region of {} bytes",
+                self.inner.len
+            ))),
+        }
+    }
+}
+
+impl RegionInner {
+    pub(crate) fn va(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn align(&self) -> u64 {
+        self.page_size.bytes() as u64
+    }
+
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Records the IOVA chosen for the region; called once by the container.
+    pub(crate) fn set_iova(&self, iova: u64) {
+        self.offset.store(iova.wrapping_sub(self.va()), Ordering::Relaxed);
+        let _ = self.iova.set(iova);
+    }
+}
+
+impl Drop for RegionInner {
+    fn drop(&mut self) {
+        // Unmap from the IOMMU before the memory goes back to the system, so
+        // a device still pointing here faults instead of writing freed pages.
+        if let (Some(vfio), Some(&iova)) = (&self.vfio, self.iova.get()) {
+            vfio.unmap(iova, self.len, self.va());
+        }
+    }
+}
+
+impl std::fmt::Debug for DmaRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DmaRegion")
+            .field("va", &self.as_ptr())
+            .field("len", &self.len())
+            .field("page_size", &self.page_size())
+            .field("iova", &self.inner.iova.get().map(|i| Iova(*i)))
+            .finish()
+    }
+}

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Boot the fastlane test guest under QEMU (software emulation) and run one
+# guest script in it. The guest has real VFIO behind an emulated VT-d:
+#
+#   0000:00:04.0  NVMe controller (QEMU 1b36:0010), backed by .cache/vm/nvme.img
+#   0000:00:05.0  virtio-net-pci, modern only (1af4:1041)
+#   0000:01:00.0  igb (8086:10c9) behind root port 00:06.0
+#   0000:02:00.0  igb (8086:10c9) behind root port 00:07.0
+#
+# The three NICs share one QEMU hub, so frames sent by one arrive at the others.
+# The guest script's exit code becomes this script's exit code.
+#
+# Usage: see usage() below. Environment:
+#   FASTLANE_QEMU_EXTRA  extra QEMU arguments (split on whitespace)
+#   FASTLANE_NVME_DRIVE  replacement -drive value for the NVMe backend, e.g.
+#                        driver=null-co,read-zeroes=on,size=1G
+#                        (",if=none,id=d0" is added when missing)
+#   FASTLANE_VM_CACHE    cache directory (default: <repo>/.cache/vm)
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+cache="${FASTLANE_VM_CACHE:-$repo/.cache/vm}"
+nvme_img="$cache/nvme.img"           # recreated (empty, 256 MiB sparse) each run
+nvme_img_size=256M
+console_log="$cache/console.log"
+
+usage() {
+    cat <<EOF
+usage: vm/run.sh [--aw-bits 39|48] [--timeout SECONDS] [--mem 1G]
+                 [--bin PATH]... [--file PATH]... --script GUEST_SCRIPT
+
+Boots a QEMU q35 guest with an emulated Intel IOMMU, an NVMe controller, two
+igb NICs and a virtio-net NIC, runs GUEST_SCRIPT there with busybox sh and
+exits with its exit code.
+
+  --aw-bits N     IOMMU address width: 39 (default, 512 GiB IOVA) or 48
+  --timeout S     kill the guest after S seconds (default 600), exit 124
+  --mem SIZE      guest memory (default 1G)
+  --bin PATH      copy PATH to /bin/ in the guest (repeatable)
+  --file PATH     copy PATH to /opt/ in the guest (repeatable)
+  --script PATH   the guest script, run as 'sh /opt/guest-script.sh'
+
+In the guest: FASTLANE_NVME=0000:00:04.0 FASTLANE_IGB0=0000:01:00.0
+FASTLANE_IGB1=0000:02:00.0 FASTLANE_VIRTIO=0000:00:05.0 FASTLANE_IN_GUEST=1;
+vfio-pci is loaded, no hugepages are reserved, no device is bound;
+/usr/bin/hugepages.sh is the repo's hugepages.sh; the kernel nvme driver and
+its dependencies are in /lib/modules-extra/ (insmod them in the order listed
+in /lib/modules-extra/ORDER).
+
+Exit codes: the guest script's rc; 124 timeout; 125 no result marker (guest
+crashed or QEMU failed); 2 usage error.
+Console output is also written to $console_log.
+EOF
+}
+
+die() { echo "run.sh: $*" >&2; exit 2; }
+
+aw=39 timeout_s=600 mem=1G script=""
+bins=() files=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --aw-bits) aw="${2:?--aw-bits needs a value}"; shift 2 ;;
+        --timeout) timeout_s="${2:?--timeout needs a value}"; shift 2 ;;
+        --mem) mem="${2:?--mem needs a value}"; shift 2 ;;
+        --bin) bins+=("${2:?--bin needs a path}"); shift 2 ;;
+        --file) files+=("${2:?--file needs a path}"); shift 2 ;;
+        --script) script="${2:?--script needs a path}"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+[ -n "$script" ] || { usage >&2; die "--script is required"; }
+[ -f "$script" ] || die "guest script not found: $script"
+case "$aw" in 39|48) ;; *) die "--aw-bits must be 39 or 48, got $aw" ;; esac
+case "$timeout_s" in ''|*[!0-9]*) die "--timeout must be a number of seconds" ;; esac
+for f in "${bins[@]}" "${files[@]}"; do [ -f "$f" ] || die "file not found: $f"; done
+
+"$here/install-host.sh" >&2
+
+mkdir -p "$cache"
+# One guest at a time per cache: nvme.img, the initramfs and console.log are shared.
+exec 9>"$cache/run.lock"
+if ! flock -n 9; then
+    echo "run.sh: another guest is running with cache $cache, waiting" >&2
+    flock 9
+fi
+
+kdir="$cache/kernel"
+vmlinuz="$(ls "$kdir"/boot/vmlinuz-* | head -1)"
+kver="${vmlinuz##*/vmlinuz-}"
+moddir="$kdir/lib/modules/$kver"
+[ -d "$moddir" ] || die "no modules for kernel $kver in $moddir"
+
+# --- kernel modules -------------------------------------------------------
+# No depmod on the host: find a module's .ko.xz by name and read its
+# depends= field, and emit modules in dependency order (dependencies first).
+modcache="$cache/modules-$kver"
+mkdir -p "$modcache"
+declare -A seen=()
+
+mod_path() {            # name -> path of its .ko.xz ('-' and '_' are the same)
+    local dash under
+    dash="$(echo "$1" | tr _ -)"; under="$(echo "$1" | tr - _)"
+    find "$moddir/kernel" \( -name "$dash.ko.xz" -o -name "$under.ko.xz" \) -print -quit
+}
+
+mod_ko() {              # name -> decompressed .ko in the cache
+    local n="$1" src
+    if [ ! -f "$modcache/$n.ko" ]; then
+        src="$(mod_path "$n")"
+        [ -n "$src" ] || die "kernel module $n not found under $moddir"
+        xz -dc "$src" > "$modcache/$n.ko.tmp" && mv "$modcache/$n.ko.tmp" "$modcache/$n.ko"
+    fi
+    echo "$modcache/$n.ko"
+}
+
+mod_order() {           # name... -> names in load order
+    local n d deps
+    for n in "$@"; do
+        [ -z "${seen[$n]:-}" ] || continue
+        seen[$n]=1
+        deps="$(strings "$(mod_ko "$n")" | sed -n 's/^depends=//p' | head -1 | tr ',' ' ')"
+        for d in $deps; do mod_order "$d"; done
+        echo "$n"
+    done
+}
+
+boot_mods="$(seen=(); mod_order irqbypass vfio vfio_iommu_type1 vfio-pci-core vfio-pci)"
+extra_mods="$(seen=(); mod_order nvme-core nvme nvme-keyring)"
+
+# --- initramfs --------------------------------------------------------------
+root="$cache/initramfs-root"
+rm -rf "$root"
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,opt,mnt/huge,lib/modules-boot,lib/modules-extra}
+cp /bin/busybox "$root/bin/busybox"
+ln -s busybox "$root/bin/sh"
+mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+mknod -m 666 "$root/dev/null" c 1 3 2>/dev/null || true
+install -m 755 "$here/guest-init.sh" "$root/init"
+for m in $boot_mods; do cp "$(mod_ko "$m")" "$root/lib/modules-boot/$m.ko"; done
+for m in $extra_mods; do cp "$(mod_ko "$m")" "$root/lib/modules-extra/$m.ko"; done
+echo "$boot_mods" > "$root/lib/modules-boot/ORDER"
+echo "$extra_mods" > "$root/lib/modules-extra/ORDER"
+for f in "${bins[@]}"; do install -m 755 "$f" "$root/bin/$(basename "$f")"; done
+for f in "${files[@]}"; do cp "$f" "$root/opt/$(basename "$f")"; done
+[ -f "$repo/hugepages.sh" ] && install -m 755 "$repo/hugepages.sh" "$root/usr/bin/hugepages.sh"
+install -m 755 "$script" "$root/opt/guest-script.sh"
+initrd="$cache/initramfs.cpio.gz"
+(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "$initrd.tmp")
+mv "$initrd.tmp" "$initrd"
+
+# --- NVMe backend -----------------------------------------------------------
+rm -f "$nvme_img"
+truncate -s "$nvme_img_size" "$nvme_img"
+drive="${FASTLANE_NVME_DRIVE:-file=$nvme_img,format=raw}"
+case ",$drive," in *,id=*) ;; *) drive="$drive,id=d0" ;; esac
+case ",$drive," in *,if=*) ;; *) drive="$drive,if=none" ;; esac
+
+# --- QEMU -------------------------------------------------------------------
+qemu=(qemu-system-x86_64
+    -accel tcg,thread=multi -cpu max -m "$mem" -smp 2
+    -machine q35,kernel-irqchip=split
+    -device "intel-iommu,intremap=on,aw-bits=$aw"
+    -vga none -nic none
+    -drive "$drive"
+    -device nvme,serial=fastlane0001,drive=d0,addr=04.0
+    -netdev hubport,id=p2,hubid=0
+    -device virtio-net-pci,netdev=p2,addr=05.0,disable-legacy=on,romfile=
+    -device pcie-root-port,id=rp1,chassis=1,addr=06.0
+    -device pcie-root-port,id=rp2,chassis=2,addr=07.0
+    -netdev hubport,id=p0,hubid=0 -device igb,netdev=p0,bus=rp1
+    -netdev hubport,id=p1,hubid=0 -device igb,netdev=p1,bus=rp2
+    -kernel "$vmlinuz" -initrd "$initrd"
+    -append "console=ttyS0 intel_iommu=on quiet panic=-1 rdinit=/init"
+    -nographic -no-reboot)
+# shellcheck disable=SC2206  # word splitting is the interface
+[ -z "${FASTLANE_QEMU_EXTRA:-}" ] || qemu+=(${FASTLANE_QEMU_EXTRA})
+
+echo "run.sh: booting guest (aw-bits $aw, mem $mem, timeout ${timeout_s}s), console in $console_log" >&2
+start=$(date +%s)
+set +e
+timeout -k 5 "$timeout_s" "${qemu[@]}" </dev/null 2>&1 | sed -u 's/\r$//' | tee "$console_log"
+qrc=${PIPESTATUS[0]}
+set -e
+elapsed=$(( $(date +%s) - start ))
+
+if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+    echo "run.sh: TIMEOUT: guest still running after ${timeout_s}s, QEMU killed (see $console_log)" >&2
+    exit 124
+fi
+rc="$(sed -n 's/^.*FASTLANE-GUEST-RESULT rc=\([0-9][0-9]*\).*$/\1/p' "$console_log" | tail -1)"
+if [ -z "$rc" ]; then
+    echo "run.sh: FAIL: no FASTLANE-GUEST-RESULT marker (QEMU rc $qrc after ${elapsed}s; guest panic or QEMU error?), see $console_log" >&2
+    exit 125
+fi
+echo "run.sh: guest script exited with rc=$rc after ${elapsed}s" >&2
+exit "$rc"
