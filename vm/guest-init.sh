@@ -33,6 +33,8 @@ export FASTLANE_IGB1=0000:02:00.0
 export FASTLANE_VIRTIO=0000:00:05.0
 export FASTLANE_IN_GUEST=1
 export HOME=/tmp
+# FASTLANE_AW_BITS and FASTLANE_GUEST_ENV pairs, written by run.sh.
+[ -f /etc/fastlane.env ] && . /etc/fastlane.env
 
 cd /opt
 sh /opt/guest-script.sh

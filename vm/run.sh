@@ -15,6 +15,7 @@
 #   FASTLANE_NVME_DRIVE  replacement -drive value for the NVMe backend, e.g.
 #                        driver=null-co,read-zeroes=on,size=1G
 #                        (",if=none,id=d0" is added when missing)
+#   FASTLANE_GUEST_ENV   space-separated K=V pairs exported in the guest
 #   FASTLANE_VM_CACHE    cache directory (default: <repo>/.cache/vm)
 set -euo pipefail
 
@@ -146,6 +147,9 @@ for f in "${bins[@]}"; do install -m 755 "$f" "$root/bin/$(basename "$f")"; done
 for f in "${files[@]}"; do cp "$f" "$root/opt/$(basename "$f")"; done
 [ -f "$repo/hugepages.sh" ] && install -m 755 "$repo/hugepages.sh" "$root/usr/bin/hugepages.sh"
 install -m 755 "$script" "$root/opt/guest-script.sh"
+mkdir -p "$root/etc"
+{ echo "export FASTLANE_AW_BITS=$aw"
+  for kv in ${FASTLANE_GUEST_ENV:-}; do echo "export $kv"; done; } > "$root/etc/fastlane.env"
 initrd="$cache/initramfs.cpio.gz"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "$initrd.tmp")
 mv "$initrd.tmp" "$initrd"

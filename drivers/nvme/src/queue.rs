@@ -1,0 +1,428 @@
+//! Queue bookkeeping without device access (NVMe base spec 3.3.1,
+//! "Memory-based Transport Queue Model", and 4.6, "Completion Queue Entry"):
+//! submission queue tail and head indices, completion queue head and Phase
+//! Tag, and the command identifier table that maps a completion's CID back to
+//! the caller's request.
+//!
+//! Everything the device reports (`sq_head`, `cid`) is validated: a
+//! malformed completion is an error, never a panic or a wrong lookup.
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+
+use crate::spec::CompletionEntry;
+
+/// A device-reported value that does not fit the queue state, or a bad
+/// queue configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum QueueError {
+    /// Queues hold at least 2 entries.
+    #[error("queue size {size} is invalid (at least 2 entries)")]
+    InvalidSize { size: u16 },
+    /// A completion reported an SQ Head Pointer outside the entries
+    /// submitted and not yet consumed.
+    #[error(
+        "completion reported sq_head {sq_head}, outside [{head}, {tail}] of a {size}-entry queue"
+    )]
+    InvalidSqHead {
+        sq_head: u16,
+        head: u16,
+        tail: u16,
+        size: u16,
+    },
+}
+
+/// Submission queue ring: the host owns `tail` (written to the SQ Tail
+/// Doorbell), the controller reports `head` in every completion's SQHD. The
+/// queue is full when advancing the tail would make it equal the head, so a
+/// queue of `size` entries holds at most `size - 1` commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqRing {
+    tail: u16,
+    head: u16,
+    size: u16,
+}
+
+impl SqRing {
+    /// An empty ring of `size` entries (2..=65535).
+    pub fn new(size: u16) -> Result<Self, QueueError> {
+        if size < 2 {
+            return Err(QueueError::InvalidSize { size });
+        }
+        Ok(SqRing {
+            tail: 0,
+            head: 0,
+            size,
+        })
+    }
+
+    fn next(&self, i: u16) -> u16 {
+        if i + 1 == self.size {
+            0
+        } else {
+            i + 1
+        }
+    }
+
+    /// Ring distance from `from` forward to `to`.
+    fn distance(&self, from: u16, to: u16) -> u16 {
+        if to >= from {
+            to - from
+        } else {
+            self.size - from + to
+        }
+    }
+
+    /// Claim the slot at the tail for a new command and advance the tail;
+    /// `None` when the ring is full. Write the entry into the returned slot,
+    /// then ring the doorbell with [`Self::tail`].
+    pub fn push_slot(&mut self) -> Option<u16> {
+        let next = self.next(self.tail);
+        if next == self.head {
+            return None;
+        }
+        let slot = self.tail;
+        self.tail = next;
+        Some(slot)
+    }
+
+    /// Record the SQ Head Pointer from a completion entry. It must lie
+    /// between the last reported head and the tail (the controller cannot
+    /// have consumed entries that were never submitted); otherwise the ring
+    /// is left unchanged and an error returned.
+    pub fn update_head(&mut self, sq_head: u16) -> Result<(), QueueError> {
+        if sq_head >= self.size
+            || self.distance(self.head, sq_head) > self.distance(self.head, self.tail)
+        {
+            return Err(QueueError::InvalidSqHead {
+                sq_head,
+                head: self.head,
+                tail: self.tail,
+                size: self.size,
+            });
+        }
+        self.head = sq_head;
+        Ok(())
+    }
+
+    /// The value for the SQ Tail Doorbell.
+    pub fn tail(&self) -> u16 {
+        self.tail
+    }
+    /// The last head reported by the controller.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+    /// Entries in the ring.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+    /// Entries submitted and not yet reported consumed.
+    pub fn len(&self) -> u16 {
+        self.distance(self.head, self.tail)
+    }
+    /// No entries awaiting consumption.
+    pub fn is_empty(&self) -> bool {
+        self.head == self.tail
+    }
+    /// [`Self::push_slot`] would return `None`.
+    pub fn is_full(&self) -> bool {
+        self.next(self.tail) == self.head
+    }
+    /// Slots [`Self::push_slot`] can still hand out.
+    pub fn free_slots(&self) -> u16 {
+        self.size - 1 - self.len()
+    }
+}
+
+/// Completion queue ring: the host consumes entries at `head` while their
+/// Phase Tag equals the expected `phase`. The expected phase starts at 1
+/// (the queue memory is zeroed) and flips each time the head wraps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CqRing {
+    head: u16,
+    phase: bool,
+    size: u16,
+}
+
+impl CqRing {
+    /// A ring of `size` entries (2..=65535) over zeroed queue memory.
+    pub fn new(size: u16) -> Result<Self, QueueError> {
+        if size < 2 {
+            return Err(QueueError::InvalidSize { size });
+        }
+        Ok(CqRing {
+            head: 0,
+            phase: true,
+            size,
+        })
+    }
+
+    /// Whether an entry whose status field (Phase Tag in bit 0) is `status`
+    /// was posted in the current lap, i.e. is new.
+    pub fn is_new(&self, status: u16) -> bool {
+        (status & 1 != 0) == self.phase
+    }
+
+    /// [`Self::is_new`] for a whole entry.
+    pub fn is_new_entry(&self, entry: &CompletionEntry) -> bool {
+        self.is_new(entry.status)
+    }
+
+    /// Consume the entry at the head; flips the phase on wrap. Returns the
+    /// new head, the value for the CQ Head Doorbell.
+    pub fn advance(&mut self) -> u16 {
+        self.head += 1;
+        if self.head == self.size {
+            self.head = 0;
+            self.phase = !self.phase;
+        }
+        self.head
+    }
+
+    /// Slot of the next entry to examine; the CQ Head Doorbell value.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+    /// The Phase Tag a new entry at the head carries.
+    pub fn phase(&self) -> bool {
+        self.phase
+    }
+    /// Entries in the ring.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+}
+
+/// A completion named a command identifier that is not in flight: never
+/// issued, or already completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("completion for command id {cid}, which is not in flight")]
+pub struct UnknownCid {
+    pub cid: u16,
+}
+
+/// Command identifier allocator with a token per command in flight.
+///
+/// Capacity is fixed at construction and nothing allocates afterwards. Free
+/// identifiers are reused in FIFO order, so a late duplicate completion is
+/// unlikely to hit a recycled CID. CID 0xFFFF is never issued (the spec
+/// reserves it).
+#[derive(Debug)]
+pub struct CidTable<T> {
+    slots: Vec<Option<T>>,
+    free: VecDeque<u16>,
+}
+
+impl<T> CidTable<T> {
+    /// A table issuing CIDs `0..capacity`. For an I/O queue pair the useful
+    /// capacity is the SQ size minus one.
+    pub fn new(capacity: u16) -> Self {
+        let slots = (0..capacity).map(|_| None).collect();
+        let free = (0..capacity).collect();
+        CidTable { slots, free }
+    }
+
+    /// Issue a CID for `token`; `None` when all are in flight.
+    pub fn alloc(&mut self, token: T) -> Option<u16> {
+        let cid = self.free.pop_front()?;
+        self.slots[cid as usize] = Some(token);
+        Some(cid)
+    }
+
+    /// Retire `cid` and return its token; errors if `cid` is not in flight.
+    pub fn complete(&mut self, cid: u16) -> Result<T, UnknownCid> {
+        let token = self
+            .slots
+            .get_mut(cid as usize)
+            .and_then(Option::take)
+            .ok_or(UnknownCid { cid })?;
+        self.free.push_back(cid);
+        Ok(token)
+    }
+
+    /// The token of an in-flight `cid`.
+    pub fn get(&self, cid: u16) -> Option<&T> {
+        self.slots.get(cid as usize)?.as_ref()
+    }
+
+    /// Commands in flight.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+    /// Number of CIDs this table issues.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+    /// No command in flight.
+    pub fn is_empty(&self) -> bool {
+        self.in_flight() == 0
+    }
+    /// [`Self::alloc`] would return `None`.
+    pub fn is_full(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// Retire every command in flight (controller reset, queue deletion),
+    /// yielding `(cid, token)` pairs. CIDs not yet yielded stay in flight if
+    /// the iterator is dropped early.
+    pub fn drain(&mut self) -> impl Iterator<Item = (u16, T)> + '_ {
+        let free = &mut self.free;
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(move |(cid, slot)| {
+                let token = slot.take()?;
+                // cid < capacity <= u16::MAX by construction.
+                let cid = cid as u16;
+                free.push_back(cid);
+                Some((cid, token))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sq_full_empty_and_wrap() {
+        assert_eq!(SqRing::new(1), Err(QueueError::InvalidSize { size: 1 }));
+        let mut sq = SqRing::new(4).unwrap();
+        assert!(sq.is_empty());
+        assert_eq!(sq.free_slots(), 3);
+        assert_eq!(
+            (sq.push_slot(), sq.push_slot(), sq.push_slot()),
+            (Some(0), Some(1), Some(2))
+        );
+        assert!(sq.is_full());
+        assert_eq!(sq.push_slot(), None);
+        assert_eq!(sq.tail(), 3);
+        assert_eq!(sq.len(), 3);
+
+        sq.update_head(2).unwrap();
+        assert_eq!(sq.free_slots(), 2);
+        assert_eq!(
+            (sq.push_slot(), sq.push_slot(), sq.push_slot()),
+            (Some(3), Some(0), None)
+        );
+        assert_eq!(sq.tail(), 1);
+        assert_eq!(sq.len(), 3);
+        sq.update_head(1).unwrap(); // wrapped head
+        assert!(sq.is_empty());
+
+        // Many laps: the slot sequence is 0,1,2,3,0,... and never overruns.
+        let mut sq = SqRing::new(8).unwrap();
+        for i in 0..100u32 {
+            assert_eq!(sq.push_slot(), Some((i % 8) as u16));
+            sq.update_head(sq.tail()).unwrap();
+        }
+    }
+
+    #[test]
+    fn sq_invalid_head() {
+        let mut sq = SqRing::new(8).unwrap();
+        for _ in 0..3 {
+            sq.push_slot();
+        }
+        // Out of range.
+        assert!(matches!(
+            sq.update_head(8),
+            Err(QueueError::InvalidSqHead { sq_head: 8, .. })
+        ));
+        assert!(sq.update_head(u16::MAX).is_err());
+        // In range but beyond the tail: never submitted.
+        assert!(sq.update_head(4).is_err());
+        assert!(sq.update_head(7).is_err());
+        assert_eq!((sq.head(), sq.tail()), (0, 3));
+        // Repeating the current head and moving up to the tail are fine.
+        sq.update_head(0).unwrap();
+        sq.update_head(2).unwrap();
+        sq.update_head(3).unwrap();
+        // Going backwards is not.
+        assert!(sq.update_head(2).is_err());
+        assert_eq!(sq.head(), 3);
+    }
+
+    #[test]
+    fn cq_phase_flips_over_laps() {
+        assert!(CqRing::new(0).is_err());
+        let size = 4u16;
+        let mut cq = CqRing::new(size).unwrap();
+        // Zeroed memory: phase 0 entries are old in the first lap.
+        assert!(!cq.is_new(0));
+        assert!(cq.is_new(1));
+        for lap in 0..5u32 {
+            let phase = lap % 2 == 0;
+            for slot in 0..size {
+                assert_eq!((cq.head(), cq.phase()), (slot, phase));
+                assert!(cq.is_new(phase as u16 | 0xFFFE));
+                assert!(!cq.is_new(!phase as u16));
+                let next = cq.advance();
+                assert_eq!(next, (slot + 1) % size);
+            }
+            assert_eq!(cq.phase(), !phase);
+        }
+        // After an odd number of laps the expected phase is 0 again.
+        assert!(!cq.phase());
+        let old = CompletionEntry {
+            status: 1,
+            ..Default::default()
+        };
+        let new = CompletionEntry {
+            status: 0,
+            ..Default::default()
+        };
+        assert!(!cq.is_new_entry(&old));
+        assert!(cq.is_new_entry(&new));
+    }
+
+    #[test]
+    fn cid_table_alloc_complete() {
+        let mut t = CidTable::new(3);
+        assert!(t.is_empty());
+        let a = t.alloc("a").unwrap();
+        let b = t.alloc("b").unwrap();
+        let c = t.alloc("c").unwrap();
+        assert!(t.is_full());
+        assert_eq!(t.alloc("d"), None);
+        assert_eq!(t.get(b), Some(&"b"));
+        assert_eq!(t.complete(b), Ok("b"));
+        // Duplicate completion.
+        assert_eq!(t.complete(b), Err(UnknownCid { cid: b }));
+        // Never issued, and out of range.
+        assert_eq!(t.complete(3), Err(UnknownCid { cid: 3 }));
+        assert_eq!(t.complete(u16::MAX), Err(UnknownCid { cid: u16::MAX }));
+        assert_eq!(t.get(u16::MAX), None);
+        // FIFO reuse: b comes back only after nothing else is free.
+        let d = t.alloc("d").unwrap();
+        assert_eq!(d, b);
+        assert_eq!(t.complete(a), Ok("a"));
+        assert_eq!(t.complete(c), Ok("c"));
+        let e = t.alloc("e").unwrap();
+        assert_eq!(e, a);
+        assert_eq!(t.in_flight(), 2);
+
+        let mut drained: Vec<_> = t.drain().collect();
+        drained.sort();
+        assert_eq!(drained, [(a, "e"), (b, "d")]);
+        assert!(t.is_empty());
+        assert_eq!(t.capacity(), 3);
+        assert_eq!(t.complete(a), Err(UnknownCid { cid: a }));
+        for _ in 0..3 {
+            assert!(t.alloc("x").is_some());
+        }
+    }
+
+    #[test]
+    fn cid_table_fresh_is_unknown() {
+        let mut t: CidTable<u32> = CidTable::new(0);
+        assert_eq!(t.alloc(1), None);
+        assert_eq!(t.complete(0), Err(UnknownCid { cid: 0 }));
+        let mut t: CidTable<u32> = CidTable::new(16);
+        for cid in 0..=20 {
+            assert_eq!(t.complete(cid), Err(UnknownCid { cid }));
+        }
+    }
+}
