@@ -157,7 +157,7 @@ mv "$initrd.tmp" "$initrd"
 # --- NVMe backend -----------------------------------------------------------
 rm -f "$nvme_img"
 truncate -s "$nvme_img_size" "$nvme_img"
-drive="${FASTLANE_NVME_DRIVE:-file=$nvme_img,format=raw}"
+drive="${FASTLANE_NVME_DRIVE:-file=$nvme_img,format=raw,discard=unmap}"
 case ",$drive," in *,id=*) ;; *) drive="$drive,id=d0" ;; esac
 case ",$drive," in *,if=*) ;; *) drive="$drive,if=none" ;; esac
 

@@ -1,9 +1,37 @@
 //! NVMe polling-mode driver for the fastlane userspace driver framework.
 //!
 //! `spec` declares every NVMe register and structure once, `queue` holds the
-//! pure submission/completion ring and command-id logic, and `prp` builds
-//! PRP entries and lists from IOVAs.
+//! pure submission/completion ring and command-id logic, `prp` builds PRP
+//! entries and lists from IOVAs, `ring` puts a queue pair in DMA memory,
+//! `controller` brings the device up and owns the admin queue, `qpair` is
+//! the per-thread I/O path.
+//!
+//! ```no_run
+//! use fastlane_framework::{BufferPool, PageSize, Vfio};
+//! use fastlane_nvme::{Controller, Options};
+//! let vfio = Vfio::new()?;
+//! let ctrl = Controller::open(&vfio, "0000:00:04.0", Options::default())?;
+//! let ns = ctrl.namespaces()[0];
+//! let pool = BufferPool::new(&vfio, 4096, 64, PageSize::Huge2M)?;
+//! let mut qp = ctrl.create_qpair(64)?;
+//! qp.read(ns.id, 0, 4096 / ns.block_size, pool.alloc()?, 7).map_err(|r| r.error)?;
+//! qp.submit();
+//! let mut done = 0;
+//! while done == 0 {
+//!     done += qp.poll(16, |c| assert!(c.result.is_ok() && c.tag == 7));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+pub mod controller;
+pub mod error;
 pub mod prp;
+pub mod pattern;
+pub mod qpair;
 pub mod queue;
+mod ring;
 pub mod spec;
+
+pub use controller::{Controller, ControllerInfo, Namespace, Options};
+pub use error::{NvmeError, Rejected, Result};
+pub use qpair::{Completion, IoQueuePair, QpairStats};

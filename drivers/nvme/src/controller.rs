@@ -1,0 +1,435 @@
+//! Controller bring-up, the admin queue, namespaces, reset and shutdown
+//! (NVMe base specification: "Controller Initialization", "Resets",
+//! "Shutdown"). I/O queue pairs live in `qpair`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use fastlane_framework::{DmaBuf, DmaRegion, Mmio, PageSize, PciDevice, Vfio};
+
+use crate::error::{NvmeError, Result};
+use crate::qpair::IoQueuePair;
+use crate::ring::{Layout, Ring};
+use crate::spec::{
+    self, active_ns_ids, reg, Cap, Cc, CompletionEntry, Csts, IdentifyController,
+    IdentifyNamespace, NumQueues, Shutdown, ShutdownStatus, SubmissionEntry, Version,
+};
+
+/// Memory page size the driver programs into CC.MPS (4 KiB).
+pub const PAGE_SIZE: usize = 4096;
+const ADMIN_ENTRIES: u16 = 32;
+/// How long an admin command may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+const NVME_CLASS: u32 = 0x01_08_02;
+
+/// Where queue memory comes from: the VFIO container of a real device, or
+/// unmapped memory for an in-process device model (IOVA == VA).
+#[derive(Clone)]
+pub(crate) enum Memory {
+    Vfio(Vfio),
+    Unmapped,
+}
+
+impl Memory {
+    pub fn region(&self, len: usize) -> Result<DmaRegion> {
+        Ok(match self {
+            Memory::Vfio(v) => v.alloc_region(len, PageSize::Huge2M)?,
+            Memory::Unmapped => DmaRegion::new_unmapped(len, PageSize::Small)?,
+        })
+    }
+}
+
+/// Controller options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// I/O queue pairs to ask the controller for.
+    pub io_queues: u16,
+    /// How long an I/O command may be outstanding before it is aborted.
+    pub io_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            io_queues: 8,
+            io_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An active namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub id: u32,
+    /// Size in logical blocks (NSZE).
+    pub blocks: u64,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+}
+
+/// What Identify Controller said, in readable form.
+#[derive(Clone, Debug)]
+pub struct ControllerInfo {
+    pub vendor_id: u16,
+    pub serial: String,
+    pub model: String,
+    pub firmware: String,
+    pub version: Version,
+    /// Largest transfer in bytes (MDTS), capped by what one PRP list page allows.
+    pub max_transfer: usize,
+    pub max_queue_entries: u32,
+    pub io_queues: u16,
+    pub supports_write_zeroes: bool,
+    pub supports_dsm: bool,
+    pub raw: Box<IdentifyController>,
+}
+
+/// An NVMe controller. Share it (it is `Sync`) and make one
+/// [`IoQueuePair`] per thread with [`Controller::create_qpair`].
+pub struct Controller {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub regs: Mmio,
+    pub cap: Cap,
+    pub mem: Memory,
+    pub admin: Mutex<Admin>,
+    /// Bumped by every reset; queue pairs compare it to notice one.
+    pub generation: AtomicU64,
+    pub info: ControllerInfo,
+    pub namespaces: Vec<Namespace>,
+    pub options: Options,
+    _device: Option<PciDevice>,
+}
+
+pub(crate) struct Admin {
+    ring: Ring,
+    /// Which I/O queue ids are taken.
+    qids: Vec<bool>,
+}
+
+impl Controller {
+    /// Opens the NVMe controller at `addr` (bound to vfio-pci) and brings it
+    /// up: reset, admin queue, identify, namespaces, number of queues.
+    pub fn open(vfio: &Vfio, addr: &str, options: Options) -> Result<Controller> {
+        let dev = vfio.open(addr)?;
+        let class = dev.class_code()?;
+        if class != NVME_CLASS {
+            return Err(NvmeError::NotNvme {
+                addr: dev.address().to_string(),
+                class,
+            });
+        }
+        dev.enable_dma()?;
+        let regs = dev.map_bar(0)?;
+        Self::init(regs, Memory::Vfio(vfio.clone()), Some(dev), options)
+    }
+
+    /// Brings up a controller whose registers are `regs` and whose memory is
+    /// unmapped (IOVA == VA): for the in-process model in `sim`.
+    pub fn with_registers(regs: Mmio, options: Options) -> Result<Controller> {
+        Self::init(regs, Memory::Unmapped, None, options)
+    }
+
+    fn init(regs: Mmio, mem: Memory, device: Option<PciDevice>, options: Options) -> Result<Controller> {
+        if regs.len() < reg::DOORBELL_BASE + 8 {
+            return Err(NvmeError::Malformed("BAR0 smaller than the admin doorbells"));
+        }
+        let cap = Cap(regs.read64(reg::CAP));
+        if !cap.supports_nvm_command_set() {
+            return Err(NvmeError::NoNvmCommandSet);
+        }
+        if cap.min_page_size() > PAGE_SIZE {
+            return Err(NvmeError::Malformed("CAP.MPSMIN above 4 KiB"));
+        }
+        let entries = ADMIN_ENTRIES.min(cap.max_queue_entries().min(4096) as u16).max(2);
+        let layout = Layout::new(entries, 2 * PAGE_SIZE);
+        let region = mem.region(layout.total)?;
+        let ring = Ring::new(region, layout, entries, 0, cap.dstrd(), regs.clone())?;
+        let mut admin = Admin { ring, qids: Vec::new() };
+        enable(&regs, cap, &admin.ring)?;
+
+        // Identify Controller and namespaces into the admin ring's extra page.
+        let data = admin.ring.extra_iova();
+        admin.execute(&regs, cap, SubmissionEntry::identify_controller(data))?;
+        let idc = IdentifyController::from_bytes(&admin.extra(PAGE_SIZE))
+            .ok_or(NvmeError::Malformed("identify controller"))?;
+        let info_max = max_transfer(&idc);
+        admin.execute(&regs, cap, SubmissionEntry::identify_active_ns_list(0, data))?;
+        let ids: Vec<u32> = active_ns_ids(&admin.extra(PAGE_SIZE)).take(1024).collect();
+        let mut namespaces = Vec::new();
+        for id in ids {
+            admin.execute(&regs, cap, SubmissionEntry::identify_namespace(id, data))?;
+            let ns = IdentifyNamespace::from_bytes(&admin.extra(PAGE_SIZE))
+                .ok_or(NvmeError::Malformed("identify namespace"))?;
+            let block_size = ns.lba_size().ok_or(NvmeError::Malformed("LBA format"))?;
+            namespaces.push(Namespace {
+                id,
+                blocks: ns.nsze,
+                block_size,
+            });
+        }
+        let granted = set_num_queues(&mut admin, &regs, cap, options.io_queues)?;
+        admin.qids = vec![false; granted as usize + 1];
+        let info = ControllerInfo {
+            vendor_id: idc.vid,
+            serial: idc.serial(),
+            model: idc.model(),
+            firmware: idc.firmware(),
+            version: Version(regs.read32(reg::VS)),
+            max_transfer: info_max,
+            max_queue_entries: cap.max_queue_entries(),
+            io_queues: granted,
+            supports_write_zeroes: idc.supports_write_zeroes(),
+            supports_dsm: idc.supports_dsm(),
+            raw: Box::new(idc),
+        };
+        Ok(Controller {
+            inner: Arc::new(Inner {
+                regs,
+                cap,
+                mem,
+                admin: Mutex::new(admin),
+                generation: AtomicU64::new(0),
+                info,
+                namespaces,
+                options,
+                _device: device,
+            }),
+        })
+    }
+
+    /// Identify data and limits.
+    pub fn info(&self) -> &ControllerInfo {
+        &self.inner.info
+    }
+
+    /// Active namespaces.
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.inner.namespaces
+    }
+
+    /// The namespace with id `nsid`.
+    pub fn namespace(&self, nsid: u32) -> Result<Namespace> {
+        self.inner
+            .namespaces
+            .iter()
+            .find(|n| n.id == nsid)
+            .copied()
+            .ok_or(NvmeError::InvalidNamespace(nsid))
+    }
+
+    /// A new I/O queue pair of `depth` entries (2..=MQES+1) for one thread.
+    pub fn create_qpair(&self, depth: u16) -> Result<IoQueuePair> {
+        IoQueuePair::create(self.inner.clone(), depth)
+    }
+
+    /// Resets the controller (CC.EN 1 → 0 → 1) and rebuilds the admin
+    /// queue. Queue pairs notice on their next call: their outstanding
+    /// commands complete with [`NvmeError::Reset`] and their queues are
+    /// created again, after which I/O continues.
+    pub fn reset(&self) -> Result<()> {
+        let seen = self.inner.generation.load(Ordering::Acquire);
+        self.inner.reset_if(seen)
+    }
+
+    /// Resets performed so far.
+    pub fn resets(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// The controller status register, for diagnostics.
+    pub fn csts(&self) -> Csts {
+        Csts(self.inner.regs.read32(reg::CSTS))
+    }
+
+    /// Runs one admin command synchronously (for tools and tests); `data`
+    /// receives up to 4 KiB the command returns.
+    pub fn admin_command(&self, cmd: SubmissionEntry, data: Option<&mut [u8]>) -> Result<CompletionEntry> {
+        let mut admin = self.inner.lock_admin();
+        let mut cmd = cmd;
+        if data.is_some() {
+            cmd.prp1 = admin.ring.extra_iova();
+            cmd.prp2 = 0;
+        }
+        let c = admin.execute(&self.inner.regs, self.inner.cap, cmd)?;
+        if let Some(out) = data {
+            let n = out.len().min(PAGE_SIZE);
+            out[..n].copy_from_slice(&admin.extra(n));
+        }
+        Ok(c)
+    }
+}
+
+impl Controller {
+    /// Runs one admin command whose data goes to (or comes from) `buf`,
+    /// addressed by the buffer's IOVA: pointer plus its region's offset.
+    pub fn admin_command_buf(&self, mut cmd: SubmissionEntry, buf: &DmaBuf) -> Result<CompletionEntry> {
+        if buf.len() < PAGE_SIZE || buf.iova().get() % PAGE_SIZE as u64 != 0 {
+            return Err(NvmeError::InvalidArgument("admin data needs a 4 KiB aligned 4 KiB buffer".into()));
+        }
+        cmd.prp1 = buf.iova().get();
+        cmd.prp2 = 0;
+        self.inner.lock_admin().execute(&self.inner.regs, self.inner.cap, cmd)
+    }
+}
+
+impl Inner {
+    pub fn lock_admin(&self) -> MutexGuard<'_, Admin> {
+        // State behind the lock stays consistent across a panic elsewhere.
+        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resets unless someone else already did since generation `seen`.
+    pub fn reset_if(&self, seen: u64) -> Result<()> {
+        let mut admin = self.lock_admin();
+        if self.generation.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        // Queue pairs stop trusting their queues from here on.
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        log::warn!("resetting NVMe controller");
+        admin.ring.reinit()?;
+        enable(&self.regs, self.cap, &admin.ring)?;
+        let granted = set_num_queues(&mut admin, &self.regs, self.cap, self.options.io_queues)?;
+        if (granted as usize + 1) < admin.qids.len() {
+            log::warn!("controller granted fewer queues after reset: {granted}");
+        }
+        // Queue ids stay with their queue pairs, which recreate them.
+        Ok(())
+    }
+}
+
+impl Admin {
+    /// Submits one admin command and polls for its completion.
+    pub fn execute(&mut self, regs: &Mmio, cap: Cap, mut cmd: SubmissionEntry) -> Result<CompletionEntry> {
+        cmd.set_cid(self.ring.sq.tail());
+        if !self.ring.push(&cmd) {
+            return Err(NvmeError::QueueFull);
+        }
+        self.ring.ring_sq();
+        let start = Instant::now();
+        let timeout = ADMIN_TIMEOUT.max(cap.timeout());
+        loop {
+            if let Some(c) = self.ring.pop() {
+                self.ring.ring_cq();
+                self.ring.sq.update_head(c.sq_head)?;
+                if c.cid != cmd.cid() {
+                    log::warn!("admin completion for unknown cid {} (expected {})", c.cid, cmd.cid());
+                    continue;
+                }
+                c.status().result()?;
+                return Ok(c);
+            }
+            if start.elapsed() > timeout {
+                return Err(NvmeError::Timeout {
+                    what: "admin command",
+                    after: timeout,
+                });
+            }
+            if Csts(regs.read32(reg::CSTS)).cfs() {
+                return Err(NvmeError::ControllerFatal);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn extra(&self, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        let _ = self.ring.region.read(self.ring.layout.extra_off, &mut v);
+        v
+    }
+
+    pub fn take_qid(&mut self) -> Option<u16> {
+        let i = self.qids.iter().skip(1).position(|used| !used)? + 1;
+        self.qids[i] = true;
+        Some(i as u16)
+    }
+
+    pub fn release_qid(&mut self, qid: u16) {
+        if let Some(q) = self.qids.get_mut(qid as usize) {
+            *q = false;
+        }
+    }
+
+    pub fn granted(&self) -> u16 {
+        self.qids.len().saturating_sub(1) as u16
+    }
+}
+
+/// Disables the controller, programs the admin queue, enables it and waits
+/// for CSTS.RDY within CAP.TO.
+fn enable(regs: &Mmio, cap: Cap, admin: &Ring) -> Result<()> {
+    let cc = Cc(regs.read32(reg::CC));
+    if cc.en() || Csts(regs.read32(reg::CSTS)).rdy() {
+        regs.write32(reg::CC, cc.with_en(false).0);
+    }
+    wait_ready(regs, cap, false)?;
+    let entries = admin.sq.size();
+    let aqa = spec::aqa(entries, entries).ok_or(NvmeError::InvalidArgument("admin queue size".into()))?;
+    regs.write32(reg::AQA, aqa);
+    regs.write64(reg::ASQ, admin.sq_iova());
+    regs.write64(reg::ACQ, admin.cq_iova());
+    regs.write32(reg::CC, Cc::nvm(0).with_en(true).0);
+    wait_ready(regs, cap, true)
+}
+
+fn wait_ready(regs: &Mmio, cap: Cap, ready: bool) -> Result<()> {
+    let timeout = cap.timeout().max(Duration::from_millis(500));
+    let start = Instant::now();
+    loop {
+        let csts = Csts(regs.read32(reg::CSTS));
+        if csts.is_all_ones() {
+            return Err(NvmeError::Malformed("CSTS reads all ones: device gone"));
+        }
+        if csts.rdy() == ready {
+            return Ok(());
+        }
+        if ready && csts.cfs() {
+            return Err(NvmeError::ControllerFatal);
+        }
+        if start.elapsed() > timeout {
+            return Err(NvmeError::Timeout {
+                what: if ready { "controller enable (CSTS.RDY=1)" } else { "controller disable (CSTS.RDY=0)" },
+                after: timeout,
+            });
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn set_num_queues(admin: &mut Admin, regs: &Mmio, cap: Cap, want: u16) -> Result<u16> {
+    let want = want.clamp(1, 0xfffe);
+    let c = admin.execute(regs, cap, SubmissionEntry::set_num_queues(want, want))?;
+    let n = NumQueues::from_dw0(c.dw0);
+    Ok(n.sq_count.min(n.cq_count).min(want as u32) as u16)
+}
+
+/// MDTS in bytes, capped by one PRP list page (the driver does not chain).
+fn max_transfer(idc: &IdentifyController) -> usize {
+    let one_list = crate::prp::max_transfer(PAGE_SIZE, 0, PAGE_SIZE / 8);
+    idc.mdts_bytes(PAGE_SIZE).map_or(one_list, |m| m.min(one_list))
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Normal shutdown (CC.SHN), so a real drive flushes its caches.
+        let cc = Cc(self.regs.read32(reg::CC));
+        if !cc.en() {
+            return;
+        }
+        self.regs.write32(reg::CC, cc.with_shn(Shutdown::Normal).0);
+        let start = Instant::now();
+        let timeout = self.cap.timeout().max(Duration::from_secs(1));
+        while Csts(self.regs.read32(reg::CSTS)).shst() != ShutdownStatus::Complete {
+            if start.elapsed() > timeout {
+                log::warn!("NVMe shutdown did not complete within {timeout:?}");
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        self.regs.write32(reg::CC, Cc(self.regs.read32(reg::CC)).with_en(false).0);
+    }
+}
