@@ -4,6 +4,8 @@
 //!
 //! - [`framework`]: DMA regions, buffer pools, VFIO devices, MMIO.
 //! - [`nvme`]: the NVMe polling-mode driver.
+//! - [`nic`]: NIC polling-mode drivers (igb, virtio-net).
 
 pub use fastlane_framework as framework;
 pub use fastlane_nvme as nvme;
+pub use fastlane_nic as nic;

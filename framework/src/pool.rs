@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
@@ -40,7 +40,38 @@ pub enum PoolError {
 /// A pool of equal-size DMA buffers. Cloning shares the pool.
 #[derive(Clone)]
 pub struct BufferPool {
-    inner: Arc<PoolInner>,
+    handle: Arc<PoolHandle>,
+}
+
+/// Buffers point at their pool without a reference count (no shared atomic
+/// per allocation). The pool's memory is released when the last handle is
+/// gone *and* every buffer is home, whichever happens last.
+struct PoolHandle {
+    inner: NonNull<PoolInner>,
+}
+
+// SAFETY: PoolInner is Sync; the handle only reads through the pointer.
+unsafe impl Send for PoolHandle {}
+// SAFETY: as above.
+unsafe impl Sync for PoolHandle {}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        // SAFETY: the pool is alive: it is freed only once `orphaned` is set,
+        // which happens here.
+        let inner = unsafe { self.inner.as_ref() };
+        inner.orphaned.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let home = inner.free.len();
+        if home != inner.count as usize {
+            log::warn!(
+                "buffer pool {} dropped with {} buffers out; freed when they return",
+                inner.id,
+                inner.count as usize - home
+            );
+        }
+        PoolInner::try_release(self.inner);
+    }
 }
 
 struct PoolInner {
@@ -51,15 +82,41 @@ struct PoolInner {
     buf_size: usize,
     count: u32,
     free: ArrayQueue<u32>,
+    /// No handle is left; the last buffer home frees the pool.
+    orphaned: AtomicBool,
+    /// The pool was released (guards against two releasers).
+    released: AtomicBool,
 }
 
 // SAFETY: base points into `region`, which the pool owns; buffers are handed
 // out exclusively through the queue, so no two handles share a buffer.
 unsafe impl Send for PoolInner {}
-// SAFETY: as above; the queue is the only shared mutable state.
+// SAFETY: as above; the queue and flags are the only shared mutable state.
 unsafe impl Sync for PoolInner {}
 
+impl PoolInner {
+    /// Frees the pool if no handle is left and every buffer is home.
+    fn try_release(ptr: NonNull<PoolInner>) {
+        // SAFETY: called by a handle or buffer that still refers to a live pool.
+        let inner = unsafe { ptr.as_ref() };
+        if inner.orphaned.load(Ordering::SeqCst)
+            && inner.free.len() == inner.count as usize
+            && !inner.released.swap(true, Ordering::SeqCst)
+        {
+            // SAFETY: allocated by Box::new in BufferPool::build; no handle
+            // and no buffer is left, and `released` makes this the only free.
+            drop(unsafe { Box::from_raw(ptr.as_ptr()) });
+        }
+    }
+}
+
 impl BufferPool {
+    #[inline(always)]
+    fn inner(&self) -> &PoolInner {
+        // SAFETY: the handle keeps the pool alive (see PoolHandle).
+        unsafe { self.handle.inner.as_ref() }
+    }
+
     /// `count` buffers of `buf_size` bytes in a new region of `page_size`
     /// pages, mapped into `vfio`'s container. Buffers of 4 KiB and more are
     /// 4 KiB aligned (one NVMe PRP page each); smaller ones 64-byte aligned.
@@ -83,47 +140,52 @@ impl BufferPool {
         }
         let base = NonNull::new(region.as_ptr())
             .ok_or_else(|| Error::InvalidArgument("null region".into()))?;
+        let inner = Box::new(PoolInner {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            region,
+            base,
+            stride,
+            buf_size,
+            count,
+            free,
+            orphaned: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+        });
         Ok(BufferPool {
-            inner: Arc::new(PoolInner {
-                id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
-                region,
-                base,
-                stride,
-                buf_size,
-                count,
-                free,
+            handle: Arc::new(PoolHandle {
+                inner: NonNull::from(Box::leak(inner)),
             }),
         })
     }
 
     /// A unique id, carried by every buffer of this pool.
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner().id
     }
 
     /// Bytes per buffer.
     pub fn buf_size(&self) -> usize {
-        self.inner.buf_size
+        self.inner().buf_size
     }
 
     /// Buffers in the pool.
     pub fn capacity(&self) -> u32 {
-        self.inner.count
+        self.inner().count
     }
 
     /// Buffers in the shared free list (not counting thread caches).
     pub fn available(&self) -> usize {
-        self.inner.free.len()
+        self.inner().free.len()
     }
 
     /// The region the buffers live in.
     pub fn region(&self) -> &DmaRegion {
-        &self.inner.region
+        &self.inner().region
     }
 
     /// One buffer from the shared free list.
     pub fn alloc(&self) -> Result<DmaBuf, PoolError> {
-        self.inner.free.pop().map(|i| self.make(i)).ok_or(PoolError::Empty)
+        self.inner().free.pop().map(|i| self.make(i)).ok_or(PoolError::Empty)
     }
 
     /// Returns a buffer; a buffer of another pool comes back in the error.
@@ -134,7 +196,7 @@ impl BufferPool {
 
     /// A per-thread cache holding up to `size` buffers locally.
     pub fn cache(&self, size: usize) -> PoolCache {
-        let size = size.clamp(2, self.inner.count as usize);
+        let size = size.clamp(2, self.inner().count as usize);
         PoolCache {
             pool: self.clone(),
             local: Vec::with_capacity(size),
@@ -143,12 +205,12 @@ impl BufferPool {
     }
 
     fn check_owner(&self, buf: DmaBuf) -> Result<DmaBuf, PoolError> {
-        if Arc::ptr_eq(&buf.pool, &self.inner) {
+        if buf.pool == self.handle.inner {
             Ok(buf)
         } else {
             Err(PoolError::WrongPool {
-                expected: self.inner.id,
-                found: buf.pool.id,
+                expected: self.inner().id,
+                found: buf.inner().id,
                 buf,
             })
         }
@@ -157,9 +219,9 @@ impl BufferPool {
     #[inline]
     fn make(&self, index: u32) -> DmaBuf {
         // SAFETY: index < count, so the buffer lies inside the region (see layout).
-        let ptr = unsafe { self.inner.base.add(index as usize * self.inner.stride) };
+        let ptr = unsafe { self.inner().base.add(index as usize * self.inner().stride) };
         DmaBuf {
-            pool: self.inner.clone(),
+            pool: self.handle.inner,
             index,
             ptr,
         }
@@ -184,7 +246,7 @@ fn layout(buf_size: usize, count: u32) -> Result<(usize, usize)> {
 
 /// A DMA buffer on loan from a pool; goes back to it when dropped.
 pub struct DmaBuf {
-    pool: Arc<PoolInner>,
+    pool: NonNull<PoolInner>,
     index: u32,
     ptr: NonNull<u8>,
 }
@@ -195,10 +257,16 @@ unsafe impl Send for DmaBuf {}
 unsafe impl Sync for DmaBuf {}
 
 impl DmaBuf {
+    #[inline(always)]
+    fn inner(&self) -> &PoolInner {
+        // SAFETY: a pool outlives its buffers (see PoolHandle).
+        unsafe { self.pool.as_ref() }
+    }
+
     /// Device address of the first byte: pointer plus the region's offset.
     #[inline(always)]
     pub fn iova(&self) -> Iova {
-        Iova((self.ptr.as_ptr() as u64).wrapping_add(self.pool.region.iova_offset()))
+        Iova((self.ptr.as_ptr() as u64).wrapping_add(self.inner().region.iova_offset()))
     }
 
     /// First byte, for raw access.
@@ -210,7 +278,7 @@ impl DmaBuf {
     /// Usable bytes.
     #[inline(always)]
     pub fn len(&self) -> usize {
-        self.pool.buf_size
+        self.inner().buf_size
     }
 
     /// Never true: pools refuse zero-sized buffers.
@@ -225,7 +293,7 @@ impl DmaBuf {
 
     /// Id of the owning pool.
     pub fn pool_id(&self) -> u64 {
-        self.pool.id
+        self.inner().id
     }
 
     /// Copies `data` in at `offset`.
@@ -263,14 +331,18 @@ impl DmaBuf {
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
+        let inner = self.inner();
         // Cannot fail: the queue holds every index and each is out once.
-        let _ = self.pool.free.push(self.index);
+        let _ = inner.free.push(self.index);
+        if inner.orphaned.load(Ordering::SeqCst) {
+            PoolInner::try_release(self.pool);
+        }
     }
 }
 
 impl fmt::Debug for DmaBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DmaBuf(pool {}, #{}, {})", self.pool.id, self.index, self.iova())
+        write!(f, "DmaBuf(pool {}, #{}, {})", self.inner().id, self.index, self.iova())
     }
 }
 
@@ -313,19 +385,24 @@ impl PoolCache {
             self.spill(self.size / 2);
         }
         self.local.push(buf.index);
+        // The index is in the stash now; skip the drop that would push it
+        // to the shared queue (a buffer holds no reference count).
         std::mem::forget(buf);
         Ok(())
     }
 
     /// Returns every buffer of `bufs`; buffers of other pools are left in it.
     pub fn free_bulk(&mut self, bufs: &mut Vec<DmaBuf>) {
-        let mut foreign = Vec::new();
-        for b in bufs.drain(..) {
-            if let Err(PoolError::WrongPool { buf, .. }) = self.free(b) {
-                foreign.push(buf);
+        let mut i = 0;
+        while i < bufs.len() {
+            if bufs[i].pool == self.pool.handle.inner {
+                let b = bufs.swap_remove(i);
+                // Cannot fail: ownership checked just above.
+                let _ = self.free(b);
+            } else {
+                i += 1;
             }
         }
-        *bufs = foreign;
     }
 
     /// Buffers held in this cache.
@@ -335,7 +412,7 @@ impl PoolCache {
 
     fn refill(&mut self, n: usize) {
         for _ in 0..n {
-            match self.pool.inner.free.pop() {
+            match self.pool.inner().free.pop() {
                 Some(i) => self.local.push(i),
                 None => break,
             }
@@ -345,7 +422,7 @@ impl PoolCache {
     fn spill(&mut self, n: usize) {
         for _ in 0..n.min(self.local.len()) {
             if let Some(i) = self.local.pop() {
-                let _ = self.pool.inner.free.push(i);
+                let _ = self.pool.inner().free.push(i);
             }
         }
     }
@@ -456,6 +533,20 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(p.available(), 256);
+    }
+
+    #[test]
+    fn pool_memory_is_released_by_whichever_goes_last() {
+        let p = pool(4);
+        let region = p.region().clone();
+        let b = p.cache(4).alloc().unwrap();
+        drop(p);
+        // The buffer outlives every handle and still works.
+        let mut b = b;
+        b.write(0, b"late").unwrap();
+        drop(b);
+        // The pool let go of its region: only our clone is left.
+        assert_eq!(std::sync::Arc::strong_count(&region.inner), 1);
     }
 
     #[test]

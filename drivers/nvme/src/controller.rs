@@ -267,7 +267,7 @@ impl Controller {
     /// Runs one admin command whose data goes to (or comes from) `buf`,
     /// addressed by the buffer's IOVA: pointer plus its region's offset.
     pub fn admin_command_buf(&self, mut cmd: SubmissionEntry, buf: &DmaBuf) -> Result<CompletionEntry> {
-        if buf.len() < PAGE_SIZE || buf.iova().get() % PAGE_SIZE as u64 != 0 {
+        if buf.len() < PAGE_SIZE || !buf.iova().get().is_multiple_of(PAGE_SIZE as u64) {
             return Err(NvmeError::InvalidArgument("admin data needs a 4 KiB aligned 4 KiB buffer".into()));
         }
         cmd.prp1 = buf.iova().get();

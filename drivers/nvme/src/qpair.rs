@@ -240,7 +240,7 @@ impl IoQueuePair {
             self.aborted = false;
         } else if self.slots.in_flight() > 0 {
             self.empty_polls += 1;
-            if self.empty_polls % STALL_CHECK_EVERY == 0 {
+            if self.empty_polls.is_multiple_of(STALL_CHECK_EVERY) {
                 self.check_stall();
             }
         }
