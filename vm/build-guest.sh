@@ -4,7 +4,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
-out="$repo/.cache/guest-bin"
+out="${FASTLANE_GUEST_BIN_DIR:-$repo/.cache/guest-bin}"
 rm -rf "$out"; mkdir -p "$out"
 export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
 target=x86_64-unknown-linux-gnu

@@ -95,6 +95,27 @@ pub trait Nic: Send {
     fn tx_in_flight(&self) -> usize;
 }
 
+/// Port configuration.
+#[derive(Clone, Debug)]
+pub struct NicConfig {
+    /// Receive descriptors (a power of two; the driver may round).
+    pub rx_ring: u16,
+    /// Transmit descriptors.
+    pub tx_ring: u16,
+    /// Accept every frame, not only those for our MAC.
+    pub promiscuous: bool,
+}
+
+impl Default for NicConfig {
+    fn default() -> Self {
+        NicConfig {
+            rx_ring: 512,
+            tx_ring: 512,
+            promiscuous: true,
+        }
+    }
+}
+
 /// Allocates a packet of `len` bytes from `pool` (for generators and tests).
 pub fn alloc_packet(pool: &BufferPool, len: usize) -> Result<Packet> {
     let buf: DmaBuf = pool.alloc()?;
