@@ -94,6 +94,26 @@ impl PciAddress {
     }
 }
 
+/// PCI devices of class `class` (24-bit class code) bound to vfio-pci, from
+/// sysfs, sorted by address: what a tool can open without being told.
+pub fn vfio_devices(class: u32) -> Vec<PciAddress> {
+    let Ok(dir) = fs::read_dir("/sys/bus/pci/devices") else {
+        return Vec::new();
+    };
+    let mut out: Vec<PciAddress> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let addr: PciAddress = e.file_name().to_str()?.parse().ok()?;
+            let class_text = fs::read_to_string(e.path().join("class")).ok()?;
+            let c = u32::from_str_radix(class_text.trim().trim_start_matches("0x"), 16).ok()?;
+            (c == class && link_name(&e.path().join("driver")).as_deref() == Some("vfio-pci"))
+                .then_some(addr)
+        })
+        .collect();
+    out.sort_by_key(|a| (a.domain, a.bus, a.device, a.function));
+    out
+}
+
 fn link_name(p: &Path) -> Option<String> {
     Some(fs::read_link(p).ok()?.file_name()?.to_str()?.to_string())
 }
