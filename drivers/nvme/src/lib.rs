@@ -30,6 +30,7 @@ pub mod pattern;
 pub mod qpair;
 pub mod queue;
 mod ring;
+pub mod sim;
 pub mod spec;
 
 pub use controller::{Controller, ControllerInfo, Namespace, Options};

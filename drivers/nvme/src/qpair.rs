@@ -408,6 +408,12 @@ impl IoQueuePair {
     }
 }
 
+// A queue pair moves to the thread that drives it.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<IoQueuePair>();
+};
+
 /// A command slot's preallocated 4 KiB page (PRP list or DSM ranges).
 struct SlotPage {
     ptr: *mut u8,

@@ -1,0 +1,1930 @@
+//! An in-process NVMe controller model: host-side tests and benchmarks run
+//! the real driver against it instead of hardware.
+//!
+//! The model follows the memory-based transport of the NVMe base spec
+//! (3.1 "Controller Registers", 3.3.1 "Memory-based Transport Queue Model",
+//! 4.1.1 "Physical Region Page Entry and List", 4.6 "Completion Queue
+//! Entry") and a small part of the admin and NVM command sets. It runs on
+//! its own thread, polls CC and every doorbell of a
+//! [`Mmio::simulated`] register block it shares with the driver, fetches
+//! submission entries straight from queue memory and posts completions with
+//! the right Phase Tag, honouring the CQ Head Doorbell.
+//!
+//! # Trust
+//! Like a device without an IOMMU, the model reads and writes whatever
+//! addresses the driver programs (ASQ/ACQ, queue bases, PRPs): an IOVA is a
+//! pointer, so the memory must be [`fastlane_framework::DmaRegion::new_unmapped`]
+//! memory (IOVA == VA) that outlives its use by the model. Malformed values
+//! (sizes, queue ids, misaligned or null PRPs, ranges) become error
+//! statuses, never panics; a wild but well-formed address cannot be caught.
+//!
+//! Status codes the model returns always carry DNR: it is deterministic,
+//! so a retry would fail the same way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytemuck::Zeroable;
+use fastlane_framework::Mmio;
+
+use crate::spec::{
+    admin_opcode, cns, cq_head_doorbell, feature, nvm_opcode, reg, sq_tail_doorbell, Cc,
+    CompletionEntry, Csts, DsmRange, IdentifyController, IdentifyNamespace, SubmissionEntry,
+    DSM_AD, IDENTIFY_DATA_SIZE, OACS_DOORBELL_BUFFER_CONFIG, ONCS_DSM, ONCS_WRITE_ZEROES,
+};
+
+/// What the simulated controller and its one namespace look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimConfig {
+    /// Namespace 1 size in logical blocks.
+    pub namespace_blocks: u64,
+    /// Logical block size in bytes: a power of two, 512..=65536.
+    pub lba_size: u32,
+    /// Identify Controller MDTS: `2^mdts` pages of 4 KiB (CAP.MPSMIN);
+    /// 0 = no limit.
+    pub mdts: u8,
+    /// I/O submission and completion queues the controller has (each),
+    /// at least 1.
+    pub max_queues: u16,
+    /// CAP.MQES, 0-based (at least 1).
+    pub mqes: u16,
+    /// Keep written data (sparse, 64 KiB chunks). When false, reads return
+    /// zeroes and writes are discarded: for benchmarks.
+    pub store_data: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            namespace_blocks: 1 << 20,
+            lba_size: 512,
+            mdts: 5,
+            max_queues: 8,
+            mqes: 1023,
+            store_data: true,
+        }
+    }
+}
+
+/// What the model has seen, for tests and benchmark sanity checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimStats {
+    /// Admin commands executed (including failed ones), by opcode.
+    pub admin: [u64; 256],
+    /// I/O commands executed (including failed ones), by opcode.
+    pub io: [u64; 256],
+    /// SQ Tail Doorbell register value changes observed. Two writes between
+    /// two polls of the model count once, as does rewriting a value.
+    pub sq_doorbell_writes: u64,
+    /// CQ Head Doorbell register value changes observed (same caveat).
+    pub cq_doorbell_writes: u64,
+    /// Shadow doorbell value changes observed (Doorbell Buffer Config).
+    pub shadow_doorbell_updates: u64,
+    /// Completions swallowed by [`SimController::drop_next_completions`].
+    pub dropped_completions: u64,
+    /// Completions sent with a wrong CID by [`SimController::corrupt_next_cid`].
+    pub corrupted_completions: u64,
+}
+
+impl SimStats {
+    /// I/O commands of all opcodes.
+    pub fn io_total(&self) -> u64 {
+        self.io.iter().sum()
+    }
+    /// Admin commands of all opcodes.
+    pub fn admin_total(&self) -> u64 {
+        self.admin.iter().sum()
+    }
+    /// SQ tail and CQ head register doorbell changes together.
+    pub fn doorbell_writes(&self) -> u64 {
+        self.sq_doorbell_writes + self.cq_doorbell_writes
+    }
+}
+
+/// State shared between the handle and the model thread.
+struct Shared {
+    stop: AtomicBool,
+    /// CSTS.CFS is set; the model processes nothing until CC.EN goes 1 -> 0.
+    fatal: AtomicBool,
+    /// Serialises read-modify-write of CSTS between handle and model.
+    csts_lock: Mutex<()>,
+    drop_next: AtomicU32,
+    corrupt_next: AtomicBool,
+    admin: [AtomicU64; 256],
+    io: [AtomicU64; 256],
+    sq_doorbells: AtomicU64,
+    cq_doorbells: AtomicU64,
+    shadow_updates: AtomicU64,
+    dropped: AtomicU64,
+    corrupted: AtomicU64,
+}
+
+/// Single-writer counter increment: only the model thread counts.
+#[inline(always)]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// The running model. Dropping it stops and joins the model thread.
+pub struct SimController {
+    shared: Arc<Shared>,
+    mmio: Mmio,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SimController {
+    /// Starts the model on its own thread; returns it and the register
+    /// block (BAR0: at least 0x2000 bytes, doorbell stride 4) to hand to
+    /// the driver. CAP and VS are valid on return; CSTS.RDY follows CC.EN
+    /// asynchronously (poll it, as with hardware).
+    ///
+    /// # Panics
+    /// If `cfg.lba_size` is not a power of two in 512..=65536, or the
+    /// thread cannot be spawned.
+    ///
+    /// # Safety
+    /// The model dereferences every address written into the registers and
+    /// queues (see "Trust" above). Hand the register block only to a driver
+    /// that programs addresses of live, unmapped [`fastlane_framework::DmaRegion`]
+    /// memory, such as [`crate::Controller::with_registers`], and keep that
+    /// driver's memory alive until the model is dropped.
+    pub unsafe fn start(cfg: SimConfig) -> (SimController, Mmio) {
+        assert!(
+            cfg.lba_size.is_power_of_two() && (512..=65536).contains(&cfg.lba_size),
+            "SimConfig::lba_size {} is not a power of two in 512..=65536",
+            cfg.lba_size
+        );
+        let cfg = SimConfig {
+            max_queues: cfg.max_queues.max(1),
+            mqes: cfg.mqes.max(1),
+            ..cfg
+        };
+        let doorbells = 2 * (cfg.max_queues as usize + 1) * 4;
+        let mmio = Mmio::simulated((reg::DOORBELL_BASE + doorbells).max(0x2000));
+        mmio.write64(reg::CAP, cap(&cfg));
+        mmio.write32(reg::VS, VERSION);
+        mmio.write32(reg::CSTS, 0);
+
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            fatal: AtomicBool::new(false),
+            csts_lock: Mutex::new(()),
+            drop_next: AtomicU32::new(0),
+            corrupt_next: AtomicBool::new(false),
+            admin: std::array::from_fn(|_| AtomicU64::new(0)),
+            io: std::array::from_fn(|_| AtomicU64::new(0)),
+            sq_doorbells: AtomicU64::new(0),
+            cq_doorbells: AtomicU64::new(0),
+            shadow_updates: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            corrupted: AtomicU64::new(0),
+        });
+        let model = Model::new(cfg, mmio.clone(), shared.clone());
+        let thread = thread::Builder::new()
+            .name("nvme-sim".into())
+            .spawn(move || model.run())
+            .expect("spawning the NVMe model thread");
+        let ctrl = SimController {
+            shared,
+            mmio: mmio.clone(),
+            thread: Some(thread),
+        };
+        (ctrl, mmio)
+    }
+
+    /// Sets CSTS.CFS now. The model executes nothing more until the driver
+    /// writes CC.EN 1 -> 0, which drops all queues and clears CFS and RDY.
+    pub fn set_fatal(&self) {
+        let _g = self
+            .shared
+            .csts_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.shared.fatal.store(true, Ordering::SeqCst);
+        let csts = self.mmio.read32(reg::CSTS);
+        self.mmio.write32(reg::CSTS, csts | Csts::CFS);
+    }
+
+    /// The next `n` I/O commands (added to any still pending) are executed
+    /// but get no completion entry: the driver sees them time out.
+    pub fn drop_next_completions(&self, n: u32) {
+        let _ = self
+            .shared
+            .drop_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_add(n))
+            });
+    }
+
+    /// The next I/O completion carries `cid ^ 0x8000` instead of the
+    /// command's CID (the command itself then never completes).
+    pub fn corrupt_next_cid(&self) {
+        self.shared.corrupt_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SimStats {
+        let s = &self.shared;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SimStats {
+            admin: std::array::from_fn(|i| load(&s.admin[i])),
+            io: std::array::from_fn(|i| load(&s.io[i])),
+            sq_doorbell_writes: load(&s.sq_doorbells),
+            cq_doorbell_writes: load(&s.cq_doorbells),
+            shadow_doorbell_updates: load(&s.shadow_updates),
+            dropped_completions: load(&s.dropped),
+            corrupted_completions: load(&s.corrupted),
+        }
+    }
+}
+
+impl Drop for SimController {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                log::error!("the NVMe model thread panicked");
+            }
+        }
+    }
+}
+
+/// VS: NVMe 1.4.0.
+const VERSION: u32 = 0x0001_0400;
+/// CAP.TO in 500 ms units.
+const CAP_TO: u64 = 1;
+/// CAP.MPSMAX: pages up to 64 KiB.
+const MPSMAX: u8 = 4;
+/// CSTS.SHST = 10b, shutdown processing complete.
+const CSTS_SHST_COMPLETE: u32 = 0b10 << 2;
+const CSTS_SHST_MASK: u32 = 0b11 << 2;
+/// Identify Controller AERL (0-based): outstanding Asynchronous Event
+/// Requests the model holds.
+const AERL: u8 = 3;
+/// Idle time after which the model thread sleeps between polls.
+const DEEP_IDLE: Duration = Duration::from_millis(50);
+/// Unit of the sparse data store.
+const CHUNK: usize = 64 << 10;
+
+fn cap(cfg: &SimConfig) -> u64 {
+    cfg.mqes as u64          // MQES
+        | 1 << 16            // CQR
+        | CAP_TO << 24       // TO
+        | 1 << 37            // CSS: NVM command set
+        | (MPSMAX as u64) << 52 // MPSMIN 0, MPSMAX
+}
+
+/// Status Field values (base spec 4.6.1.2), SCT in bits 10:8, SC in 7:0.
+mod status {
+    pub const INVALID_OPCODE: u16 = 0x001;
+    pub const INVALID_FIELD: u16 = 0x002;
+    pub const DATA_TRANSFER_ERROR: u16 = 0x004;
+    pub const INVALID_NAMESPACE: u16 = 0x00B;
+    pub const PRP_OFFSET_INVALID: u16 = 0x013;
+    pub const LBA_OUT_OF_RANGE: u16 = 0x080;
+    pub const CQ_INVALID: u16 = 0x100;
+    pub const INVALID_QID: u16 = 0x101;
+    pub const INVALID_QUEUE_SIZE: u16 = 0x102;
+    pub const AER_LIMIT_EXCEEDED: u16 = 0x105;
+    pub const INVALID_LOG_PAGE: u16 = 0x109;
+    pub const INVALID_QUEUE_DELETION: u16 = 0x10C;
+    pub const FEATURE_NOT_SAVEABLE: u16 = 0x10D;
+
+    /// The 15-bit Status Field (without Phase Tag) of an error, with DNR.
+    pub const fn field(s: u16) -> u16 {
+        (1 << 15) | (((s >> 8) & 0x7) << 9) | ((s & 0xFF) << 1)
+    }
+}
+
+/// How a command ends: DW0 on success, a status (see [`status`]) on error,
+/// or no completion at all (a held Asynchronous Event Request).
+enum Outcome {
+    Done(u32),
+    Error(u16),
+    Held,
+}
+
+type CmdResult<T> = Result<T, u16>;
+
+#[derive(Clone, Copy, Debug)]
+struct Sq {
+    base: u64,
+    size: u32,
+    head: u32,
+    tail: u32,
+    cqid: u16,
+    /// Tail comes from the shadow doorbell buffer.
+    shadow: bool,
+    last_db: u32,
+    last_shadow: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Cq {
+    base: u64,
+    size: u32,
+    tail: u32,
+    head: u32,
+    phase: bool,
+    shadow: bool,
+    sqs: u16,
+    last_db: u32,
+    last_shadow: u32,
+}
+
+/// Namespace data: sparse 64 KiB chunks, or nothing at all.
+struct Store {
+    keep: bool,
+    chunks: HashMap<u64, Box<[u8]>>,
+}
+
+/// The controller state, owned by the model thread.
+struct Model {
+    cfg: SimConfig,
+    mmio: Mmio,
+    shared: Arc<Shared>,
+    last_cc: u32,
+    /// CC.EN was accepted and CSTS.RDY set.
+    ready: bool,
+    page_size: usize,
+    sqs: Vec<Option<Sq>>,
+    cqs: Vec<Option<Cq>>,
+    /// Existing SQ ids, admin first: the polling order.
+    active_sqs: Vec<u16>,
+    active_cqs: Vec<u16>,
+    /// Number of Queues granted (1-based): SQs, CQs.
+    granted: (u16, u16),
+    features: [u32; 256],
+    /// Shadow doorbell and EventIdx buffers (Doorbell Buffer Config).
+    dbbuf: Option<(u64, u64)>,
+    held_aers: u8,
+    store: Store,
+    /// Host memory segments of the current command's data (PRP walk).
+    segs: Vec<(u64, usize)>,
+    scratch: Vec<u8>,
+}
+
+impl Model {
+    fn new(cfg: SimConfig, mmio: Mmio, shared: Arc<Shared>) -> Model {
+        let n = cfg.max_queues as usize + 1;
+        let store = Store {
+            keep: cfg.store_data,
+            chunks: HashMap::new(),
+        };
+        let mut m = Model {
+            cfg,
+            mmio,
+            shared,
+            last_cc: 0,
+            ready: false,
+            page_size: 4096,
+            sqs: vec![None; n],
+            cqs: vec![None; n],
+            active_sqs: Vec::with_capacity(n),
+            active_cqs: Vec::with_capacity(n),
+            granted: (0, 0),
+            features: [0; 256],
+            dbbuf: None,
+            held_aers: 0,
+            store,
+            segs: Vec::with_capacity(64),
+            scratch: vec![0; IDENTIFY_DATA_SIZE],
+        };
+        m.reset_queues();
+        m
+    }
+
+    /// Polls until stopped: spins while there is work or was recently,
+    /// then yields, and after [`DEEP_IDLE`] without work sleeps 50 us per
+    /// pass so an idle model (a test waiting for a timeout) does not burn
+    /// a core; the first command after that waits up to about 100 us.
+    fn run(mut self) {
+        let mut idle: u32 = 0;
+        let mut idle_since = Instant::now();
+        let mut deep = false;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            if self.poll() {
+                (idle, deep) = (0, false);
+                continue;
+            }
+            idle = idle.saturating_add(1);
+            if idle < 1024 {
+                std::hint::spin_loop();
+            } else if deep {
+                thread::sleep(Duration::from_micros(50));
+            } else {
+                if idle == 1024 {
+                    idle_since = Instant::now();
+                } else if idle.is_multiple_of(64) {
+                    deep = idle_since.elapsed() > DEEP_IDLE;
+                }
+                thread::yield_now();
+            }
+        }
+    }
+
+    /// One pass over CC and every queue; true if any queue had work.
+    fn poll(&mut self) -> bool {
+        let cc = self.mmio.read32(reg::CC);
+        if cc != self.last_cc {
+            self.on_cc(cc);
+        }
+        if !self.ready || self.shared.fatal.load(Ordering::Relaxed) {
+            return false;
+        }
+        for i in 0..self.active_cqs.len() {
+            let qid = self.active_cqs[i];
+            self.refresh_cq_head(qid);
+        }
+        let mut busy = false;
+        let mut i = 0;
+        // Admin commands may create or delete queues: re-check the length.
+        while i < self.active_sqs.len() {
+            busy |= self.service_sq(self.active_sqs[i]);
+            i += 1;
+        }
+        busy
+    }
+
+    fn update_csts(&self, f: impl FnOnce(u32) -> u32) {
+        let _g = self
+            .shared
+            .csts_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let csts = self.mmio.read32(reg::CSTS);
+        self.mmio.write32(reg::CSTS, f(csts));
+    }
+
+    /// CC changed (base spec 3.5 "Controller Initialization", 3.6
+    /// "Shutdown").
+    fn on_cc(&mut self, cc: u32) {
+        let (old, new) = (Cc(self.last_cc), Cc(cc));
+        self.last_cc = cc;
+        if old.en() && !new.en() {
+            self.reset_queues();
+            self.ready = false;
+            let _g = self
+                .shared
+                .csts_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.shared.fatal.store(false, Ordering::SeqCst);
+            let csts = self.mmio.read32(reg::CSTS);
+            self.mmio
+                .write32(reg::CSTS, csts & !(Csts::RDY | Csts::CFS));
+        } else if !old.en() && new.en() && !self.shared.fatal.load(Ordering::SeqCst) {
+            self.enable(new);
+        }
+        if new.shn() != 0 && old.shn() == 0 {
+            self.update_csts(|c| (c & !CSTS_SHST_MASK) | CSTS_SHST_COMPLETE);
+        } else if new.shn() == 0 && old.shn() != 0 {
+            self.update_csts(|c| c & !CSTS_SHST_MASK);
+        }
+    }
+
+    /// CC.EN 0 -> 1: set up the admin queues, or fail with CFS on an
+    /// invalid configuration.
+    fn enable(&mut self, cc: Cc) {
+        let aqa = self.mmio.read32(reg::AQA);
+        let asq = self.mmio.read64(reg::ASQ);
+        let acq = self.mmio.read64(reg::ACQ);
+        let page_size = 4096usize << cc.mps().min(15);
+        let mask = page_size as u64 - 1;
+        let asqs = (aqa & 0xFFF) + 1;
+        let acqs = (aqa >> 16 & 0xFFF) + 1;
+        let valid = cc.mps() <= MPSMAX
+            && cc.css() == 0
+            && asqs >= 2
+            && acqs >= 2
+            && asq != 0
+            && acq != 0
+            && asq & mask == 0
+            && acq & mask == 0;
+        if !valid {
+            log::warn!(
+                "sim: invalid controller configuration CC {:#x} AQA {aqa:#x} ASQ {asq:#x} ACQ {acq:#x}",
+                cc.0
+            );
+            let _g = self
+                .shared
+                .csts_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.shared.fatal.store(true, Ordering::SeqCst);
+            let csts = self.mmio.read32(reg::CSTS);
+            self.mmio.write32(reg::CSTS, csts | Csts::CFS);
+            return;
+        }
+        self.page_size = page_size;
+        self.cqs[0] = Some(Cq::new(acq, acqs, false));
+        self.sqs[0] = Some(Sq::new(asq, asqs, 0, false));
+        if let Some(cq) = self.cqs[0].as_mut() {
+            cq.sqs = 1;
+        }
+        self.active_sqs.push(0);
+        self.active_cqs.push(0);
+        self.ready = true;
+        self.update_csts(|c| c | Csts::RDY);
+    }
+
+    /// Controller reset: no queues, doorbells 0, default features. Media
+    /// is kept.
+    fn reset_queues(&mut self) {
+        // The driver does not ring doorbells while it waits for RDY to
+        // clear, so the model may reset them like hardware would.
+        for off in (reg::DOORBELL_BASE..self.mmio.len()).step_by(4) {
+            self.mmio.write32(off, 0);
+        }
+        self.sqs.iter_mut().for_each(|q| *q = None);
+        self.cqs.iter_mut().for_each(|q| *q = None);
+        self.active_sqs.clear();
+        self.active_cqs.clear();
+        self.granted = (self.cfg.max_queues, self.cfg.max_queues);
+        self.features = [0; 256];
+        self.features[feature::VOLATILE_WRITE_CACHE as usize] = 1;
+        self.dbbuf = None;
+        self.held_aers = 0;
+    }
+
+    // ---- doorbells -------------------------------------------------------
+
+    /// Latest valid SQ tail (register, or shadow buffer for I/O queues set
+    /// up after Doorbell Buffer Config); counts doorbell changes.
+    fn refresh_sq_tail(&mut self, qid: u16) -> Option<Sq> {
+        let db = self.mmio.read32(sq_tail_doorbell(qid, 0));
+        let shadow_base = self.dbbuf.map(|(s, _)| s);
+        let sq = self.sqs.get_mut(qid as usize)?.as_mut()?;
+        if db != sq.last_db {
+            sq.last_db = db;
+            bump(&self.shared.sq_doorbells);
+        }
+        let value = match (sq.shadow, shadow_base) {
+            (true, Some(base)) => {
+                let v = host_read_u32(base + 8 * qid as u64);
+                if v != sq.last_shadow {
+                    sq.last_shadow = v;
+                    bump(&self.shared.shadow_updates);
+                }
+                v
+            }
+            _ => db,
+        };
+        // An invalid value is ignored (the spec's asynchronous event for an
+        // invalid doorbell write is not modelled).
+        if value < sq.size {
+            sq.tail = value;
+        }
+        Some(*sq)
+    }
+
+    fn refresh_cq_head(&mut self, qid: u16) {
+        let db = self.mmio.read32(cq_head_doorbell(qid, 0));
+        let shadow_base = self.dbbuf.map(|(s, _)| s);
+        let Some(Some(cq)) = self.cqs.get_mut(qid as usize) else {
+            return;
+        };
+        if db != cq.last_db {
+            cq.last_db = db;
+            bump(&self.shared.cq_doorbells);
+        }
+        let value = match (cq.shadow, shadow_base) {
+            (true, Some(base)) => {
+                let v = host_read_u32(base + 8 * qid as u64 + 4);
+                if v != cq.last_shadow {
+                    cq.last_shadow = v;
+                    bump(&self.shared.shadow_updates);
+                }
+                v
+            }
+            _ => db,
+        };
+        if value < cq.size {
+            cq.head = value;
+        }
+    }
+
+    /// Writes EventIdx for a shadowed doorbell: the value the model has
+    /// caught up with.
+    fn write_event_idx(&self, index: u64, value: u32) {
+        if let Some((_, eventidx)) = self.dbbuf {
+            host_write_u32(eventidx + 4 * index, value);
+        }
+    }
+
+    fn cq_has_room(&mut self, cqid: u16) -> bool {
+        let full = |cq: &Cq| (cq.tail + 1) % cq.size == cq.head;
+        match self.cqs.get(cqid as usize) {
+            Some(Some(cq)) if !full(cq) => return true,
+            Some(Some(_)) => {}
+            _ => return false,
+        }
+        self.refresh_cq_head(cqid);
+        matches!(self.cqs.get(cqid as usize), Some(Some(cq)) if !full(cq))
+    }
+
+    // ---- queues ----------------------------------------------------------
+
+    /// Executes what SQ `qid` holds; true if it had work (including work
+    /// blocked on a full CQ).
+    fn service_sq(&mut self, qid: u16) -> bool {
+        let Some(sq) = self.refresh_sq_tail(qid) else {
+            return false;
+        };
+        if sq.head == sq.tail {
+            return false;
+        }
+        // Pairs with the driver's release fence before its doorbell write:
+        // entries written before the doorbell are visible now.
+        fence(Ordering::Acquire);
+        loop {
+            if self.shared.fatal.load(Ordering::Relaxed) {
+                return true;
+            }
+            let Some(sq) = self.sqs[qid as usize].as_mut() else {
+                return true;
+            };
+            if sq.head == sq.tail {
+                break;
+            }
+            let (base, head, cqid) = (sq.base, sq.head, sq.cqid);
+            if !self.cq_has_room(cqid) {
+                return true;
+            }
+            let Some(sq) = self.sqs[qid as usize].as_mut() else {
+                return true;
+            };
+            sq.head = (head + 1) % sq.size;
+            let sq_head = sq.head;
+            let entry = read_sqe(base + head as u64 * 64);
+            let outcome = if qid == 0 {
+                bump(&self.shared.admin[entry.opcode() as usize]);
+                self.admin(&entry)
+            } else {
+                bump(&self.shared.io[entry.opcode() as usize]);
+                self.io(&entry)
+            };
+            let (dw0, status) = match outcome {
+                Outcome::Done(dw0) => (dw0, 0),
+                Outcome::Error(s) => (0, status::field(s)),
+                Outcome::Held => continue,
+            };
+            let mut cid = entry.cid();
+            if qid != 0 {
+                if self.take_drop() {
+                    bump(&self.shared.dropped);
+                    continue;
+                }
+                if self.shared.corrupt_next.load(Ordering::Relaxed)
+                    && self.shared.corrupt_next.swap(false, Ordering::SeqCst)
+                {
+                    bump(&self.shared.corrupted);
+                    cid ^= 0x8000;
+                }
+            }
+            self.post(cqid, dw0, sq_head as u16, qid, cid, status);
+        }
+        if let Some(sq) = self.sqs[qid as usize] {
+            if sq.shadow {
+                self.write_event_idx(2 * qid as u64, sq.tail);
+            }
+        }
+        true
+    }
+
+    fn take_drop(&self) -> bool {
+        let d = &self.shared.drop_next;
+        d.load(Ordering::Relaxed) != 0
+            && d.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+                .is_ok()
+    }
+
+    /// Posts a completion entry; the caller made sure the CQ has room.
+    fn post(&mut self, cqid: u16, dw0: u32, sq_head: u16, sq_id: u16, cid: u16, status: u16) {
+        let Some(Some(cq)) = self.cqs.get_mut(cqid as usize) else {
+            return;
+        };
+        let entry = CompletionEntry {
+            dw0,
+            dw1: 0,
+            sq_head,
+            sq_id,
+            cid,
+            status: status | cq.phase as u16,
+        };
+        write_cqe(cq.base + cq.tail as u64 * 16, &entry);
+        cq.tail += 1;
+        if cq.tail == cq.size {
+            cq.tail = 0;
+            cq.phase = !cq.phase;
+        }
+        if cq.shadow {
+            let head = cq.head;
+            self.write_event_idx(2 * cqid as u64 + 1, head);
+        }
+    }
+
+    // ---- admin commands (base spec 5) -------------------------------------
+
+    fn admin(&mut self, e: &SubmissionEntry) -> Outcome {
+        if e.cdw0 >> 8 & 0xFF != 0 {
+            // FUSE or PSDT (SGLs): not supported.
+            return Outcome::Error(status::INVALID_FIELD);
+        }
+        let r = match e.opcode() {
+            admin_opcode::IDENTIFY => self.identify(e),
+            admin_opcode::CREATE_IO_CQ => self.create_cq(e),
+            admin_opcode::CREATE_IO_SQ => self.create_sq(e),
+            admin_opcode::DELETE_IO_SQ => self.delete_sq(e),
+            admin_opcode::DELETE_IO_CQ => self.delete_cq(e),
+            admin_opcode::SET_FEATURES => self.set_features(e),
+            admin_opcode::GET_FEATURES => self.get_features(e),
+            admin_opcode::GET_LOG_PAGE => self.get_log_page(e),
+            // Commands complete at once here, so nothing can be aborted:
+            // DW0 bit 0 = 1, "command not aborted".
+            admin_opcode::ABORT => Ok(1),
+            admin_opcode::DOORBELL_BUFFER_CONFIG => self.doorbell_buffer_config(e),
+            admin_opcode::ASYNC_EVENT_REQUEST => {
+                if self.held_aers > AERL {
+                    Err(status::AER_LIMIT_EXCEEDED)
+                } else {
+                    self.held_aers += 1;
+                    return Outcome::Held;
+                }
+            }
+            _ => Err(status::INVALID_OPCODE),
+        };
+        match r {
+            Ok(dw0) => Outcome::Done(dw0),
+            Err(s) => Outcome::Error(s),
+        }
+    }
+
+    fn identify(&mut self, e: &SubmissionEntry) -> CmdResult<u32> {
+        self.scratch.clear();
+        self.scratch.resize(IDENTIFY_DATA_SIZE, 0);
+        match e.cdw10 as u8 {
+            cns::CONTROLLER => {
+                let id = self.identify_controller();
+                self.scratch.copy_from_slice(bytemuck::bytes_of(&id));
+            }
+            cns::NAMESPACE => {
+                if e.nsid != 1 {
+                    return Err(status::INVALID_NAMESPACE);
+                }
+                let id = self.identify_namespace();
+                self.scratch.copy_from_slice(bytemuck::bytes_of(&id));
+            }
+            cns::ACTIVE_NS_LIST => {
+                if e.nsid >= 0xFFFF_FFFE {
+                    return Err(status::INVALID_NAMESPACE);
+                }
+                if e.nsid == 0 {
+                    self.scratch[..4].copy_from_slice(&1u32.to_le_bytes());
+                }
+            }
+            _ => return Err(status::INVALID_FIELD),
+        }
+        self.map_prps(e.prp1, e.prp2, IDENTIFY_DATA_SIZE)?;
+        copy_to_host(&self.segs, &self.scratch);
+        Ok(0)
+    }
+
+    fn identify_controller(&self) -> IdentifyController {
+        let mut id = IdentifyController::zeroed();
+        pad(&mut id.sn, b"SIM0001");
+        pad(id.mn.as_flattened_mut(), b"fastlane sim");
+        pad(&mut id.fr, b"1.0");
+        id.mdts = self.cfg.mdts;
+        id.cntlid = 1;
+        id.ver = VERSION;
+        id.oacs = OACS_DOORBELL_BUFFER_CONFIG;
+        id.acl = 3;
+        id.aerl = AERL;
+        id.sqes = 0x66;
+        id.cqes = 0x44;
+        id.nn = 1;
+        id.oncs = ONCS_DSM | ONCS_WRITE_ZEROES;
+        id.vwc = 1;
+        id
+    }
+
+    fn identify_namespace(&self) -> IdentifyNamespace {
+        let mut id = IdentifyNamespace::zeroed();
+        id.nsze = self.cfg.namespace_blocks;
+        id.ncap = self.cfg.namespace_blocks;
+        id.nuse = self.cfg.namespace_blocks;
+        // DLFEAT: deallocated blocks read as zeroes (001b), Write Zeroes
+        // supports DEAC (bit 3).
+        id.dlfeat = 0b1001;
+        id.nlbaf = 0;
+        id.flbas = 0;
+        id.lbaf[0].lbads = self.cfg.lba_size.trailing_zeros() as u8;
+        id
+    }
+
+    /// Create I/O Completion Queue (base spec 5.4).
+    fn create_cq(&mut self, e: &SubmissionEntry) -> CmdResult<u32> {
+        let qid = e.cdw10 as u16;
+        let size = (e.cdw10 >> 16) + 1;
+        if qid == 0 || qid > self.granted.1 || self.cqs[qid as usize].is_some() {
+            return Err(status::INVALID_QID);
+        }
+        if size < 2 || size > self.cfg.mqes as u32 + 1 {
+            return Err(status::INVALID_QUEUE_SIZE);
+        }
+        self.check_queue_memory(e, 4)?;
+        let shadow = self.shadow_fits(qid);
+        self.cqs[qid as usize] = Some(Cq::new(e.prp1, size, shadow));
+        self.active_cqs.push(qid);
+        Ok(0)
+    }
+
+    /// Create I/O Submission Queue (base spec 5.5).
+    fn create_sq(&mut self, e: &SubmissionEntry) -> CmdResult<u32> {
+        let qid = e.cdw10 as u16;
+        let size = (e.cdw10 >> 16) + 1;
+        let cqid = (e.cdw11 >> 16) as u16;
+        if qid == 0 || qid > self.granted.0 || self.sqs[qid as usize].is_some() {
+            return Err(status::INVALID_QID);
+        }
+        if size < 2 || size > self.cfg.mqes as u32 + 1 {
+            return Err(status::INVALID_QUEUE_SIZE);
+        }
+        let Some(Some(cq)) = self.cqs.get_mut(cqid as usize).filter(|_| cqid != 0) else {
+            return Err(status::CQ_INVALID);
+        };
+        cq.sqs += 1;
+        if let Err(s) = self.check_queue_memory(e, 6) {
+            if let Some(Some(cq)) = self.cqs.get_mut(cqid as usize) {
+                cq.sqs -= 1;
+            }
+            return Err(s);
+        }
+        let shadow = self.shadow_fits(qid);
+        self.sqs[qid as usize] = Some(Sq::new(e.prp1, size, cqid, shadow));
+        self.active_sqs.push(qid);
+        Ok(0)
+    }
+
+    /// PC=1 (CAP.CQR), a page-aligned base, and CC.IO[SC]QES set to the
+    /// only entry size the model knows.
+    fn check_queue_memory(&self, e: &SubmissionEntry, entry_log2: u8) -> CmdResult<()> {
+        let cc = Cc(self.last_cc);
+        let es = if entry_log2 == 6 {
+            cc.iosqes()
+        } else {
+            cc.iocqes()
+        };
+        if e.cdw11 & 1 == 0 || es != entry_log2 || e.prp1 == 0 {
+            return Err(status::INVALID_FIELD);
+        }
+        if e.prp1 & (self.page_size as u64 - 1) != 0 {
+            return Err(status::PRP_OFFSET_INVALID);
+        }
+        Ok(())
+    }
+
+    /// Whether a queue created now uses the shadow doorbell buffer: one
+    /// was configured and the queue's slots lie inside its page.
+    fn shadow_fits(&self, qid: u16) -> bool {
+        self.dbbuf.is_some() && (qid as usize + 1) * 8 <= self.page_size
+    }
+
+    fn delete_sq(&mut self, e: &SubmissionEntry) -> CmdResult<u32> {
+        let qid = e.cdw10 as u16;
+        let sq = match self.sqs.get_mut(qid as usize) {
+            Some(q @ Some(_)) if qid != 0 => q.take(),
+            _ => return Err(status::INVALID_QID),
+        };
+        if let Some(Some(cq)) = sq.and_then(|sq| self.cqs.get_mut(sq.cqid as usize)) {
+            cq.sqs -= 1;
+        }
+        self.active_sqs.retain(|&q| q != qid);
+        Ok(0)
+    }
+
+    fn delete_cq(&mut self, e: &SubmissionEntry) -> CmdResult<u32> {
+        let qid = e.cdw10 as u16;
+        match self.cqs.get_mut(qid as usize) {
+            Some(Some(cq)) if qid != 0 => {
+                if cq.sqs != 0 {
+                    return Err(status::INVALID_QUEUE_DELETION);
+                }
+            }
+            _ => return Err(status::INVALID_QID),
+        }
+        self.cqs[qid as usize] = None;
+        self.active_cqs.retain(|&q| q != qid);
+        Ok(0)
+    }
+
+    fn known_feature(fid: u8) -> bool {
+        matches!(
+            fid,
+            feature::ARBITRATION
+                | feature::POWER_MANAGEMENT
+                | feature::TEMPERATURE_THRESHOLD
+                | feature::VOLATILE_WRITE_CACHE
+                | feature::NUMBER_OF_QUEUES
+                | feature::INTERRUPT_COALESCING
+                | feature::ASYNC_EVENT_CONFIG
+        )
+    }
+
+    fn num_queues_dw0(&self) -> u32 {
+        (self.granted.1 as u32 - 1) << 16 | (self.granted.0 as u32 - 1)
+    }
+
+    fn set_features(&mut self, e: &SubmissionEntry) -> CmdResult<u32> {
+        let fid = e.cdw10 as u8;
+        if !Self::known_feature(fid) {
+            return Err(status::INVALID_FIELD);
+        }
+        if e.cdw10 >> 31 != 0 {
+            return Err(status::FEATURE_NOT_SAVEABLE);
+        }
+        if fid == feature::NUMBER_OF_QUEUES {
+            let (nsqr, ncqr) = (e.cdw11 & 0xFFFF, e.cdw11 >> 16);
+            if nsqr == 0xFFFF || ncqr == 0xFFFF {
+                return Err(status::INVALID_FIELD);
+            }
+            let max = self.cfg.max_queues as u32;
+            self.granted = ((nsqr + 1).min(max) as u16, (ncqr + 1).min(max) as u16);
+            return Ok(self.num_queues_dw0());
+        }
+        self.features[fid as usize] = e.cdw11;
+        Ok(0)
+    }
+
+    fn get_features(&mut self, e: &SubmissionEntry) -> CmdResult<u32> {
+        let fid = e.cdw10 as u8;
+        if !Self::known_feature(fid) {
+            return Err(status::INVALID_FIELD);
+        }
+        match e.cdw10 >> 8 & 0x7 {
+            // Supported capabilities: changeable, not saveable.
+            3 => Ok(1 << 2),
+            0..=2 if fid == feature::NUMBER_OF_QUEUES => Ok(self.num_queues_dw0()),
+            0..=2 => Ok(self.features[fid as usize]),
+            _ => Err(status::INVALID_FIELD),
+        }
+    }
+
+    /// Error Information, SMART / Health and Firmware Slot logs, all zeroes.
+    fn get_log_page(&mut self, e: &SubmissionEntry) -> CmdResult<u32> {
+        if !matches!(e.cdw10 as u8, 0x01..=0x03) {
+            return Err(status::INVALID_LOG_PAGE);
+        }
+        let dwords = ((e.cdw10 >> 16) | (e.cdw11 & 0xFFFF) << 16) as usize + 1;
+        let len = dwords * 4;
+        if self.exceeds_mdts(len) {
+            return Err(status::INVALID_FIELD);
+        }
+        self.map_prps(e.prp1, e.prp2, len)?;
+        for &(addr, n) in &self.segs {
+            host_fill(addr, n, 0);
+        }
+        Ok(0)
+    }
+
+    /// Doorbell Buffer Config (base spec 5.8): PRP1 shadow doorbells, PRP2
+    /// EventIdx, one page each. Applies to I/O queues created afterwards.
+    fn doorbell_buffer_config(&mut self, e: &SubmissionEntry) -> CmdResult<u32> {
+        let mask = self.page_size as u64 - 1;
+        if e.prp1 == 0 || e.prp2 == 0 || e.prp1 & mask != 0 || e.prp2 & mask != 0 {
+            return Err(status::INVALID_FIELD);
+        }
+        self.dbbuf = Some((e.prp1, e.prp2));
+        Ok(0)
+    }
+
+    // ---- NVM commands (NVM Command Set spec 3) ----------------------------
+
+    fn io(&mut self, e: &SubmissionEntry) -> Outcome {
+        let r = if e.cdw0 >> 8 & 0xFF != 0 {
+            Err(status::INVALID_FIELD)
+        } else {
+            match e.opcode() {
+                nvm_opcode::READ => self.read_write(e, false),
+                nvm_opcode::WRITE => self.read_write(e, true),
+                nvm_opcode::FLUSH if e.nsid == 1 || e.nsid == 0xFFFF_FFFF => Ok(()),
+                nvm_opcode::FLUSH => Err(status::INVALID_NAMESPACE),
+                nvm_opcode::WRITE_ZEROES => self.write_zeroes(e),
+                nvm_opcode::DATASET_MANAGEMENT => self.dataset_management(e),
+                _ => Err(status::INVALID_OPCODE),
+            }
+        };
+        match r {
+            Ok(()) => Outcome::Done(0),
+            Err(s) => Outcome::Error(s),
+        }
+    }
+
+    fn exceeds_mdts(&self, len: usize) -> bool {
+        self.cfg.mdts != 0
+            && (4096usize)
+                .checked_shl(self.cfg.mdts as u32)
+                .is_some_and(|max| len > max)
+    }
+
+    /// Byte offset and length of `nlb` blocks at `slba`, if inside the
+    /// namespace.
+    fn lba_range(&self, slba: u64, nlb: u64) -> CmdResult<(u64, usize)> {
+        let lba = self.cfg.lba_size as u64;
+        match (
+            slba.checked_add(nlb),
+            slba.checked_mul(lba),
+            nlb.checked_mul(lba),
+        ) {
+            (Some(end), Some(offset), Some(len))
+                if end <= self.cfg.namespace_blocks && offset.checked_add(len).is_some() =>
+            {
+                Ok((offset, len as usize))
+            }
+            _ => Err(status::LBA_OUT_OF_RANGE),
+        }
+    }
+
+    fn read_write(&mut self, e: &SubmissionEntry, write: bool) -> CmdResult<()> {
+        if e.nsid != 1 {
+            return Err(status::INVALID_NAMESPACE);
+        }
+        let slba = (e.cdw11 as u64) << 32 | e.cdw10 as u64;
+        let nlb = (e.cdw12 & 0xFFFF) as u64 + 1;
+        if self.exceeds_mdts(nlb as usize * self.cfg.lba_size as usize) {
+            return Err(status::INVALID_FIELD);
+        }
+        let (offset, len) = self.lba_range(slba, nlb)?;
+        self.map_prps(e.prp1, e.prp2, len)?;
+        if write {
+            self.store.write(offset, &self.segs);
+        } else {
+            self.store.read(offset, &self.segs);
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&mut self, e: &SubmissionEntry) -> CmdResult<()> {
+        if e.nsid != 1 {
+            return Err(status::INVALID_NAMESPACE);
+        }
+        let slba = (e.cdw11 as u64) << 32 | e.cdw10 as u64;
+        let nlb = (e.cdw12 & 0xFFFF) as u64 + 1;
+        let (offset, len) = self.lba_range(slba, nlb)?;
+        // With or without DEAC the blocks read back as zeroes.
+        self.store.zero(offset, len as u64);
+        Ok(())
+    }
+
+    fn dataset_management(&mut self, e: &SubmissionEntry) -> CmdResult<()> {
+        if e.nsid != 1 {
+            return Err(status::INVALID_NAMESPACE);
+        }
+        if e.cdw11 & DSM_AD == 0 {
+            return Ok(()); // IDR/IDW are hints only.
+        }
+        let count = (e.cdw10 & 0xFF) as usize + 1;
+        let len = count * std::mem::size_of::<DsmRange>();
+        self.map_prps(e.prp1, e.prp2, len)?;
+        self.scratch.clear();
+        self.scratch.resize(len, 0);
+        copy_from_host(&self.segs, &mut self.scratch);
+        let ranges: Vec<DsmRange> = self
+            .scratch
+            .chunks_exact(16)
+            .map(bytemuck::pod_read_unaligned)
+            .collect();
+        let mut zero = Vec::with_capacity(ranges.len());
+        for r in &ranges {
+            if r.length != 0 {
+                zero.push(self.lba_range(r.slba, r.length as u64)?);
+            }
+        }
+        for (offset, len) in zero {
+            self.store.zero(offset, len as u64);
+        }
+        Ok(())
+    }
+
+    /// Walks PRP1/PRP2 for a `len`-byte transfer with the CC.MPS page size
+    /// (base spec 4.1.1) into `self.segs`, merging contiguous pages.
+    fn map_prps(&mut self, prp1: u64, prp2: u64, len: usize) -> CmdResult<()> {
+        self.segs.clear();
+        let ps = self.page_size as u64;
+        let mask = ps - 1;
+        if prp1 & 0x3 != 0 {
+            return Err(status::PRP_OFFSET_INVALID);
+        }
+        let first = (len as u64).min(ps - (prp1 & mask));
+        self.push_seg(prp1, first)?;
+        let mut rem = len as u64 - first;
+        if rem == 0 {
+            return Ok(());
+        }
+        if rem <= ps {
+            if prp2 & mask != 0 {
+                return Err(status::PRP_OFFSET_INVALID);
+            }
+            return self.push_seg(prp2, rem);
+        }
+        let mut list = prp2;
+        // Each list page carries at least one data entry unless it is a
+        // lone chain slot; bound the walk so a cycle cannot spin forever.
+        let mut hops = rem.div_ceil(ps) + 2;
+        loop {
+            if list & 0x7 != 0 {
+                return Err(status::PRP_OFFSET_INVALID);
+            }
+            if list == 0 || hops == 0 {
+                return Err(status::DATA_TRANSFER_ERROR);
+            }
+            hops -= 1;
+            let slots = (ps - (list & mask)) / 8;
+            let mut next = None;
+            for i in 0..slots {
+                let entry = host_read_u64(list + 8 * i);
+                if i == slots - 1 && rem > ps {
+                    next = Some(entry);
+                    break;
+                }
+                if entry & mask != 0 {
+                    return Err(status::PRP_OFFSET_INVALID);
+                }
+                let n = rem.min(ps);
+                self.push_seg(entry, n)?;
+                rem -= n;
+                if rem == 0 {
+                    return Ok(());
+                }
+            }
+            match next {
+                Some(n) => list = n,
+                None => return Err(status::DATA_TRANSFER_ERROR),
+            }
+        }
+    }
+
+    fn push_seg(&mut self, addr: u64, len: u64) -> CmdResult<()> {
+        if addr == 0 || addr.checked_add(len).is_none() {
+            return Err(status::DATA_TRANSFER_ERROR);
+        }
+        match self.segs.last_mut() {
+            Some((a, l)) if *a + *l as u64 == addr => *l += len as usize,
+            _ => self.segs.push((addr, len as usize)),
+        }
+        Ok(())
+    }
+}
+
+impl Sq {
+    fn new(base: u64, size: u32, cqid: u16, shadow: bool) -> Sq {
+        Sq {
+            base,
+            size,
+            head: 0,
+            tail: 0,
+            cqid,
+            shadow,
+            last_db: 0,
+            last_shadow: 0,
+        }
+    }
+}
+
+impl Cq {
+    fn new(base: u64, size: u32, shadow: bool) -> Cq {
+        Cq {
+            base,
+            size,
+            tail: 0,
+            head: 0,
+            phase: true,
+            shadow,
+            sqs: 0,
+            last_db: 0,
+            last_shadow: 0,
+        }
+    }
+}
+
+impl Store {
+    /// Calls `f(host address, namespace offset, length)` for the pieces of
+    /// `segs` (mapped to namespace bytes from `offset`) split at chunk
+    /// boundaries.
+    fn pieces(offset: u64, segs: &[(u64, usize)], mut f: impl FnMut(u64, u64, usize)) {
+        let mut dev = offset;
+        for &(addr, len) in segs {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(CHUNK - (dev % CHUNK as u64) as usize);
+                f(addr + done as u64, dev, n);
+                done += n;
+                dev += n as u64;
+            }
+        }
+    }
+
+    fn read(&self, offset: u64, segs: &[(u64, usize)]) {
+        if !self.keep {
+            segs.iter().for_each(|&(a, n)| host_fill(a, n, 0));
+            return;
+        }
+        Self::pieces(offset, segs, |addr, dev, n| {
+            let at = (dev % CHUNK as u64) as usize;
+            match self.chunks.get(&(dev / CHUNK as u64)) {
+                Some(c) => host_write(addr, &c[at..at + n]),
+                None => host_fill(addr, n, 0),
+            }
+        });
+    }
+
+    fn write(&mut self, offset: u64, segs: &[(u64, usize)]) {
+        if !self.keep {
+            return;
+        }
+        let chunks = &mut self.chunks;
+        Self::pieces(offset, segs, |addr, dev, n| {
+            let at = (dev % CHUNK as u64) as usize;
+            let c = chunks
+                .entry(dev / CHUNK as u64)
+                .or_insert_with(|| vec![0; CHUNK].into_boxed_slice());
+            host_read(addr, &mut c[at..at + n]);
+        });
+    }
+
+    fn zero(&mut self, offset: u64, len: u64) {
+        if self.chunks.is_empty() || len == 0 {
+            return;
+        }
+        let c = CHUNK as u64;
+        let end = offset + len;
+        let (first_full, end_full) = (offset.div_ceil(c), end / c);
+        if end_full > first_full {
+            if end_full - first_full > self.chunks.len() as u64 {
+                self.chunks
+                    .retain(|k, _| !(first_full..end_full).contains(k));
+            } else {
+                (first_full..end_full).for_each(|k| {
+                    self.chunks.remove(&k);
+                });
+            }
+        }
+        let head = (offset, end.min(first_full * c));
+        let tail = ((end_full * c).max(head.1), end);
+        for (from, to) in [head, tail] {
+            if from < to {
+                if let Some(ch) = self.chunks.get_mut(&(from / c)) {
+                    let at = (from % c) as usize;
+                    ch[at..at + (to - from) as usize].fill(0);
+                }
+            }
+        }
+    }
+}
+
+fn pad(field: &mut [u8], s: &[u8]) {
+    field.fill(b' ');
+    field[..s.len()].copy_from_slice(s);
+}
+
+// ---- host memory access -----------------------------------------------------
+//
+// Every address below comes from the driver (queue bases, PRPs, buffer
+// configuration), which under the module's trust contract points into live
+// `DmaRegion::new_unmapped` memory where IOVA == VA. The model already
+// rejected null and misaligned values where the spec requires alignment.
+// Accesses are raw copies and volatile loads/stores, never references, since
+// the driver touches the same memory concurrently, as it would with DMA.
+
+fn read_sqe(addr: u64) -> SubmissionEntry {
+    // SAFETY: trust contract above; queue bases are page aligned and
+    // entries 64 bytes, so the read is aligned.
+    unsafe { (addr as *const SubmissionEntry).read_volatile() }
+}
+
+/// Writes everything but the Phase Tag word first, so the driver never sees
+/// a new phase with stale contents.
+fn write_cqe(addr: u64, e: &CompletionEntry) {
+    let p = addr as *mut u32;
+    let words: [u32; 4] = bytemuck::cast(*e);
+    // SAFETY: trust contract above; CQ bases are page aligned and entries
+    // 16 bytes, so each u32 store is aligned and inside the entry.
+    unsafe {
+        p.write_volatile(words[0]);
+        p.add(1).write_volatile(words[1]);
+        p.add(2).write_volatile(words[2]);
+        fence(Ordering::Release);
+        p.add(3).write_volatile(words[3]);
+    }
+}
+
+fn host_read_u64(addr: u64) -> u64 {
+    // SAFETY: trust contract above; PRP list pointers were checked to be
+    // qword aligned.
+    unsafe { (addr as *const u64).read_volatile() }
+}
+
+fn host_read_u32(addr: u64) -> u32 {
+    // SAFETY: trust contract above; the shadow buffer is page aligned and
+    // slots are 4-byte aligned inside its page.
+    unsafe { (addr as *const u32).read_volatile() }
+}
+
+fn host_write_u32(addr: u64, v: u32) {
+    // SAFETY: as for `host_read_u32`, on the EventIdx buffer.
+    unsafe { (addr as *mut u32).write_volatile(v) }
+}
+
+fn host_read(addr: u64, dst: &mut [u8]) {
+    // SAFETY: trust contract above; `dst` is model memory.
+    unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), dst.len()) }
+}
+
+fn host_write(addr: u64, src: &[u8]) {
+    // SAFETY: trust contract above; `src` is model memory.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len()) }
+}
+
+fn host_fill(addr: u64, len: usize, byte: u8) {
+    // SAFETY: trust contract above.
+    unsafe { std::ptr::write_bytes(addr as *mut u8, byte, len) }
+}
+
+fn copy_to_host(segs: &[(u64, usize)], mut src: &[u8]) {
+    for &(addr, n) in segs {
+        let n = n.min(src.len());
+        host_write(addr, &src[..n]);
+        src = &src[n..];
+    }
+}
+
+fn copy_from_host(segs: &[(u64, usize)], mut dst: &mut [u8]) {
+    for &(addr, n) in segs {
+        let n = n.min(dst.len());
+        let (head, tail) = dst.split_at_mut(n);
+        host_read(addr, head);
+        dst = tail;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{aqa, sct, Cap, NumQueues, QueuePriority, Shutdown, ShutdownStatus};
+    use fastlane_framework::{DmaRegion, PageSize};
+
+    // Layout of the test's DMA region (offsets).
+    const ASQ: usize = 0x0000;
+    const ACQ: usize = 0x1000;
+    const IDENT: usize = 0x2000;
+    const IOSQ: usize = 0x3000;
+    const IOCQ: usize = 0x4000;
+    const LIST: usize = 0x5000;
+    const LIST2: usize = 0x6000;
+    const SHADOW: usize = 0x7000;
+    const EVENTIDX: usize = 0x8000;
+    const DATA: usize = 0x10_0000;
+    const DATA2: usize = 0x20_0000;
+    const ENTRIES: u16 = 16;
+
+    /// One queue pair as the test drives it.
+    struct Q {
+        qid: u16,
+        sq: usize,
+        cq: usize,
+        tail: u16,
+        head: u16,
+        phase: bool,
+        cid: u16,
+    }
+
+    /// A hand-written host: writes entries, rings doorbells, reaps CQEs.
+    struct Host {
+        sim: SimController,
+        bar: Mmio,
+        mem: DmaRegion,
+        q: [Q; 2],
+        shadow: bool,
+    }
+
+    fn st(sct_: u8, sc: u8) -> (u8, u8) {
+        (sct_, sc)
+    }
+
+    impl Host {
+        fn new(cfg: SimConfig) -> Host {
+            // SAFETY: the tests program only addresses of regions they own
+            // and drop the model before those regions.
+            let (sim, bar) = unsafe { SimController::start(cfg) };
+            let mem = DmaRegion::new_unmapped(0x40_0000, PageSize::Small).unwrap();
+            let q = |qid, sq, cq| Q {
+                qid,
+                sq,
+                cq,
+                tail: 0,
+                head: 0,
+                phase: true,
+                cid: 0,
+            };
+            Host {
+                sim,
+                bar,
+                mem,
+                q: [q(0, ASQ, ACQ), q(1, IOSQ, IOCQ)],
+                shadow: false,
+            }
+        }
+
+        fn iova(&self, off: usize) -> u64 {
+            self.mem.iova_at(off).get()
+        }
+
+        fn wait_csts(&self, f: impl Fn(Csts) -> bool) -> Csts {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let c = Csts(self.bar.read32(reg::CSTS));
+                if f(c) {
+                    return c;
+                }
+                assert!(Instant::now() < deadline, "CSTS stuck at {:#x}", c.0);
+                thread::yield_now();
+            }
+        }
+
+        fn enable(&mut self) {
+            self.mem.fill(0, 0x10000, 0).unwrap();
+            self.q.iter_mut().for_each(|q| {
+                (q.tail, q.head, q.phase) = (0, 0, true);
+            });
+            self.bar.write32(reg::AQA, aqa(ENTRIES, ENTRIES).unwrap());
+            self.bar.write64(reg::ASQ, self.iova(ASQ));
+            self.bar.write64(reg::ACQ, self.iova(ACQ));
+            self.bar.write32(reg::CC, Cc::nvm(0).with_en(true).0);
+            self.wait_csts(|c| c.rdy());
+        }
+
+        fn disable(&mut self) {
+            self.bar.write32(reg::CC, Cc::nvm(0).0);
+            self.wait_csts(|c| !c.rdy());
+        }
+
+        fn submit(&mut self, q: usize, mut e: SubmissionEntry) -> u16 {
+            let cid = self.q[q].cid;
+            self.q[q].cid = cid.wrapping_add(1) & 0x7FFF;
+            e.set_cid(cid);
+            let (sq, tail, qid) = (self.q[q].sq, self.q[q].tail, self.q[q].qid);
+            self.mem
+                .write(sq + tail as usize * 64, bytemuck::bytes_of(&e))
+                .unwrap();
+            let tail = (tail + 1) % ENTRIES;
+            self.q[q].tail = tail;
+            fence(Ordering::Release);
+            if self.shadow && qid != 0 {
+                self.mem
+                    .write(SHADOW + 8 * qid as usize, &(tail as u32).to_le_bytes())
+                    .unwrap();
+            } else {
+                self.bar.write32(sq_tail_doorbell(qid, 0), tail as u32);
+            }
+            cid
+        }
+
+        fn try_reap(&mut self, q: usize, timeout: Duration) -> Option<CompletionEntry> {
+            let deadline = Instant::now() + timeout;
+            let at = self.q[q].cq + self.q[q].head as usize * 16;
+            loop {
+                let mut raw = [0u8; 16];
+                self.mem.read(at, &mut raw).unwrap();
+                let e: CompletionEntry = bytemuck::pod_read_unaligned(&raw);
+                if e.phase() == self.q[q].phase {
+                    fence(Ordering::Acquire);
+                    self.mem.read(at, &mut raw).unwrap();
+                    let qq = &mut self.q[q];
+                    qq.head = (qq.head + 1) % ENTRIES;
+                    if qq.head == 0 {
+                        qq.phase = !qq.phase;
+                    }
+                    let (qid, head) = (qq.qid, qq.head);
+                    if self.shadow && qid != 0 {
+                        self.mem
+                            .write(SHADOW + 8 * qid as usize + 4, &(head as u32).to_le_bytes())
+                            .unwrap();
+                    } else {
+                        self.bar.write32(cq_head_doorbell(qid, 0), head as u32);
+                    }
+                    return Some(bytemuck::pod_read_unaligned(&raw));
+                }
+                if Instant::now() > deadline {
+                    return None;
+                }
+                thread::yield_now();
+            }
+        }
+
+        fn reap(&mut self, q: usize) -> CompletionEntry {
+            self.try_reap(q, Duration::from_secs(5))
+                .expect("completion")
+        }
+
+        /// Submits and waits; returns DW0 or (SCT, SC).
+        fn cmd(&mut self, q: usize, e: SubmissionEntry) -> Result<u32, (u8, u8)> {
+            let cid = self.submit(q, e);
+            let c = self.reap(q);
+            assert_eq!((c.cid, c.sq_id), (cid, self.q[q].qid));
+            assert_eq!(c.sq_head, self.q[q].tail, "all submitted entries consumed");
+            match c.status().result() {
+                Ok(()) => Ok(c.dw0),
+                Err(e) => {
+                    assert!(e.dnr);
+                    Err((e.sct, e.sc))
+                }
+            }
+        }
+
+        fn create_io_queues(&mut self) {
+            let cq = SubmissionEntry::create_io_cq(1, ENTRIES, self.iova(IOCQ));
+            assert_eq!(self.cmd(0, cq), Ok(0));
+            let sq = SubmissionEntry::create_io_sq(
+                1,
+                ENTRIES,
+                self.iova(IOSQ),
+                1,
+                QueuePriority::Medium,
+            );
+            assert_eq!(self.cmd(0, sq), Ok(0));
+        }
+
+        /// Writes PRP list entries for the pages after the first of a
+        /// buffer at `data` of `len` bytes; returns PRP2.
+        fn prp_list(&self, list: usize, data: usize, len: usize) -> u64 {
+            let first = 4096 - data % 4096;
+            let pages = (len - first).div_ceil(4096);
+            for i in 0..pages {
+                let page = self.iova(data - data % 4096 + (i + 1) * 4096);
+                self.mem.write(list + 8 * i, &page.to_le_bytes()).unwrap();
+            }
+            self.iova(list)
+        }
+
+        fn bytes(&self, off: usize, len: usize) -> Vec<u8> {
+            let mut v = vec![0; len];
+            self.mem.read(off, &mut v).unwrap();
+            v
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (i >> 9) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn identify_then_write_and_read_back_through_prp_lists() {
+        let cfg = SimConfig {
+            lba_size: 4096,
+            namespace_blocks: 4096,
+            ..SimConfig::default()
+        };
+        let mut h = Host::new(cfg);
+        let cap = Cap(h.bar.read64(reg::CAP));
+        assert_eq!((cap.mqes(), cap.cqr(), cap.dstrd()), (1023, true, 0));
+        assert!(cap.supports_nvm_command_set());
+        assert_eq!((cap.min_page_size(), cap.max_page_size()), (4096, 65536));
+        assert_eq!(cap.timeout(), Duration::from_millis(500));
+        assert_eq!(h.bar.read32(reg::VS), 0x0001_0400);
+        h.enable();
+
+        let id = SubmissionEntry::identify_controller(h.iova(IDENT));
+        assert_eq!(h.cmd(0, id), Ok(0));
+        let ctrl = IdentifyController::from_bytes(&h.bytes(IDENT, 4096)).unwrap();
+        assert_eq!(
+            (ctrl.serial(), ctrl.model(), ctrl.firmware()),
+            ("SIM0001".into(), "fastlane sim".into(), "1.0".into())
+        );
+        assert_eq!(ctrl.mdts_bytes(4096), Some(128 << 10));
+        assert_eq!((ctrl.nn, ctrl.sqes, ctrl.cqes), (1, 0x66, 0x44));
+        assert!(ctrl.supports_dsm() && ctrl.supports_write_zeroes());
+        assert!(ctrl.supports_doorbell_buffer_config());
+
+        let id = SubmissionEntry::identify_namespace(1, h.iova(IDENT));
+        assert_eq!(h.cmd(0, id), Ok(0));
+        let ns = IdentifyNamespace::from_bytes(&h.bytes(IDENT, 4096)).unwrap();
+        assert_eq!((ns.nsze, ns.ncap, ns.lba_size()), (4096, 4096, Some(4096)));
+        let id = SubmissionEntry::identify_active_ns_list(0, h.iova(IDENT));
+        assert_eq!(h.cmd(0, id), Ok(0));
+        assert_eq!(
+            crate::spec::active_ns_ids(&h.bytes(IDENT, 4096)).collect::<Vec<_>>(),
+            [1]
+        );
+        let id = SubmissionEntry::identify_namespace(2, h.iova(IDENT));
+        assert_eq!(h.cmd(0, id), Err(st(sct::GENERIC, 0x0B)));
+
+        let nq = h.cmd(0, SubmissionEntry::set_num_queues(64, 2)).unwrap();
+        assert_eq!(
+            NumQueues::from_dw0(nq),
+            NumQueues {
+                sq_count: 8,
+                cq_count: 2
+            }
+        );
+        h.create_io_queues();
+
+        // 8 blocks = 8 pages: PRP1 plus a list of 7.
+        let len = 8 * 4096;
+        let data = pattern(len, 0x5A);
+        h.mem.write(DATA, &data).unwrap();
+        let prp2 = h.prp_list(LIST, DATA, len);
+        let w = SubmissionEntry::write(1, 100, 7, h.iova(DATA), prp2);
+        assert_eq!(h.cmd(1, w), Ok(0));
+
+        // Read back into a buffer with an in-page offset: 9 pages.
+        let dst = DATA2 + 0x200;
+        let prp2 = h.prp_list(LIST2, dst, len);
+        let r = SubmissionEntry::read(1, 100, 7, h.iova(dst), prp2);
+        assert_eq!(h.cmd(1, r), Ok(0));
+        assert!(h.bytes(dst, len) == data, "read-back data differs");
+
+        // Two blocks through PRP1 + PRP2, unwritten blocks read as zeroes.
+        h.mem.fill(DATA2, 2 * 4096, 0xEE).unwrap();
+        let r = SubmissionEntry::read(1, 99, 1, h.iova(DATA2), h.iova(DATA2 + 4096));
+        assert_eq!(h.cmd(1, r), Ok(0));
+        assert!(h.bytes(DATA2, 4096).iter().all(|&b| b == 0));
+        assert_eq!(h.bytes(DATA2 + 4096, 4096), data[..4096]);
+
+        // Errors: LBA range, namespace, MDTS (32 blocks of 4 KiB), opcode.
+        let bad = SubmissionEntry::read(1, 4090, 7, h.iova(DATA2), prp2);
+        assert_eq!(h.cmd(1, bad), Err(st(sct::GENERIC, 0x80)));
+        let bad = SubmissionEntry::read(1, u64::MAX, 0, h.iova(DATA2), 0);
+        assert_eq!(h.cmd(1, bad), Err(st(sct::GENERIC, 0x80)));
+        let bad = SubmissionEntry::read(2, 0, 0, h.iova(DATA2), 0);
+        assert_eq!(h.cmd(1, bad), Err(st(sct::GENERIC, 0x0B)));
+        let bad = SubmissionEntry::read(1, 0, 32, h.iova(DATA2), prp2);
+        assert_eq!(h.cmd(1, bad), Err(st(sct::GENERIC, 0x02)));
+        let bad = SubmissionEntry::read(1, 0, 0, h.iova(DATA2) + 2, 0);
+        assert_eq!(h.cmd(1, bad), Err(st(sct::GENERIC, 0x13)));
+        assert_eq!(
+            h.cmd(1, SubmissionEntry::new(0x7F, 1)),
+            Err(st(sct::GENERIC, 0x01))
+        );
+        assert_eq!(h.cmd(1, SubmissionEntry::flush(1)), Ok(0));
+
+        // Deallocate blocks 100..102, write zeroes over 106: they read as
+        // zeroes, the rest keeps its data.
+        h.mem
+            .write(DATA2, bytemuck::bytes_of(&DsmRange::new(100, 2)))
+            .unwrap();
+        assert_eq!(
+            h.cmd(1, SubmissionEntry::deallocate(1, h.iova(DATA2), 0)),
+            Ok(0)
+        );
+        assert_eq!(
+            h.cmd(1, SubmissionEntry::write_zeroes(1, 106, 0, false)),
+            Ok(0)
+        );
+        let prp2 = h.prp_list(LIST2, dst, len);
+        assert_eq!(
+            h.cmd(1, SubmissionEntry::read(1, 100, 7, h.iova(dst), prp2)),
+            Ok(0)
+        );
+        let got = h.bytes(dst, len);
+        for blk in 0..8 {
+            let range = blk * 4096..(blk + 1) * 4096;
+            if matches!(blk, 0 | 1 | 6) {
+                assert!(got[range].iter().all(|&b| b == 0), "block {blk} not zeroed");
+            } else {
+                assert!(got[range.clone()] == data[range], "block {blk} lost");
+            }
+        }
+
+        let s = h.sim.stats();
+        assert_eq!(s.io[nvm_opcode::WRITE as usize], 1);
+        assert_eq!(s.io[nvm_opcode::READ as usize], 8);
+        assert_eq!(s.admin[admin_opcode::IDENTIFY as usize], 4);
+        assert_eq!(s.io_total(), 13);
+        assert!(s.sq_doorbell_writes >= 1 && s.cq_doorbell_writes >= 1);
+    }
+
+    #[test]
+    fn queue_management_errors() {
+        let mut h = Host::new(SimConfig {
+            max_queues: 2,
+            mqes: 63,
+            ..SimConfig::default()
+        });
+        h.enable();
+        let base = h.iova(IOCQ);
+        let cq = |qid, n| SubmissionEntry::create_io_cq(qid, n, base);
+        let sq =
+            |qid, n, cqid| SubmissionEntry::create_io_sq(qid, n, base, cqid, QueuePriority::Low);
+        assert_eq!(h.cmd(0, cq(0, 16)), Err(st(sct::COMMAND_SPECIFIC, 1)));
+        assert_eq!(h.cmd(0, cq(3, 16)), Err(st(sct::COMMAND_SPECIFIC, 1)));
+        assert_eq!(h.cmd(0, cq(1, 65)), Err(st(sct::COMMAND_SPECIFIC, 2)));
+        assert_eq!(h.cmd(0, cq(1, 1)), Err(st(sct::COMMAND_SPECIFIC, 2)));
+        assert_eq!(h.cmd(0, sq(1, 16, 1)), Err(st(sct::COMMAND_SPECIFIC, 0)));
+        assert_eq!(h.cmd(0, sq(1, 16, 0)), Err(st(sct::COMMAND_SPECIFIC, 0)));
+        let mut misaligned = cq(1, 16);
+        misaligned.prp1 += 64;
+        assert_eq!(h.cmd(0, misaligned), Err(st(sct::GENERIC, 0x13)));
+        assert_eq!(h.cmd(0, cq(1, 16)), Ok(0));
+        assert_eq!(h.cmd(0, cq(1, 16)), Err(st(sct::COMMAND_SPECIFIC, 1)));
+        assert_eq!(h.cmd(0, sq(1, 16, 1)), Ok(0));
+        assert_eq!(
+            h.cmd(0, SubmissionEntry::delete_io_cq(1)),
+            Err(st(sct::COMMAND_SPECIFIC, 0x0C))
+        );
+        assert_eq!(
+            h.cmd(0, SubmissionEntry::delete_io_sq(2)),
+            Err(st(sct::COMMAND_SPECIFIC, 1))
+        );
+        assert_eq!(
+            h.cmd(0, SubmissionEntry::delete_io_sq(0)),
+            Err(st(sct::COMMAND_SPECIFIC, 1))
+        );
+        assert_eq!(h.cmd(0, SubmissionEntry::delete_io_sq(1)), Ok(0));
+        assert_eq!(h.cmd(0, SubmissionEntry::delete_io_cq(1)), Ok(0));
+        assert_eq!(h.cmd(0, SubmissionEntry::abort(1, 3)), Ok(1));
+        assert_eq!(
+            h.cmd(0, SubmissionEntry::new(0xC5, 0)),
+            Err(st(sct::GENERIC, 1))
+        );
+        let gf = SubmissionEntry::get_features(
+            feature::NUMBER_OF_QUEUES,
+            crate::spec::FeatureSelect::Current,
+            0,
+        );
+        assert_eq!(h.cmd(0, gf), Ok(1 << 16 | 1));
+        let gf = SubmissionEntry::get_features(0x55, crate::spec::FeatureSelect::Current, 0);
+        assert_eq!(h.cmd(0, gf), Err(st(sct::GENERIC, 2)));
+
+        // Admin CQ wraps: phase tags flip and the model honours the head.
+        for _ in 0..3 * ENTRIES {
+            assert_eq!(h.cmd(0, SubmissionEntry::abort(1, 0)), Ok(1));
+        }
+
+        // Shutdown notification.
+        h.bar.write32(
+            reg::CC,
+            Cc::nvm(0).with_en(true).with_shn(Shutdown::Normal).0,
+        );
+        h.wait_csts(|c| c.shst() == ShutdownStatus::Complete);
+    }
+
+    #[test]
+    fn cq_full_waits_for_head_doorbell() {
+        let mut h = Host::new(SimConfig::default());
+        h.enable();
+        h.create_io_queues();
+        // 15 commands fill the 16-entry CQ to its 15-entry capacity...
+        let mut cids = Vec::new();
+        for _ in 0..ENTRIES - 1 {
+            cids.push(h.submit(1, SubmissionEntry::flush(1)));
+        }
+        // ...wait until all are posted, then submit one more without
+        // consuming: it must not be posted over the unread entries.
+        let last = h.q[1].cq + (ENTRIES as usize - 2) * 16;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.bytes(last + 14, 2)[0] & 1 == 0 {
+            assert!(Instant::now() < deadline);
+            thread::yield_now();
+        }
+        cids.push(h.submit(1, SubmissionEntry::flush(1)));
+        thread::sleep(Duration::from_millis(20));
+        let slot = h.q[1].cq + (ENTRIES as usize - 1) * 16;
+        assert_eq!(h.bytes(slot + 14, 2)[0] & 1, 0, "posted into a full CQ");
+        for cid in cids {
+            assert_eq!(h.reap(1).cid, cid);
+        }
+        assert_eq!(h.sim.stats().io[nvm_opcode::FLUSH as usize], ENTRIES as u64);
+    }
+
+    #[test]
+    fn chained_prp_list() {
+        let mut h = Host::new(SimConfig::default());
+        h.enable();
+        h.create_io_queues();
+        // 5 pages at an offset: PRP1 + 5 more pages. The first list starts
+        // 16 bytes before the end of its page: one data entry, then a chain
+        // pointer to a second list with the remaining four.
+        let len = 5 * 4096;
+        let data = pattern(len, 3);
+        let buf = DATA + 0x100;
+        h.mem.write(buf, &data).unwrap();
+        let pages: Vec<u64> = (1..=5).map(|i| h.iova(DATA + i * 4096)).collect();
+        let page = |i: usize| pages[i];
+        let l1 = LIST + 4096 - 16;
+        h.mem.write(l1, &page(0).to_le_bytes()).unwrap();
+        h.mem.write(l1 + 8, &h.iova(LIST2).to_le_bytes()).unwrap();
+        for i in 1..5 {
+            h.mem
+                .write(LIST2 + 8 * (i - 1), &page(i).to_le_bytes())
+                .unwrap();
+        }
+        let w = SubmissionEntry::write(1, 8, 39, h.iova(buf), h.iova(l1));
+        assert_eq!(h.cmd(1, w), Ok(0));
+        let prp2 = h.prp_list(LIST, DATA2, len);
+        let r = SubmissionEntry::read(1, 8, 39, h.iova(DATA2), prp2);
+        assert_eq!(h.cmd(1, r), Ok(0));
+        assert!(h.bytes(DATA2, len) == data);
+
+        // A list entry with an offset, and a list that chains to itself.
+        h.mem.write(LIST2, &(page(1) + 8).to_le_bytes()).unwrap();
+        let w = SubmissionEntry::write(1, 8, 39, h.iova(buf), h.iova(l1));
+        assert_eq!(h.cmd(1, w), Err(st(sct::GENERIC, 0x13)));
+        let l = LIST + 4096 - 8;
+        h.mem.write(l, &h.iova(l).to_le_bytes()).unwrap();
+        let w = SubmissionEntry::write(1, 8, 39, h.iova(buf), h.iova(l));
+        assert_eq!(h.cmd(1, w), Err(st(sct::GENERIC, 0x04)));
+        let w = SubmissionEntry::write(1, 8, 39, h.iova(buf), 0);
+        assert_eq!(h.cmd(1, w), Err(st(sct::GENERIC, 0x04)));
+    }
+
+    #[test]
+    fn fault_injection() {
+        let mut h = Host::new(SimConfig::default());
+        h.enable();
+        h.create_io_queues();
+        let flush = SubmissionEntry::flush(1);
+
+        h.sim.drop_next_completions(1);
+        h.submit(1, flush);
+        assert!(h.try_reap(1, Duration::from_millis(50)).is_none());
+        let cid = h.submit(1, flush);
+        let c = h.reap(1);
+        assert_eq!((c.cid, c.sq_head), (cid, 2));
+
+        h.sim.corrupt_next_cid();
+        let cid = h.submit(1, flush);
+        assert_eq!(h.reap(1).cid, cid ^ 0x8000);
+        assert_eq!(h.cmd(1, flush), Ok(0));
+        let s = h.sim.stats();
+        assert_eq!((s.dropped_completions, s.corrupted_completions), (1, 1));
+
+        h.sim.set_fatal();
+        assert!(Csts(h.bar.read32(reg::CSTS)).cfs());
+        h.submit(1, flush);
+        assert!(h.try_reap(1, Duration::from_millis(50)).is_none());
+        h.disable();
+        assert!(!Csts(h.bar.read32(reg::CSTS)).cfs());
+        h.enable();
+        assert_eq!(h.cmd(0, SubmissionEntry::abort(0, 0)), Ok(1));
+        // The reset dropped the I/O queues: a doorbell for SQ 1 is ignored.
+        h.submit(1, flush);
+        assert!(h.try_reap(1, Duration::from_millis(50)).is_none());
+    }
+
+    #[test]
+    fn invalid_enable_sets_cfs() {
+        let h = Host::new(SimConfig::default());
+        h.bar.write32(reg::AQA, 0);
+        h.bar.write32(reg::CC, Cc::nvm(0).with_en(true).0);
+        let c = h.wait_csts(|c| c.cfs());
+        assert!(!c.rdy());
+    }
+
+    #[test]
+    fn shadow_doorbells() {
+        let mut h = Host::new(SimConfig::default());
+        h.enable();
+        let dbbc = SubmissionEntry::doorbell_buffer_config(h.iova(SHADOW), h.iova(EVENTIDX));
+        assert_eq!(h.cmd(0, dbbc), Ok(0));
+        h.create_io_queues();
+        h.shadow = true;
+        let before = h.sim.stats();
+        for _ in 0..40 {
+            assert_eq!(h.cmd(1, SubmissionEntry::flush(1)), Ok(0));
+        }
+        let after = h.sim.stats();
+        assert_eq!(after.sq_doorbell_writes, before.sq_doorbell_writes);
+        assert!(after.shadow_doorbell_updates > before.shadow_doorbell_updates);
+        let eventidx = u32::from_le_bytes(h.bytes(EVENTIDX + 8, 4).try_into().unwrap());
+        assert_eq!(eventidx, h.q[1].tail as u32);
+    }
+
+    #[test]
+    fn store_data_false_discards_writes() {
+        let mut h = Host::new(SimConfig {
+            store_data: false,
+            ..SimConfig::default()
+        });
+        h.enable();
+        h.create_io_queues();
+        h.mem.fill(DATA, 4096, 0xAB).unwrap();
+        assert_eq!(
+            h.cmd(1, SubmissionEntry::write(1, 0, 7, h.iova(DATA), 0)),
+            Ok(0)
+        );
+        assert_eq!(
+            h.cmd(1, SubmissionEntry::read(1, 0, 7, h.iova(DATA), 0)),
+            Ok(0)
+        );
+        assert!(h.bytes(DATA, 4096).iter().all(|&b| b == 0));
+        // After a long idle the model sleeps between polls, but still serves.
+        thread::sleep(DEEP_IDLE * 2);
+        assert_eq!(h.cmd(1, SubmissionEntry::flush(1)), Ok(0));
+    }
+}
