@@ -32,6 +32,7 @@ const USAGE: &str = "usage: nvme_read [options]
   --queues N            queue pairs, one thread each (default 1)
   --blocks N            limit the LBA range to the first N blocks (default: all)
   --seed N              pattern seed for write/verify (default 1)
+  --shadow-doorbells    use shadow doorbells (Doorbell Buffer Config) when supported
   --json                print the result as one JSON object
   --quiet               no progress line
 
@@ -68,13 +69,14 @@ struct Counters {
 struct WorkerResult {
     hist: Histogram<u64>,
     ios: u64,
+    doorbell_writes: u64,
 }
 
 fn main() {
-    let args = Args::parse(USAGE, &["json", "quiet"]);
+    let args = Args::parse(USAGE, &["json", "quiet", "shadow-doorbells"]);
     args.only(
         USAGE,
-        &["device", "nsid", "queue-depth", "io-size", "pattern", "workload", "time", "queues", "blocks", "seed", "json", "quiet"],
+        &["device", "nsid", "queue-depth", "io-size", "pattern", "workload", "time", "queues", "blocks", "seed", "json", "quiet", "shadow-doorbells"],
     );
     let Some(dev) = common::nvme_device(&args) else {
         common::run_in_guest("nvme_read", &args);
@@ -101,7 +103,7 @@ fn main() {
         seed: args.get(USAGE, "seed", 1u64),
     };
     let nsid = args.get(USAGE, "nsid", 1u32);
-    match run(&dev, nsid, cfg, args.flag("json"), args.flag("quiet")) {
+    match run(&dev, nsid, cfg, args.flag("shadow-doorbells"), args.flag("json"), args.flag("quiet")) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(e) => {
@@ -111,19 +113,20 @@ fn main() {
     }
 }
 
-fn run(dev: &str, nsid: u32, mut cfg: Config, json: bool, quiet: bool) -> Result<bool, Box<dyn std::error::Error>> {
+fn run(dev: &str, nsid: u32, mut cfg: Config, shadow: bool, json: bool, quiet: bool) -> Result<bool, Box<dyn std::error::Error>> {
     if cfg.depth == 0 || cfg.queues == 0 {
         return Err("--queue-depth and --queues must be at least 1".into());
     }
     let vfio = Vfio::new()?;
     let opts = Options {
         io_queues: cfg.queues,
+        shadow_doorbells: shadow,
         ..Options::default()
     };
     let ctrl = Arc::new(Controller::open(&vfio, dev, opts)?);
     let ns = ctrl.namespace(nsid)?;
     let bs = ns.block_size as usize;
-    if cfg.io_size == 0 || cfg.io_size % bs != 0 {
+    if cfg.io_size == 0 || !cfg.io_size.is_multiple_of(bs) {
         return Err(format!("--io-size must be a multiple of the {bs}-byte block size").into());
     }
     if cfg.io_size > ctrl.info().max_transfer {
@@ -183,10 +186,12 @@ fn run(dev: &str, nsid: u32, mut cfg: Config, json: bool, quiet: bool) -> Result
     stop.store(true, Ordering::Relaxed);
     let mut hist = Histogram::<u64>::new(3)?;
     let mut ios = 0;
+    let mut doorbells = 0;
     for w in workers {
         let r = w.join().map_err(|_| "worker panicked")??;
         hist.add(&r.hist)?;
         ios += r.ios;
+        doorbells += r.doorbell_writes;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let errors: u64 = counters.iter().map(|c| c.errors.load(Ordering::Relaxed)).sum();
@@ -197,10 +202,11 @@ fn run(dev: &str, nsid: u32, mut cfg: Config, json: bool, quiet: bool) -> Result
     let us = |ns: u64| ns as f64 / 1000.0;
     if json {
         println!(
-            "{{\"device\":\"{dev}\",\"io_size\":{},\"queue_depth\":{},\"queues\":{},\"ios\":{ios},\"seconds\":{elapsed:.3},\"iops\":{iops:.1},\"mib_per_s\":{mibs:.2},\"lat_us\":{{\"avg\":{:.2},\"p50\":{:.2},\"p99\":{:.2},\"p99_9\":{:.2},\"max\":{:.2}}},\"errors\":{errors},\"mismatches\":{mismatches},\"resubmitted\":{resubmitted}}}",
+            "{{\"device\":\"{dev}\",\"io_size\":{},\"queue_depth\":{},\"queues\":{},\"ios\":{ios},\"seconds\":{elapsed:.3},\"iops\":{iops:.1},\"mib_per_s\":{mibs:.2},\"lat_us\":{{\"avg\":{:.2},\"p50\":{:.2},\"p99\":{:.2},\"p99_9\":{:.2},\"max\":{:.2}}},\"errors\":{errors},\"mismatches\":{mismatches},\"resubmitted\":{resubmitted},\"doorbell_writes_per_io\":{:.3}}}",
             cfg.io_size, cfg.depth, cfg.queues,
             hist.mean() / 1000.0, us(hist.value_at_quantile(0.5)), us(hist.value_at_quantile(0.99)),
-            us(hist.value_at_quantile(0.999)), us(hist.max())
+            us(hist.value_at_quantile(0.999)), us(hist.max()),
+            doorbells as f64 / ios.max(1) as f64
         );
     } else {
         println!("{:>12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>10}", "IOPS", "MiB/s", "avg us", "p50 us", "p99 us", "p99.9 us", "max us");
@@ -209,7 +215,10 @@ fn run(dev: &str, nsid: u32, mut cfg: Config, json: bool, quiet: bool) -> Result
             hist.mean() / 1000.0, us(hist.value_at_quantile(0.5)), us(hist.value_at_quantile(0.99)),
             us(hist.value_at_quantile(0.999)), us(hist.max())
         );
-        println!("{ios} I/Os in {elapsed:.2} s, {errors} errors, {mismatches} verify mismatches, {resubmitted} resubmitted after reset");
+        println!(
+            "{ios} I/Os in {elapsed:.2} s, {errors} errors, {mismatches} verify mismatches, {resubmitted} resubmitted after reset, {:.2} doorbell writes per I/O",
+            doorbells as f64 / ios.max(1) as f64
+        );
     }
     Ok(errors == 0 && mismatches == 0 && ios > 0)
 }
@@ -337,5 +346,9 @@ fn worker(
             break;
         }
     }
-    Ok(WorkerResult { hist, ios })
+    Ok(WorkerResult {
+        hist,
+        ios,
+        doorbell_writes: qp.stats().doorbell_writes,
+    })
 }

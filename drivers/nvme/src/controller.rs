@@ -10,7 +10,7 @@ use fastlane_framework::{DmaBuf, DmaRegion, Mmio, PageSize, PciDevice, Vfio};
 
 use crate::error::{NvmeError, Result};
 use crate::qpair::IoQueuePair;
-use crate::ring::{Layout, Ring};
+use crate::ring::{Layout, Ring, Shadow};
 use crate::spec::{
     self, active_ns_ids, reg, Cap, Cc, CompletionEntry, Csts, IdentifyController,
     IdentifyNamespace, NumQueues, Shutdown, ShutdownStatus, SubmissionEntry, Version,
@@ -47,6 +47,10 @@ pub struct Options {
     pub io_queues: u16,
     /// How long an I/O command may be outstanding before it is aborted.
     pub io_timeout: Duration,
+    /// Use shadow doorbells (Doorbell Buffer Config) for I/O queues when the
+    /// controller supports them: doorbell values go to memory, and the
+    /// register is written only when the controller asks for it (EventIdx).
+    pub shadow_doorbells: bool,
 }
 
 impl Default for Options {
@@ -54,6 +58,7 @@ impl Default for Options {
         Options {
             io_queues: 8,
             io_timeout: Duration::from_secs(5),
+            shadow_doorbells: false,
         }
     }
 }
@@ -100,6 +105,8 @@ pub(crate) struct Inner {
     pub generation: AtomicU64,
     pub info: ControllerInfo,
     pub namespaces: Vec<Namespace>,
+    /// Shadow doorbell and EventIdx pages, when in use.
+    pub dbbuf: Option<DmaRegion>,
     pub options: Options,
     _device: Option<PciDevice>,
 }
@@ -173,6 +180,13 @@ impl Controller {
         }
         let granted = set_num_queues(&mut admin, &regs, cap, options.io_queues)?;
         admin.qids = vec![false; granted as usize + 1];
+        let dbbuf = if options.shadow_doorbells && idc.supports_doorbell_buffer_config() {
+            let region = mem.region(2 * PAGE_SIZE)?;
+            config_dbbuf(&mut admin, &regs, cap, &region)?;
+            Some(region)
+        } else {
+            None
+        };
         let info = ControllerInfo {
             vendor_id: idc.vid,
             serial: idc.serial(),
@@ -195,6 +209,7 @@ impl Controller {
                 generation: AtomicU64::new(0),
                 info,
                 namespaces,
+                dbbuf,
                 options,
                 _device: device,
             }),
@@ -297,9 +312,47 @@ impl Inner {
         if (granted as usize + 1) < admin.qids.len() {
             log::warn!("controller granted fewer queues after reset: {granted}");
         }
+        if let Some(region) = &self.dbbuf {
+            config_dbbuf(&mut admin, &self.regs, self.cap, region)?;
+        }
         // Queue ids stay with their queue pairs, which recreate them.
         Ok(())
     }
+}
+
+impl Inner {
+    /// Shadow doorbell slots of I/O queue `qid`, when shadow doorbells are on.
+    pub fn shadow_for(&self, qid: u16) -> Option<Shadow> {
+        let region = self.dbbuf.as_ref()?;
+        let stride = self.cap.doorbell_stride();
+        let (sq, cq) = (2 * qid as usize * stride, (2 * qid as usize + 1) * stride);
+        if cq + 4 > PAGE_SIZE {
+            return None;
+        }
+        let base = region.as_ptr();
+        // SAFETY: offsets checked against the 4 KiB pages of the region,
+        // which lives as long as the controller (and so every queue pair).
+        unsafe {
+            Some(Shadow {
+                sq_db: base.add(sq).cast(),
+                cq_db: base.add(cq).cast(),
+                sq_ei: base.add(PAGE_SIZE + sq).cast(),
+                cq_ei: base.add(PAGE_SIZE + cq).cast(),
+            })
+        }
+    }
+}
+
+/// Zeroes the shadow doorbell and EventIdx pages and hands them to the
+/// controller (Doorbell Buffer Config; the controller forgets it on reset).
+fn config_dbbuf(admin: &mut Admin, regs: &Mmio, cap: Cap, region: &DmaRegion) -> Result<()> {
+    region.fill(0, 2 * PAGE_SIZE, 0)?;
+    let cmd = SubmissionEntry::doorbell_buffer_config(
+        region.iova_at(0).get(),
+        region.iova_at(PAGE_SIZE).get(),
+    );
+    admin.execute(regs, cap, cmd)?;
+    Ok(())
 }
 
 impl Admin {

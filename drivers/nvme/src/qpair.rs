@@ -47,6 +47,8 @@ pub struct QpairStats {
     pub timeouts: u64,
     pub aborts_sent: u64,
     pub resets_seen: u64,
+    /// Doorbell register writes (fewer than batches with shadow doorbells).
+    pub doorbell_writes: u64,
 }
 
 struct Slot {
@@ -84,7 +86,7 @@ impl IoQueuePair {
         let region = inner.mem.region(layout.total)?;
         let mut admin = inner.lock_admin();
         let qid = admin.take_qid().ok_or(NvmeError::NoQueuesLeft(admin.granted()))?;
-        let ring = match Ring::new(region, layout, depth, qid, inner.cap.dstrd(), inner.regs.clone()) {
+        let mut ring = match Ring::new(region, layout, depth, qid, inner.cap.dstrd(), inner.regs.clone()) {
             Ok(r) => r,
             Err(e) => {
                 admin.release_qid(qid);
@@ -95,6 +97,7 @@ impl IoQueuePair {
             admin.release_qid(qid);
             return Err(e);
         }
+        ring.set_shadow(inner.shadow_for(qid));
         let generation = inner.generation.load(Ordering::Acquire);
         drop(admin);
         Ok(IoQueuePair {
@@ -131,7 +134,10 @@ impl IoQueuePair {
 
     /// Counters.
     pub fn stats(&self) -> QpairStats {
-        self.stats
+        QpairStats {
+            doorbell_writes: self.ring.mmio_writes,
+            ..self.stats
+        }
     }
 
     /// Reads `blocks` blocks at `lba` of namespace `nsid` into `buf`.
@@ -403,6 +409,7 @@ impl IoQueuePair {
         self.aborted = false;
         self.ring.reinit()?;
         create_queues(&mut admin, &self.inner, &self.ring, self.qid, self.depth)?;
+        self.ring.set_shadow(self.inner.shadow_for(self.qid));
         self.generation = generation;
         Ok(())
     }

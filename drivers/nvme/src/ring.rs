@@ -34,6 +34,24 @@ impl Layout {
     }
 }
 
+/// Shadow doorbells (Doorbell Buffer Config): the driver writes new values
+/// into memory and touches the register only when the controller's EventIdx
+/// says it is not looking at the shadow copy any more.
+#[derive(Clone, Copy)]
+pub(crate) struct Shadow {
+    pub sq_db: *mut u32,
+    pub cq_db: *mut u32,
+    pub sq_ei: *const u32,
+    pub cq_ei: *const u32,
+}
+
+/// NVMe's (and virtio's) "need event" test: did the update from `old` to
+/// `new` step over `event`?
+#[inline(always)]
+pub(crate) fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 pub(crate) struct Ring {
     pub region: DmaRegion,
     pub layout: Layout,
@@ -46,6 +64,12 @@ pub(crate) struct Ring {
     cq_ptr: *const CompletionEntry,
     /// SQ entries written since the last doorbell.
     unrung: u16,
+    shadow: Option<Shadow>,
+    /// Values last published through the shadow buffer.
+    shadow_sq: u16,
+    shadow_cq: u16,
+    /// Register writes made (doorbells rung).
+    pub mmio_writes: u64,
 }
 
 // SAFETY: the raw pointers point into `region`, which the Ring owns; a Ring
@@ -68,6 +92,10 @@ impl Ring {
             sq_ptr,
             cq_ptr,
             unrung: 0,
+            shadow: None,
+            shadow_sq: 0,
+            shadow_cq: 0,
+            mmio_writes: 0,
         };
         ring.clear();
         Ok(ring)
@@ -83,8 +111,32 @@ impl Ring {
         self.sq = SqRing::new(self.sq.size())?;
         self.cq = CqRing::new(self.cq.size())?;
         self.unrung = 0;
+        self.shadow_sq = 0;
+        self.shadow_cq = 0;
         self.clear();
         Ok(())
+    }
+
+    /// Uses shadow doorbells from now on (`None`: registers only).
+    pub fn set_shadow(&mut self, shadow: Option<Shadow>) {
+        self.shadow = shadow;
+        self.shadow_sq = self.sq.tail();
+        self.shadow_cq = self.cq.head();
+    }
+
+    /// Publishes a doorbell value through the shadow buffer; true when the
+    /// register must be written too.
+    #[inline]
+    fn shadow_update(db: *mut u32, ei: *const u32, last: &mut u16, new: u16) -> bool {
+        // SAFETY: db/ei point into the controller's doorbell buffer pages,
+        // which outlive every ring (see controller::DoorbellBuffer).
+        unsafe { db.write_volatile(new as u32) };
+        // The shadow store must be visible before EventIdx is read.
+        fence(Ordering::SeqCst);
+        // SAFETY: as above.
+        let event = unsafe { ei.read_volatile() } as u16;
+        let old = std::mem::replace(last, new);
+        need_event(event, new, old)
     }
 
     pub fn sq_iova(&self) -> u64 {
@@ -114,8 +166,15 @@ impl Ring {
         if self.unrung != 0 {
             // Entries must be visible before the device sees the new tail.
             fence(Ordering::Release);
-            self.regs.write32(self.sq_db, self.sq.tail() as u32);
+            let tail = self.sq.tail();
             self.unrung = 0;
+            if let Some(sh) = self.shadow {
+                if !Self::shadow_update(sh.sq_db, sh.sq_ei, &mut self.shadow_sq, tail) {
+                    return;
+                }
+            }
+            self.regs.write32(self.sq_db, tail as u32);
+            self.mmio_writes += 1;
         }
     }
 
@@ -139,8 +198,15 @@ impl Ring {
 
     /// Tells the device how far completions were consumed.
     #[inline]
-    pub fn ring_cq(&self) {
-        self.regs.write32(self.cq_db, self.cq.head() as u32);
+    pub fn ring_cq(&mut self) {
+        let head = self.cq.head();
+        if let Some(sh) = self.shadow {
+            if !Self::shadow_update(sh.cq_db, sh.cq_ei, &mut self.shadow_cq, head) {
+                return;
+            }
+        }
+        self.regs.write32(self.cq_db, head as u32);
+        self.mmio_writes += 1;
     }
 
     /// Pointer to the caller's extra space.
@@ -151,5 +217,20 @@ impl Ring {
 
     pub fn extra_iova(&self) -> u64 {
         self.region.iova_at(self.layout.extra_off).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::need_event;
+
+    #[test]
+    fn need_event_fires_when_the_update_passes_event_idx() {
+        assert!(need_event(5, 6, 5), "event 5 stepped over by 5 -> 6");
+        assert!(need_event(5, 9, 3));
+        assert!(!need_event(9, 9, 3), "event not reached yet");
+        assert!(!need_event(2, 9, 3), "event behind the old value");
+        assert!(need_event(u16::MAX, 1, u16::MAX - 1), "wrap-around");
+        assert!(!need_event(5, 5, 5), "no change");
     }
 }
