@@ -140,9 +140,16 @@ impl Controller {
         Self::init(regs, Memory::Unmapped, None, options)
     }
 
-    fn init(regs: Mmio, mem: Memory, device: Option<PciDevice>, options: Options) -> Result<Controller> {
+    fn init(
+        regs: Mmio,
+        mem: Memory,
+        device: Option<PciDevice>,
+        options: Options,
+    ) -> Result<Controller> {
         if regs.len() < reg::DOORBELL_BASE + 8 {
-            return Err(NvmeError::Malformed("BAR0 smaller than the admin doorbells"));
+            return Err(NvmeError::Malformed(
+                "BAR0 smaller than the admin doorbells",
+            ));
         }
         let cap = Cap(regs.read64(reg::CAP));
         if !cap.supports_nvm_command_set() {
@@ -151,11 +158,16 @@ impl Controller {
         if cap.min_page_size() > PAGE_SIZE {
             return Err(NvmeError::Malformed("CAP.MPSMIN above 4 KiB"));
         }
-        let entries = ADMIN_ENTRIES.min(cap.max_queue_entries().min(4096) as u16).max(2);
+        let entries = ADMIN_ENTRIES
+            .min(cap.max_queue_entries().min(4096) as u16)
+            .max(2);
         let layout = Layout::new(entries, 2 * PAGE_SIZE);
         let region = mem.region(layout.total)?;
         let ring = Ring::new(region, layout, entries, 0, cap.dstrd(), regs.clone())?;
-        let mut admin = Admin { ring, qids: Vec::new() };
+        let mut admin = Admin {
+            ring,
+            qids: Vec::new(),
+        };
         enable(&regs, cap, &admin.ring)?;
 
         // Identify Controller and namespaces into the admin ring's extra page.
@@ -164,7 +176,11 @@ impl Controller {
         let idc = IdentifyController::from_bytes(&admin.extra(PAGE_SIZE))
             .ok_or(NvmeError::Malformed("identify controller"))?;
         let info_max = max_transfer(&idc);
-        admin.execute(&regs, cap, SubmissionEntry::identify_active_ns_list(0, data))?;
+        admin.execute(
+            &regs,
+            cap,
+            SubmissionEntry::identify_active_ns_list(0, data),
+        )?;
         let ids: Vec<u32> = active_ns_ids(&admin.extra(PAGE_SIZE)).take(1024).collect();
         let mut namespaces = Vec::new();
         for id in ids {
@@ -262,7 +278,11 @@ impl Controller {
 
     /// Runs one admin command synchronously (for tools and tests); `data`
     /// receives up to 4 KiB the command returns.
-    pub fn admin_command(&self, cmd: SubmissionEntry, data: Option<&mut [u8]>) -> Result<CompletionEntry> {
+    pub fn admin_command(
+        &self,
+        cmd: SubmissionEntry,
+        data: Option<&mut [u8]>,
+    ) -> Result<CompletionEntry> {
         let mut admin = self.inner.lock_admin();
         let mut cmd = cmd;
         if data.is_some() {
@@ -281,13 +301,21 @@ impl Controller {
 impl Controller {
     /// Runs one admin command whose data goes to (or comes from) `buf`,
     /// addressed by the buffer's IOVA: pointer plus its region's offset.
-    pub fn admin_command_buf(&self, mut cmd: SubmissionEntry, buf: &DmaBuf) -> Result<CompletionEntry> {
+    pub fn admin_command_buf(
+        &self,
+        mut cmd: SubmissionEntry,
+        buf: &DmaBuf,
+    ) -> Result<CompletionEntry> {
         if buf.len() < PAGE_SIZE || !buf.iova().get().is_multiple_of(PAGE_SIZE as u64) {
-            return Err(NvmeError::InvalidArgument("admin data needs a 4 KiB aligned 4 KiB buffer".into()));
+            return Err(NvmeError::InvalidArgument(
+                "admin data needs a 4 KiB aligned 4 KiB buffer".into(),
+            ));
         }
         cmd.prp1 = buf.iova().get();
         cmd.prp2 = 0;
-        self.inner.lock_admin().execute(&self.inner.regs, self.inner.cap, cmd)
+        self.inner
+            .lock_admin()
+            .execute(&self.inner.regs, self.inner.cap, cmd)
     }
 }
 
@@ -357,7 +385,12 @@ fn config_dbbuf(admin: &mut Admin, regs: &Mmio, cap: Cap, region: &DmaRegion) ->
 
 impl Admin {
     /// Submits one admin command and polls for its completion.
-    pub fn execute(&mut self, regs: &Mmio, cap: Cap, mut cmd: SubmissionEntry) -> Result<CompletionEntry> {
+    pub fn execute(
+        &mut self,
+        regs: &Mmio,
+        cap: Cap,
+        mut cmd: SubmissionEntry,
+    ) -> Result<CompletionEntry> {
         cmd.set_cid(self.ring.sq.tail());
         if !self.ring.push(&cmd) {
             return Err(NvmeError::QueueFull);
@@ -370,7 +403,11 @@ impl Admin {
                 self.ring.ring_cq();
                 self.ring.sq.update_head(c.sq_head)?;
                 if c.cid != cmd.cid() {
-                    log::warn!("admin completion for unknown cid {} (expected {})", c.cid, cmd.cid());
+                    log::warn!(
+                        "admin completion for unknown cid {} (expected {})",
+                        c.cid,
+                        cmd.cid()
+                    );
                     continue;
                 }
                 c.status().result()?;
@@ -421,7 +458,8 @@ fn enable(regs: &Mmio, cap: Cap, admin: &Ring) -> Result<()> {
     }
     wait_ready(regs, cap, false)?;
     let entries = admin.sq.size();
-    let aqa = spec::aqa(entries, entries).ok_or(NvmeError::InvalidArgument("admin queue size".into()))?;
+    let aqa =
+        spec::aqa(entries, entries).ok_or(NvmeError::InvalidArgument("admin queue size".into()))?;
     regs.write32(reg::AQA, aqa);
     regs.write64(reg::ASQ, admin.sq_iova());
     regs.write64(reg::ACQ, admin.cq_iova());
@@ -445,7 +483,11 @@ fn wait_ready(regs: &Mmio, cap: Cap, ready: bool) -> Result<()> {
         }
         if start.elapsed() > timeout {
             return Err(NvmeError::Timeout {
-                what: if ready { "controller enable (CSTS.RDY=1)" } else { "controller disable (CSTS.RDY=0)" },
+                what: if ready {
+                    "controller enable (CSTS.RDY=1)"
+                } else {
+                    "controller disable (CSTS.RDY=0)"
+                },
                 after: timeout,
             });
         }
@@ -463,7 +505,8 @@ fn set_num_queues(admin: &mut Admin, regs: &Mmio, cap: Cap, want: u16) -> Result
 /// MDTS in bytes, capped by one PRP list page (the driver does not chain).
 fn max_transfer(idc: &IdentifyController) -> usize {
     let one_list = crate::prp::max_transfer(PAGE_SIZE, 0, PAGE_SIZE / 8);
-    idc.mdts_bytes(PAGE_SIZE).map_or(one_list, |m| m.min(one_list))
+    idc.mdts_bytes(PAGE_SIZE)
+        .map_or(one_list, |m| m.min(one_list))
 }
 
 impl Drop for Inner {
@@ -483,6 +526,7 @@ impl Drop for Inner {
             }
             std::thread::sleep(Duration::from_micros(100));
         }
-        self.regs.write32(reg::CC, Cc(self.regs.read32(reg::CC)).with_en(false).0);
+        self.regs
+            .write32(reg::CC, Cc(self.regs.read32(reg::CC)).with_en(false).0);
     }
 }

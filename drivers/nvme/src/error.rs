@@ -31,10 +31,16 @@ pub enum NvmeError {
     #[error("namespace {0} does not exist")]
     InvalidNamespace(u32),
     #[error("blocks {lba}..{lba}+{blocks} outside the namespace of {capacity} blocks")]
-    LbaOutOfRange { lba: u64, blocks: u32, capacity: u64 },
+    LbaOutOfRange {
+        lba: u64,
+        blocks: u32,
+        capacity: u64,
+    },
     #[error("the transfer needs {need} bytes but the buffer has {have}")]
     BufferTooSmall { need: usize, have: usize },
-    #[error("transfer of {bytes} bytes exceeds the controller's maximum of {max} (MDTS); split it")]
+    #[error(
+        "transfer of {bytes} bytes exceeds the controller's maximum of {max} (MDTS); split it"
+    )]
     TooLarge { bytes: usize, max: usize },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

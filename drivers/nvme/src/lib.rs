@@ -25,8 +25,8 @@
 
 pub mod controller;
 pub mod error;
-pub mod prp;
 pub mod pattern;
+pub mod prp;
 pub mod qpair;
 pub mod queue;
 mod ring;

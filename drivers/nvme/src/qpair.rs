@@ -16,7 +16,9 @@ use crate::error::{NvmeError, Rejected, Result};
 use crate::prp::{self, PrpList};
 use crate::queue::CidTable;
 use crate::ring::{Layout, Ring};
-use crate::spec::{nvm_opcode, reg, Csts, DsmRange, QueuePriority, SubmissionEntry, DSM_MAX_RANGES};
+use crate::spec::{
+    nvm_opcode, reg, Csts, DsmRange, QueuePriority, SubmissionEntry, DSM_MAX_RANGES,
+};
 
 /// Empty polls between two looks at the clock and CSTS while commands are
 /// outstanding: keeps time and MMIO reads off the hot path.
@@ -85,8 +87,17 @@ impl IoQueuePair {
         let layout = Layout::new(depth, depth as usize * PAGE_SIZE);
         let region = inner.mem.region(layout.total)?;
         let mut admin = inner.lock_admin();
-        let qid = admin.take_qid().ok_or(NvmeError::NoQueuesLeft(admin.granted()))?;
-        let mut ring = match Ring::new(region, layout, depth, qid, inner.cap.dstrd(), inner.regs.clone()) {
+        let qid = admin
+            .take_qid()
+            .ok_or(NvmeError::NoQueuesLeft(admin.granted()))?;
+        let mut ring = match Ring::new(
+            region,
+            layout,
+            depth,
+            qid,
+            inner.cap.dstrd(),
+            inner.regs.clone(),
+        ) {
             Ok(r) => r,
             Err(e) => {
                 admin.release_qid(qid);
@@ -142,13 +153,27 @@ impl IoQueuePair {
 
     /// Reads `blocks` blocks at `lba` of namespace `nsid` into `buf`.
     #[inline]
-    pub fn read(&mut self, nsid: u32, lba: u64, blocks: u32, buf: DmaBuf, tag: u64) -> Result<(), Rejected> {
+    pub fn read(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
         self.rw(nvm_opcode::READ, nsid, lba, blocks, buf, tag)
     }
 
     /// Writes `blocks` blocks from `buf` at `lba` of namespace `nsid`.
     #[inline]
-    pub fn write(&mut self, nsid: u32, lba: u64, blocks: u32, buf: DmaBuf, tag: u64) -> Result<(), Rejected> {
+    pub fn write(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
         self.rw(nvm_opcode::WRITE, nsid, lba, blocks, buf, tag)
     }
 
@@ -159,13 +184,31 @@ impl IoQueuePair {
     }
 
     /// Write Zeroes over `blocks` blocks at `lba`.
-    pub fn write_zeroes(&mut self, nsid: u32, lba: u64, blocks: u32, tag: u64) -> Result<(), Rejected> {
-        let nlb = self.check_range(nsid, lba, blocks).map_err(|e| Rejected::new(e, None))?;
-        self.push(SubmissionEntry::write_zeroes(nsid, lba, nlb, false), None, tag, |_| Ok((0, 0)))
+    pub fn write_zeroes(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        let nlb = self
+            .check_range(nsid, lba, blocks)
+            .map_err(|e| Rejected::new(e, None))?;
+        self.push(
+            SubmissionEntry::write_zeroes(nsid, lba, nlb, false),
+            None,
+            tag,
+            |_| Ok((0, 0)),
+        )
     }
 
     /// Dataset Management, deallocate (trim) each `(lba, blocks)` range.
-    pub fn deallocate(&mut self, nsid: u32, ranges: &[(u64, u32)], tag: u64) -> Result<(), Rejected> {
+    pub fn deallocate(
+        &mut self,
+        nsid: u32,
+        ranges: &[(u64, u32)],
+        tag: u64,
+    ) -> Result<(), Rejected> {
         let bad = |e| Rejected::new(e, None);
         if ranges.is_empty() || ranges.len() > DSM_MAX_RANGES {
             return Err(bad(NvmeError::InvalidArgument(format!(
@@ -177,16 +220,21 @@ impl IoQueuePair {
             self.check_range(nsid, lba, blocks).map_err(bad)?;
         }
         let nr = (ranges.len() - 1) as u8;
-        self.push(SubmissionEntry::deallocate(nsid, 0, nr), None, tag, |page| {
-            // The slot's PRP page carries the range list.
-            for (i, &(lba, blocks)) in ranges.iter().enumerate() {
-                let r = DsmRange::new(lba, blocks);
-                // SAFETY: i < 256 ranges of 16 bytes fit the 4 KiB page the
-                // device reads only after the doorbell.
-                unsafe { page.ptr.cast::<DsmRange>().add(i).write_volatile(r) };
-            }
-            Ok((page.iova, 0))
-        })
+        self.push(
+            SubmissionEntry::deallocate(nsid, 0, nr),
+            None,
+            tag,
+            |page| {
+                // The slot's PRP page carries the range list.
+                for (i, &(lba, blocks)) in ranges.iter().enumerate() {
+                    let r = DsmRange::new(lba, blocks);
+                    // SAFETY: i < 256 ranges of 16 bytes fit the 4 KiB page the
+                    // device reads only after the doorbell.
+                    unsafe { page.ptr.cast::<DsmRange>().add(i).write_volatile(r) };
+                }
+                Ok((page.iova, 0))
+            },
+        )
     }
 
     /// Rings the SQ doorbell for everything submitted since the last time.
@@ -208,7 +256,14 @@ impl IoQueuePair {
             let Some((tag, buf, timed_out)) = self.orphans.pop() else {
                 break;
             };
-            let result = Err(if timed_out { NvmeError::Timeout { what: "I/O command", after: self.inner.options.io_timeout } } else { NvmeError::Reset });
+            let result = Err(if timed_out {
+                NvmeError::Timeout {
+                    what: "I/O command",
+                    after: self.inner.options.io_timeout,
+                }
+            } else {
+                NvmeError::Reset
+            });
             f(Completion { tag, buf, result });
             n += 1;
         }
@@ -266,9 +321,14 @@ impl IoQueuePair {
     fn check_range(&self, nsid: u32, lba: u64, blocks: u32) -> Result<u16> {
         let ns = self.namespace(nsid)?;
         if blocks == 0 || blocks > 1 << 16 {
-            return Err(NvmeError::InvalidArgument(format!("{blocks} blocks: 1..=65536 per command")));
+            return Err(NvmeError::InvalidArgument(format!(
+                "{blocks} blocks: 1..=65536 per command"
+            )));
         }
-        if lba.checked_add(blocks as u64).is_none_or(|end| end > ns.blocks) {
+        if lba
+            .checked_add(blocks as u64)
+            .is_none_or(|end| end > ns.blocks)
+        {
             return Err(NvmeError::LbaOutOfRange {
                 lba,
                 blocks,
@@ -279,14 +339,28 @@ impl IoQueuePair {
     }
 
     #[inline]
-    fn rw(&mut self, opcode: u8, nsid: u32, lba: u64, blocks: u32, buf: DmaBuf, tag: u64) -> Result<(), Rejected> {
+    fn rw(
+        &mut self,
+        opcode: u8,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
         let checked = self.check_range(nsid, lba, blocks).and_then(|nlb| {
             let bytes = blocks as usize * self.namespace(nsid)?.block_size as usize;
             if bytes > buf.len() {
-                return Err(NvmeError::BufferTooSmall { need: bytes, have: buf.len() });
+                return Err(NvmeError::BufferTooSmall {
+                    need: bytes,
+                    have: buf.len(),
+                });
             }
             if bytes > self.max_transfer {
-                return Err(NvmeError::TooLarge { bytes, max: self.max_transfer });
+                return Err(NvmeError::TooLarge {
+                    bytes,
+                    max: self.max_transfer,
+                });
             }
             Ok((nlb, bytes))
         });
@@ -303,7 +377,15 @@ impl IoQueuePair {
             // device reads only after the doorbell and that no other command
             // uses while this slot is outstanding.
             let list = unsafe { std::slice::from_raw_parts_mut(page.ptr.cast::<u64>(), entries) };
-            let p = prp::build(data, bytes, PAGE_SIZE, PrpList { iova: page.iova, entries: list })?;
+            let p = prp::build(
+                data,
+                bytes,
+                PAGE_SIZE,
+                PrpList {
+                    iova: page.iova,
+                    entries: list,
+                },
+            )?;
             Ok((p.prp1, p.prp2))
         })
     }
@@ -352,7 +434,9 @@ impl IoQueuePair {
 
     /// Gives a slot back after a failed submission, with its buffer.
     fn unwind(&mut self, cid: Option<u16>, e: NvmeError) -> Rejected {
-        let buf = cid.and_then(|c| self.slots.complete(c).ok()).and_then(|s| s.buf);
+        let buf = cid
+            .and_then(|c| self.slots.complete(c).ok())
+            .and_then(|s| s.buf);
         Rejected::new(e, buf)
     }
 
@@ -362,7 +446,11 @@ impl IoQueuePair {
     fn check_stall(&mut self) {
         if Csts(self.inner.regs.read32(reg::CSTS)).cfs() {
             log::error!("queue {}: controller fatal status, resetting", self.qid);
-            if let Err(e) = self.inner.reset_if(self.generation).and_then(|_| self.recover(false)) {
+            if let Err(e) = self
+                .inner
+                .reset_if(self.generation)
+                .and_then(|_| self.recover(false))
+            {
                 log::error!("queue {}: reset failed: {e}", self.qid);
             }
             return;
@@ -379,16 +467,26 @@ impl IoQueuePair {
         if !self.aborted {
             self.aborted = true;
             self.stall_since = Some(now);
-            let cids: Vec<u16> = (0..self.depth).filter(|c| self.slots.get(*c).is_some()).take(MAX_ABORTS).collect();
+            let cids: Vec<u16> = (0..self.depth)
+                .filter(|c| self.slots.get(*c).is_some())
+                .take(MAX_ABORTS)
+                .collect();
             let mut admin = self.inner.lock_admin();
             for cid in cids {
                 self.stats.aborts_sent += 1;
-                let r = admin.execute(&self.inner.regs, self.inner.cap, SubmissionEntry::abort(self.qid, cid));
+                let r = admin.execute(
+                    &self.inner.regs,
+                    self.inner.cap,
+                    SubmissionEntry::abort(self.qid, cid),
+                );
                 log::warn!("queue {}: command {cid} timed out, abort: {r:?}", self.qid);
             }
             return;
         }
-        log::error!("queue {}: commands still outstanding after abort, resetting the controller", self.qid);
+        log::error!(
+            "queue {}: commands still outstanding after abort, resetting the controller",
+            self.qid
+        );
         let gen = self.generation;
         if let Err(e) = self.inner.reset_if(gen).and_then(|_| self.recover(true)) {
             log::error!("queue {}: reset failed: {e}", self.qid);
@@ -427,8 +525,18 @@ struct SlotPage {
     iova: u64,
 }
 
-fn create_queues(admin: &mut Admin, inner: &Inner, ring: &Ring, qid: u16, depth: u16) -> Result<()> {
-    admin.execute(&inner.regs, inner.cap, SubmissionEntry::create_io_cq(qid, depth, ring.cq_iova()))?;
+fn create_queues(
+    admin: &mut Admin,
+    inner: &Inner,
+    ring: &Ring,
+    qid: u16,
+    depth: u16,
+) -> Result<()> {
+    admin.execute(
+        &inner.regs,
+        inner.cap,
+        SubmissionEntry::create_io_cq(qid, depth, ring.cq_iova()),
+    )?;
     let sq = SubmissionEntry::create_io_sq(qid, depth, ring.sq_iova(), qid, QueuePriority::Medium);
     if let Err(e) = admin.execute(&inner.regs, inner.cap, sq) {
         let _ = admin.execute(&inner.regs, inner.cap, SubmissionEntry::delete_io_cq(qid));
@@ -443,8 +551,12 @@ impl Drop for IoQueuePair {
         let current = self.inner.generation.load(Ordering::Acquire) == self.generation;
         if current {
             let (r, c) = (&self.inner.regs, self.inner.cap);
-            let ok = admin.execute(r, c, SubmissionEntry::delete_io_sq(self.qid)).is_ok()
-                & admin.execute(r, c, SubmissionEntry::delete_io_cq(self.qid)).is_ok();
+            let ok = admin
+                .execute(r, c, SubmissionEntry::delete_io_sq(self.qid))
+                .is_ok()
+                & admin
+                    .execute(r, c, SubmissionEntry::delete_io_cq(self.qid))
+                    .is_ok();
             if !ok {
                 // The device may still own these buffers and queues: leak
                 // them rather than let it write into reused memory.

@@ -77,7 +77,14 @@ pub(crate) struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    pub fn new(region: DmaRegion, layout: Layout, entries: u16, qid: u16, dstrd: u8, regs: Mmio) -> Result<Ring> {
+    pub fn new(
+        region: DmaRegion,
+        layout: Layout,
+        entries: u16,
+        qid: u16,
+        dstrd: u8,
+        regs: Mmio,
+    ) -> Result<Ring> {
         let sq_ptr = region.as_ptr().cast::<SubmissionEntry>();
         // SAFETY: layout.cq_off < layout.total <= region.len() (checked by callers' allocation size).
         let cq_ptr = unsafe { region.as_ptr().add(layout.cq_off) }.cast::<CompletionEntry>();
