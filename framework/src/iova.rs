@@ -63,6 +63,11 @@ impl IovaSpace {
     /// Chooses the IOVA of a region at virtual address `va` of `len` bytes
     /// aligned to `align` (a power of two) and marks it used.
     pub fn place(&mut self, va: u64, len: u64, align: u64) -> Option<u64> {
+        // An empty range would sit anywhere and be released by any other.
+        if len == 0 {
+            return None;
+        }
+        debug_assert!(align.is_power_of_two(), "alignment {align:#x}");
         let identity = Range::new(va, len).is_some_and(|r| self.is_free(&r));
         let iova = if identity {
             va

@@ -86,6 +86,35 @@ impl Mmio {
         unsafe { self.at::<u32>(off).write_volatile(v) }
     }
 
+    /// 8-bit register read (virtio's device status and config generation).
+    #[inline(always)]
+    pub fn read8(&self, off: usize) -> u8 {
+        // SAFETY: in bounds (see `at`); mapping alive via owner.
+        unsafe { self.at::<u8>(off).read_volatile() }
+    }
+
+    /// 8-bit register write.
+    #[inline(always)]
+    pub fn write8(&self, off: usize, v: u8) {
+        // SAFETY: in bounds (see `at`); mapping alive via owner.
+        unsafe { self.at::<u8>(off).write_volatile(v) }
+    }
+
+    /// 16-bit register read (virtio's queue registers: the spec requires
+    /// accesses of each field's own width).
+    #[inline(always)]
+    pub fn read16(&self, off: usize) -> u16 {
+        // SAFETY: aligned and in bounds (see `at`); mapping alive via owner.
+        unsafe { self.at::<u16>(off).read_volatile() }
+    }
+
+    /// 16-bit register write.
+    #[inline(always)]
+    pub fn write16(&self, off: usize, v: u16) {
+        // SAFETY: aligned and in bounds (see `at`); mapping alive via owner.
+        unsafe { self.at::<u16>(off).write_volatile(v) }
+    }
+
     /// 64-bit register read (one access; NVMe and igb allow it).
     #[inline(always)]
     pub fn read64(&self, off: usize) -> u64 {

@@ -196,7 +196,7 @@ impl BufferPool {
 
     /// A per-thread cache holding up to `size` buffers locally.
     pub fn cache(&self, size: usize) -> PoolCache {
-        let size = size.clamp(2, self.inner().count as usize);
+        let size = size.clamp(2, (self.inner().count as usize).max(2));
         PoolCache {
             pool: self.clone(),
             local: Vec::with_capacity(size),

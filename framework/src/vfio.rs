@@ -239,8 +239,9 @@ fn query_iova_ranges(container: &VfioContainer) -> io::Result<Vec<Range>> {
     }
 }
 
-/// Walks the capability chain of a `vfio_iommu_type1_info` reply.
-pub(crate) fn parse_iova_ranges(info: &[u8]) -> Option<Vec<Range>> {
+/// Walks the capability chain of a `vfio_iommu_type1_info` reply (public
+/// for the fuzz target: the kernel writes these bytes).
+pub fn parse_iova_ranges(info: &[u8]) -> Option<Vec<Range>> {
     let u16_at = |o: usize| Some(u16::from_ne_bytes(info.get(o..o + 2)?.try_into().ok()?));
     let u32_at = |o: usize| Some(u32::from_ne_bytes(info.get(o..o + 4)?.try_into().ok()?));
     let u64_at = |o: usize| Some(u64::from_ne_bytes(info.get(o..o + 8)?.try_into().ok()?));

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Instructions per 4 KiB read of the NVMe driver, counted by callgrind
+# (stable on a noisy machine, unlike time).
+#
+# Runs the `nvme` bench binary in its `--callgrind` mode twice, with N1 and
+# N2 reads (FASTLANE_BENCH_ITERS), and subtracts, so setup (bring-up, queue
+# creation) cancels out:
+# - driver: inclusive Ir of `cg_submit` (32 x `qp.read` + `qp.submit`) and
+#   `cg_poll` (`qp.poll` with the bench's small callback), per I/O. The bench
+#   waits outside these functions until the model executed a batch, so polls
+#   find completions (it prints how many polls came back empty);
+# - floor: inclusive Ir of `Floor::cg_floor`, per I/O (a volatile 64-byte
+#   SQE write and a 16-byte CQE read);
+# - all threads: the program total minus the bench's wait loop, per I/O:
+#   driver plus the model thread, including the model's idle polling, which
+#   depends on thread scheduling under valgrind (indicative only).
+#
+# Usage: benches/callgrind.sh            (N1=100000 N2=50000 by default)
+#        N1=200000 N2=100000 benches/callgrind.sh
+#        BENCH_BIN=path/to/nvme-<hash> benches/callgrind.sh   (skip cargo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N1=${N1:-100000}
+N2=${N2:-50000}
+if [[ -z "${BENCH_BIN:-}" ]]; then
+    BENCH_BIN=$(cargo bench --bench nvme --no-run 2>&1 | tee /dev/stderr |
+        sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+fi
+[[ -x "$BENCH_BIN" ]] || { echo "no bench binary (got '$BENCH_BIN')" >&2; exit 1; }
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+run() {
+    FASTLANE_BENCH_ITERS=$1 valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" \
+        "$BENCH_BIN" --callgrind >"$out/log.$1" 2>&1 || { cat "$out/log.$1" >&2; exit 1; }
+    grep '^callgrind mode' "$out/log.$1"
+    callgrind_annotate --inclusive=yes --threshold=100 "$out/cg.$1" >"$out/ann.$1" 2>/dev/null
+}
+# Reads the run really did (rounded up to whole batches of 32).
+ios() { sed -n 's/^callgrind mode: \([0-9]*\) I\/Os.*/\1/p' "$out/log.$1"; }
+
+# Inclusive Ir of the function named $2 (whole-function lines end in "[binary]").
+incl() {
+    awk -v f=":$2 [" 'index($0, f) { gsub(",", "", $1); s += $1 } END { print s + 0 }' "$out/ann.$1"
+}
+total() {
+    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$out/ann.$1"
+}
+
+start=$(date +%s)
+run "$N1"
+run "$N2"
+D=$(( $(ios "$N1") - $(ios "$N2") ))
+per_io() { echo "scale=1; ($1) / $D" | bc; }
+drv1=$(( $(incl "$N1" nvme::cg_submit) + $(incl "$N1" nvme::cg_poll) ))
+drv2=$(( $(incl "$N2" nvme::cg_submit) + $(incl "$N2" nvme::cg_poll) ))
+sub=$(per_io "$(incl "$N1" nvme::cg_submit) - $(incl "$N2" nvme::cg_submit)")
+pol=$(per_io "$(incl "$N1" nvme::cg_poll) - $(incl "$N2" nvme::cg_poll)")
+drv=$(per_io "$drv1 - $drv2")
+flr=$(per_io "$(incl "$N1" nvme::Floor::cg_floor) - $(incl "$N2" nvme::Floor::cg_floor)")
+all=$(per_io "($(total "$N1") - $(incl "$N1" nvme::cg_wait)) - ($(total "$N2") - $(incl "$N2" nvme::cg_wait))")
+
+echo
+echo "Instructions (Ir) per 4 KiB read, callgrind, runs of $(ios "$N1") and $(ios "$N2") reads ($(( $(date +%s) - start )) s):"
+echo
+echo "| what | Ir per I/O | vs floor |"
+echo "|---|---:|---:|"
+echo "| driver: \`read\` + \`submit\` (cg_submit) | $sub | $(echo "scale=1; $sub / $flr" | bc)x |"
+echo "| driver: \`poll\` + callback (cg_poll) | $pol | $(echo "scale=1; $pol / $flr" | bc)x |"
+echo "| driver total | $drv | $(echo "scale=1; $drv / $flr" | bc)x |"
+echo "| floor: 64-byte SQE write + 16-byte CQE read | $flr | 1.0x |"
+echo "| all threads (driver + model incl. its idle polling), without the bench's wait | $all | $(echo "scale=1; $all / $flr" | bc)x |"

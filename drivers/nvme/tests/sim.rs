@@ -1,0 +1,663 @@
+//! The real driver against the in-process controller model (`sim`): bring-up,
+//! data integrity through PRP lists, back-pressure, malformed and lost
+//! completions, controller fatal status, resets under load, several queue
+//! pairs, and bad input.
+//!
+//! Every test starts its own model. Locals drop in reverse order of
+//! declaration, so declaring the model first and the queue pairs last drops
+//! queue pairs and controller (which still talk to the model: Delete I/O
+//! Queue, shutdown) before the model thread stops.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fastlane_framework::{BufferPool, PageSize};
+use fastlane_nvme::sim::{SimConfig, SimController};
+use fastlane_nvme::spec::admin_opcode;
+use fastlane_nvme::{
+    pattern, Completion, Controller, IoQueuePair, Namespace, NvmeError, Options, Rejected,
+};
+
+/// How long any single wait in these tests may take before it is a failure.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn small() -> SimConfig {
+    SimConfig {
+        namespace_blocks: 1 << 16,
+        lba_size: 512,
+        mdts: 5,
+        max_queues: 4,
+        mqes: 255,
+        store_data: true,
+    }
+}
+
+/// Starts the model and brings the driver up against it.
+fn start(cfg: SimConfig, options: Options) -> (SimController, Controller) {
+    // SAFETY: the register block goes only to `Controller::with_registers`,
+    // which programs addresses of unmapped DmaRegion memory (IOVA == VA);
+    // every test drops its queue pairs, pools and controller before the
+    // model (see the module comment), so that memory outlives the model's use.
+    let (sim, mmio) = unsafe { SimController::start(cfg) };
+    let ctrl =
+        Controller::with_registers(mmio, options).expect("driver bring-up against the model");
+    (sim, ctrl)
+}
+
+fn short_timeout() -> Options {
+    Options {
+        io_timeout: Duration::from_millis(200),
+        ..Options::default()
+    }
+}
+
+/// `count` consecutive extents from `first`, sizes cycling through `sizes`.
+fn extents(first: u64, count: usize, sizes: &[u32]) -> Vec<(u64, u32)> {
+    let mut lba = first;
+    (0..count)
+        .map(|i| {
+            let blocks = sizes[i % sizes.len()];
+            let e = (lba, blocks);
+            lba += blocks as u64;
+            e
+        })
+        .collect()
+}
+
+/// What a workload saw.
+#[derive(Debug, Default)]
+struct Outcome {
+    writes: usize,
+    reads: usize,
+    /// Commands ended by a controller reset and submitted again.
+    reset: usize,
+    /// Commands ended by a timeout and submitted again.
+    timed_out: usize,
+    /// Submissions refused with QueueFull.
+    queue_full: usize,
+}
+
+/// Writes every extent with the pattern of `seed`, then reads every extent
+/// back and checks it, keeping the queue full. Commands that end with
+/// `Reset` or `Timeout` are submitted again (writes are idempotent).
+/// `hook` sees the number of successful completions so far.
+fn write_then_verify(
+    qp: &mut IoQueuePair,
+    pool: &BufferPool,
+    ns: Namespace,
+    extents: &[(u64, u32)],
+    seed: u64,
+    hook: &mut dyn FnMut(usize),
+) -> Outcome {
+    let mut out = Outcome::default();
+    for write in [true, false] {
+        run_phase(qp, pool, ns, extents, seed, write, &mut out, hook);
+    }
+    assert_eq!(qp.outstanding(), 0);
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_phase(
+    qp: &mut IoQueuePair,
+    pool: &BufferPool,
+    ns: Namespace,
+    extents: &[(u64, u32)],
+    seed: u64,
+    write: bool,
+    out: &mut Outcome,
+    hook: &mut dyn FnMut(usize),
+) {
+    let bs = ns.block_size as usize;
+    let mut todo: VecDeque<usize> = (0..extents.len()).collect();
+    let mut in_flight = 0usize;
+    let mut done: Vec<Completion> = Vec::with_capacity(64);
+    let deadline = Instant::now() + PATIENCE;
+    while !todo.is_empty() || in_flight > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} phase stuck: {} to go, {in_flight} in flight, {:?}",
+            if write { "write" } else { "read" },
+            todo.len(),
+            qp.stats()
+        );
+        while let Some(&i) = todo.front() {
+            let Ok(mut buf) = pool.alloc() else { break };
+            let (lba, blocks) = extents[i];
+            let len = blocks as usize * bs;
+            let r = if write {
+                let mut data = vec![0u8; len];
+                pattern::fill(&mut data, bs, lba, seed);
+                buf.write(0, &data).unwrap();
+                qp.write(ns.id, lba, blocks, buf, i as u64)
+            } else {
+                buf.fill(0xA5);
+                qp.read(ns.id, lba, blocks, buf, i as u64)
+            };
+            match r {
+                Ok(()) => {
+                    todo.pop_front();
+                    in_flight += 1;
+                }
+                Err(Rejected {
+                    error: NvmeError::QueueFull,
+                    buf,
+                }) => {
+                    assert!(buf.is_some(), "QueueFull must hand the buffer back");
+                    out.queue_full += 1;
+                    break;
+                }
+                Err(e) => panic!("extent {i} ({lba}, {blocks}) refused: {}", e.error),
+            }
+        }
+        qp.submit();
+        qp.poll(64, |c| done.push(c));
+        for c in done.drain(..) {
+            in_flight -= 1;
+            let i = c.tag as usize;
+            let buf = c.buf.expect("every completion hands its buffer back");
+            match c.result {
+                Ok(()) if write => out.writes += 1,
+                Ok(()) => {
+                    let (lba, blocks) = extents[i];
+                    let mut data = vec![0u8; blocks as usize * bs];
+                    buf.read(0, &mut data).unwrap();
+                    assert_eq!(
+                        pattern::check(&data, bs, lba, seed),
+                        Ok(()),
+                        "extent {i}: {blocks} blocks at {lba} read back wrong (lba, offset)"
+                    );
+                    out.reads += 1;
+                }
+                Err(NvmeError::Reset) => {
+                    out.reset += 1;
+                    todo.push_back(i);
+                }
+                Err(NvmeError::Timeout { .. }) => {
+                    out.timed_out += 1;
+                    todo.push_back(i);
+                }
+                Err(e) => panic!("extent {i} failed: {e}"),
+            }
+            hook(out.writes + out.reads);
+        }
+    }
+}
+
+/// Polls until `n` completions arrived (or panics after `limit`).
+fn wait_for(qp: &mut IoQueuePair, n: usize, limit: Duration) -> Vec<Completion> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + limit;
+    while got.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} completions after {limit:?}: {:?}",
+            got.len(),
+            qp.stats()
+        );
+        qp.poll(n - got.len(), |c| got.push(c));
+    }
+    got
+}
+
+#[test]
+fn bring_up_and_identify() {
+    let (sim, ctrl) = start(small(), Options::default());
+    let info = ctrl.info();
+    assert_eq!(info.serial, "SIM0001");
+    assert_eq!(info.model, "fastlane sim");
+    assert_eq!(info.firmware, "1.0");
+    assert_eq!((info.version.major(), info.version.minor()), (1, 4));
+    // MDTS 5: 2^5 pages of 4 KiB.
+    assert_eq!(info.max_transfer, 128 << 10);
+    assert_eq!(info.max_queue_entries, 256);
+    // Asked for 8 (the default), the model has 4.
+    assert_eq!(info.io_queues, 4);
+    assert!(info.supports_write_zeroes && info.supports_dsm);
+    let ns1 = Namespace {
+        id: 1,
+        blocks: 1 << 16,
+        block_size: 512,
+    };
+    assert_eq!(ctrl.namespaces(), [ns1]);
+    assert_eq!(ctrl.namespace(1).unwrap(), ns1);
+    assert!(matches!(
+        ctrl.namespace(2),
+        Err(NvmeError::InvalidNamespace(2))
+    ));
+    assert!(ctrl.csts().rdy() && !ctrl.csts().cfs());
+    assert_eq!(ctrl.resets(), 0);
+    let s = sim.stats();
+    assert_eq!(
+        s.admin[admin_opcode::IDENTIFY as usize],
+        3,
+        "controller, active namespace list, namespace 1"
+    );
+    assert_eq!(s.io_total(), 0);
+    drop(ctrl);
+    drop(sim);
+
+    // Other geometries: 4 KiB blocks, MDTS 3, and no MDTS (one PRP list page).
+    for (lba_size, mdts, max) in [(4096, 3, 32 << 10), (512, 0, (2 << 20) + 4096)] {
+        let cfg = SimConfig {
+            lba_size,
+            mdts,
+            namespace_blocks: 12345,
+            ..small()
+        };
+        let (_sim, ctrl) = start(cfg, Options::default());
+        assert_eq!(ctrl.info().max_transfer, max);
+        assert_eq!(ctrl.namespaces()[0].blocks, 12345);
+        assert_eq!(ctrl.namespaces()[0].block_size, lba_size);
+    }
+}
+
+#[test]
+fn write_read_verify_one_block_to_mdts() {
+    for lba_size in [512u32, 4096] {
+        let (sim, ctrl) = start(
+            SimConfig {
+                lba_size,
+                ..small()
+            },
+            Options::default(),
+        );
+        let ns = ctrl.namespaces()[0];
+        let max_blocks = (ctrl.info().max_transfer / lba_size as usize) as u32;
+        // Single PRP, PRP1 + PRP2, PRP lists of every length up to MDTS.
+        let mut sizes: Vec<u32> = (1..=max_blocks)
+            .filter(|b| b % 7 == 1 || b.is_power_of_two())
+            .collect();
+        sizes.push(max_blocks - 1);
+        sizes.push(max_blocks);
+        let pool = BufferPool::new_unmapped(ctrl.info().max_transfer, 48, PageSize::Small).unwrap();
+        let mut qp = ctrl.create_qpair(32).unwrap();
+        let list = extents(3, 300, &sizes);
+        let seed = 0xF00D + lba_size as u64;
+        let out = write_then_verify(&mut qp, &pool, ns, &list, seed, &mut |_| ());
+        assert_eq!(
+            (out.writes, out.reads, out.reset, out.timed_out),
+            (300, 300, 0, 0)
+        );
+        let st = qp.stats();
+        assert_eq!((st.submitted, st.completed), (600, 600));
+        assert_eq!(
+            (st.unknown_cids, st.malformed, st.timeouts, st.resets_seen),
+            (0, 0, 0, 0)
+        );
+        let s = sim.stats();
+        assert_eq!(s.io[1], 300, "writes the model executed");
+        assert_eq!(s.io[2], 300, "reads the model executed");
+
+        // A second seed over the same blocks: nothing stale survives.
+        let out = write_then_verify(&mut qp, &pool, ns, &list[..40], seed + 1, &mut |_| ());
+        assert_eq!((out.writes, out.reads), (40, 40));
+        drop(qp);
+        assert_eq!(pool.available(), 48, "every buffer came home");
+    }
+}
+
+#[test]
+fn queue_full_is_back_pressure() {
+    let (_sim, ctrl) = start(small(), Options::default());
+    let ns = ctrl.namespaces()[0];
+    let pool = BufferPool::new_unmapped(4096, 16, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(4).unwrap();
+    assert_eq!(qp.capacity(), 3);
+    for i in 0..3 {
+        qp.read(ns.id, i * 8, 8, pool.alloc().unwrap(), i).unwrap();
+    }
+    // Not submitted yet: the fourth is refused, with its buffer.
+    let extra = pool.alloc().unwrap();
+    let index = extra.index();
+    let r = qp.read(ns.id, 24, 8, extra, 3).unwrap_err();
+    assert!(matches!(r.error, NvmeError::QueueFull), "{}", r.error);
+    let extra = r.buf.expect("QueueFull hands the buffer back");
+    assert_eq!(extra.index(), index);
+    assert_eq!(qp.outstanding(), 3);
+    qp.submit();
+    let got = wait_for(&mut qp, 3, PATIENCE);
+    let mut tags: Vec<u64> = got.iter().map(|c| c.tag).collect();
+    tags.sort();
+    assert_eq!(tags, [0, 1, 2]);
+    assert!(got.iter().all(|c| c.result.is_ok() && c.buf.is_some()));
+    drop(got);
+    // Now it fits.
+    qp.read(ns.id, 24, 8, extra, 3).unwrap();
+    qp.submit();
+    let got = wait_for(&mut qp, 1, PATIENCE);
+    assert_eq!(got[0].tag, 3);
+    drop(got);
+
+    // A long run on the tiny queue: full queues are frequent, nothing lost.
+    let list = extents(0, 500, &[1, 3, 8]);
+    let out = write_then_verify(&mut qp, &pool, ns, &list, 9, &mut |_| ());
+    assert_eq!((out.writes, out.reads), (500, 500));
+    assert!(out.queue_full > 0, "the run never filled the 3-entry queue");
+    let st = qp.stats();
+    assert_eq!(st.submitted, st.completed);
+    assert_eq!(st.submitted, 4 + 1000);
+    drop(qp);
+    assert_eq!(pool.available(), 16);
+}
+
+/// One command whose completion the model loses (dropped or with a wrong
+/// CID) comes back, after abort and controller reset, as an error with its
+/// buffer; the queue pair works afterwards.
+fn lost_completion_recovers(corrupt: bool) {
+    let (sim, ctrl) = start(small(), short_timeout());
+    let ns = ctrl.namespaces()[0];
+    let pool = BufferPool::new_unmapped(4096, 32, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(16).unwrap();
+    let warmup = extents(0, 20, &[8]);
+    write_then_verify(&mut qp, &pool, ns, &warmup, 1, &mut |_| ());
+
+    if corrupt {
+        sim.corrupt_next_cid();
+    } else {
+        sim.drop_next_completions(1);
+    }
+    let buf = pool.alloc().unwrap();
+    let index = buf.index();
+    let start = Instant::now();
+    qp.write(ns.id, 1000, 8, buf, 77).unwrap();
+    qp.submit();
+    let mut got = Vec::new();
+    let deadline = start + PATIENCE;
+    if corrupt {
+        while qp.stats().unknown_cids == 0 {
+            assert!(Instant::now() < deadline);
+            qp.poll(8, |c| got.push(c));
+        }
+        assert_eq!(qp.stats().unknown_cids, 1);
+        assert!(
+            got.is_empty(),
+            "a corrupted completion completed something: {got:?}"
+        );
+        assert_eq!(qp.outstanding(), 1, "the real command is still outstanding");
+    }
+    while got.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "lost command never came back: {:?}",
+            qp.stats()
+        );
+        qp.poll(8, |c| got.push(c));
+    }
+    let waited = start.elapsed();
+    assert_eq!(got.len(), 1);
+    let c = got.pop().unwrap();
+    assert_eq!(c.tag, 77);
+    assert_eq!(
+        c.buf.as_ref().map(|b| b.index()),
+        Some(index),
+        "the buffer comes back"
+    );
+    assert!(
+        matches!(c.result, Err(NvmeError::Timeout { .. } | NvmeError::Reset)),
+        "{:?}",
+        c.result
+    );
+    assert!(
+        waited >= Duration::from_millis(200),
+        "timed out after only {waited:?}"
+    );
+    let st = qp.stats();
+    assert!(
+        st.timeouts >= 1 && st.aborts_sent >= 1 && st.resets_seen >= 1,
+        "{st:?}"
+    );
+    assert_eq!(st.unknown_cids, corrupt as u64);
+    assert!(ctrl.resets() >= 1);
+    let s = sim.stats();
+    assert!(s.admin[admin_opcode::ABORT as usize] >= 1);
+    assert_eq!(
+        (s.corrupted_completions, s.dropped_completions),
+        (corrupt as u64, !corrupt as u64)
+    );
+    drop(c);
+
+    // I/O works afterwards, including the blocks of the lost write.
+    let after = extents(990, 30, &[1, 8, 5]);
+    let out = write_then_verify(&mut qp, &pool, ns, &after, 2, &mut |_| ());
+    assert_eq!(
+        (out.writes, out.reads, out.reset, out.timed_out),
+        (30, 30, 0, 0)
+    );
+    assert_eq!(qp.outstanding(), 0);
+}
+
+#[test]
+fn corrupted_cid_is_counted_then_times_out() {
+    lost_completion_recovers(true);
+}
+
+#[test]
+fn dropped_completion_times_out() {
+    lost_completion_recovers(false);
+}
+
+#[test]
+fn fatal_status_mid_run_resets() {
+    let (sim, ctrl) = start(small(), Options::default());
+    let ns = ctrl.namespaces()[0];
+    let pool = BufferPool::new_unmapped(32 << 10, 64, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(32).unwrap();
+    let list = extents(0, 600, &[1, 8, 64]);
+    let mut fatal_set = false;
+    let out = write_then_verify(&mut qp, &pool, ns, &list, 3, &mut |done| {
+        if done == 150 && !fatal_set {
+            sim.set_fatal();
+            fatal_set = true;
+        }
+    });
+    assert!(fatal_set);
+    assert_eq!((out.writes, out.reads), (600, 600));
+    assert!(out.reset >= 1, "no command came back with Reset: {out:?}");
+    assert_eq!(out.timed_out, 0);
+    assert!(ctrl.resets() >= 1);
+    assert!(qp.stats().resets_seen >= 1);
+    assert!(!ctrl.csts().cfs() && ctrl.csts().rdy());
+}
+
+#[test]
+fn user_reset_while_another_thread_does_io() {
+    let (sim, ctrl) = start(small(), Options::default());
+    let ns = ctrl.namespaces()[0];
+    let pool = BufferPool::new_unmapped(32 << 10, 64, PageSize::Small).unwrap();
+    let progress = AtomicUsize::new(0);
+    let list = extents(0, 3000, &[1, 8, 64, 3]);
+    let resets = 3;
+    let (out, stats) = std::thread::scope(|s| {
+        let io = s.spawn(|| {
+            let mut qp = ctrl.create_qpair(32).unwrap();
+            let out = write_then_verify(&mut qp, &pool, ns, &list, 4, &mut |d| {
+                progress.store(d, Ordering::Relaxed)
+            });
+            (out, qp.stats())
+        });
+        let deadline = Instant::now() + PATIENCE;
+        for k in 1..=resets {
+            // Spread the resets over the write and the read phase.
+            while progress.load(Ordering::Relaxed) < k * 1500 && !io.is_finished() {
+                assert!(Instant::now() < deadline);
+                std::thread::yield_now();
+            }
+            ctrl.reset().expect("user-requested reset");
+        }
+        io.join().expect("I/O thread")
+    });
+    assert_eq!(ctrl.resets(), resets as u64);
+    assert_eq!((out.writes, out.reads), (3000, 3000));
+    assert!(
+        stats.resets_seen >= 1,
+        "the queue pair never noticed a reset: {stats:?} {out:?}"
+    );
+    assert_eq!((stats.unknown_cids, stats.malformed), (0, 0), "{stats:?}");
+    assert!(sim.stats().io_total() >= 6000);
+}
+
+#[test]
+fn several_queue_pairs_on_threads() {
+    let (sim, ctrl) = start(small(), Options::default());
+    let ns = ctrl.namespaces()[0];
+    let pool = BufferPool::new_unmapped(64 << 10, 128, PageSize::Small).unwrap();
+    let threads = 3u64;
+    let per = 400;
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (ctrl, pool) = (&ctrl, pool.clone());
+                s.spawn(move || {
+                    let mut qp = ctrl.create_qpair(32).unwrap();
+                    // Disjoint LBA ranges, different seeds.
+                    let list = extents(t * 20_000, per, &[1, 8, 16, 128]);
+                    let out = write_then_verify(&mut qp, &pool, ns, &list, 100 + t, &mut |_| ());
+                    (qp.qid(), out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut qids: Vec<u16> = results.iter().map(|r| r.0).collect();
+    qids.sort();
+    qids.dedup();
+    assert_eq!(qids.len(), threads as usize, "queue ids must be distinct");
+    for (_, out) in &results {
+        assert_eq!((out.writes, out.reads), (per, per));
+    }
+    assert_eq!(sim.stats().io_total(), threads * per as u64 * 2);
+
+    // Every range again from one queue pair: the threads did not overwrite
+    // each other.
+    let mut qp = ctrl.create_qpair(32).unwrap();
+    for t in 0..threads {
+        let list = extents(t * 20_000, per, &[1, 8, 16, 128]);
+        let mut reads = Outcome::default();
+        run_phase(
+            &mut qp,
+            &pool,
+            ns,
+            &list,
+            100 + t,
+            false,
+            &mut reads,
+            &mut |_| (),
+        );
+        assert_eq!(reads.reads, per);
+    }
+}
+
+#[test]
+fn bad_input_is_typed_errors() {
+    let (sim, ctrl) = start(small(), Options::default());
+    let ns = ctrl.namespaces()[0];
+    assert_eq!(ns.blocks, 1 << 16);
+    let pool = BufferPool::new_unmapped(4096, 8, PageSize::Small).unwrap();
+    let big = BufferPool::new_unmapped(256 << 10, 1, PageSize::Small).unwrap();
+
+    for depth in [0, 1, 257, 1024, u16::MAX] {
+        assert!(
+            matches!(ctrl.create_qpair(depth), Err(NvmeError::InvalidArgument(_))),
+            "depth {depth}"
+        );
+    }
+    let mut qp = ctrl.create_qpair(256).unwrap();
+    assert_eq!(qp.capacity(), 255);
+
+    let bad = |r: Result<(), Rejected>| -> NvmeError {
+        let r = r.expect_err("must be refused");
+        assert!(r.buf.is_some(), "{} lost the buffer", r.error);
+        r.error
+    };
+    let last = ns.blocks - 1;
+    let e = bad(qp.read(1, last, 2, pool.alloc().unwrap(), 0));
+    assert!(
+        matches!(e, NvmeError::LbaOutOfRange { lba, blocks: 2, capacity: 65536 } if lba == last),
+        "{e}"
+    );
+    let e = bad(qp.write(1, ns.blocks, 1, pool.alloc().unwrap(), 0));
+    assert!(matches!(e, NvmeError::LbaOutOfRange { .. }), "{e}");
+    let e = bad(qp.read(1, u64::MAX, 1, pool.alloc().unwrap(), 0));
+    assert!(matches!(e, NvmeError::LbaOutOfRange { .. }), "{e}");
+    for nsid in [0, 2, u32::MAX] {
+        let e = bad(qp.read(nsid, 0, 1, pool.alloc().unwrap(), 0));
+        assert!(
+            matches!(e, NvmeError::InvalidNamespace(n) if n == nsid),
+            "{e}"
+        );
+    }
+    let e = bad(qp.read(1, 0, 0, pool.alloc().unwrap(), 0));
+    assert!(matches!(e, NvmeError::InvalidArgument(_)), "{e}");
+    let e = bad(qp.read(1, 0, u32::MAX, pool.alloc().unwrap(), 0));
+    assert!(
+        matches!(
+            e,
+            NvmeError::InvalidArgument(_) | NvmeError::LbaOutOfRange { .. }
+        ),
+        "{e}"
+    );
+    let e = bad(qp.read(1, 0, 9, pool.alloc().unwrap(), 0));
+    assert!(
+        matches!(
+            e,
+            NvmeError::BufferTooSmall {
+                need: 4608,
+                have: 4096
+            }
+        ),
+        "{e}"
+    );
+    let e = bad(qp.write(1, 0, 512, big.alloc().unwrap(), 0));
+    assert!(
+        matches!(
+            e,
+            NvmeError::TooLarge {
+                bytes: 262144,
+                max: 131072
+            }
+        ),
+        "{e}"
+    );
+
+    // Commands without a buffer.
+    let e = qp.flush(2, 0).unwrap_err().error;
+    assert!(matches!(e, NvmeError::InvalidNamespace(2)), "{e}");
+    let e = qp.write_zeroes(1, 0, 0, 0).unwrap_err().error;
+    assert!(matches!(e, NvmeError::InvalidArgument(_)), "{e}");
+    let e = qp.write_zeroes(1, last, 2, 0).unwrap_err().error;
+    assert!(matches!(e, NvmeError::LbaOutOfRange { .. }), "{e}");
+    let e = qp.deallocate(1, &[], 0).unwrap_err().error;
+    assert!(matches!(e, NvmeError::InvalidArgument(_)), "{e}");
+    let e = qp.deallocate(1, &[(0, 8), (last, 2)], 0).unwrap_err().error;
+    assert!(matches!(e, NvmeError::LbaOutOfRange { .. }), "{e}");
+
+    // Nothing reached the device, nothing is outstanding, nothing leaked.
+    assert_eq!(qp.outstanding(), 0);
+    assert_eq!(qp.stats().submitted, 0);
+    assert_eq!(sim.stats().io_total(), 0);
+    assert_eq!(pool.available(), 8);
+    assert_eq!(big.available(), 1);
+
+    // The queue pair still works, at the edges of the namespace.
+    let edges = [(0, 1), (last, 1), (ns.blocks - 8, 8)];
+    let out = write_then_verify(&mut qp, &pool, ns, &edges, 5, &mut |_| ());
+    assert_eq!((out.writes, out.reads), (3, 3));
+    qp.flush(1, 9).unwrap();
+    qp.submit();
+    let c = wait_for(&mut qp, 1, PATIENCE);
+    assert!(c[0].result.is_ok() && c[0].buf.is_none() && c[0].tag == 9);
+
+    // Queue ids run out: the model has 4 and `qp` holds one.
+    let more: Vec<IoQueuePair> = (0..3).map(|_| ctrl.create_qpair(2).unwrap()).collect();
+    assert!(matches!(
+        ctrl.create_qpair(2),
+        Err(NvmeError::NoQueuesLeft(4))
+    ));
+    drop(more);
+    let again = ctrl
+        .create_qpair(2)
+        .expect("queue ids are released on drop");
+    drop(again);
+}
