@@ -20,9 +20,12 @@ use crate::spec::{
     nvm_opcode, reg, Csts, DsmRange, QueuePriority, SubmissionEntry, DSM_MAX_RANGES,
 };
 
-/// Empty polls between two looks at the clock and CSTS while commands are
+/// Polls between two looks at the clock (and CSTS) while commands are
 /// outstanding: keeps time and MMIO reads off the hot path.
-const STALL_CHECK_EVERY: u32 = 1 << 14;
+const CLOCK_EVERY: u32 = 1 << 14;
+/// A command is late once it has been outstanding for this many timeout
+/// epochs (each half the I/O timeout long): between 1 and 1.5 timeouts.
+const LATE_EPOCHS: u32 = 3;
 /// Aborts sent per stall (controllers accept few: ACL is 0-based, often 3).
 const MAX_ABORTS: usize = 4;
 
@@ -56,6 +59,10 @@ pub struct QpairStats {
 struct Slot {
     tag: u64,
     buf: Option<DmaBuf>,
+    /// Timeout epoch at submission (or at the abort sent for it).
+    epoch: u32,
+    /// An abort was sent for it: late again means reset.
+    aborted: bool,
 }
 
 /// An I/O submission/completion queue pair.
@@ -70,9 +77,11 @@ pub struct IoQueuePair {
     orphans: Vec<(u64, Option<DmaBuf>, bool)>,
     namespaces: Vec<Namespace>,
     max_transfer: usize,
-    empty_polls: u32,
-    stall_since: Option<Instant>,
-    aborted: bool,
+    /// Poll calls, to read the clock only every CLOCK_EVERY of them.
+    polls: u32,
+    /// Coarse clock for timeouts: bumped every half timeout.
+    epoch: u32,
+    epoch_started: Instant,
     stats: QpairStats,
 }
 
@@ -121,9 +130,9 @@ impl IoQueuePair {
             generation,
             slots: CidTable::new(depth - 1),
             orphans: Vec::with_capacity(depth as usize),
-            empty_polls: 0,
-            stall_since: None,
-            aborted: false,
+            polls: 0,
+            epoch: 0,
+            epoch_started: Instant::now(),
             stats: QpairStats::default(),
         })
     }
@@ -191,7 +200,7 @@ impl IoQueuePair {
         blocks: u32,
         tag: u64,
     ) -> Result<(), Rejected> {
-        let nlb = self
+        let (nlb, _) = self
             .check_range(nsid, lba, blocks)
             .map_err(|e| Rejected::new(e, None))?;
         self.push(
@@ -247,7 +256,7 @@ impl IoQueuePair {
     /// `f`. Returns how many it handed over.
     pub fn poll(&mut self, max: usize, mut f: impl FnMut(Completion)) -> usize {
         if self.inner.generation.load(Ordering::Relaxed) != self.generation {
-            if let Err(e) = self.recover(false) {
+            if let Err(e) = self.recover() {
                 log::error!("queue {}: recreating after reset failed: {e}", self.qid);
             }
         }
@@ -296,29 +305,31 @@ impl IoQueuePair {
         }
         if consumed > 0 {
             self.ring.ring_cq();
-            self.empty_polls = 0;
-            self.stall_since = None;
-            self.aborted = false;
-        } else if self.slots.in_flight() > 0 {
-            self.empty_polls += 1;
-            if self.empty_polls.is_multiple_of(STALL_CHECK_EVERY) {
-                self.check_stall();
-            }
+        }
+        self.polls = self.polls.wrapping_add(1);
+        if self.polls.is_multiple_of(CLOCK_EVERY) && self.slots.in_flight() > 0 {
+            self.check_timeouts();
         }
         n
     }
 
+    /// The namespace `nsid`; the first one is checked first (usually the one).
+    #[inline]
     fn namespace(&self, nsid: u32) -> Result<Namespace> {
-        self.namespaces
-            .iter()
-            .find(|n| n.id == nsid)
-            .copied()
-            .ok_or(NvmeError::InvalidNamespace(nsid))
+        match self.namespaces.first() {
+            Some(ns) if ns.id == nsid => Ok(*ns),
+            _ => self
+                .namespaces
+                .iter()
+                .find(|n| n.id == nsid)
+                .copied()
+                .ok_or(NvmeError::InvalidNamespace(nsid)),
+        }
     }
 
-    /// Validates a block range; returns the 0-based NLB.
+    /// Validates a block range; returns the 0-based NLB and the namespace.
     #[inline]
-    fn check_range(&self, nsid: u32, lba: u64, blocks: u32) -> Result<u16> {
+    fn check_range(&self, nsid: u32, lba: u64, blocks: u32) -> Result<(u16, Namespace)> {
         let ns = self.namespace(nsid)?;
         if blocks == 0 || blocks > 1 << 16 {
             return Err(NvmeError::InvalidArgument(format!(
@@ -335,7 +346,7 @@ impl IoQueuePair {
                 capacity: ns.blocks,
             });
         }
-        Ok((blocks - 1) as u16)
+        Ok(((blocks - 1) as u16, ns))
     }
 
     #[inline]
@@ -348,8 +359,8 @@ impl IoQueuePair {
         buf: DmaBuf,
         tag: u64,
     ) -> Result<(), Rejected> {
-        let checked = self.check_range(nsid, lba, blocks).and_then(|nlb| {
-            let bytes = blocks as usize * self.namespace(nsid)?.block_size as usize;
+        let checked = self.check_range(nsid, lba, blocks).and_then(|(nlb, ns)| {
+            let bytes = blocks as usize * ns.block_size as usize;
             if bytes > buf.len() {
                 return Err(NvmeError::BufferTooSmall {
                     need: bytes,
@@ -401,14 +412,20 @@ impl IoQueuePair {
         fill: impl FnOnce(SlotPage) -> Result<(u64, u64)>,
     ) -> Result<(), Rejected> {
         if self.inner.generation.load(Ordering::Relaxed) != self.generation {
-            if let Err(e) = self.recover(false) {
+            if let Err(e) = self.recover() {
                 return Err(Rejected::new(e, buf));
             }
         }
         if self.slots.is_full() {
             return Err(Rejected::new(NvmeError::QueueFull, buf));
         }
-        let Some(cid) = self.slots.alloc(Slot { tag, buf }) else {
+        let slot = Slot {
+            tag,
+            buf,
+            epoch: self.epoch,
+            aborted: false,
+        };
+        let Some(cid) = self.slots.alloc(slot) else {
             return Err(Rejected::new(NvmeError::QueueFull, None));
         };
         let off = cid as usize * PAGE_SIZE;
@@ -440,55 +457,67 @@ impl IoQueuePair {
         Rejected::new(e, buf)
     }
 
-    /// Outstanding commands made no progress for a while: look at CSTS,
-    /// abort after the timeout, reset after a second one.
+    /// Runs every CLOCK_EVERY polls while commands are outstanding: looks
+    /// at CSTS.CFS (reset), and every half timeout ends an epoch, in which
+    /// late commands get an Abort, and commands late again after their
+    /// abort get a controller reset. A command whose completion is lost is
+    /// caught even while others keep completing.
     #[cold]
-    fn check_stall(&mut self) {
+    fn check_timeouts(&mut self) {
         if Csts(self.inner.regs.read32(reg::CSTS)).cfs() {
             log::error!("queue {}: controller fatal status, resetting", self.qid);
-            if let Err(e) = self
-                .inner
-                .reset_if(self.generation)
-                .and_then(|_| self.recover(false))
-            {
-                log::error!("queue {}: reset failed: {e}", self.qid);
-            }
+            self.reset_controller();
             return;
         }
         let now = Instant::now();
-        let Some(since) = self.stall_since else {
-            self.stall_since = Some(now);
-            return;
-        };
-        if now.duration_since(since) < self.inner.options.io_timeout {
+        if now.duration_since(self.epoch_started) < self.inner.options.io_timeout / 2 {
             return;
         }
-        self.stats.timeouts += 1;
-        if !self.aborted {
-            self.aborted = true;
-            self.stall_since = Some(now);
-            let cids: Vec<u16> = (0..self.depth)
-                .filter(|c| self.slots.get(*c).is_some())
-                .take(MAX_ABORTS)
-                .collect();
-            let mut admin = self.inner.lock_admin();
-            for cid in cids {
-                self.stats.aborts_sent += 1;
-                let r = admin.execute(
-                    &self.inner.regs,
-                    self.inner.cap,
-                    SubmissionEntry::abort(self.qid, cid),
-                );
-                log::warn!("queue {}: command {cid} timed out, abort: {r:?}", self.qid);
+        self.epoch = self.epoch.wrapping_add(1);
+        self.epoch_started = now;
+        let (epoch, qid) = (self.epoch, self.qid);
+        let mut to_abort = [0u16; MAX_ABORTS];
+        let mut n_abort = 0;
+        let mut reset = false;
+        for cid in 0..self.depth {
+            let Some(slot) = self.slots.get_mut(cid) else {
+                continue;
+            };
+            if epoch.wrapping_sub(slot.epoch) < LATE_EPOCHS {
+                continue;
             }
-            return;
+            if slot.aborted {
+                reset = true;
+            } else if n_abort < MAX_ABORTS {
+                slot.aborted = true;
+                slot.epoch = epoch;
+                to_abort[n_abort] = cid;
+                n_abort += 1;
+            }
         }
-        log::error!(
-            "queue {}: commands still outstanding after abort, resetting the controller",
-            self.qid
-        );
-        let gen = self.generation;
-        if let Err(e) = self.inner.reset_if(gen).and_then(|_| self.recover(true)) {
+        if n_abort > 0 {
+            self.stats.timeouts += n_abort as u64;
+            let mut admin = self.inner.lock_admin();
+            for &cid in &to_abort[..n_abort] {
+                self.stats.aborts_sent += 1;
+                let abort = SubmissionEntry::abort(qid, cid);
+                let r = admin.execute(&self.inner.regs, self.inner.cap, abort);
+                log::warn!("queue {qid}: command {cid} timed out, abort: {r:?}");
+            }
+        }
+        if reset {
+            log::error!("queue {qid}: commands still outstanding after abort, resetting");
+            self.reset_controller();
+        }
+    }
+
+    #[cold]
+    fn reset_controller(&mut self) {
+        if let Err(e) = self
+            .inner
+            .reset_if(self.generation)
+            .and_then(|_| self.recover())
+        {
             log::error!("queue {}: reset failed: {e}", self.qid);
         }
     }
@@ -496,15 +525,15 @@ impl IoQueuePair {
     /// After a controller reset: hand every outstanding command back (as
     /// orphans for the next poll) and create this pair's queues again.
     #[cold]
-    fn recover(&mut self, timed_out: bool) -> Result<()> {
+    fn recover(&mut self) -> Result<()> {
         let mut admin = self.inner.lock_admin();
         let generation = self.inner.generation.load(Ordering::Acquire);
         for (_, slot) in self.slots.drain() {
-            self.orphans.push((slot.tag, slot.buf, timed_out));
+            // Commands that were aborted for lateness end as timeouts.
+            self.orphans.push((slot.tag, slot.buf, slot.aborted));
         }
         self.stats.resets_seen += 1;
-        self.stall_since = None;
-        self.aborted = false;
+        self.epoch_started = Instant::now();
         self.ring.reinit()?;
         create_queues(&mut admin, &self.inner, &self.ring, self.qid, self.depth)?;
         self.ring.set_shadow(self.inner.shadow_for(self.qid));

@@ -247,6 +247,11 @@ impl<T> CidTable<T> {
         self.slots.get(cid as usize)?.as_ref()
     }
 
+    /// The token of an in-flight `cid`, mutable.
+    pub fn get_mut(&mut self, cid: u16) -> Option<&mut T> {
+        self.slots.get_mut(cid as usize)?.as_mut()
+    }
+
     /// Commands in flight.
     pub fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()

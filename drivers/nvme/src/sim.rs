@@ -838,6 +838,8 @@ impl Model {
         }
         self.check_queue_memory(e, 4)?;
         let shadow = self.shadow_fits(qid);
+        // A new queue starts at 0 whatever a stale write left in its doorbell.
+        self.mmio.write32(cq_head_doorbell(qid, 0), 0);
         self.cqs[qid as usize] = Some(Cq::new(e.prp1, size, shadow));
         self.active_cqs.push(qid);
         Ok(0)
@@ -865,6 +867,7 @@ impl Model {
             return Err(s);
         }
         let shadow = self.shadow_fits(qid);
+        self.mmio.write32(sq_tail_doorbell(qid, 0), 0);
         self.sqs[qid as usize] = Some(Sq::new(e.prp1, size, cqid, shadow));
         self.active_sqs.push(qid);
         Ok(0)

@@ -78,7 +78,9 @@ fn check_build(iova: u64, len: usize, ps: usize, spec: &ListSpec) {
     let offset = iova % ps64;
     // Pages after the first one, in u128 so no input overflows the model.
     let first = u128::from(ps64 - offset);
-    let after = (len as u128).saturating_sub(first).div_ceil(u128::from(ps64));
+    let after = (len as u128)
+        .saturating_sub(first)
+        .div_ceil(u128::from(ps64));
     let in_page = (ps64 - spec.iova % ps64) as usize / 8;
     let capacity = spec.entries.min(in_page) as u128;
     let needs_list = after > 1;
@@ -105,7 +107,10 @@ fn check_build(iova: u64, len: usize, ps: usize, spec: &ListSpec) {
             assert!(list[prps.list_len..].iter().all(|&e| e == UNTOUCHED));
             if !needs_list {
                 assert_eq!(prps.list_len, 0);
-                assert!(list.iter().all(|&e| e == UNTOUCHED), "no list for <= 2 pages");
+                assert!(
+                    list.iter().all(|&e| e == UNTOUCHED),
+                    "no list for <= 2 pages"
+                );
             }
         }
         Err(PrpError::ZeroLength) => assert!(zero),
@@ -118,9 +123,21 @@ fn check_build(iova: u64, len: usize, ps: usize, spec: &ListSpec) {
             assert!(too_large && l == len);
             // `max` is the limit at this offset: it builds, one more does not.
             assert_eq!(max, max_transfer(ps, offset as usize, capacity as usize));
-            if !overflow && !misaligned && !list_misaligned && u128::from(iova) + (max as u128) <= u128::from(u64::MAX) {
+            if !overflow
+                && !misaligned
+                && !list_misaligned
+                && u128::from(iova) + (max as u128) <= u128::from(u64::MAX)
+            {
                 let mut l2 = vec![0; spec.entries];
-                let ok = build(iova, max, ps, PrpList { iova: spec.iova, entries: &mut l2 });
+                let ok = build(
+                    iova,
+                    max,
+                    ps,
+                    PrpList {
+                        iova: spec.iova,
+                        entries: &mut l2,
+                    },
+                );
                 assert!(ok.is_ok(), "max {max} itself fails: {ok:?}");
                 assert!(max < len);
             }
@@ -566,7 +583,13 @@ proptest! {
 
 #[test]
 fn fuzz_bodies_take_edge_inputs() {
-    for data in [&[][..], &[0u8; 16], &[0xFF; 64], &[0u8; 4096], &[0xFF; 4096]] {
+    for data in [
+        &[][..],
+        &[0u8; 16],
+        &[0xFF; 64],
+        &[0u8; 4096],
+        &[0xFF; 4096],
+    ] {
         fuzz_bodies::completion_entry(data);
         fuzz_bodies::identify_controller(data);
         fuzz_bodies::identify_namespace(data);

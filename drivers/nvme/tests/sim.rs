@@ -661,3 +661,56 @@ fn bad_input_is_typed_errors() {
         .expect("queue ids are released on drop");
     drop(again);
 }
+
+/// A lost completion is caught while other commands keep completing: the
+/// timeout does not wait for the queue to go quiet.
+#[test]
+fn lost_completion_is_caught_under_steady_traffic() {
+    let (sim, ctrl) = start(small(), short_timeout());
+    let ns = ctrl.namespaces()[0];
+    let pool = BufferPool::new_unmapped(4096, 16, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(16).unwrap();
+    sim.drop_next_completions(1);
+    let start = Instant::now();
+    let (mut ok, mut failed, mut submitted) = (0u64, Vec::new(), 0u64);
+    // Keep 8 reads in flight for 2 s; one of the first completions is lost.
+    while start.elapsed() < Duration::from_secs(2) {
+        while qp.outstanding() < 8 {
+            let buf = pool.alloc().unwrap();
+            qp.read(ns.id, (submitted * 8) % 60_000, 8, buf, submitted)
+                .unwrap();
+            submitted += 1;
+        }
+        qp.submit();
+        qp.poll(16, |c| match c.result {
+            Ok(()) => ok += 1,
+            Err(e) => failed.push((c.tag, e, c.buf.is_some())),
+        });
+    }
+    while qp.outstanding() > 0 {
+        assert!(start.elapsed() < PATIENCE);
+        qp.poll(16, |c| match c.result {
+            Ok(()) => ok += 1,
+            Err(e) => failed.push((c.tag, e, c.buf.is_some())),
+        });
+    }
+    assert!(ok > 100, "steady traffic: only {ok} completions");
+    assert!(
+        failed.iter().any(|(tag, e, has_buf)| *tag == 0
+            && matches!(e, NvmeError::Timeout { .. })
+            && *has_buf),
+        "the lost command (tag 0) did not come back as a timeout: {failed:?}"
+    );
+    assert!(failed
+        .iter()
+        .all(|(_, e, b)| *b && matches!(e, NvmeError::Timeout { .. } | NvmeError::Reset)));
+    assert_eq!(
+        ok + failed.len() as u64,
+        submitted,
+        "every command came back once"
+    );
+    assert!(qp.stats().aborts_sent >= 1);
+    drop(qp);
+    drop(ctrl);
+    drop(sim);
+}
