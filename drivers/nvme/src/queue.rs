@@ -7,7 +7,6 @@
 //! Everything the device reports (`sq_head`, `cid`) is validated: a
 //! malformed completion is an error, never a panic or a wrong lookup.
 
-use std::collections::VecDeque;
 
 use thiserror::Error;
 
@@ -206,13 +205,15 @@ pub struct UnknownCid {
 /// Command identifier allocator with a token per command in flight.
 ///
 /// Capacity is fixed at construction and nothing allocates afterwards. Free
-/// identifiers are reused in FIFO order, so a late duplicate completion is
-/// unlikely to hit a recycled CID. CID 0xFFFF is never issued (the spec
-/// reserves it).
+/// identifiers are a stack: the most recently freed one is reused first, as
+/// its slot (and its PRP list page) is still warm in the cache. A duplicate
+/// completion for a reused id cannot be told apart from the real one by any
+/// allocator; ids never issued or not in flight are always rejected. CID
+/// 0xFFFF is never issued (the spec reserves it).
 #[derive(Debug)]
 pub struct CidTable<T> {
     slots: Vec<Option<T>>,
-    free: VecDeque<u16>,
+    free: Vec<u16>,
 }
 
 impl<T> CidTable<T> {
@@ -220,13 +221,14 @@ impl<T> CidTable<T> {
     /// capacity is the SQ size minus one.
     pub fn new(capacity: u16) -> Self {
         let slots = (0..capacity).map(|_| None).collect();
-        let free = (0..capacity).collect();
+        // Popped from the end: id 0 first.
+        let free = (0..capacity).rev().collect();
         CidTable { slots, free }
     }
 
     /// Issue a CID for `token`; `None` when all are in flight.
     pub fn alloc(&mut self, token: T) -> Option<u16> {
-        let cid = self.free.pop_front()?;
+        let cid = self.free.pop()?;
         self.slots[cid as usize] = Some(token);
         Some(cid)
     }
@@ -238,7 +240,7 @@ impl<T> CidTable<T> {
             .get_mut(cid as usize)
             .and_then(Option::take)
             .ok_or(UnknownCid { cid })?;
-        self.free.push_back(cid);
+        self.free.push(cid);
         Ok(token)
     }
 
@@ -281,7 +283,7 @@ impl<T> CidTable<T> {
                 let token = slot.take()?;
                 // cid < capacity <= u16::MAX by construction.
                 let cid = cid as u16;
-                free.push_back(cid);
+                free.push(cid);
                 Some((cid, token))
             })
     }
@@ -400,21 +402,21 @@ mod tests {
         assert_eq!(t.complete(3), Err(UnknownCid { cid: 3 }));
         assert_eq!(t.complete(u16::MAX), Err(UnknownCid { cid: u16::MAX }));
         assert_eq!(t.get(u16::MAX), None);
-        // FIFO reuse: b comes back only after nothing else is free.
+        // LIFO reuse: the id freed last comes back first.
         let d = t.alloc("d").unwrap();
         assert_eq!(d, b);
         assert_eq!(t.complete(a), Ok("a"));
         assert_eq!(t.complete(c), Ok("c"));
         let e = t.alloc("e").unwrap();
-        assert_eq!(e, a);
+        assert_eq!(e, c);
         assert_eq!(t.in_flight(), 2);
 
         let mut drained: Vec<_> = t.drain().collect();
         drained.sort();
-        assert_eq!(drained, [(a, "e"), (b, "d")]);
+        assert_eq!(drained, [(b, "d"), (c, "e")]);
         assert!(t.is_empty());
         assert_eq!(t.capacity(), 3);
-        assert_eq!(t.complete(a), Err(UnknownCid { cid: a }));
+        assert_eq!(t.complete(c), Err(UnknownCid { cid: c }));
         for _ in 0..3 {
             assert!(t.alloc("x").is_some());
         }
