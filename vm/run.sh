@@ -28,7 +28,7 @@ console_log="$cache/console.log"
 
 usage() {
     cat <<EOF
-usage: vm/run.sh [--aw-bits 39|48] [--timeout SECONDS] [--mem 1G]
+usage: vm/run.sh [--aw-bits 39|48] [--timeout SECONDS] [--mem 1G] [--peers]
                  [--bin PATH]... [--file PATH]... --script GUEST_SCRIPT
 
 Boots a QEMU q35 guest with an emulated Intel IOMMU, an NVMe controller, two
@@ -40,6 +40,9 @@ exits with its exit code.
   --mem SIZE      guest memory (default 1G)
   --bin PATH      copy PATH to /bin/ in the guest (repeatable)
   --file PATH     copy PATH to /opt/ in the guest (repeatable)
+  --peers         add the peer programs built by vm/peers.sh (Debian's fio,
+                  dpdk-testpmd with the igb PMD, their libraries) to the guest;
+                  the initramfs grows by about 100 MB: use --mem 2G or more
   --script PATH   the guest script, run as 'sh /opt/guest-script.sh'
 
 In the guest: FASTLANE_NVME=0000:00:04.0 FASTLANE_IGB0=0000:01:00.0
@@ -57,7 +60,7 @@ EOF
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 
-aw=39 timeout_s=600 mem=1G script=""
+aw=39 timeout_s=600 mem=1G script="" peers=0
 bins=() files=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -67,6 +70,7 @@ while [ $# -gt 0 ]; do
         --bin) bins+=("${2:?--bin needs a path}"); shift 2 ;;
         --file) files+=("${2:?--file needs a path}"); shift 2 ;;
         --script) script="${2:?--script needs a path}"; shift 2 ;;
+        --peers) peers=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -86,6 +90,8 @@ if ! flock -n 9; then
     echo "run.sh: another guest is running with cache $cache, waiting" >&2
     flock 9
 fi
+peers_root=""
+[ "$peers" = 0 ] || peers_root="$(FASTLANE_VM_CACHE="$cache" "$here/peers.sh")"
 
 kdir="$cache/kernel"
 vmlinuz="$(ls "$kdir"/boot/vmlinuz-* | head -1)"
@@ -134,6 +140,7 @@ extra_mods="$(seen=(); mod_order nvme-core nvme nvme-keyring)"
 root="$cache/initramfs-root"
 rm -rf "$root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,opt,mnt/huge,lib/modules-boot,lib/modules-extra}
+[ -z "$peers_root" ] || cp -a "$peers_root/." "$root/"
 cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
@@ -170,7 +177,7 @@ qemu=(qemu-system-x86_64
     -drive "$drive"
     -device nvme,serial=fastlane0001,drive=d0,addr=04.0
     -netdev hubport,id=p2,hubid=0
-    -device virtio-net-pci,netdev=p2,addr=05.0,disable-legacy=on,romfile=
+    -device virtio-net-pci,netdev=p2,addr=05.0,disable-legacy=on,romfile=,iommu_platform=on
     -device pcie-root-port,id=rp1,chassis=1,addr=06.0
     -device pcie-root-port,id=rp2,chassis=2,addr=07.0
     -netdev hubport,id=p0,hubid=0 -device igb,netdev=p0,bus=rp1

@@ -65,12 +65,21 @@ pub fn completion_entry(data: &[u8]) {
         assert_eq!(sq.push_slot(), Some(i));
     }
     let accepted = sq.update_head(cqe.sq_head).is_ok();
-    assert_eq!(accepted, cqe.sq_head <= pushed, "sq_head {} with tail {pushed}", cqe.sq_head);
+    assert_eq!(
+        accepted,
+        cqe.sq_head <= pushed,
+        "sq_head {} with tail {pushed}",
+        cqe.sq_head
+    );
     if accepted {
         assert_eq!(sq.head(), cqe.sq_head);
         assert_eq!(sq.len(), pushed - cqe.sq_head);
     } else {
-        assert_eq!((sq.head(), sq.tail()), (0, pushed), "a rejected head changes nothing");
+        assert_eq!(
+            (sq.head(), sq.tail()),
+            (0, pushed),
+            "a rejected head changes nothing"
+        );
     }
 
     // CID lookup: with `issued` commands in flight from a fresh table, the
@@ -119,7 +128,10 @@ fn check_status(s: Status) {
             );
             let text = e.to_string();
             if let Some(name) = e.name() {
-                assert!(text.starts_with(name), "{text:?} does not start with {name:?}");
+                assert!(
+                    text.starts_with(name),
+                    "{text:?} does not start with {name:?}"
+                );
             }
             assert!(text.contains(&format!("SC {:#04x}", e.sc)), "{text:?}");
             assert_eq!(text.ends_with(", DNR)"), e.dnr, "{text:?}");
@@ -132,8 +144,14 @@ fn check_status(s: Status) {
 /// field is all printable ASCII, exactly the field with its spaces trimmed.
 fn check_ascii(trimmed: &str, field: &[u8]) {
     assert!(trimmed.len() <= field.len());
-    assert!(trimmed.bytes().all(|b| (0x20..0x7F).contains(&b)), "{trimmed:?}");
-    assert!(!trimmed.starts_with(' ') && !trimmed.ends_with(' '), "{trimmed:?}");
+    assert!(
+        trimmed.bytes().all(|b| (0x20..0x7F).contains(&b)),
+        "{trimmed:?}"
+    );
+    assert!(
+        !trimmed.starts_with(' ') && !trimmed.ends_with(' '),
+        "{trimmed:?}"
+    );
     if field.iter().all(|b| (0x20..0x7F).contains(b)) {
         let text = std::str::from_utf8(field).expect("ASCII");
         assert_eq!(trimmed, text.trim_matches(' '));
@@ -173,7 +191,10 @@ pub fn identify_controller(data: &[u8]) {
         }
     }
     let v = id.version();
-    assert_eq!(v.to_string(), format!("{}.{}.{}", v.major(), v.minor(), v.tertiary()));
+    assert_eq!(
+        v.to_string(),
+        format!("{}.{}.{}", v.major(), v.minor(), v.tertiary())
+    );
     let _ = (
         id.supports_doorbell_buffer_config(),
         id.supports_dsm(),
