@@ -16,8 +16,8 @@
 # seconds at either end); the table shows medians over rounds and the ratio.
 # The receiving tool runs on vCPU 1 (testpmd: -l 0-1, forwarding lcore 1).
 #
-#   bench/nic-vs-testpmd.sh
-#   BENCH_ROUNDS=2 BENCH_TIME=4 bench/nic-vs-testpmd.sh
+#   benches/vm/nic-vs-testpmd.sh
+#   BENCH_ROUNDS=2 BENCH_TIME=4 benches/vm/nic-vs-testpmd.sh
 #
 # Environment: BENCH_ROUNDS (3), BENCH_TIME (seconds per run, 5),
 # BENCH_SIZES ("60 1514"), BENCH_MODES ("tx rx"), FASTLANE_VM_CACHE.

@@ -5,8 +5,8 @@
 # both run in one boot, interleaved (ours, fio, ours, fio, ...), and the
 # table reports medians and ratios.
 #
-#   bench/nvme-vs-fio.sh                   both backends, 3 rounds of 5 s
-#   BENCH_BACKENDS=null BENCH_ROUNDS=2 BENCH_TIME=3 bench/nvme-vs-fio.sh
+#   benches/vm/nvme-vs-fio.sh                   both backends, 3 rounds of 5 s
+#   BENCH_BACKENDS=null BENCH_ROUNDS=2 BENCH_TIME=3 benches/vm/nvme-vs-fio.sh
 #
 # Order within a case: ours fio, fio ours, ours fio, ... (each switch moves
 # the controller between vfio-pci and the kernel driver).

@@ -10,7 +10,9 @@
 
 use fastlane_framework::{BufferPool, DmaBuf, PoolError};
 
+pub mod igb;
 pub mod packet;
+pub mod virtio;
 
 pub use packet::{Packet, PacketPool};
 

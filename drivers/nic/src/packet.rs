@@ -1,4 +1,11 @@
-//! Packets: a DMA buffer from a framework pool plus the frame length.
+//! Packets: a DMA buffer from a framework pool plus the frame length, and
+//! where in the buffer the frame starts.
+//!
+//! The frame usually starts at the buffer's first byte. A driver may leave
+//! headroom in front of it instead (virtio-net receives a device header
+//! there), so a frame is `len` bytes at [`Packet::offset`]; [`Packet::iova`],
+//! [`Packet::to_vec`] and [`Packet::write`] all address the frame, not the
+//! buffer. Transmit paths must use `Packet::iova()`, not the buffer's IOVA.
 
 use fastlane_framework::{BufferPool, DmaBuf, Iova, PageSize, PoolCache, Vfio};
 
@@ -11,19 +18,36 @@ pub const PACKET_BUF_SIZE: usize = 2048;
 #[derive(Debug)]
 pub struct Packet {
     buf: DmaBuf,
+    /// Bytes of headroom before the frame.
+    offset: usize,
     len: usize,
 }
 
 impl Packet {
     /// Wraps `buf` as a frame of `len` bytes.
     pub fn new(buf: DmaBuf, len: usize) -> Result<Packet> {
-        if len > buf.len() || len > MAX_FRAME {
-            return Err(NicError::FrameTooLarge {
-                len,
-                max: MAX_FRAME.min(buf.len()),
-            });
+        Packet::with_offset(buf, 0, len)
+    }
+
+    /// Wraps `buf` as a frame of `len` bytes starting `offset` bytes into it.
+    pub fn with_offset(buf: DmaBuf, offset: usize, len: usize) -> Result<Packet> {
+        if offset > buf.len() {
+            return Err(NicError::InvalidArgument(format!(
+                "frame offset {offset} outside a {}-byte buffer",
+                buf.len()
+            )));
         }
-        Ok(Packet { buf, len })
+        let max = MAX_FRAME.min(buf.len() - offset);
+        if len > max {
+            return Err(NicError::FrameTooLarge { len, max });
+        }
+        Ok(Packet { buf, offset, len })
+    }
+
+    /// Headroom: where the frame starts in the buffer.
+    #[inline]
+    pub fn offset(&self) -> usize {
+        self.offset
     }
 
     /// Frame length in bytes.
@@ -39,7 +63,7 @@ impl Packet {
 
     /// Sets the frame length (must fit the buffer and MAX_FRAME).
     pub fn set_len(&mut self, len: usize) -> Result<()> {
-        if len > self.buf.len() || len > MAX_FRAME {
+        if len > self.buf.len() - self.offset || len > MAX_FRAME {
             return Err(NicError::FrameTooLarge { len, max: MAX_FRAME });
         }
         self.len = len;
@@ -49,7 +73,7 @@ impl Packet {
     /// Device address of the frame's first byte.
     #[inline]
     pub fn iova(&self) -> Iova {
-        self.buf.iova()
+        self.buf.iova().add(self.offset as u64)
     }
 
     /// The underlying buffer.
@@ -57,7 +81,8 @@ impl Packet {
         &self.buf
     }
 
-    /// Mutable access to the buffer (to write frame contents).
+    /// Mutable access to the buffer (to write frame contents; the frame
+    /// starts at [`Packet::offset`] in it).
     pub fn buf_mut(&mut self) -> &mut DmaBuf {
         &mut self.buf
     }
@@ -70,8 +95,8 @@ impl Packet {
     /// Copies the frame out.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = vec![0u8; self.len];
-        // Cannot fail: len <= buf.len() by construction.
-        let _ = self.buf.read(0, &mut v);
+        // Cannot fail: offset + len <= buf.len() by construction.
+        let _ = self.buf.read(self.offset, &mut v);
         v
     }
 
@@ -80,7 +105,7 @@ impl Packet {
         if data.len() > MAX_FRAME {
             return Err(NicError::FrameTooLarge { len: data.len(), max: MAX_FRAME });
         }
-        self.buf.write(0, data)?;
+        self.buf.write(self.offset, data)?;
         self.len = data.len();
         Ok(())
     }
@@ -121,7 +146,52 @@ impl PacketPool {
     pub fn alloc(&self) -> Result<Packet> {
         Ok(Packet {
             buf: self.pool.alloc()?,
+            offset: 0,
             len: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_with_headroom_is_addressed_from_its_offset() {
+        let pool = PacketPool::new_unmapped(2).unwrap();
+        let buf = pool.pool().alloc().unwrap();
+        let base = buf.iova();
+        let mut p = Packet::with_offset(buf, 64, 0).unwrap();
+        p.write(b"frame").unwrap();
+        assert_eq!((p.offset(), p.len(), p.iova()), (64, 5, base.add(64)));
+        assert_eq!(p.to_vec(), b"frame");
+        let mut raw = [0u8; 5];
+        p.buf().read(64, &mut raw).unwrap();
+        assert_eq!(&raw, b"frame");
+        assert!(p.set_len(MAX_FRAME).is_ok());
+        let deep = Packet::with_offset(p.into_buf(), 1000, 0);
+        let mut deep = deep.unwrap();
+        assert!(deep.set_len(PACKET_BUF_SIZE - 1000).is_ok());
+        assert!(matches!(deep.set_len(PACKET_BUF_SIZE - 999), Err(NicError::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn offsets_and_lengths_outside_the_buffer_are_refused() {
+        let pool = PacketPool::new_unmapped(2).unwrap();
+        let b = pool.pool().alloc().unwrap();
+        assert!(matches!(
+            Packet::with_offset(b, PACKET_BUF_SIZE + 1, 0),
+            Err(NicError::InvalidArgument(_))
+        ));
+        let b = pool.pool().alloc().unwrap();
+        assert!(matches!(
+            Packet::with_offset(b, PACKET_BUF_SIZE - 100, 101),
+            Err(NicError::FrameTooLarge { len: 101, max: 100 })
+        ));
+        let b = pool.pool().alloc().unwrap();
+        assert!(matches!(
+            Packet::new(b, MAX_FRAME + 1),
+            Err(NicError::FrameTooLarge { .. })
+        ));
     }
 }
