@@ -10,9 +10,7 @@
 
 use fastlane_framework::{BufferPool, DmaBuf, PoolError};
 
-pub mod igb;
 pub mod packet;
-pub mod virtio;
 
 pub use packet::{Packet, PacketPool};
 
