@@ -28,6 +28,7 @@ for b in "$repo"/.cache/guest-bin/*; do bins+=(--bin "$b"); done
 for aw in 39 48; do
     echo "=== guest tests, IOMMU aperture $aw bits"
     "$here/run.sh" --aw-bits "$aw" --timeout 900 "${bins[@]}" \
-        --file tests/guest/hugepages.sh --script tests/guest/run-all.sh
+        --file tests/guest/hugepages.sh --file tests/guest/reliability.sh \
+        --file tests/guest/soak.sh --script tests/guest/run-all.sh
 done
 echo "=== all tests passed"

@@ -35,3 +35,15 @@ impl fmt::Display for Iova {
         write!(f, "{:#x}", self.0)
     }
 }
+
+/// Which IOMMU address space a buffer is mapped in: one per VFIO container.
+/// A device can only reach buffers of its own container's domain, so drivers
+/// compare domains before handing an IOVA to a device (a buffer of another
+/// container has an IOVA that means something else, or nothing, here).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct DmaDomain(pub(crate) usize);
+
+impl DmaDomain {
+    /// Memory no IOMMU maps (in-process device models): IOVA == VA.
+    pub const UNMAPPED: DmaDomain = DmaDomain(0);
+}

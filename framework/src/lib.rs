@@ -37,7 +37,7 @@ pub mod pool;
 pub mod region;
 pub mod vfio;
 
-pub use addr::Iova;
+pub use addr::{DmaDomain, Iova};
 pub use error::{Error, Result};
 pub use hugepage::PageSize;
 pub use mmio::Mmio;

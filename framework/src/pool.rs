@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
 
-use crate::addr::Iova;
+use crate::addr::{DmaDomain, Iova};
 use crate::error::{Error, Result};
 use crate::hugepage::PageSize;
 use crate::region::DmaRegion;
@@ -267,6 +267,12 @@ impl DmaBuf {
     #[inline(always)]
     pub fn iova(&self) -> Iova {
         Iova((self.ptr.as_ptr() as u64).wrapping_add(self.inner().region.iova_offset()))
+    }
+
+    /// The IOMMU domain the buffer's memory is mapped in.
+    #[inline(always)]
+    pub fn domain(&self) -> DmaDomain {
+        self.inner().region.domain()
     }
 
     /// First byte, for raw access.

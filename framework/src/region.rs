@@ -10,12 +10,12 @@
 //! references: a device may write it at any time.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use memmap2::MmapMut;
 
-use crate::addr::Iova;
+use crate::addr::{DmaDomain, Iova};
 use crate::error::{Error, Result};
 use crate::hugepage::{self, PageSize};
 use crate::vfio::Shared;
@@ -34,6 +34,8 @@ pub(crate) struct RegionInner {
     offset: AtomicU64,
     /// Where it is mapped, once it is.
     pub(crate) iova: OnceLock<u64>,
+    /// The container's domain once mapped; UNMAPPED (0) before.
+    domain: AtomicUsize,
     /// The container it is (or will be) mapped into.
     vfio: Option<Arc<Shared>>,
     /// Owns the mapping; never dereferenced (see the module doc).
@@ -80,6 +82,7 @@ impl DmaRegion {
                 page_size,
                 offset: AtomicU64::new(0),
                 iova: OnceLock::new(),
+                domain: AtomicUsize::new(0),
                 vfio,
                 _map: map,
             }),
@@ -112,6 +115,13 @@ impl DmaRegion {
     #[inline]
     pub fn iova_offset(&self) -> u64 {
         self.inner.offset.load(Ordering::Relaxed)
+    }
+
+    /// The IOMMU domain the region is mapped in ([`DmaDomain::UNMAPPED`]
+    /// until it is mapped, and for unmapped regions).
+    #[inline(always)]
+    pub fn domain(&self) -> DmaDomain {
+        DmaDomain(self.inner.domain.load(Ordering::Acquire))
     }
 
     /// Whether the region is mapped through an IOMMU yet.
@@ -195,6 +205,8 @@ impl RegionInner {
     pub(crate) fn set_iova(&self, iova: u64) {
         self.offset.store(iova.wrapping_sub(self.va()), Ordering::Relaxed);
         let _ = self.iova.set(iova);
+        let domain = self.vfio.as_ref().map_or(0, |v| Arc::as_ptr(v) as usize);
+        self.domain.store(domain, Ordering::Release);
     }
 }
 

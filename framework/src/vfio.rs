@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use vfio_ioctls::{VfioContainer, VfioError};
 
-use crate::addr::Iova;
+use crate::addr::{DmaDomain, Iova};
 use crate::error::{Error, Result};
 use crate::hugepage::PageSize;
 use crate::iova::{IovaSpace, Range};
@@ -94,6 +94,11 @@ impl Vfio {
             st.pending.push(Arc::downgrade(&region.inner));
         }
         Ok(region)
+    }
+
+    /// The IOMMU domain of this container: regions mapped here report it.
+    pub fn domain(&self) -> DmaDomain {
+        DmaDomain(Arc::as_ptr(&self.shared) as usize)
     }
 
     /// The valid IOVA ranges of the container (empty before the first device).

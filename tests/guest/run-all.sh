@@ -1,24 +1,36 @@
 #!/bin/sh
-# Guest side of vm/test.sh: the hugepages.sh round trip, then the Rust guest
-# test binaries with the NVMe and first igb bound to vfio-pci (the second
-# igb unbound and virtio-net on its kernel driver, for the error tests).
+# Guest side of vm/test.sh.
+#   39-bit IOMMU aperture (regions at a constant IOVA offset): everything.
+#   48-bit aperture (identity mapping): the mapping paths and the NICs.
+# Device binding follows what the tests expect: first the NVMe and the
+# first igb (the second igb unbound and virtio-net on its kernel driver, for
+# the framework's error tests), then the second igb and virtio-net too.
 set -u
 fail=0
 run() { echo "=== $*"; "$@" || { echo "FAILED: $*"; fail=1; }; }
+have() { [ -x "/bin/$1" ]; }
 
 if [ "${FASTLANE_AW_BITS:-39}" = 39 ]; then
     run sh /opt/hugepages.sh
 fi
-hugepages.sh setup 128 || exit 1
+hugepages.sh setup 192 || exit 1
 hugepages.sh bind "$FASTLANE_NVME" "$FASTLANE_IGB0" || exit 1
 
 if [ "${FASTLANE_AW_BITS:-39}" = 39 ]; then
-    for t in /bin/guest_*; do run "$t" --test-threads=1; done
+    for t in guest_framework guest_nvme guest_reliability; do
+        have "$t" && run "/bin/$t" --test-threads=1
+    done
+    run sh /opt/reliability.sh --shell-only
 else
-    # 48-bit aperture: the identity-mapping paths.
     run /bin/guest_framework --test-threads=1 regions_are
-    [ -x /bin/guest_nvme ] && run /bin/guest_nvme --test-threads=1 identify
+    run /bin/guest_nvme --test-threads=1 identify
 fi
+
+hugepages.sh bind "$FASTLANE_IGB1" "$FASTLANE_VIRTIO" || exit 1
+for t in guest_igb guest_virtio; do
+    have "$t" && run "/bin/$t" --test-threads=1
+done
+
 hugepages.sh reset
 [ "$fail" = 0 ] && echo "=== guest: all passed"
 exit "$fail"

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fastlane_framework::{DmaBuf, DmaRegion, Mmio, PageSize, PciDevice, Vfio};
+use fastlane_framework::{DmaBuf, DmaDomain, DmaRegion, Mmio, PageSize, PciDevice, Vfio};
 
 use crate::error::{NvmeError, Result};
 use crate::qpair::IoQueuePair;
@@ -32,6 +32,14 @@ pub(crate) enum Memory {
 }
 
 impl Memory {
+    /// The IOMMU domain buffers must be mapped in to reach the device.
+    pub fn domain(&self) -> DmaDomain {
+        match self {
+            Memory::Vfio(v) => v.domain(),
+            Memory::Unmapped => DmaDomain::UNMAPPED,
+        }
+    }
+
     pub fn region(&self, len: usize) -> Result<DmaRegion> {
         Ok(match self {
             Memory::Vfio(v) => v.alloc_region(len, PageSize::Huge2M)?,
@@ -277,17 +285,23 @@ impl Controller {
     }
 
     /// Runs one admin command synchronously (for tools and tests); `data`
-    /// receives up to 4 KiB the command returns.
-    pub fn admin_command(
-        &self,
-        cmd: SubmissionEntry,
-        data: Option<&mut [u8]>,
-    ) -> Result<CompletionEntry> {
+    /// receives up to 4 KiB the command returns, through the driver's own
+    /// admin data page. Without `data`, the command must carry no data
+    /// pointers (PRP1 = PRP2 = 0): safe code cannot aim the device at memory.
+    pub fn admin_command(&self, cmd: SubmissionEntry, data: Option<&mut [u8]>) -> Result<CompletionEntry> {
         let mut admin = self.inner.lock_admin();
         let mut cmd = cmd;
-        if data.is_some() {
-            cmd.prp1 = admin.ring.extra_iova();
-            cmd.prp2 = 0;
+        match &data {
+            Some(_) => {
+                cmd.prp1 = admin.ring.extra_iova();
+                cmd.prp2 = 0;
+            }
+            None if cmd.prp1 != 0 || cmd.prp2 != 0 => {
+                return Err(NvmeError::InvalidArgument(
+                    "data pointers in an admin command: pass a buffer (admin_command_buf)".into(),
+                ));
+            }
+            None => {}
         }
         let c = admin.execute(&self.inner.regs, self.inner.cap, cmd)?;
         if let Some(out) = data {
@@ -295,6 +309,18 @@ impl Controller {
             out[..n].copy_from_slice(&admin.extra(n));
         }
         Ok(c)
+    }
+
+    /// Runs one admin command exactly as given, data pointers included.
+    ///
+    /// # Safety
+    /// The device reads and writes whatever the PRPs name, within the
+    /// IOMMU's mappings of this container: they may point at the driver's
+    /// own queues or at buffers in use. For fault-injection tests.
+    pub unsafe fn admin_command_raw(&self, cmd: SubmissionEntry) -> Result<CompletionEntry> {
+        self.inner
+            .lock_admin()
+            .execute(&self.inner.regs, self.inner.cap, cmd)
     }
 }
 
@@ -306,6 +332,9 @@ impl Controller {
         mut cmd: SubmissionEntry,
         buf: &DmaBuf,
     ) -> Result<CompletionEntry> {
+        if buf.domain() != self.inner.mem.domain() {
+            return Err(NvmeError::ForeignBuffer);
+        }
         if buf.len() < PAGE_SIZE || !buf.iova().get().is_multiple_of(PAGE_SIZE as u64) {
             return Err(NvmeError::InvalidArgument(
                 "admin data needs a 4 KiB aligned 4 KiB buffer".into(),

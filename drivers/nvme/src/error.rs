@@ -50,6 +50,8 @@ pub enum NvmeError {
     Queue(#[from] QueueError),
     #[error("no I/O queue left: the controller granted {0}")]
     NoQueuesLeft(u16),
+    #[error("the buffer is not mapped in this controller's VFIO container (allocate it from a pool of the same Vfio)")]
+    ForeignBuffer,
     #[error("malformed data from the device: {0}")]
     Malformed(&'static str),
 }

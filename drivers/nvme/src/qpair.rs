@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fastlane_framework::DmaBuf;
+use fastlane_framework::{DmaBuf, DmaDomain};
 
 use crate::controller::{Admin, Inner, Namespace, PAGE_SIZE};
 use crate::error::{NvmeError, Rejected, Result};
@@ -77,6 +77,8 @@ pub struct IoQueuePair {
     orphans: Vec<(u64, Option<DmaBuf>, bool)>,
     namespaces: Vec<Namespace>,
     max_transfer: usize,
+    /// Buffers must be mapped in this domain (the controller's container).
+    domain: DmaDomain,
     /// Poll calls, to read the clock only every CLOCK_EVERY of them.
     polls: u32,
     /// Coarse clock for timeouts: bumped every half timeout.
@@ -123,6 +125,7 @@ impl IoQueuePair {
         Ok(IoQueuePair {
             namespaces: inner.namespaces.clone(),
             max_transfer: inner.info.max_transfer,
+            domain: inner.mem.domain(),
             inner,
             ring,
             qid,
@@ -360,6 +363,9 @@ impl IoQueuePair {
         tag: u64,
     ) -> Result<(), Rejected> {
         let checked = self.check_range(nsid, lba, blocks).and_then(|(nlb, ns)| {
+            if buf.domain() != self.domain {
+                return Err(NvmeError::ForeignBuffer);
+            }
             let bytes = blocks as usize * ns.block_size as usize;
             if bytes > buf.len() {
                 return Err(NvmeError::BufferTooSmall {
