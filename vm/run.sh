@@ -16,6 +16,10 @@
 #                        driver=null-co,read-zeroes=on,size=1G
 #                        (",if=none,id=d0" is added when missing)
 #   FASTLANE_GUEST_ENV   space-separated K=V pairs exported in the guest
+#   FASTLANE_TCG_THREAD  single (default) or multi: multi-threaded TCG is
+#                        faster but QEMU 10 can abort in iotlb_to_section
+#                        when a device's memory map changes under a running
+#                        vCPU (device open/close, bus-master toggles)
 #   FASTLANE_VM_CACHE    cache directory (default: <repo>/.cache/vm)
 set -euo pipefail
 
@@ -170,7 +174,7 @@ case ",$drive," in *,if=*) ;; *) drive="$drive,if=none" ;; esac
 
 # --- QEMU -------------------------------------------------------------------
 qemu=(qemu-system-x86_64
-    -accel tcg,thread=multi -cpu max -m "$mem" -smp 2
+    -accel "tcg,thread=${FASTLANE_TCG_THREAD:-single}" -cpu max -m "$mem" -smp 2
     -machine q35,kernel-irqchip=split
     -device "intel-iommu,intremap=on,aw-bits=$aw"
     -vga none -nic none
