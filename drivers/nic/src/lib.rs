@@ -10,7 +10,9 @@
 
 use fastlane_framework::{BufferPool, DmaBuf, PoolError};
 
+pub mod igb;
 pub mod packet;
+pub mod virtio;
 
 pub use packet::{Packet, PacketPool};
 
@@ -112,6 +114,38 @@ impl Default for NicConfig {
             rx_ring: 512,
             tx_ring: 512,
             promiscuous: true,
+        }
+    }
+}
+
+/// Opens the NIC at `addr` (bound to vfio-pci) with the driver its PCI id
+/// calls for: Intel igb (82576/i350 family) or virtio-net (modern).
+pub fn open(
+    vfio: &fastlane_framework::Vfio,
+    addr: &str,
+    pool: &PacketPool,
+    cfg: &NicConfig,
+) -> Result<Box<dyn Nic>> {
+    match igb::Igb::open(vfio, addr, pool, cfg) {
+        Ok(nic) => Ok(Box::new(nic)),
+        Err(NicError::Unsupported { .. }) => Ok(Box::new(virtio::VirtioNet::open(vfio, addr, pool, cfg)?)),
+        Err(e) => Err(e),
+    }
+}
+
+impl std::ops::Sub for Stats {
+    type Output = Stats;
+
+    /// Counters gained between two snapshots.
+    fn sub(self, before: Stats) -> Stats {
+        Stats {
+            rx_packets: self.rx_packets.wrapping_sub(before.rx_packets),
+            rx_bytes: self.rx_bytes.wrapping_sub(before.rx_bytes),
+            tx_packets: self.tx_packets.wrapping_sub(before.tx_packets),
+            tx_bytes: self.tx_bytes.wrapping_sub(before.tx_bytes),
+            rx_dropped: self.rx_dropped.wrapping_sub(before.rx_dropped),
+            rx_errors: self.rx_errors.wrapping_sub(before.rx_errors),
+            tx_errors: self.tx_errors.wrapping_sub(before.tx_errors),
         }
     }
 }

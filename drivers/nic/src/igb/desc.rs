@@ -1,0 +1,209 @@
+//! Advanced receive and transmit descriptors (82576 datasheet 7.1.5 and
+//! 7.2.2.3), declared once with their sizes checked at compile time. Each
+//! descriptor has a "read" format the driver writes and a "write-back"
+//! format the device writes over it when done.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Receive descriptor, read format: where the device puts the frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RxDescRead {
+    /// Packet buffer address (IOVA).
+    pub pkt_addr: u64,
+    /// Header buffer address; 0 without header split. Its bit 0 overlays
+    /// the write-back DD bit, so writing 0 hands the slot to the device.
+    pub hdr_addr: u64,
+}
+
+/// Receive descriptor, write-back format.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RxDescWb {
+    /// Packet type and RSS type (low half), header length (high half).
+    pub pkt_info: u32,
+    /// RSS hash, or IP id and fragment checksum.
+    pub rss: u32,
+    /// Extended status (bits 0-19) and extended errors (bits 20-31).
+    pub status_error: u32,
+    /// Bytes written to the packet buffer.
+    pub length: u16,
+    /// Stripped VLAN tag.
+    pub vlan: u16,
+}
+
+/// Transmit data descriptor, read format (advanced, DTYP = data).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TxDescRead {
+    /// Data buffer address (IOVA).
+    pub buffer_addr: u64,
+    /// Length (bits 0-15), descriptor type (20-23), command (24-31).
+    pub cmd_type_len: u32,
+    /// Payload length (bits 14-31), options and the DD status bit (bit 0).
+    pub olinfo_status: u32,
+}
+
+/// Transmit descriptor, write-back format.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TxDescWb {
+    pub rsvd: u64,
+    pub nxtseq_seed: u32,
+    /// DD in bit 0.
+    pub status: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<RxDescRead>() == 16);
+const _: () = assert!(std::mem::size_of::<RxDescWb>() == 16);
+const _: () = assert!(std::mem::size_of::<TxDescRead>() == 16);
+const _: () = assert!(std::mem::size_of::<TxDescWb>() == 16);
+
+/// Byte offset of the word holding the status bits, in both descriptor
+/// kinds: the upper 8 bytes are read as one 64-bit load.
+pub const STATUS_QWORD_OFFSET: usize = 8;
+
+/// Receive write-back status and error bits (in `status_error`).
+pub mod rx {
+    /// Descriptor done.
+    pub const DD: u32 = 1 << 0;
+    /// End of packet.
+    pub const EOP: u32 = 1 << 1;
+    /// Frame errors: CRC, symbol, sequence, carrier extension, RX data error
+    /// (checksum errors, IPE/TCPE, are left to the application).
+    pub const ERR_FRAME: u32 = (1 << 24) | (1 << 25) | (1 << 26) | (1 << 28) | (1 << 31);
+}
+
+/// Transmit descriptor command, type and status bits.
+pub mod tx {
+    /// Descriptor type: advanced data descriptor.
+    pub const DTYP_DATA: u32 = 0x3 << 20;
+    /// End of packet.
+    pub const DCMD_EOP: u32 = 1 << 24;
+    /// Insert FCS.
+    pub const DCMD_IFCS: u32 = 1 << 25;
+    /// Report status: write DD back when done.
+    pub const DCMD_RS: u32 = 1 << 27;
+    /// Descriptor extension: advanced format.
+    pub const DCMD_DEXT: u32 = 1 << 29;
+    /// Payload length field of `olinfo_status`.
+    pub const PAYLEN_SHIFT: u32 = 14;
+    /// Descriptor done, in the write-back `status`.
+    pub const STA_DD: u32 = 1 << 0;
+}
+
+impl RxDescRead {
+    /// A descriptor handing the buffer at `iova` to the device.
+    #[inline(always)]
+    pub const fn new(iova: u64) -> RxDescRead {
+        RxDescRead {
+            pkt_addr: iova,
+            hdr_addr: 0,
+        }
+    }
+}
+
+/// What the driver needs from a receive write-back: decoded from the
+/// descriptor's upper 64 bits, read in one load so status and length agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RxStatus {
+    pub status_error: u32,
+    pub length: u16,
+}
+
+impl RxStatus {
+    /// Decodes the upper quadword (`status_error`, `length`, `vlan`).
+    #[inline(always)]
+    pub const fn from_qword(q: u64) -> RxStatus {
+        RxStatus {
+            status_error: q as u32,
+            length: (q >> 32) as u16,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn done(self) -> bool {
+        self.status_error & rx::DD != 0
+    }
+
+    #[inline(always)]
+    pub const fn end_of_packet(self) -> bool {
+        self.status_error & rx::EOP != 0
+    }
+
+    #[inline(always)]
+    pub const fn frame_error(self) -> bool {
+        self.status_error & rx::ERR_FRAME != 0
+    }
+}
+
+impl TxDescRead {
+    /// A one-descriptor frame of `len` bytes at `iova`: end of packet,
+    /// insert FCS, report status.
+    #[inline(always)]
+    pub const fn frame(iova: u64, len: u16) -> TxDescRead {
+        TxDescRead {
+            buffer_addr: iova,
+            cmd_type_len: len as u32
+                | tx::DTYP_DATA
+                | tx::DCMD_DEXT
+                | tx::DCMD_EOP
+                | tx::DCMD_IFCS
+                | tx::DCMD_RS,
+            olinfo_status: (len as u32) << tx::PAYLEN_SHIFT,
+        }
+    }
+}
+
+/// Whether the upper quadword of a transmit descriptor shows DD.
+#[inline(always)]
+pub const fn tx_done(qword: u64) -> bool {
+    // `status` is the upper half of the quadword.
+    (qword >> 32) as u32 & tx::STA_DD != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rx_write_back_decodes_from_its_upper_quadword() {
+        let wb = RxDescWb {
+            pkt_info: 0x1234,
+            rss: 0,
+            status_error: rx::DD | rx::EOP,
+            length: 1514,
+            vlan: 7,
+        };
+        let bytes = bytemuck::bytes_of(&wb);
+        let q = u64::from_le_bytes(bytes[STATUS_QWORD_OFFSET..16].try_into().unwrap());
+        let s = RxStatus::from_qword(q);
+        assert!(s.done() && s.end_of_packet() && !s.frame_error());
+        assert_eq!(s.length, 1514);
+        let bad = RxStatus::from_qword(q | (1 << 24));
+        assert!(bad.frame_error());
+        // A freshly written read descriptor is not done.
+        let r = RxDescRead::new(0xdead_b000);
+        let b = bytemuck::bytes_of(&r);
+        let q = u64::from_le_bytes(b[8..16].try_into().unwrap());
+        assert!(!RxStatus::from_qword(q).done());
+    }
+
+    #[test]
+    fn tx_frame_descriptor_fields() {
+        let d = TxDescRead::frame(0x1000, 60);
+        assert_eq!(d.cmd_type_len & 0xffff, 60);
+        assert_eq!(d.cmd_type_len >> 20 & 0xf, 3, "advanced data descriptor");
+        for bit in [tx::DCMD_EOP, tx::DCMD_IFCS, tx::DCMD_RS, tx::DCMD_DEXT] {
+            assert_ne!(d.cmd_type_len & bit, 0);
+        }
+        assert_eq!(d.olinfo_status >> tx::PAYLEN_SHIFT, 60);
+        assert_eq!(d.olinfo_status & tx::STA_DD, 0, "a new descriptor is not done");
+        let b = bytemuck::bytes_of(&d);
+        let q = u64::from_le_bytes(b[8..16].try_into().unwrap());
+        assert!(!tx_done(q));
+        let wb = TxDescWb { status: tx::STA_DD, ..Default::default() };
+        let b = bytemuck::bytes_of(&wb);
+        assert!(tx_done(u64::from_le_bytes(b[8..16].try_into().unwrap())));
+    }
+}

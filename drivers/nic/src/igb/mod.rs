@@ -1,0 +1,413 @@
+//! Intel igb polling-mode driver: 82576 and I350 physical functions, and
+//! QEMU's `igb` device (8086:10c9). One receive and one transmit queue per
+//! port, advanced descriptors, no interrupts.
+//!
+//! - `regs`: register offsets and bits (82576 datasheet chapter 8);
+//! - `desc`: the advanced descriptors (7.1.5, 7.2.2.3);
+//! - `ring`: pure ring index arithmetic, unit-tested without a device;
+//! - `dma`: a descriptor ring in DMA memory, volatile access only;
+//! - `rx` / `tx`: one queue each, burst receive and transmit;
+//! - `link`: PHY access and link state; `stats`: statistics registers.
+//!
+//! ```no_run
+//! use fastlane_framework::Vfio;
+//! use fastlane_nic::{igb::Igb, Nic, NicConfig, PacketPool};
+//! let vfio = Vfio::new()?;
+//! let pool = PacketPool::new(&vfio, 4096)?;
+//! let mut port = Igb::open(&vfio, "0000:01:00.0", &pool, &NicConfig::default())?;
+//! let mut pkts = Vec::with_capacity(32);
+//! loop {
+//!     if port.rx_burst(&mut pkts, 32) > 0 {
+//!         port.tx_burst(&mut pkts); // echo back what fits; the rest is dropped below
+//!         pkts.clear();
+//!     }
+//! #   break;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod desc;
+mod dma;
+mod link;
+pub mod regs;
+pub mod ring;
+mod rx;
+mod stats;
+mod tx;
+
+use std::time::{Duration, Instant};
+
+use fastlane_framework::{Mmio, PageSize, PciAddress, PciDevice, PoolCache, Vfio};
+
+use crate::packet::PACKET_BUF_SIZE;
+use crate::{LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, MAX_FRAME};
+use dma::DescRing;
+use regs::{ctrl, rctl, tctl};
+use ring::Ring;
+use rx::RxQueue;
+use tx::TxQueue;
+
+pub use rx::RxCounters;
+pub use stats::HwCounters;
+pub use tx::TxCounters;
+
+/// Shortest frame accepted for sending: an Ethernet header. Frames shorter
+/// than [`crate::MIN_FRAME`] are padded by the NIC (TCTL.PSP).
+pub const MIN_TX_FRAME: usize = 14;
+/// How long `open` waits for the link after restarting auto-negotiation.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a register handshake (reset, queue enable) may take.
+const REG_TIMEOUT: Duration = Duration::from_secs(1);
+/// Buffers kept in the port's pool cache.
+const CACHE_SIZE: usize = 512;
+
+/// Checks that a frame can be sent: [`MIN_TX_FRAME`]..=[`MAX_FRAME`] bytes.
+/// `tx_burst` stops at the first frame that fails this and leaves it (and
+/// everything after it) at the front of the caller's vector.
+pub fn check_frame(pkt: &Packet) -> Result<()> {
+    match pkt.len() {
+        len if len > MAX_FRAME => Err(NicError::FrameTooLarge { len, max: MAX_FRAME }),
+        len if len < MIN_TX_FRAME => Err(NicError::FrameTooShort { len, min: MIN_TX_FRAME }),
+        _ => Ok(()),
+    }
+}
+
+/// Polls `done` until it holds or `timeout` passes.
+fn poll(what: &'static str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(NicError::Timeout { what });
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// [`poll`] with the register handshake timeout.
+fn wait_for(what: &'static str, done: impl FnMut() -> bool) -> Result<()> {
+    poll(what, REG_TIMEOUT, done)
+}
+
+/// The part name for a supported vendor/device id pair.
+pub fn model(vendor: u16, device: u16) -> Option<&'static str> {
+    if vendor != regs::VENDOR_INTEL {
+        return None;
+    }
+    regs::DEVICE_IDS.iter().find(|(id, _)| *id == device).map(|(_, name)| *name)
+}
+
+/// Masks every interrupt cause and clears pending ones.
+fn mask_interrupts(r: &Mmio) {
+    r.write32(regs::IMC, u32::MAX);
+    r.write32(regs::EIMC, u32::MAX);
+    r.write32(regs::EIAC, 0);
+    let _ = r.read32(regs::ICR);
+}
+
+/// Global device reset (CTRL.RST): receive and transmit stop, every
+/// register returns to its default and the device forgets the rings.
+fn reset(r: &Mmio) -> Result<()> {
+    mask_interrupts(r);
+    r.write32(regs::RCTL, 0);
+    r.write32(regs::TCTL, 0);
+    let _ = r.read32(regs::STATUS); // flush the posted writes
+    std::thread::sleep(Duration::from_millis(10)); // let DMA in progress end
+    r.write32(regs::CTRL, r.read32(regs::CTRL) | ctrl::RST);
+    std::thread::sleep(Duration::from_millis(1));
+    wait_for("device reset (CTRL.RST)", || r.read32(regs::CTRL) & ctrl::RST == 0)?;
+    // The EEPROM auto-read after a reset takes a few milliseconds.
+    std::thread::sleep(Duration::from_millis(20));
+    mask_interrupts(r);
+    Ok(())
+}
+
+/// An open igb port: one receive and one transmit queue.
+pub struct Igb {
+    dev: PciDevice,
+    regs: Mmio,
+    model: &'static str,
+    mac: [u8; 6],
+    rx: RxQueue,
+    tx: TxQueue,
+    cache: PoolCache,
+    hw: HwCounters,
+}
+
+impl Igb {
+    /// Opens the igb at `addr` (bound to vfio-pci) and brings it up: reset,
+    /// link, receive ring filled from `pool`, transmit ring, promiscuous
+    /// mode per `cfg`. Waits up to [`LINK_TIMEOUT`] for the link (a port
+    /// without link still opens; see [`Nic::link_status`]).
+    pub fn open(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Result<Igb> {
+        let dev = vfio.open(addr)?;
+        let (vendor, device) = dev.id()?;
+        let Some(model) = model(vendor, device) else {
+            return Err(NicError::Unsupported {
+                addr: addr.to_string(),
+                vendor,
+                device,
+                class: dev.class_code()?,
+            });
+        };
+        let buf_size = pool.pool().buf_size();
+        if buf_size < PACKET_BUF_SIZE {
+            return Err(NicError::InvalidArgument(format!(
+                "packet buffers of {buf_size} bytes: the igb driver needs {PACKET_BUF_SIZE}"
+            )));
+        }
+        let (rx_n, tx_n) = (Ring::new(cfg.rx_ring)?.size(), Ring::new(cfg.tx_ring)?.size());
+        dev.enable_dma()?;
+        let regs = dev.map_bar(0)?;
+        if regs.len() < regs::REGS_LEN {
+            return Err(NicError::Malformed("BAR0 is smaller than the igb register file"));
+        }
+        reset(&regs)?;
+
+        // Both rings in one region: receive at 0, transmit after it.
+        let rx_bytes = (rx_n as usize * 16).next_multiple_of(128);
+        let region = vfio.alloc_region(rx_bytes + tx_n as usize * 16, PageSize::Huge2M)?;
+        let mut cache = pool.cache(CACHE_SIZE);
+        let rx = RxQueue::new(0, regs.clone(), DescRing::new(region.clone(), 0, rx_n)?, &mut cache)?;
+        let tx = TxQueue::new(0, regs.clone(), DescRing::new(region, rx_bytes, tx_n)?)?;
+        // From here on, Drop resets the device before the buffers go back.
+        let mut igb = Igb {
+            dev,
+            regs,
+            model,
+            mac: [0; 6],
+            rx,
+            tx,
+            cache,
+            hw: HwCounters::default(),
+        };
+        igb.start(device, cfg)?;
+        let link = igb.wait_link(LINK_TIMEOUT);
+        if !link.up {
+            log::warn!("{addr}: link still down after {LINK_TIMEOUT:?}");
+        }
+        Ok(igb)
+    }
+
+    fn start(&mut self, device: u16, cfg: &NicConfig) -> Result<()> {
+        let r = &self.regs;
+        link::bring_up(r)?;
+        let (ral, rah) = (r.read32(regs::RAL0), r.read32(regs::RAH0));
+        if rah & regs::RAH_AV == 0 {
+            return Err(NicError::Malformed("no valid MAC address in RAL0/RAH0"));
+        }
+        let (lo, hi) = (ral.to_le_bytes(), rah.to_le_bytes());
+        self.mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+        for i in 0..regs::MTA_WORDS {
+            r.write32(regs::MTA + 4 * i, 0);
+        }
+
+        // Receive: queue first, then the receiver, then the tail.
+        r.write32(regs::RCTL, 0);
+        self.rx.configure(PACKET_BUF_SIZE)?;
+        if regs::is_i350(device) {
+            r.write32(regs::dvmolr(0), r.read32(regs::dvmolr(0)) | regs::DVMOLR_STRCRC);
+        }
+        // Buffer size comes from SRRCTL; RCTL.BSIZE 00 (2048) agrees.
+        let mut rc = rctl::EN | rctl::BAM | rctl::SECRC;
+        if cfg.promiscuous {
+            rc |= rctl::UPE | rctl::MPE;
+        }
+        r.write32(regs::RCTL, rc);
+        self.rx.start();
+
+        // Transmit.
+        self.tx.configure()?;
+        r.write32(
+            regs::TCTL,
+            tctl::EN
+                | tctl::PSP
+                | tctl::RTLC
+                | tctl::CT_DEFAULT << tctl::CT_SHIFT
+                | tctl::COLD_FULL_DUPLEX << tctl::COLD_SHIFT,
+        );
+
+        // Statistics start from zero (they clear on read).
+        self.hw.accumulate(r, 0);
+        self.hw = HwCounters::default();
+        Ok(())
+    }
+
+    /// Checks that a frame can be sent (see [`check_frame`]).
+    pub fn check_frame(pkt: &Packet) -> Result<()> {
+        check_frame(pkt)
+    }
+
+    /// A packet of `len` bytes from the port's own buffer cache: for
+    /// generators, so that buffers cycle between `tx_burst`'s reclaim and
+    /// here without touching the pool's shared free list.
+    #[inline]
+    pub fn alloc_packet(&mut self, len: usize) -> Result<Packet> {
+        Packet::new(self.cache.alloc()?, len)
+    }
+
+    /// Gives the buffers of `pkts` back to the port's cache (buffers of
+    /// other pools go home to theirs); `pkts` is left empty. Cheaper than
+    /// dropping them when the next `rx_burst` needs buffers again.
+    #[inline]
+    pub fn recycle(&mut self, pkts: &mut Vec<Packet>) {
+        for p in pkts.drain(..) {
+            let _ = self.cache.free(p.into_buf());
+        }
+    }
+
+    /// Polls the link until it is up or `timeout` passes; returns the state.
+    pub fn wait_link(&self, timeout: Duration) -> LinkStatus {
+        let start = Instant::now();
+        loop {
+            let l = self.link_status();
+            if l.up || start.elapsed() >= timeout {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The port's PCI address.
+    pub fn pci_address(&self) -> PciAddress {
+        self.dev.address()
+    }
+
+    /// The part, e.g. "82576".
+    pub fn model(&self) -> &'static str {
+        self.model
+    }
+
+    /// What the driver itself counted: frames handed out by `rx_burst` and
+    /// queued by `tx_burst` (bytes without CRC), frames it dropped.
+    pub fn driver_stats(&self) -> Stats {
+        Stats {
+            rx_packets: self.rx.counters.packets,
+            rx_bytes: self.rx.counters.bytes,
+            tx_packets: self.tx.counters.packets,
+            tx_bytes: self.tx.counters.bytes,
+            rx_dropped: 0,
+            rx_errors: self.rx.counters.errors,
+            tx_errors: 0,
+        }
+    }
+
+    /// Receive-side driver counters.
+    pub fn rx_counters(&self) -> RxCounters {
+        self.rx.counters
+    }
+
+    /// Transmit-side driver counters.
+    pub fn tx_counters(&self) -> TxCounters {
+        self.tx.counters
+    }
+
+    /// Totals of the device's statistics registers (read now).
+    pub fn hw_counters(&mut self) -> HwCounters {
+        self.hw.accumulate(&self.regs, 0);
+        self.hw
+    }
+}
+
+impl Nic for Igb {
+    /// Receives up to `max` frames (appended to `out`, which should have the
+    /// capacity). Stops early, leaving frames in the ring, when the pool has
+    /// no buffer to put in their place.
+    fn rx_burst(&mut self, out: &mut Vec<Packet>, max: usize) -> usize {
+        self.rx.burst(&mut self.cache, out, max)
+    }
+
+    /// Reclaims finished descriptors, then queues frames from the front of
+    /// `pkts` while the ring has room; stops at a frame [`check_frame`]
+    /// refuses and leaves it first in `pkts`. An empty `pkts` only reclaims.
+    fn tx_burst(&mut self, pkts: &mut Vec<Packet>) -> usize {
+        self.tx.burst(&mut self.cache, pkts)
+    }
+
+    fn mac_address(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    fn link_status(&self) -> LinkStatus {
+        link::decode(self.regs.read32(regs::STATUS))
+    }
+
+    fn set_promiscuous(&mut self, on: bool) -> Result<()> {
+        let rc = self.regs.read32(regs::RCTL);
+        let bits = rctl::UPE | rctl::MPE;
+        self.regs.write32(regs::RCTL, if on { rc | bits } else { rc & !bits });
+        Ok(())
+    }
+
+    /// The device's statistics registers (accumulated), with the frames the
+    /// driver dropped added to `rx_errors`; see [`HwCounters::merge`].
+    fn stats(&mut self) -> Stats {
+        self.hw.accumulate(&self.regs, 0);
+        self.hw.merge(&self.rx.counters)
+    }
+
+    fn tx_in_flight(&self) -> usize {
+        self.tx.in_flight()
+    }
+}
+
+impl Drop for Igb {
+    fn drop(&mut self) {
+        // Stop the queues and reset the device, then turn bus mastering off:
+        // only then may the buffers and rings (dropped after this) be reused.
+        self.rx.disable();
+        self.tx.disable();
+        let reset_ok = reset(&self.regs)
+            .inspect_err(|e| log::error!("{}: reset on close: {e}", self.dev.address()))
+            .is_ok();
+        let dma_off = self
+            .dev
+            .disable_dma()
+            .inspect_err(|e| log::error!("{}: bus master off: {e}", self.dev.address()))
+            .is_ok();
+        if !reset_ok && !dma_off {
+            log::error!("{}: device may still DMA; leaking its buffers and rings", self.dev.address());
+            self.rx.leak();
+            self.tx.leak();
+        }
+    }
+}
+
+impl std::fmt::Debug for Igb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Igb")
+            .field("addr", &self.dev.address())
+            .field("model", &self.model)
+            .field("mac", &format_args!("{:02x?}", self.mac))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supported_ids() {
+        assert_eq!(model(0x8086, 0x10c9), Some("82576"));
+        assert_eq!(model(0x8086, 0x1521), Some("I350 copper"));
+        assert_eq!(model(0x8086, 0x10ca), None, "a VF");
+        assert_eq!(model(0x1af4, 0x10c9), None);
+    }
+
+    #[test]
+    fn frame_bounds() {
+        let pool = PacketPool::new_unmapped(2).unwrap();
+        let mut p = pool.alloc().unwrap();
+        for (len, ok) in [(0, false), (13, false), (14, true), (60, true), (1514, true)] {
+            p.set_len(len).unwrap();
+            assert_eq!(check_frame(&p).is_ok(), ok, "{len}");
+        }
+        assert!(matches!(check_frame(&{ p.set_len(5).unwrap(); p }), Err(NicError::FrameTooShort { len: 5, min: 14 })));
+        // Longer frames cannot even be built.
+        let mut q = pool.alloc().unwrap();
+        assert!(matches!(q.set_len(1515), Err(NicError::FrameTooLarge { len: 1515, .. })));
+    }
+}

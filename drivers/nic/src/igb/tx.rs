@@ -1,0 +1,268 @@
+//! One transmit queue (82576 datasheet 7.2): one advanced data descriptor
+//! per frame, each asking for a DD write-back. Finished descriptors are
+//! reclaimed in batches (the DD bit of a batch's last descriptor covers the
+//! whole batch) before new frames are queued, and the tail is written once
+//! per burst.
+
+use std::sync::atomic::{fence, Ordering};
+
+use fastlane_framework::{DmaBuf, Mmio, PoolCache};
+
+use super::desc::{tx_done, TxDescRead};
+use super::dma::DescRing;
+use super::regs::{self, dctl};
+use super::ring::{Ring, TxIndex};
+use super::{check_frame, wait_for};
+use crate::{NicError, Packet, Result};
+
+/// Transmit thresholds: prefetch at 8, host 1, write back each descriptor
+/// (WTHRESH 1, what the 82576 wants with DD polling).
+const TXDCTL: u32 = dctl::enabled(8, 1, 1);
+/// Descriptors reclaimed per DD check.
+pub const RECLAIM_BATCH: u16 = 32;
+
+/// Driver-side transmit counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TxCounters {
+    /// Frames queued to the device, and their bytes.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Frames the device reported sent (reclaimed).
+    pub done: u64,
+}
+
+pub struct TxQueue {
+    queue: usize,
+    regs: Mmio,
+    ring: DescRing<TxDescRead>,
+    index: TxIndex,
+    /// The buffer behind each in-flight descriptor.
+    bufs: Box<[Option<DmaBuf>]>,
+    pub counters: TxCounters,
+}
+
+impl TxQueue {
+    pub fn new(queue: usize, regs: Mmio, ring: DescRing<TxDescRead>) -> Result<TxQueue> {
+        let shape = Ring::new(ring.len())?;
+        if shape.size() != ring.len() {
+            return Err(NicError::InvalidArgument(format!("{} transmit descriptors", ring.len())));
+        }
+        Ok(TxQueue {
+            queue,
+            regs,
+            bufs: (0..ring.len()).map(|_| None).collect(),
+            ring,
+            index: TxIndex::new(shape),
+            counters: TxCounters::default(),
+        })
+    }
+
+    /// Programs the queue registers and enables it (TCTL.EN comes after).
+    pub fn configure(&self) -> Result<()> {
+        let (r, n) = (&self.regs, self.queue);
+        r.write32(regs::txdctl(n), 0);
+        let iova = self.ring.iova().get();
+        r.write32(regs::tdbal(n), iova as u32);
+        r.write32(regs::tdbah(n), (iova >> 32) as u32);
+        r.write32(regs::tdlen(n), self.ring.bytes());
+        r.write32(regs::tdh(n), 0);
+        r.write32(regs::tdt(n), 0);
+        r.write32(regs::txdctl(n), TXDCTL);
+        wait_for("transmit queue enable", || r.read32(regs::txdctl(n)) & dctl::ENABLE != 0)
+    }
+
+    /// Frames queued and not yet reclaimed.
+    pub fn in_flight(&self) -> usize {
+        self.index.in_flight() as usize
+    }
+
+    /// Returns the buffers of finished descriptors to the pool, a batch at a
+    /// time; returns how many.
+    #[inline]
+    pub fn reclaim(&mut self, cache: &mut PoolCache) -> usize {
+        let mut total = 0;
+        while let Some((last, count)) = self.index.reclaim_probe(RECLAIM_BATCH) {
+            if !tx_done(self.ring.status_qword(last)) {
+                break;
+            }
+            let first = self.index.clean();
+            for k in 0..count {
+                let slot = self.index.ring().add(first, k) as usize;
+                if let Some(buf) = self.bufs[slot].take() {
+                    // A buffer of another pool comes back in the error and
+                    // goes home to its own pool when that is dropped.
+                    let _ = cache.free(buf);
+                }
+            }
+            self.index.complete(count);
+            total += count as usize;
+        }
+        self.counters.done += total as u64;
+        total
+    }
+
+    /// Reclaims, then queues frames from the front of `pkts` while there is
+    /// room and they pass [`check_frame`]; writes the tail once. Returns how
+    /// many it took.
+    #[inline]
+    pub fn burst(&mut self, cache: &mut PoolCache, pkts: &mut Vec<Packet>) -> usize {
+        self.reclaim(cache);
+        let room = (self.index.free() as usize).min(pkts.len());
+        let n = pkts[..room].iter().take_while(|p| check_frame(p).is_ok()).count();
+        if n == 0 {
+            return 0;
+        }
+        let Some(first) = self.index.reserve(n as u16) else {
+            return 0;
+        };
+        let ring = self.index.ring();
+        for (k, pkt) in pkts.drain(..n).enumerate() {
+            let slot = ring.add(first, k as u16);
+            let len = pkt.len();
+            self.ring.write(slot, TxDescRead::frame(pkt.iova().get(), len as u16));
+            self.bufs[slot as usize] = Some(pkt.into_buf());
+            self.counters.bytes += len as u64;
+        }
+        self.counters.packets += n as u64;
+        // Descriptors must be in memory before the device sees the tail.
+        fence(Ordering::Release);
+        self.regs.write32(regs::tdt(self.queue), self.index.tail() as u32);
+        n
+    }
+
+    /// Turns the queue off (before a reset).
+    pub fn disable(&self) {
+        self.regs.write32(regs::txdctl(self.queue), 0);
+    }
+
+    /// Never returns the buffers or the ring: for a device that could not
+    /// be stopped.
+    pub fn leak(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.bufs));
+        self.ring.leak();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::igb::desc::{tx, TxDescWb};
+    use crate::igb::dma::FakeDevice;
+    use crate::{alloc_packet, PacketPool};
+    use fastlane_framework::{DmaRegion, PageSize};
+
+    /// Plays the device: "sends" up to `limit` descriptors, recording the
+    /// frames, and writes DD back.
+    fn run(dev: &mut FakeDevice, sent: &mut Vec<Vec<u8>>, limit: usize) {
+        for _ in 0..limit {
+            let Some(d) = dev.next::<TxDescRead>() else {
+                return;
+            };
+            assert_ne!(d.cmd_type_len & tx::DCMD_RS, 0);
+            let len = (d.cmd_type_len & 0xffff) as usize;
+            let mut data = vec![0u8; len];
+            // SAFETY: unmapped memory, the descriptor names a live buffer.
+            unsafe { std::ptr::copy_nonoverlapping(d.buffer_addr as *const u8, data.as_mut_ptr(), len) };
+            sent.push(data);
+            dev.write_back(TxDescWb { status: tx::STA_DD, ..Default::default() });
+        }
+    }
+
+    fn setup(size: u16, pool_bufs: u32) -> (TxQueue, FakeDevice, PacketPool, PoolCache) {
+        let pool = PacketPool::new_unmapped(pool_bufs).unwrap();
+        let cache = pool.cache(16);
+        let region = DmaRegion::new_unmapped(4096 * 4, PageSize::Small).unwrap();
+        let regs = Mmio::simulated(regs::REGS_LEN);
+        let q = TxQueue::new(0, regs.clone(), DescRing::new(region.clone(), 0, size).unwrap()).unwrap();
+        q.configure().unwrap();
+        let dev = FakeDevice::new(region, regs, size, regs::tdt(0));
+        (q, dev, pool, cache)
+    }
+
+    fn packets(pool: &PacketPool, range: std::ops::Range<u32>) -> Vec<Packet> {
+        range
+            .map(|i| {
+                let mut p = alloc_packet(pool.pool(), 0).unwrap();
+                let mut f = vec![0u8; 60 + (i as usize % 100)];
+                f[..4].copy_from_slice(&i.to_le_bytes());
+                p.write(&f).unwrap();
+                p
+            })
+            .collect()
+    }
+
+    fn seq(frame: &[u8]) -> u32 {
+        u32::from_le_bytes(frame[..4].try_into().unwrap())
+    }
+
+    #[test]
+    fn a_burst_larger_than_the_ring_goes_out_in_parts_without_loss() {
+        let mut sent = Vec::new();
+        let (mut q, mut dev, pool, mut cache) = setup(16, 256);
+        let mut pkts = packets(&pool, 0..100);
+        let mut rounds = 0;
+        while !pkts.is_empty() {
+            let before = pkts.len();
+            let n = q.burst(&mut cache, &mut pkts);
+            assert_eq!(before - pkts.len(), n);
+            assert!(n <= 15);
+            run(&mut dev, &mut sent, 7); // a slow device: the ring fills up
+            rounds += 1;
+            assert!(rounds < 1000);
+        }
+        run(&mut dev, &mut sent, usize::MAX);
+        q.burst(&mut cache, &mut pkts); // reclaims
+        assert_eq!(q.in_flight(), 0);
+        let seqs: Vec<u32> = sent.iter().map(|f| seq(f)).collect();
+        assert_eq!(seqs, (0..100).collect::<Vec<_>>());
+        assert_eq!((q.counters.packets, q.counters.done), (100, 100));
+        drop(cache);
+        assert_eq!(pool.pool().available(), 256, "every buffer went home");
+    }
+
+    #[test]
+    fn the_tail_is_written_once_per_burst_and_stops_at_a_bad_frame() {
+        let (mut q, dev, pool, mut cache) = setup(16, 64);
+        let mut pkts = packets(&pool, 0..5);
+        let mut short = alloc_packet(pool.pool(), 0).unwrap();
+        short.set_len(10).unwrap();
+        pkts.insert(2, short);
+        assert_eq!(q.burst(&mut cache, &mut pkts), 2);
+        assert_eq!(dev.regs.read32(regs::tdt(0)), 2);
+        assert_eq!(pkts.len(), 4);
+        assert_eq!(pkts[0].len(), 10, "the bad frame stays at the front");
+        assert_eq!(q.burst(&mut cache, &mut pkts), 0);
+        pkts.remove(0);
+        assert_eq!(q.burst(&mut cache, &mut pkts), 3);
+        assert_eq!(dev.regs.read32(regs::tdt(0)), 5);
+    }
+
+    #[test]
+    fn reclaim_waits_for_the_whole_batch() {
+        let mut sent = Vec::new();
+        let (mut q, mut dev, pool, mut cache) = setup(64, 128);
+        let mut pkts = packets(&pool, 0..40);
+        assert_eq!(q.burst(&mut cache, &mut pkts), 40);
+        run(&mut dev, &mut sent, 20);
+        assert_eq!(q.reclaim(&mut cache), 0, "first batch of 32 not done");
+        run(&mut dev, &mut sent, 12);
+        assert_eq!(q.reclaim(&mut cache), 32);
+        run(&mut dev, &mut sent, usize::MAX);
+        assert_eq!(q.reclaim(&mut cache), 8);
+        assert_eq!(q.in_flight(), 0);
+    }
+
+    #[test]
+    fn buffers_of_another_pool_go_back_to_that_pool() {
+        let mut sent = Vec::new();
+        let (mut q, mut dev, pool, mut cache) = setup(16, 32);
+        let other = PacketPool::new_unmapped(8).unwrap();
+        let mut pkts = packets(&other, 0..8);
+        assert_eq!(q.burst(&mut cache, &mut pkts), 8);
+        assert_eq!(other.pool().available(), 0);
+        run(&mut dev, &mut sent, usize::MAX);
+        q.reclaim(&mut cache);
+        assert_eq!(other.pool().available(), 8);
+        assert_eq!(pool.pool().available(), 32);
+    }
+}

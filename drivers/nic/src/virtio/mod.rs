@@ -1,0 +1,38 @@
+//! virtio-net driver: modern virtio-pci (virtio 1.x) with split virtqueues,
+//! polled, through VFIO.
+//!
+//! - `spec`: the virtio structures, registers and bits, declared once;
+//! - `pci`: the PCI transport (capabilities, common configuration,
+//!   notifications, device configuration);
+//! - `virtqueue`: split rings in DMA memory, with the pure ring bookkeeping
+//!   unit-tested on its own;
+//! - `rx`, `tx`, `ctrl`: the receive, transmit and control queues;
+//! - `net`: [`VirtioNet`], device bring-up and the [`crate::Nic`] interface.
+//!
+//! The device must reach memory through the IOMMU (VIRTIO_F_ACCESS_PLATFORM;
+//! in QEMU `-device virtio-net-pci,...,iommu_platform=on`), since every
+//! address the driver hands it is an IOVA.
+
+mod ctrl;
+mod net;
+pub mod pci;
+mod rx;
+#[cfg(test)]
+mod sim;
+pub mod spec;
+mod tx;
+pub mod virtqueue;
+
+use fastlane_framework::{DmaBuf, PoolCache, PoolError};
+
+pub use net::{negotiate, queue_size, VirtioNet};
+pub use rx::RX_HEADROOM;
+pub use tx::{check_frame, check_packet, MIN_TX_FRAME};
+
+/// Gives a buffer back: to the port's cache when it is from that pool,
+/// otherwise to its own pool.
+fn release(cache: &mut PoolCache, buf: DmaBuf) {
+    if let Err(PoolError::WrongPool { buf, .. }) = cache.free(buf) {
+        drop(buf);
+    }
+}

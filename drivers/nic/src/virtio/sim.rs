@@ -1,0 +1,206 @@
+//! Test-only device side of a split virtqueue over ordinary memory (an
+//! unmapped region, where an IOVA is the address itself): takes available
+//! chains, reads and writes their buffers, returns them through the used
+//! ring, as a device would.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use fastlane_framework::{DmaRegion, Mmio};
+
+use super::pci::Notifier;
+use super::spec::{avail, used, VirtqDesc, VirtqUsedElem, VIRTQ_DESC_F_NEXT, VIRTQ_USED_F_NO_NOTIFY};
+use super::virtqueue::{QueueLayout, Virtqueue};
+
+/// The device's view of one queue.
+pub struct SimQueue {
+    base: *mut u8,
+    layout: QueueLayout,
+    last_avail: u16,
+    used_idx: u16,
+    /// Counts notifications: the notifier writes the queue index here.
+    pub doorbell: Mmio,
+    _region: DmaRegion,
+}
+
+// SAFETY: the pointer is into `_region`, owned; tests hand a queue's device
+// side to one thread at a time.
+unsafe impl Send for SimQueue {}
+
+/// A driver queue and its simulated device side, sharing `region`.
+pub fn queue_pair<T>(size: u16) -> (Virtqueue<T>, SimQueue) {
+    let layout = QueueLayout::new(size);
+    let region = DmaRegion::new_unmapped(layout.total, fastlane_framework::PageSize::Small).unwrap();
+    let doorbell = Mmio::simulated(8);
+    let vq = Virtqueue::new(region.clone(), 0, layout, Notifier::new(doorbell.clone(), 0, 0x77)).unwrap();
+    let sim = SimQueue {
+        base: region.as_ptr(),
+        layout,
+        last_avail: 0,
+        used_idx: 0,
+        doorbell,
+        _region: region,
+    };
+    (vq, sim)
+}
+
+impl SimQueue {
+    fn at<U>(&self, off: usize) -> *mut U {
+        assert!(off + std::mem::size_of::<U>() <= self.layout.total);
+        // SAFETY: inside the queue's memory (asserted).
+        unsafe { self.base.add(off).cast() }
+    }
+
+    /// Whether the driver notified since the last call (and clears it).
+    pub fn notified(&self) -> bool {
+        let hit = self.doorbell.read16(0) == 0x77;
+        self.doorbell.write16(0, 0);
+        hit
+    }
+
+    /// The avail flags word.
+    pub fn avail_flags(&self) -> u16 {
+        // SAFETY: see `at`.
+        unsafe { self.at::<u16>(self.layout.avail + avail::FLAGS).read_volatile() }
+    }
+
+    /// Sets or clears VIRTQ_USED_F_NO_NOTIFY.
+    pub fn set_no_notify(&self, on: bool) {
+        let v = if on { VIRTQ_USED_F_NO_NOTIFY } else { 0 };
+        // SAFETY: see `at`.
+        unsafe { self.at::<u16>(self.layout.used + used::FLAGS).write_volatile(v) }
+    }
+
+    /// Chains the driver published and the device has not taken.
+    pub fn avail_pending(&self) -> u16 {
+        // SAFETY: see `at`; aligned.
+        let idx = unsafe { AtomicU16::from_ptr(self.at(self.layout.avail + avail::IDX)) }.load(Ordering::Acquire);
+        idx.wrapping_sub(self.last_avail)
+    }
+
+    /// Takes the next available chain: its head and descriptors.
+    pub fn pop_avail(&mut self) -> Option<(u16, Vec<VirtqDesc>)> {
+        if self.avail_pending() == 0 {
+            return None;
+        }
+        let slot = (self.last_avail % self.layout.size) as usize;
+        // SAFETY: see `at`.
+        let head = unsafe { self.at::<u16>(self.layout.avail + avail::RING + 2 * slot).read_volatile() };
+        self.last_avail = self.last_avail.wrapping_add(1);
+        let mut chain = Vec::new();
+        let mut d = head;
+        loop {
+            assert!(d < self.layout.size, "descriptor {d} out of range");
+            // SAFETY: see `at`.
+            let desc = unsafe { self.at::<VirtqDesc>(16 * d as usize).read_volatile() };
+            chain.push(desc);
+            if desc.flags & VIRTQ_DESC_F_NEXT == 0 {
+                break;
+            }
+            assert!(chain.len() <= self.layout.size as usize, "descriptor loop");
+            d = desc.next;
+        }
+        Some((head, chain))
+    }
+
+    /// Returns chain `id` with `len` bytes written.
+    pub fn push_used(&mut self, id: u32, len: u32) {
+        let slot = (self.used_idx % self.layout.size) as usize;
+        // SAFETY: see `at`.
+        unsafe { self.at::<VirtqUsedElem>(self.layout.used + used::RING + 8 * slot).write_volatile(VirtqUsedElem { id, len }) };
+        self.used_idx = self.used_idx.wrapping_add(1);
+        // SAFETY: see `at`; aligned.
+        unsafe { AtomicU16::from_ptr(self.at(self.layout.used + used::IDX)) }.store(self.used_idx, Ordering::Release);
+    }
+}
+
+/// Bytes of a buffer the device reads (IOVA == address in unmapped memory).
+pub fn read_buf(d: &VirtqDesc) -> Vec<u8> {
+    let mut v = vec![0u8; d.len as usize];
+    // SAFETY: the driver gave this buffer to the device for d.len bytes.
+    unsafe { std::ptr::copy_nonoverlapping(d.addr as *const u8, v.as_mut_ptr(), v.len()) };
+    v
+}
+
+/// Writes `data` into a device-writable buffer.
+pub fn write_buf(d: &VirtqDesc, data: &[u8]) {
+    assert!(data.len() <= d.len as usize, "{} bytes into a {}-byte buffer", data.len(), d.len);
+    // SAFETY: as above, device-writable and long enough (asserted).
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), d.addr as *mut u8, data.len()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::{VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_WRITE};
+    use super::super::virtqueue::Segment;
+    use super::*;
+    use fastlane_framework::Iova;
+
+    #[test]
+    fn chains_travel_through_the_rings_and_back() {
+        let (mut vq, mut dev) = queue_pair::<u32>(4);
+        assert_eq!(dev.avail_flags(), VIRTQ_AVAIL_F_NO_INTERRUPT);
+        let seg = |a: u64, len, w| Segment { addr: Iova(a), len, device_writes: w };
+        vq.add(&[seg(0x1000, 12, false), seg(0x2000, 60, false)], 7).unwrap();
+        vq.add(&[seg(0x3000, 2048, true)], 8).unwrap();
+        // Nothing visible before the kick.
+        assert_eq!(dev.avail_pending(), 0);
+        assert!(vq.kick());
+        assert!(dev.notified());
+        assert!(!vq.kick(), "a kick with nothing new does not notify");
+
+        let (h1, c1) = dev.pop_avail().unwrap();
+        assert_eq!(c1.len(), 2);
+        assert_eq!((c1[0].addr, c1[0].len, c1[0].flags), (0x1000, 12, VIRTQ_DESC_F_NEXT));
+        assert_eq!((c1[1].addr, c1[1].len, c1[1].flags), (0x2000, 60, 0));
+        let (h2, c2) = dev.pop_avail().unwrap();
+        assert_eq!((c2[0].addr, c2[0].len, c2[0].flags), (0x3000, 2048, VIRTQ_DESC_F_WRITE));
+        assert!(dev.pop_avail().is_none());
+
+        dev.push_used(h2 as u32, 100);
+        assert_eq!(vq.used_pending().unwrap(), 1);
+        assert_eq!(vq.pop_used().unwrap(), (8, 100));
+        dev.push_used(h1 as u32, 0);
+        assert_eq!(vq.pop_used().unwrap(), (7, 0));
+        assert_eq!((vq.free_descs(), vq.in_flight()), (4, 0));
+    }
+
+    #[test]
+    fn no_notify_from_the_device_suppresses_the_doorbell() {
+        let (mut vq, mut dev) = queue_pair::<()>(8);
+        dev.set_no_notify(true);
+        vq.add(&[Segment { addr: Iova(0x1000), len: 1, device_writes: false }], ()).unwrap();
+        assert!(!vq.kick());
+        assert!(!dev.notified());
+        assert_eq!(dev.pop_avail().unwrap().1.len(), 1);
+        dev.set_no_notify(false);
+        vq.add(&[Segment { addr: Iova(0x1000), len: 1, device_writes: false }], ()).unwrap();
+        assert!(vq.kick());
+        assert!(dev.notified());
+    }
+
+    #[test]
+    fn a_full_ring_refuses_and_recovers_across_many_wraps() {
+        let (mut vq, mut dev) = queue_pair::<usize>(8);
+        let seg = Segment { addr: Iova(0x1000), len: 64, device_writes: true };
+        let mut next_token = 0usize;
+        let mut expect = std::collections::VecDeque::new();
+        for _round in 0..20_000 {
+            while vq.add(&[seg], next_token).is_ok() {
+                expect.push_back(next_token);
+                next_token += 1;
+            }
+            assert_eq!(vq.free_descs(), 0);
+            vq.kick();
+            // The device returns all but one, in order.
+            for _ in 0..7 {
+                let (h, _) = dev.pop_avail().unwrap();
+                dev.push_used(h as u32, 64);
+            }
+            assert_eq!(vq.used_pending().unwrap(), 7);
+            for _ in 0..7 {
+                assert_eq!(vq.pop_used().unwrap().0, expect.pop_front().unwrap());
+            }
+        }
+        assert!(next_token > 65536 * 2, "indices wrapped several times");
+    }
+}

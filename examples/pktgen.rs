@@ -1,0 +1,196 @@
+//! Packet generator: transmits frames on one port as fast as it can and
+//! prints the rate every second.
+//!
+//! ```text
+//! sudo ./hugepages.sh setup && sudo ./hugepages.sh bind 0000:01:00.0
+//! cargo run --release --example pktgen -- --device 0000:01:00.0 --size 60 --time 10
+//! ```
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fail, Args};
+use fastlane::framework::Vfio;
+use fastlane::nic::igb::Igb;
+use fastlane::nic::{Nic, NicConfig, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
+
+const USAGE: &str = "\
+usage: pktgen --device BDF [--size BYTES] [--count N | --time SECONDS] [--burst N] [--json]
+
+Transmits frames as fast as the port takes them and prints packets/s and
+bits/s every second, then a summary.
+
+  --device BDF    port bound to vfio-pci, e.g. 0000:01:00.0 (required)
+  --size BYTES    frame size without CRC, 60..1514 (default 60)
+  --count N       stop after N frames
+  --time SECONDS  stop after this long (default 10; not with --count)
+  --burst N       frames per tx_burst call, 1..512 (default 32)
+  --json          end with a JSON summary line
+
+Frames go from 02:00:00:00:00:01 to 02:00:00:00:00:02 with EtherType 0x88B5
+(local experimental) and a 64-bit sequence number after the header.";
+
+/// Destination and source of the generated frames: locally administered.
+const DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// EtherType of the generated frames (IEEE 802 local experimental).
+const ETHERTYPE: u16 = 0x88b5;
+/// Where the sequence number sits in the frame.
+const SEQ_OFFSET: usize = 14;
+/// Preamble, start delimiter, CRC and inter-frame gap: bytes a frame
+/// occupies on the wire besides its own.
+const WIRE_OVERHEAD: usize = 24;
+/// Bursts between two looks at the clock.
+const CLOCK_EVERY: u32 = 64;
+
+enum Limit {
+    Count(u64),
+    Time(Duration),
+}
+
+struct Opts {
+    device: String,
+    size: usize,
+    limit: Limit,
+    burst: usize,
+    json: bool,
+}
+
+fn parse() -> Opts {
+    let a = Args::parse(USAGE, &["json"]);
+    a.only(USAGE, &["device", "size", "count", "time", "burst", "json"]);
+    let device = a.str("device").unwrap_or_else(|| fail(USAGE, "--device is required")).to_string();
+    let size = a.get(USAGE, "size", MIN_FRAME);
+    if !(MIN_FRAME..=MAX_FRAME).contains(&size) {
+        fail(USAGE, &format!("--size {size}: must be {MIN_FRAME}..{MAX_FRAME}"));
+    }
+    let burst = a.get(USAGE, "burst", 32usize);
+    if !(1..=512).contains(&burst) {
+        fail(USAGE, &format!("--burst {burst}: must be 1..512"));
+    }
+    let limit = match (a.str("count"), a.str("time")) {
+        (Some(_), Some(_)) => fail(USAGE, "give --count or --time, not both"),
+        (Some(_), None) => match a.get(USAGE, "count", 0u64) {
+            0 => fail(USAGE, "--count must be at least 1"),
+            n => Limit::Count(n),
+        },
+        (None, _) => {
+            let secs: f64 = a.get(USAGE, "time", 10.0);
+            if !(secs > 0.0 && secs.is_finite()) {
+                fail(USAGE, &format!("--time {secs}: must be a positive number of seconds"));
+            }
+            Limit::Time(Duration::from_secs_f64(secs))
+        }
+    };
+    Opts { device, size, limit, burst, json: a.flag("json") }
+}
+
+/// Opens the port (the one place that names the driver).
+fn open_port(vfio: &Vfio, bdf: &str, pool: &PacketPool) -> fastlane::nic::Result<Igb> {
+    Igb::open(vfio, bdf, pool, &NicConfig::default())
+}
+
+/// Writes the frame header and padding into every buffer of `pool` once;
+/// afterwards only the sequence number changes.
+fn prefill(pool: &PacketPool, size: usize) -> fastlane::nic::Result<()> {
+    let mut frame = vec![0u8; size];
+    frame[..6].copy_from_slice(&DST);
+    frame[6..12].copy_from_slice(&SRC);
+    frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    for (i, b) in frame.iter_mut().enumerate().skip(SEQ_OFFSET + 8) {
+        *b = i as u8;
+    }
+    let mut all = Vec::with_capacity(pool.pool().capacity() as usize);
+    while let Ok(mut p) = pool.alloc() {
+        p.write(&frame)?;
+        all.push(p);
+    }
+    Ok(())
+}
+
+fn rate_line(label: &str, packets: u64, secs: f64, size: usize) -> (f64, f64, f64) {
+    let pps = packets as f64 / secs;
+    let bps = pps * (size * 8) as f64;
+    let wire = pps * ((size + WIRE_OVERHEAD) * 8) as f64;
+    println!("{label} {pps:>12.0} pkt/s {:>9.2} Mbit/s ({:.2} Mbit/s on the wire)", bps / 1e6, wire / 1e6);
+    (pps, bps, wire)
+}
+
+fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
+    let vfio = Vfio::new()?;
+    // Every buffer gets the frame before the port takes some for its
+    // receive ring; frames then cycle through the port's own cache.
+    let pool = PacketPool::new(&vfio, 4096)?;
+    prefill(&pool, o.size)?;
+    let mut port = open_port(&vfio, &o.device, &pool)?;
+    println!(
+        "pktgen: {} mac {:02x?} link {:?}, {}-byte frames, burst {}",
+        o.device,
+        port.mac_address(),
+        port.link_status(),
+        o.size,
+        o.burst
+    );
+    let mut batch: Vec<Packet> = Vec::with_capacity(o.burst);
+    let (mut made, mut sent, mut last_sent) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    let (mut tick, mut rounds, mut time_up) = (start, 0u32, false);
+    loop {
+        // The clock is read every CLOCK_EVERY bursts only: in a guest it
+        // can cost more than a burst.
+        rounds = rounds.wrapping_add(1);
+        if rounds % CLOCK_EVERY == 0 {
+            let now = Instant::now();
+            time_up = matches!(o.limit, Limit::Time(t) if now - start >= t);
+            if now - tick >= Duration::from_secs(1) {
+                let label = format!("{:6.1} s", (now - start).as_secs_f64());
+                rate_line(&label, sent - last_sent, (now - tick).as_secs_f64(), o.size);
+                (tick, last_sent) = (now, sent);
+            }
+        }
+        let remaining = match o.limit {
+            Limit::Count(n) => n - made,
+            Limit::Time(_) if time_up => {
+                batch.clear(); // not sent: the time is up
+                break;
+            }
+            Limit::Time(_) => u64::MAX,
+        };
+        if remaining == 0 && batch.is_empty() {
+            break;
+        }
+        let want = (o.burst - batch.len()).min(remaining.min(o.burst as u64) as usize);
+        for _ in 0..want {
+            let Ok(mut p) = port.alloc_packet(o.size) else { break };
+            p.buf_mut().write(SEQ_OFFSET, &made.to_be_bytes())?;
+            batch.push(p);
+            made += 1;
+        }
+        sent += port.tx_burst(&mut batch) as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let flush_start = Instant::now();
+    while port.tx_in_flight() > 0 && flush_start.elapsed() < Duration::from_secs(1) {
+        port.tx_burst(&mut batch);
+    }
+    let stats = port.stats();
+    println!("total: {sent} frames in {secs:.2} s; device counted {} sent, {} bytes", stats.tx_packets, stats.tx_bytes);
+    let (pps, bps, wire) = rate_line("average", sent, secs, o.size);
+    if o.json {
+        println!(
+            "{{\"tool\":\"pktgen\",\"device\":\"{}\",\"size\":{},\"burst\":{},\"packets\":{sent},\"seconds\":{secs:.3},\
+             \"pps\":{pps:.0},\"bps\":{bps:.0},\"wire_bps\":{wire:.0},\"device_tx_packets\":{}}}",
+            o.device, o.size, o.burst, stats.tx_packets
+        );
+    }
+    Ok(())
+}
+
+fn main() {
+    let opts = parse();
+    if let Err(e) = run(&opts) {
+        eprintln!("pktgen: {e}");
+        std::process::exit(1);
+    }
+}

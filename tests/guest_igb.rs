@@ -1,0 +1,327 @@
+//! igb driver tests against QEMU's two `igb` ports through real VFIO. Built
+//! with `--features guest`, run in the guest (tests/guest/nic.sh) with both
+//! ports bound to vfio-pci. The ports share a QEMU hub: what one sends, the
+//! other receives (a virtio-net port on the hub receives it too; the sender
+//! never sees its own frames).
+//!
+//! Test frames carry EtherType 0x88B5 (local experimental), a per-test tag
+//! and a sequence number, so frames left over from an earlier test (QEMU
+//! queues frames for a port that is closed) are recognised and ignored.
+
+use std::time::{Duration, Instant};
+
+use fastlane::framework::Vfio;
+use fastlane::nic::igb::{check_frame, Igb};
+use fastlane::nic::{alloc_packet, Nic, NicConfig, NicError, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
+
+const ETHERTYPE: u16 = 0x88b5;
+const HEADER: usize = 14;
+/// Tag, sequence number and length after the Ethernet header.
+const META: usize = 10;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn bdf(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} not set: run in the guest (tests/guest/nic.sh)"))
+}
+
+struct Pair {
+    pool: PacketPool,
+    a: Igb,
+    b: Igb,
+    // Dropped last: the ports and pool hold mappings in its container.
+    _vfio: Vfio,
+}
+
+fn open_pair(cfg_a: &NicConfig, cfg_b: &NicConfig) -> Pair {
+    let vfio = Vfio::new().unwrap();
+    let pool = PacketPool::new(&vfio, 8192).unwrap();
+    let a = Igb::open(&vfio, &bdf("FASTLANE_IGB0"), &pool, cfg_a).unwrap();
+    let b = Igb::open(&vfio, &bdf("FASTLANE_IGB1"), &pool, cfg_b).unwrap();
+    let mut p = Pair { pool, a, b, _vfio: vfio };
+    drain(&mut p.a);
+    drain(&mut p.b);
+    p
+}
+
+fn default_pair() -> Pair {
+    open_pair(&NicConfig::default(), &NicConfig::default())
+}
+
+/// Receives and drops frames until none came for a while (leftovers from
+/// earlier tests).
+fn drain(port: &mut Igb) {
+    let mut v = Vec::with_capacity(64);
+    let mut quiet = Instant::now();
+    let start = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(300) && start.elapsed() < DEADLINE {
+        if port.rx_burst(&mut v, 64) > 0 {
+            quiet = Instant::now();
+            v.clear();
+        }
+    }
+}
+
+fn payload_byte(tag: u32, seq: u32, i: usize) -> u8 {
+    (seq.wrapping_mul(31) ^ tag).wrapping_add(i as u32) as u8
+}
+
+/// A test frame of `len` bytes (at least HEADER + META).
+fn frame(pool: &PacketPool, dst: [u8; 6], src: [u8; 6], tag: u32, seq: u32, len: usize) -> Packet {
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+    f[14..18].copy_from_slice(&tag.to_be_bytes());
+    f[18..22].copy_from_slice(&seq.to_be_bytes());
+    f[22..24].copy_from_slice(&(len as u16).to_be_bytes());
+    for (i, b) in f.iter_mut().enumerate().skip(HEADER + META) {
+        *b = payload_byte(tag, seq, i);
+    }
+    let mut p = alloc_packet(pool.pool(), 0).unwrap();
+    p.write(&f).unwrap();
+    p
+}
+
+/// A received frame of this test: (sequence number, sent length), after
+/// checking every byte. Frames of other tests or protocols give `None`.
+fn parse(p: &Packet, tag: u32) -> Option<(u32, usize)> {
+    let f = p.to_vec();
+    if f.len() < HEADER + META || f[12..14] != ETHERTYPE.to_be_bytes() || f[14..18] != tag.to_be_bytes() {
+        return None;
+    }
+    let seq = u32::from_be_bytes(f[18..22].try_into().unwrap());
+    let sent = u16::from_be_bytes(f[22..24].try_into().unwrap()) as usize;
+    assert_eq!(f.len(), sent.max(MIN_FRAME), "frame {seq}: length");
+    for (i, &b) in f.iter().enumerate().skip(HEADER + META) {
+        let want = if i < sent { payload_byte(tag, seq, i) } else { 0 };
+        assert_eq!(b, want, "frame {seq} of {sent} bytes: byte {i}");
+    }
+    Some((seq, sent))
+}
+
+/// Sends `pkts` from `tx`, receiving on `rx` at the same time, until all
+/// were sent and `expect` frames of `tag` arrived; returns them in arrival
+/// order. At most `window` frames are on their way at once: no more than
+/// the receive ring holds, as nothing on a wire waits for a slow receiver
+/// (QEMU drops what does not fit, like a NIC).
+fn exchange_within(
+    tx: &mut Igb,
+    rx: &mut Igb,
+    mut pkts: Vec<Packet>,
+    tag: u32,
+    expect: usize,
+    window: usize,
+) -> Vec<(u32, usize)> {
+    let mut got = Vec::with_capacity(expect);
+    let mut inbox = Vec::with_capacity(64);
+    let mut stage = Vec::with_capacity(window);
+    let mut sent = 0;
+    let start = Instant::now();
+    while got.len() < expect || !pkts.is_empty() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out: {} of {expect} frames received, {} not sent",
+            got.len(),
+            pkts.len()
+        );
+        let room = window.saturating_sub(sent - got.len()).min(pkts.len());
+        if room > 0 {
+            stage.extend(pkts.drain(..room));
+            sent += tx.tx_burst(&mut stage);
+            pkts.splice(0..0, stage.drain(..));
+        }
+        rx.rx_burst(&mut inbox, 64);
+        got.extend(inbox.drain(..).filter_map(|p| parse(&p, tag)));
+    }
+    // Nothing extra trickles in.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_millis(200) {
+        rx.rx_burst(&mut inbox, 64);
+        got.extend(inbox.drain(..).filter_map(|p| parse(&p, tag)));
+    }
+    got
+}
+
+/// [`exchange_within`] a default receive ring.
+fn exchange(tx: &mut Igb, rx: &mut Igb, pkts: Vec<Packet>, tag: u32, expect: usize) -> Vec<(u32, usize)> {
+    exchange_within(tx, rx, pkts, tag, expect, NicConfig::default().rx_ring as usize - 1)
+}
+
+/// Reclaims until every queued frame is reported sent.
+fn flush(port: &mut Igb) {
+    let start = Instant::now();
+    while port.tx_in_flight() > 0 {
+        port.tx_burst(&mut Vec::new());
+        assert!(start.elapsed() < DEADLINE, "{} frames never reported sent", port.tx_in_flight());
+    }
+}
+
+#[test]
+fn link_comes_up_and_mac_addresses_are_qemu_defaults() {
+    let mut p = default_pair();
+    for port in [&p.a, &p.b] {
+        let l = port.link_status();
+        assert!(l.up, "{port:?}: link down");
+        assert_eq!(l.speed_mbps, Some(1000));
+        assert!(l.full_duplex);
+        assert_eq!(port.model(), "82576");
+        let mac = port.mac_address();
+        assert_eq!(mac[..5], [0x52, 0x54, 0x00, 0x12, 0x34], "{mac:02x?}");
+        assert_eq!(mac[5] & 0xf0, 0x50, "{mac:02x?}");
+        println!("{}: {} mac {mac:02x?} link {l:?}", port.pci_address(), port.model());
+    }
+    assert_ne!(p.a.mac_address(), p.b.mac_address());
+    // Counters start at zero (frames drained since open may have been received).
+    let s = p.a.stats();
+    assert_eq!((s.tx_packets, s.tx_bytes, s.rx_dropped, s.rx_errors, s.tx_errors), (0, 0, 0, 0, 0));
+}
+
+#[test]
+fn frames_of_every_size_arrive_in_order_with_their_content() {
+    let mut p = default_pair();
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    let sizes: Vec<usize> = (MIN_FRAME..=MAX_FRAME).collect();
+    let pkts = sizes.iter().enumerate().map(|(i, &n)| frame(&p.pool, mb, ma, 1, i as u32, n)).collect();
+    let got = exchange(&mut p.a, &mut p.b, pkts, 1, sizes.len());
+    let want: Vec<(u32, usize)> = sizes.iter().enumerate().map(|(i, &n)| (i as u32, n)).collect();
+    assert_eq!(got, want);
+
+    // The other direction, and frames shorter than the minimum (the NIC pads).
+    let sizes: Vec<usize> = [24, 59, 60, 61, 1513, 1514].into_iter().chain((62..1513).step_by(97)).collect();
+    let pkts = sizes.iter().enumerate().map(|(i, &n)| frame(&p.pool, ma, mb, 2, i as u32, n)).collect();
+    let got = exchange(&mut p.b, &mut p.a, pkts, 2, sizes.len());
+    let want: Vec<(u32, usize)> = sizes.iter().enumerate().map(|(i, &n)| (i as u32, n)).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_burst_larger_than_the_ring_is_sent_in_parts_without_loss() {
+    let small = NicConfig { rx_ring: 64, tx_ring: 64, promiscuous: true };
+    let mut p = open_pair(&small, &small);
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    let total = 2000u32;
+    let mut pkts: Vec<Packet> = (0..total).map(|i| frame(&p.pool, mb, ma, 3, i, 60 + (i as usize * 7) % 1400)).collect();
+    let first = p.a.tx_burst(&mut pkts);
+    assert_eq!(first, 63, "a 64-descriptor ring takes 63 frames");
+    assert_eq!(pkts.len(), (total - 63) as usize, "the rest stay with the caller");
+    // The rest, at most a ring's worth in flight; the first 63 arrive too.
+    let mut got = Vec::new();
+    let mut inbox = Vec::new();
+    let start = Instant::now();
+    while got.len() < 63 {
+        assert!(start.elapsed() < DEADLINE, "{} of the first 63 frames arrived", got.len());
+        p.b.rx_burst(&mut inbox, 64);
+        got.extend(inbox.drain(..).filter_map(|f| parse(&f, 3)));
+    }
+    got.extend(exchange_within(&mut p.a, &mut p.b, pkts, 3, (total - 63) as usize, 63));
+    let seqs: Vec<u32> = got.iter().map(|&(s, _)| s).collect();
+    assert_eq!(seqs, (0..total).collect::<Vec<_>>(), "lost, duplicated or reordered frames");
+    flush(&mut p.a);
+    assert_eq!(p.a.tx_counters().done, u64::from(total));
+}
+
+#[test]
+fn oversized_and_runt_frames_get_typed_errors() {
+    let mut p = default_pair();
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    // A frame over MAX_FRAME cannot be built, whichever way it is tried.
+    assert!(matches!(alloc_packet(p.pool.pool(), MAX_FRAME + 1), Err(NicError::FrameTooLarge { len: 1515, max: 1514 })));
+    let mut big = alloc_packet(p.pool.pool(), MAX_FRAME).unwrap();
+    assert!(matches!(big.set_len(MAX_FRAME + 1), Err(NicError::FrameTooLarge { .. })));
+    assert!(matches!(big.write(&[0u8; MAX_FRAME + 1]), Err(NicError::FrameTooLarge { .. })));
+    assert_eq!(big.len(), MAX_FRAME, "a refused write leaves the packet alone");
+    assert!(Igb::check_frame(&big).is_ok());
+
+    // A frame shorter than an Ethernet header is refused by the driver, and
+    // tx_burst stops in front of it.
+    let mut runt = alloc_packet(p.pool.pool(), 0).unwrap();
+    runt.set_len(10).unwrap();
+    assert!(matches!(check_frame(&runt), Err(NicError::FrameTooShort { len: 10, min: 14 })));
+    let mut pkts = vec![frame(&p.pool, mb, ma, 4, 0, 100), runt, frame(&p.pool, mb, ma, 4, 1, 200)];
+    assert_eq!(p.a.tx_burst(&mut pkts), 1);
+    assert_eq!((pkts.len(), pkts[0].len()), (2, 10), "the runt stays first");
+    assert_eq!(p.a.tx_burst(&mut pkts), 0);
+    assert_eq!(p.a.driver_stats().tx_packets, 1);
+    pkts.remove(0);
+    let got = exchange(&mut p.a, &mut p.b, pkts, 4, 2);
+    assert_eq!(got, vec![(0, 100), (1, 200)]);
+}
+
+#[test]
+fn device_and_driver_counters_match_the_traffic() {
+    let mut p = default_pair();
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    let (a0, b0) = (p.a.stats(), p.b.stats());
+    let (da0, db0) = (p.a.driver_stats(), p.b.driver_stats());
+    let sizes: Vec<usize> = (0..500).map(|i| 60 + (i * 37) % 1455).collect();
+    let bytes: u64 = sizes.iter().map(|&n| n as u64).sum();
+    let pkts = sizes.iter().enumerate().map(|(i, &n)| frame(&p.pool, mb, ma, 5, i as u32, n)).collect();
+    let got = exchange(&mut p.a, &mut p.b, pkts, 5, sizes.len());
+    assert_eq!(got.len(), sizes.len());
+    flush(&mut p.a);
+    let (a, b) = (p.a.stats() - a0, p.b.stats() - b0);
+    let (da, db) = (p.a.driver_stats() - da0, p.b.driver_stats() - db0);
+    println!("sender device {a:?}\nsender driver {da:?}\nreceiver device {b:?}\nreceiver driver {db:?}");
+    let n = sizes.len() as u64;
+    assert_eq!((a.tx_packets, a.tx_bytes), (n, bytes), "sender, device counters");
+    assert_eq!((da.tx_packets, da.tx_bytes), (n, bytes), "sender, driver counters");
+    assert_eq!((b.rx_packets, b.rx_bytes), (n, bytes), "receiver, device counters");
+    assert_eq!((db.rx_packets, db.rx_bytes), (n, bytes), "receiver, driver counters");
+    assert_eq!((a.rx_packets, b.tx_packets), (0, 0), "nothing the other way");
+    for s in [a, b, da, db] {
+        assert_eq!((s.rx_dropped, s.rx_errors, s.tx_errors), (0, 0, 0));
+    }
+}
+
+#[test]
+fn without_promiscuous_mode_only_our_unicast_arrives() {
+    let strict = NicConfig { promiscuous: false, ..NicConfig::default() };
+    let mut p = open_pair(&NicConfig::default(), &strict);
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    let other = [0x02, 0, 0, 0, 0, 0x99];
+    let mk = |pool: &PacketPool, tag| -> Vec<Packet> {
+        (0..20).map(|i| frame(pool, if i % 2 == 0 { mb } else { other }, ma, tag, i, 80)).collect()
+    };
+    let got = exchange(&mut p.a, &mut p.b, mk(&p.pool, 6), 6, 10);
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), (0..20).step_by(2).collect::<Vec<_>>());
+    p.b.set_promiscuous(true).unwrap();
+    let got = exchange(&mut p.a, &mut p.b, mk(&p.pool, 7), 7, 20);
+    assert_eq!(got.len(), 20);
+}
+
+#[test]
+fn closing_a_port_returns_every_buffer_to_the_pool() {
+    let mut p = default_pair();
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    let cap = p.pool.pool().capacity() as usize;
+    let pkts = (0..300).map(|i| frame(&p.pool, mb, ma, 8, i, 500)).collect();
+    exchange(&mut p.a, &mut p.b, pkts, 8, 300);
+    // Packets from the port's own cache go back to it.
+    let mut own: Vec<Packet> = (0..10).map(|_| p.a.alloc_packet(100).unwrap()).collect();
+    assert!(own.iter().all(|q| q.len() == 100));
+    p.a.recycle(&mut own);
+    assert!(own.is_empty());
+    // Leave frames in flight and in the receive ring on purpose.
+    let mut more: Vec<Packet> = (0..100).map(|i| frame(&p.pool, mb, ma, 8, 300 + i, 500)).collect();
+    p.a.tx_burst(&mut more);
+    assert!(p.pool.pool().available() < cap);
+    let Pair { pool, a, b, _vfio } = p;
+    drop(more);
+    drop(a);
+    drop(b);
+    assert_eq!(pool.pool().available(), cap, "buffers missing after close");
+}
+
+#[test]
+fn a_device_that_is_not_an_igb_is_refused() {
+    let Ok(nvme) = std::env::var("FASTLANE_NVME") else {
+        return;
+    };
+    let vfio = Vfio::new().unwrap();
+    let pool = PacketPool::new(&vfio, 1024).unwrap();
+    match Igb::open(&vfio, &nvme, &pool, &NicConfig::default()) {
+        Err(NicError::Unsupported { vendor, device, .. }) => assert_eq!((vendor, device), (0x1b36, 0x0010)),
+        Err(NicError::Framework(e)) => println!("skipped: {nvme} cannot be opened here: {e}"),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
