@@ -11,9 +11,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{fail, Args};
+use common::{fail, Args, Tick, Ticker};
 use fastlane::framework::Vfio;
 use fastlane::nic::igb::Igb;
 use fastlane::nic::{Nic, NicConfig, Packet, PacketPool};
@@ -62,33 +62,26 @@ fn run(ports: [&str; 2], time: Duration, burst: usize) -> Result<(), Box<dyn std
     let mut pkts = Vec::with_capacity(burst);
     let (mut ab, mut ba) = (Dir::default(), Dir::default());
     let (mut last_ab, mut last_ba) = (ab, ba);
-    let start = Instant::now();
-    let (mut tick, mut rounds) = (start, 0u32);
+    let mut ticker = Ticker::new(CLOCK_EVERY, Some(time));
     loop {
         forward(&mut a, &mut b, &mut pkts, burst, &mut ab);
         forward(&mut b, &mut a, &mut pkts, burst, &mut ba);
-        rounds = rounds.wrapping_add(1);
-        if rounds % CLOCK_EVERY != 0 {
-            continue;
-        }
-        let now = Instant::now();
-        if now - start >= time {
-            break;
-        }
-        if now - tick >= Duration::from_secs(1) {
-            let secs = (now - tick).as_secs_f64();
-            println!(
-                "{:6.1} s  A->B {:>10.0} pkt/s ({} dropped)  B->A {:>10.0} pkt/s ({} dropped)",
-                (now - start).as_secs_f64(),
-                (ab.forwarded - last_ab.forwarded) as f64 / secs,
-                ab.dropped - last_ab.dropped,
-                (ba.forwarded - last_ba.forwarded) as f64 / secs,
-                ba.dropped - last_ba.dropped
-            );
-            (tick, last_ab, last_ba) = (now, ab, ba);
+        match ticker.poll() {
+            Tick::Quiet => {}
+            Tick::Done => break,
+            Tick::Report { secs, at } => {
+                println!(
+                    "{at:6.1} s  A->B {:>10.0} pkt/s ({} dropped)  B->A {:>10.0} pkt/s ({} dropped)",
+                    (ab.forwarded - last_ab.forwarded) as f64 / secs,
+                    ab.dropped - last_ab.dropped,
+                    (ba.forwarded - last_ba.forwarded) as f64 / secs,
+                    ba.dropped - last_ba.dropped
+                );
+                (last_ab, last_ba) = (ab, ba);
+            }
         }
     }
-    let secs = start.elapsed().as_secs_f64();
+    let secs = ticker.elapsed();
     println!(
         "total in {secs:.2} s: A->B {} forwarded, {} dropped; B->A {} forwarded, {} dropped",
         ab.forwarded, ab.dropped, ba.forwarded, ba.dropped

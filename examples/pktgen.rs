@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fail, Args};
+use common::{fail, Args, Tick, Ticker};
 use fastlane::framework::Vfio;
 use fastlane::nic::igb::Igb;
 use fastlane::nic::{Nic, NicConfig, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
@@ -134,19 +134,19 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut batch: Vec<Packet> = Vec::with_capacity(o.burst);
     let (mut made, mut sent, mut last_sent) = (0u64, 0u64, 0u64);
-    let start = Instant::now();
-    let (mut tick, mut rounds, mut time_up) = (start, 0u32, false);
+    let run_time = match o.limit {
+        Limit::Time(t) => Some(t),
+        Limit::Count(_) => None,
+    };
+    let mut ticker = Ticker::new(CLOCK_EVERY, run_time);
+    let mut time_up = false;
     loop {
-        // The clock is read every CLOCK_EVERY bursts only: in a guest it
-        // can cost more than a burst.
-        rounds = rounds.wrapping_add(1);
-        if rounds % CLOCK_EVERY == 0 {
-            let now = Instant::now();
-            time_up = matches!(o.limit, Limit::Time(t) if now - start >= t);
-            if now - tick >= Duration::from_secs(1) {
-                let label = format!("{:6.1} s", (now - start).as_secs_f64());
-                rate_line(&label, sent - last_sent, (now - tick).as_secs_f64(), o.size);
-                (tick, last_sent) = (now, sent);
+        match ticker.poll() {
+            Tick::Quiet => {}
+            Tick::Done => time_up = true,
+            Tick::Report { secs, at } => {
+                rate_line(&format!("{at:6.1} s"), sent - last_sent, secs, o.size);
+                last_sent = sent;
             }
         }
         let remaining = match o.limit {
@@ -169,7 +169,7 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
         }
         sent += port.tx_burst(&mut batch) as u64;
     }
-    let secs = start.elapsed().as_secs_f64();
+    let secs = ticker.elapsed();
     let flush_start = Instant::now();
     while port.tx_in_flight() > 0 && flush_start.elapsed() < Duration::from_secs(1) {
         port.tx_burst(&mut batch);

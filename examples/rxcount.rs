@@ -7,9 +7,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{fail, Args};
+use common::{fail, Args, Tick, Ticker};
 use fastlane::framework::Vfio;
 use fastlane::nic::igb::Igb;
 use fastlane::nic::{Nic, NicConfig, PacketPool};
@@ -42,36 +42,27 @@ fn run(device: &str, time: Duration, json: bool) -> Result<(), Box<dyn std::erro
     let mut pkts = Vec::with_capacity(BURST);
     let (mut packets, mut bytes) = (0u64, 0u64);
     let (mut last_packets, mut last_bytes) = (0u64, 0u64);
-    let start = Instant::now();
-    let (mut tick, mut polls) = (start, 0u32);
+    let mut ticker = Ticker::new(CLOCK_EVERY, Some(time));
     loop {
         if port.rx_burst(&mut pkts, BURST) > 0 {
             packets += pkts.len() as u64;
             bytes += pkts.iter().map(|p| p.len() as u64).sum::<u64>();
             port.recycle(&mut pkts);
         }
-        // The clock only every CLOCK_EVERY polls: in a guest it costs more
-        // than a poll.
-        polls = polls.wrapping_add(1);
-        if polls % CLOCK_EVERY != 0 {
-            continue;
-        }
-        let now = Instant::now();
-        if now - start >= time {
-            break;
-        }
-        if now - tick >= Duration::from_secs(1) {
-            let secs = (now - tick).as_secs_f64();
-            println!(
-                "{:6.1} s {:>12.0} pkt/s {:>9.2} Mbit/s",
-                (now - start).as_secs_f64(),
-                (packets - last_packets) as f64 / secs,
-                (bytes - last_bytes) as f64 * 8.0 / secs / 1e6
-            );
-            (tick, last_packets, last_bytes) = (now, packets, bytes);
+        match ticker.poll() {
+            Tick::Quiet => {}
+            Tick::Done => break,
+            Tick::Report { secs, at } => {
+                println!(
+                    "{at:6.1} s {:>12.0} pkt/s {:>9.2} Mbit/s",
+                    (packets - last_packets) as f64 / secs,
+                    (bytes - last_bytes) as f64 * 8.0 / secs / 1e6
+                );
+                (last_packets, last_bytes) = (packets, bytes);
+            }
         }
     }
-    let secs = start.elapsed().as_secs_f64();
+    let secs = ticker.elapsed();
     let st = port.stats();
     println!(
         "total: {packets} frames, {bytes} bytes in {secs:.2} s ({:.0} pkt/s); device: {} received, {} dropped, {} errors",

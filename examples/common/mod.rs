@@ -116,3 +116,57 @@ pub fn run_in_guest(example: &str, args: &Args) -> ! {
         }
     }
 }
+
+/// The clock for polling loops: read only every `every` calls (in a guest a
+/// clock read can cost more than a burst), it says when a once-a-second
+/// report is due and when the run time is up.
+pub struct Ticker {
+    start: std::time::Instant,
+    tick: std::time::Instant,
+    calls: u32,
+    every: u32,
+    time: Option<std::time::Duration>,
+}
+
+/// What [`Ticker::poll`] found.
+pub enum Tick {
+    /// Nothing to do yet.
+    Quiet,
+    /// A second (or more) passed: `secs` since the last report, `at` since
+    /// the start.
+    Report { secs: f64, at: f64 },
+    /// The run time is over.
+    Done,
+}
+
+impl Ticker {
+    /// `time`: how long the run lasts (`None`: until the caller stops).
+    pub fn new(every: u32, time: Option<std::time::Duration>) -> Ticker {
+        let now = std::time::Instant::now();
+        Ticker { start: now, tick: now, calls: 0, every: every.max(1), time }
+    }
+
+    /// Call once per loop round.
+    #[inline]
+    pub fn poll(&mut self) -> Tick {
+        self.calls = self.calls.wrapping_add(1);
+        if !self.calls.is_multiple_of(self.every) {
+            return Tick::Quiet;
+        }
+        let now = std::time::Instant::now();
+        if self.time.is_some_and(|t| now - self.start >= t) {
+            return Tick::Done;
+        }
+        if now - self.tick >= std::time::Duration::from_secs(1) {
+            let secs = (now - self.tick).as_secs_f64();
+            self.tick = now;
+            return Tick::Report { secs, at: (now - self.start).as_secs_f64() };
+        }
+        Tick::Quiet
+    }
+
+    /// Seconds since the start.
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+}
