@@ -30,6 +30,7 @@ impl Packet {
     }
 
     /// Wraps `buf` as a frame of `len` bytes starting `offset` bytes into it.
+    #[inline]
     pub fn with_offset(buf: DmaBuf, offset: usize, len: usize) -> Result<Packet> {
         if offset > buf.len() {
             return Err(NicError::InvalidArgument(format!(

@@ -26,18 +26,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod desc;
+pub mod desc;
 mod dma;
 mod link;
 pub mod regs;
 pub mod ring;
 mod rx;
+pub mod sim;
 mod stats;
 mod tx;
 
 use std::time::{Duration, Instant};
 
-use fastlane_framework::{Mmio, PageSize, PciAddress, PciDevice, PoolCache, Vfio};
+use fastlane_framework::{DmaRegion, Mmio, PageSize, PciAddress, PciDevice, PoolCache, Vfio};
 
 use crate::packet::PACKET_BUF_SIZE;
 use crate::{LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, MAX_FRAME};
@@ -126,7 +127,9 @@ fn reset(r: &Mmio) -> Result<()> {
 
 /// An open igb port: one receive and one transmit queue.
 pub struct Igb {
-    dev: PciDevice,
+    /// The PCI function; `None` on a simulated register block
+    /// ([`Igb::with_registers`]).
+    dev: Option<PciDevice>,
     regs: Mmio,
     model: &'static str,
     mac: [u8; 6],
@@ -174,7 +177,7 @@ impl Igb {
         let tx = TxQueue::new(0, regs.clone(), DescRing::new(region, rx_bytes, tx_n)?)?;
         // From here on, Drop resets the device before the buffers go back.
         let mut igb = Igb {
-            dev,
+            dev: Some(dev),
             regs,
             model,
             mac: [0; 6],
@@ -191,9 +194,47 @@ impl Igb {
         Ok(igb)
     }
 
+    /// A port on a register block in ordinary memory, for in-process device
+    /// models such as [`sim::SimIgb`]: no PCI function, no device reset and
+    /// no PHY access (the model reports the link up and holds the MAC in
+    /// RAL0/RAH0); rings and buffers in unmapped memory, where an IOVA is
+    /// the address itself (as in [`PacketPool::new_unmapped`]).
+    /// The queues are set up as [`Igb::open`] sets them up, as an 82576.
+    pub fn with_registers(regs: Mmio, pool: &PacketPool, cfg: &NicConfig) -> Result<Igb> {
+        if regs.len() < regs::REGS_LEN {
+            return Err(NicError::Malformed("register block smaller than the igb register file"));
+        }
+        if !pool.pool().region().is_identity() {
+            return Err(NicError::InvalidArgument(
+                "a simulated port needs a packet pool whose IOVA is its address".into(),
+            ));
+        }
+        let (rx_n, tx_n) = (Ring::new(cfg.rx_ring)?.size(), Ring::new(cfg.tx_ring)?.size());
+        mask_interrupts(&regs);
+        let rx_bytes = (rx_n as usize * 16).next_multiple_of(128);
+        let region = DmaRegion::new_unmapped(rx_bytes + tx_n as usize * 16, PageSize::Small)?;
+        let mut cache = pool.cache(CACHE_SIZE);
+        let rx = RxQueue::new(0, regs.clone(), DescRing::new(region.clone(), 0, rx_n)?, &mut cache)?;
+        let tx = TxQueue::new(0, regs.clone(), DescRing::new(region, rx_bytes, tx_n)?)?;
+        let mut igb = Igb {
+            dev: None,
+            regs,
+            model: "82576",
+            mac: [0; 6],
+            rx,
+            tx,
+            cache,
+            hw: HwCounters::default(),
+        };
+        igb.start(0x10c9, cfg)?;
+        Ok(igb)
+    }
+
     fn start(&mut self, device: u16, cfg: &NicConfig) -> Result<()> {
         let r = &self.regs;
-        link::bring_up(r)?;
+        if self.dev.is_some() {
+            link::bring_up(r)?;
+        }
         let (ral, rah) = (r.read32(regs::RAL0), r.read32(regs::RAH0));
         if rah & regs::RAH_AV == 0 {
             return Err(NicError::Malformed("no valid MAC address in RAL0/RAH0"));
@@ -270,9 +311,12 @@ impl Igb {
         }
     }
 
-    /// The port's PCI address.
+    /// The port's PCI address (0000:00:00.0 on a simulated register block).
     pub fn pci_address(&self) -> PciAddress {
-        self.dev.address()
+        self.dev.as_ref().map_or(
+            PciAddress { domain: 0, bus: 0, device: 0, function: 0 },
+            PciDevice::address,
+        )
     }
 
     /// The part, e.g. "82576".
@@ -359,16 +403,17 @@ impl Drop for Igb {
         // only then may the buffers and rings (dropped after this) be reused.
         self.rx.disable();
         self.tx.disable();
+        // A model sees the disabled queues and touches the rings no more.
+        let Some(dev) = &self.dev else { return };
         let reset_ok = reset(&self.regs)
-            .inspect_err(|e| log::error!("{}: reset on close: {e}", self.dev.address()))
+            .inspect_err(|e| log::error!("{}: reset on close: {e}", dev.address()))
             .is_ok();
-        let dma_off = self
-            .dev
+        let dma_off = dev
             .disable_dma()
-            .inspect_err(|e| log::error!("{}: bus master off: {e}", self.dev.address()))
+            .inspect_err(|e| log::error!("{}: bus master off: {e}", dev.address()))
             .is_ok();
         if !reset_ok && !dma_off {
-            log::error!("{}: device may still DMA; leaking its buffers and rings", self.dev.address());
+            log::error!("{}: device may still DMA; leaking its buffers and rings", dev.address());
             self.rx.leak();
             self.tx.leak();
         }
@@ -378,7 +423,7 @@ impl Drop for Igb {
 impl std::fmt::Debug for Igb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Igb")
-            .field("addr", &self.dev.address())
+            .field("addr", &self.pci_address())
             .field("model", &self.model)
             .field("mac", &format_args!("{:02x?}", self.mac))
             .finish()

@@ -1,0 +1,238 @@
+//! An in-process igb model for benchmarks and tests: the device side of one
+//! receive and one transmit queue, played synchronously by the caller
+//! between driver calls (no thread). It follows the 82576 datasheet where
+//! the driver relies on it:
+//!
+//! - receive (7.1.3, 7.1.5): descriptors from RDH up to, not including, RDT
+//!   belong to the device; [`SimIgb::receive`] takes them in order, writes
+//!   an advanced write-back (DD | EOP and the frame length) over each, and
+//!   advances RDH. Frames that find no descriptor are counted as missed.
+//!   The frame bytes are not written: the buffer keeps what it held.
+//! - transmit (7.2.2.3, 7.2.3): [`SimIgb::transmit`] fetches descriptors
+//!   from TDH up to TDT, checks each is a one-buffer advanced data
+//!   descriptor, writes DD back where RS asks for it (WTHRESH 1, the
+//!   driver's mode), and advances TDH. The frame bytes are not read.
+//!
+//! Queues are served only while enabled (RXDCTL/TXDCTL.ENABLE and
+//! RCTL/TCTL.EN), so once the driver has disabled them (as `Igb`'s drop
+//! does) the model no longer touches the rings. Bring-up registers are
+//! preset: STATUS reports a 1000 Mb/s full-duplex link, RAL0/RAH0 hold the
+//! MAC address. Statistics registers are not kept.
+
+use fastlane_framework::Mmio;
+
+use super::desc::{rx, tx, RxDescRead, RxDescWb, TxDescRead, TxDescWb};
+use super::regs::{self, dctl, rctl, status, tctl};
+use crate::MAX_FRAME;
+
+/// MAC address the model reports.
+pub const SIM_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x5e, 0x10, 0xc9];
+
+/// What the model did, since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Frames written back to receive descriptors, and their bytes.
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Frames that found no free receive descriptor (or a disabled queue).
+    pub rx_missed: u64,
+    /// Transmit descriptors processed as frames, and their bytes.
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Transmit descriptors that were not a one-buffer advanced data
+    /// descriptor of 1..=MAX_FRAME bytes (skipped, DD still written back).
+    pub tx_malformed: u64,
+    /// Register values the model could not follow (ring length, head or
+    /// tail out of range); the queue is left alone.
+    pub bad_registers: u64,
+}
+
+/// The device side of queue 0 of an igb port, over a register block in
+/// memory.
+pub struct SimIgb {
+    regs: Mmio,
+    stats: SimStats,
+}
+
+/// A ring as the registers describe it: base address, descriptors, head
+/// and tail; `None` when the values are out of range.
+fn ring(r: &Mmio, bal: usize, bah: usize, len: usize, head: usize, tail: usize) -> Option<(usize, u32, u32, u32)> {
+    let base = (u64::from(r.read32(bah)) << 32 | u64::from(r.read32(bal))) as usize;
+    let bytes = r.read32(len);
+    let count = bytes / 16;
+    let (h, t) = (r.read32(head), r.read32(tail));
+    let ok = base != 0 && base.is_multiple_of(128) && count > 0 && bytes.is_multiple_of(128) && h < count && t < count;
+    ok.then_some((base, count, h, t))
+}
+
+impl SimIgb {
+    /// A model with its register block (BAR0, [`regs::REGS_LEN`] bytes) to
+    /// hand to the driver: link up at 1000 Mb/s full duplex, [`SIM_MAC`]
+    /// in RAL0/RAH0, queues off until the driver enables them.
+    ///
+    /// # Safety
+    /// The model reads and writes the descriptor rings at the addresses the
+    /// driver programs into RDBAL/RDBAH and TDBAL/TDBAH, for RDLEN/TDLEN
+    /// bytes, whenever [`SimIgb::receive`] or [`SimIgb::transmit`] is
+    /// called while the queue is enabled. Hand the register block only to
+    /// a driver that programs addresses of live memory where an IOVA is the
+    /// address, such as [`super::Igb::with_registers`], which disables the
+    /// queues before it frees the rings; and call the model from one thread
+    /// at a time, not during a driver call.
+    pub unsafe fn new() -> (SimIgb, Mmio) {
+        let r = Mmio::simulated(regs::REGS_LEN);
+        r.write32(regs::STATUS, status::LU | status::FD | 2 << status::SPEED_SHIFT);
+        let m = SIM_MAC;
+        r.write32(regs::RAL0, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
+        r.write32(regs::RAH0, u32::from_le_bytes([m[4], m[5], 0, 0]) | regs::RAH_AV);
+        let sim = SimIgb { regs: r.clone(), stats: SimStats::default() };
+        (sim, r)
+    }
+
+    /// What the model did so far.
+    pub fn stats(&self) -> SimStats {
+        self.stats
+    }
+
+    /// Receives `frames` frames of `len` bytes (without CRC, as RCTL.SECRC
+    /// strips it): one descriptor each while the device owns any; returns
+    /// how many found a descriptor (the rest are counted missed).
+    pub fn receive(&mut self, frames: usize, len: u16) -> usize {
+        let r = &self.regs;
+        let on = r.read32(regs::RCTL) & rctl::EN != 0 && r.read32(regs::rxdctl(0)) & dctl::ENABLE != 0;
+        let ring = ring(r, regs::rdbal(0), regs::rdbah(0), regs::rdlen(0), regs::rdh(0), regs::rdt(0));
+        let (base, count, mut head, tail) = match (on, ring) {
+            (true, Some(ring)) => ring,
+            (true, None) => {
+                self.stats.bad_registers += 1;
+                self.stats.rx_missed += frames as u64;
+                return 0;
+            }
+            (false, _) => {
+                self.stats.rx_missed += frames as u64;
+                return 0;
+            }
+        };
+        let mut done = 0;
+        while done < frames && head != tail {
+            let slot = (base + head as usize * 16) as *mut RxDescRead;
+            // SAFETY: a descriptor inside the ring the driver programmed
+            // (head < RDLEN / 16), live and 16-byte aligned per the
+            // contract of `new`; owned by the device from RDH to RDT.
+            let d = unsafe { slot.read_volatile() };
+            debug_assert_ne!(d.pkt_addr, 0, "receive descriptor without a buffer");
+            let wb = RxDescWb {
+                status_error: rx::DD | rx::EOP,
+                length: len,
+                ..RxDescWb::default()
+            };
+            // SAFETY: as above; the write-back replaces the read format.
+            unsafe { slot.cast::<RxDescWb>().write_volatile(wb) };
+            head = (head + 1) % count;
+            done += 1;
+        }
+        r.write32(regs::rdh(0), head);
+        self.stats.rx_frames += done as u64;
+        self.stats.rx_bytes += done as u64 * u64::from(len);
+        self.stats.rx_missed += (frames - done) as u64;
+        done
+    }
+
+    /// Sends what the driver queued, up to `max` descriptors: DD written
+    /// back to those with RS, TDH moved past them; returns how many.
+    pub fn transmit(&mut self, max: usize) -> usize {
+        let r = &self.regs;
+        let on = r.read32(regs::TCTL) & tctl::EN != 0 && r.read32(regs::txdctl(0)) & dctl::ENABLE != 0;
+        if !on {
+            return 0;
+        }
+        let Some((base, count, mut head, tail)) =
+            ring(r, regs::tdbal(0), regs::tdbah(0), regs::tdlen(0), regs::tdh(0), regs::tdt(0))
+        else {
+            self.stats.bad_registers += 1;
+            return 0;
+        };
+        let mut done = 0;
+        while done < max && head != tail {
+            let slot = (base + head as usize * 16) as *mut TxDescRead;
+            // SAFETY: a descriptor inside the ring the driver programmed,
+            // live and aligned per the contract of `new`; owned by the
+            // device from TDH to TDT.
+            let d = unsafe { slot.read_volatile() };
+            let want = tx::DTYP_DATA | tx::DCMD_DEXT | tx::DCMD_EOP;
+            let len = d.cmd_type_len & 0xffff;
+            if d.cmd_type_len & want == want && (1..=MAX_FRAME as u32).contains(&len) && d.buffer_addr != 0 {
+                self.stats.tx_frames += 1;
+                self.stats.tx_bytes += u64::from(len);
+            } else {
+                self.stats.tx_malformed += 1;
+            }
+            if d.cmd_type_len & tx::DCMD_RS != 0 {
+                let wb = TxDescWb {
+                    status: tx::STA_DD,
+                    ..TxDescWb::default()
+                };
+                // SAFETY: as above; the write-back replaces the read format.
+                unsafe { slot.cast::<TxDescWb>().write_volatile(wb) };
+            }
+            head = (head + 1) % count;
+            done += 1;
+        }
+        r.write32(regs::tdh(0), head);
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::igb::Igb;
+    use crate::{Nic, NicConfig, PacketPool};
+
+    fn port(ring: u16) -> (Igb, SimIgb, PacketPool) {
+        let pool = PacketPool::new_unmapped(4 * ring as u32 + 1024).unwrap();
+        // SAFETY: the registers go to `Igb::with_registers` only.
+        let (sim, regs) = unsafe { SimIgb::new() };
+        let cfg = NicConfig { rx_ring: ring, tx_ring: ring, promiscuous: true };
+        let igb = Igb::with_registers(regs, &pool, &cfg).unwrap();
+        (igb, sim, pool)
+    }
+
+    #[test]
+    fn bring_up_completes_against_the_model() {
+        let (igb, _sim, _pool) = port(64);
+        assert_eq!(igb.mac_address(), SIM_MAC);
+        let l = igb.link_status();
+        assert!(l.up && l.full_duplex && l.speed_mbps == Some(1000));
+    }
+
+    #[test]
+    fn frames_go_round_both_rings_many_times() {
+        let (mut igb, mut sim, pool) = port(64);
+        let mut out = Vec::new();
+        for round in 0..20u16 {
+            let len = 60 + round;
+            assert_eq!(sim.receive(32, len), 32);
+            assert_eq!(igb.rx_burst(&mut out, 64), 32);
+            assert!(out.iter().all(|p| p.len() == len as usize));
+            assert_eq!(igb.tx_burst(&mut out), 32);
+            assert!(out.is_empty());
+            assert_eq!(sim.transmit(usize::MAX), 32);
+        }
+        // The device owns at most 63 of 64 receive descriptors.
+        assert_eq!(sim.receive(100, 60), 63);
+        assert_eq!(igb.rx_burst(&mut out, 100), 63);
+        igb.recycle(&mut out);
+        igb.tx_burst(&mut out); // reclaims the last batch
+        assert_eq!(igb.tx_in_flight(), 0);
+        let s = sim.stats();
+        assert_eq!((s.rx_frames, s.rx_missed, s.tx_frames, s.tx_malformed), (703, 37, 640, 0));
+        assert_eq!(s.tx_bytes, (0..20).map(|r| 32 * (60 + r)).sum::<u64>());
+        drop(igb);
+        // Disabled queues: the model leaves the (freed) rings alone.
+        assert_eq!(sim.receive(1, 60), 0);
+        assert_eq!(sim.transmit(1), 0);
+        assert_eq!(sim.stats().bad_registers, 0);
+        drop(pool);
+    }
+}
