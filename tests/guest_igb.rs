@@ -196,7 +196,7 @@ fn frames_of_every_size_arrive_in_order_with_their_content() {
 
 #[test]
 fn a_burst_larger_than_the_ring_is_sent_in_parts_without_loss() {
-    let small = NicConfig { rx_ring: 64, tx_ring: 64, promiscuous: true };
+    let small = NicConfig { rx_ring: 64, tx_ring: 64, promiscuous: true, ..NicConfig::default() };
     let mut p = open_pair(&small, &small);
     let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
     let total = 2000u32;
