@@ -131,6 +131,7 @@ impl Rig {
             rx_ring: RING,
             tx_ring: RING,
             promiscuous: true,
+            ..NicConfig::default()
         };
         let port = Igb::with_registers(regs, &pool, &cfg).expect("driver bring-up on the model");
         Rig {

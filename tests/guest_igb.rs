@@ -196,7 +196,7 @@ fn frames_of_every_size_arrive_in_order_with_their_content() {
 
 #[test]
 fn a_burst_larger_than_the_ring_is_sent_in_parts_without_loss() {
-    let small = NicConfig { rx_ring: 64, tx_ring: 64, promiscuous: true };
+    let small = NicConfig { rx_ring: 64, tx_ring: 64, promiscuous: true, ..NicConfig::default() };
     let mut p = open_pair(&small, &small);
     let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
     let total = 2000u32;
@@ -324,4 +324,199 @@ fn a_device_that_is_not_an_igb_is_refused() {
         Err(NicError::Framework(e)) => println!("skipped: {nvme} cannot be opened here: {e}"),
         other => panic!("expected Unsupported, got {other:?}"),
     }
+}
+
+/// An IPv4/UDP frame from `src_ip:sport` to 10.2.0.1:9000 with a valid
+/// header checksum, carrying `tag`, `seq` and `len` like [`frame`].
+#[allow(clippy::too_many_arguments)]
+fn udp_frame(pool: &PacketPool, dst: [u8; 6], src: [u8; 6], src_ip: [u8; 4], sport: u16, tag: u32, seq: u32, len: usize) -> Packet {
+    const IP: usize = HEADER;
+    const UDP: usize = IP + 20;
+    const DATA: usize = UDP + 8;
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (len - IP) as u16;
+    f[IP] = 0x45; // version 4, 5 words of header
+    f[IP + 2..IP + 4].copy_from_slice(&ip_len.to_be_bytes());
+    f[IP + 4..IP + 6].copy_from_slice(&(seq as u16).to_be_bytes());
+    f[IP + 6] = 0x40; // don't fragment
+    f[IP + 8] = 64; // TTL
+    f[IP + 9] = 17; // UDP
+    f[IP + 12..IP + 16].copy_from_slice(&src_ip);
+    f[IP + 16..IP + 20].copy_from_slice(&UDP_DST_IP);
+    let sum = f[IP..UDP].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    f[IP + 10..IP + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f[UDP..UDP + 2].copy_from_slice(&sport.to_be_bytes());
+    f[UDP + 2..UDP + 4].copy_from_slice(&UDP_DST_PORT.to_be_bytes());
+    f[UDP + 4..UDP + 6].copy_from_slice(&(ip_len - 20).to_be_bytes()); // checksum 0: none
+    f[DATA..DATA + 4].copy_from_slice(&tag.to_be_bytes());
+    f[DATA + 4..DATA + 8].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in f.iter_mut().enumerate().skip(DATA + 8) {
+        *b = payload_byte(tag, seq, i);
+    }
+    let mut p = alloc_packet(pool.pool(), 0).unwrap();
+    p.write(&f).unwrap();
+    p
+}
+
+const UDP_DST_IP: [u8; 4] = [10, 2, 0, 1];
+const UDP_DST_PORT: u16 = 9000;
+
+/// A received [`udp_frame`] of this test: (sequence number, source address,
+/// source port), after checking every byte. Other frames give `None`.
+fn parse_udp(p: &Packet, tag: u32) -> Option<(u32, [u8; 4], u16)> {
+    let f = p.to_vec();
+    let data = HEADER + 28;
+    if f.len() < data + 8 || f[12..14] != [0x08, 0x00] || f[HEADER + 9] != 17 || f[data..data + 4] != tag.to_be_bytes() {
+        return None;
+    }
+    let seq = u32::from_be_bytes(f[data + 4..data + 8].try_into().unwrap());
+    let sent = HEADER + u16::from_be_bytes([f[HEADER + 2], f[HEADER + 3]]) as usize;
+    assert_eq!(f.len(), sent.max(MIN_FRAME), "frame {seq}: length");
+    for (i, &b) in f.iter().enumerate().skip(data + 8) {
+        assert_eq!(b, payload_byte(tag, seq, i), "frame {seq}: byte {i}");
+    }
+    let src_ip = f[HEADER + 12..HEADER + 16].try_into().unwrap();
+    let sport = u16::from_be_bytes([f[HEADER + 20], f[HEADER + 21]]);
+    Some((seq, src_ip, sport))
+}
+
+#[test]
+fn rss_spreads_flows_over_queues() {
+    use fastlane::nic::igb::rss;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const QUEUES: usize = 4;
+    const TOTAL: u32 = 4000;
+    const TAG: u32 = 9;
+    let vfio = Vfio::new().unwrap();
+    let pool = PacketPool::new(&vfio, 8192).unwrap();
+    let cap = pool.pool().capacity() as usize;
+    let multi = NicConfig { rx_ring: 256, tx_ring: 256, queues: QUEUES as u16, ..NicConfig::default() };
+    assert!(matches!(Igb::open(&vfio, &bdf("FASTLANE_IGB0"), &pool, &multi), Err(NicError::InvalidArgument(_))));
+    let qs = Igb::open_multi(&vfio, &bdf("FASTLANE_IGB0"), &pool, &multi).unwrap();
+    assert_eq!(qs.len(), QUEUES);
+    let mut b = Igb::open(&vfio, &bdf("FASTLANE_IGB1"), &pool, &NicConfig::default()).unwrap();
+    drain(&mut b);
+    let (ma, mb) = (qs[0].mac_address(), b.mac_address());
+    for (n, q) in qs.iter().enumerate() {
+        assert_eq!((q.queue(), q.queues(), q.mac_address()), (n, QUEUES, ma));
+        assert!(q.link_status().up);
+    }
+
+    // Flows: 250 source addresses, each with 16 source ports.
+    let flow = |seq: u32| ([10, 1, (seq / 16 / 256) as u8, (seq / 16 % 256) as u8], 1024 + (seq % 16) as u16 * 997);
+    let received = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = qs
+        .into_iter()
+        .map(|mut q| {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut inbox = Vec::with_capacity(64);
+                while !stop.load(Ordering::Relaxed) {
+                    q.rx_burst(&mut inbox, 64);
+                    let mine: Vec<_> = inbox.drain(..).filter_map(|p| parse_udp(&p, TAG)).collect();
+                    received.fetch_add(mine.len(), Ordering::Relaxed);
+                    got.extend(mine);
+                }
+                (q, got)
+            })
+        })
+        .collect();
+
+    // Send with at most a receive ring's worth in flight (every frame
+    // could hash to one queue).
+    let mut pkts: Vec<Packet> = (0..TOTAL)
+        .map(|seq| {
+            let (ip, port) = flow(seq);
+            udp_frame(&pool, ma, mb, ip, port, TAG, seq, 60 + (seq as usize * 13) % 500)
+        })
+        .collect();
+    let window = multi.rx_ring as usize - 1;
+    let mut sent = 0;
+    let mut stage = Vec::with_capacity(window);
+    let start = Instant::now();
+    while received.load(Ordering::Relaxed) < TOTAL as usize {
+        let done = received.load(Ordering::Relaxed);
+        assert!(start.elapsed() < DEADLINE, "timed out: {done} of {TOTAL} frames received, {sent} sent");
+        let room = window.saturating_sub(sent - done).min(pkts.len());
+        if room > 0 {
+            stage.extend(pkts.drain(..room));
+            sent += b.tx_burst(&mut stage);
+            pkts.splice(0..0, stage.drain(..));
+        } else {
+            b.tx_burst(&mut Vec::new());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200)); // nothing extra trickles in
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+
+    let mut seen = vec![0u32; TOTAL as usize];
+    let mut per_queue = Vec::new();
+    for (q, got) in &results {
+        per_queue.push(got.len());
+        for &(seq, ip, port) in got {
+            assert_eq!((ip, port), flow(seq), "frame {seq}: headers");
+            seen[seq as usize] += 1;
+            // The queue the RSS hash of the frame's addresses and ports
+            // picks, computed here.
+            let input = rss::ipv4_input(ip, UDP_DST_IP, Some((port, UDP_DST_PORT)));
+            let want = rss::queue_of(rss::toeplitz(&rss::KEY, &input), QUEUES);
+            assert_eq!(q.queue(), want, "frame {seq} from {ip:?}:{port}: queue");
+        }
+    }
+    println!("frames per queue: {per_queue:?}");
+    let missing: Vec<_> = (0..TOTAL).filter(|&s| seen[s as usize] != 1).collect();
+    assert!(missing.is_empty(), "{} frames not received exactly once, first {:?}", missing.len(), &missing[..missing.len().min(10)]);
+    assert!(per_queue.iter().filter(|&&n| n > 0).count() > 1, "one queue got everything: {per_queue:?}");
+    assert!(per_queue.iter().all(|&n| n > 0), "a queue got nothing: {per_queue:?}");
+
+    // Each handle sends on its own queue; the stats are the port's.
+    let mut qs: Vec<Igb> = results.into_iter().map(|(q, _)| q).collect();
+    let s = qs[1].stats();
+    assert!(s.rx_packets >= u64::from(TOTAL), "{s:?}");
+    let per_tx = 50;
+    for (n, q) in qs.iter_mut().enumerate() {
+        let mut batch: Vec<Packet> =
+            (0..per_tx).map(|i| frame(&pool, mb, ma, 10, (n * per_tx + i) as u32, 100)).collect();
+        assert_eq!(q.tx_burst(&mut batch), per_tx);
+    }
+    let mut got = Vec::new();
+    let mut inbox = Vec::new();
+    let start = Instant::now();
+    while got.len() < QUEUES * per_tx && start.elapsed() < DEADLINE {
+        b.rx_burst(&mut inbox, 64);
+        got.extend(inbox.drain(..).filter_map(|p| parse(&p, 10)));
+    }
+    got.sort();
+    assert_eq!(got, (0..(QUEUES * per_tx) as u32).map(|s| (s, 100)).collect::<Vec<_>>());
+    for q in &mut qs {
+        flush(q);
+    }
+
+    // Frames RSS cannot hash (not IP) arrive on queue 0; polled round robin.
+    let mut pkts: Vec<Packet> = (0..20).map(|i| frame(&pool, ma, mb, 11, i, 80)).collect();
+    assert_eq!(b.tx_burst(&mut pkts), 20);
+    let mut per_queue = [0usize; QUEUES];
+    let start = Instant::now();
+    while per_queue.iter().sum::<usize>() < 20 && start.elapsed() < DEADLINE {
+        for q in &mut qs {
+            q.rx_burst(&mut inbox, 64);
+            per_queue[q.queue()] += inbox.drain(..).filter_map(|p| parse(&p, 11)).count();
+        }
+    }
+    assert_eq!(per_queue, [20, 0, 0, 0]);
+
+    // Closing every handle returns every buffer.
+    drop(qs);
+    drop(b);
+    assert_eq!(pool.pool().available(), cap, "buffers missing after close");
 }

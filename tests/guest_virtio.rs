@@ -369,7 +369,7 @@ fn opens_with_qemus_mac_link_up_and_the_iommu_feature() {
     drop(p.vfio);
 
     // Reopen with small rings: the reset in Drop left the device reusable.
-    let small = NicConfig { rx_ring: 32, tx_ring: 16, promiscuous: true };
+    let small = NicConfig { rx_ring: 32, tx_ring: 16, promiscuous: true, ..NicConfig::default() };
     let p = open_port(&small);
     assert_eq!(p.nic.rx_posted(), 32);
 }
@@ -426,7 +426,7 @@ fn oversized_and_runt_frames_give_typed_errors_and_stay_unsent() {
 
 #[test]
 fn a_stream_larger_than_the_rings_is_sent_whole_and_buffers_come_home() {
-    let small = NicConfig { rx_ring: 64, tx_ring: 64, promiscuous: true };
+    let small = NicConfig { rx_ring: 64, tx_ring: 64, promiscuous: true, ..NicConfig::default() };
     let mut p = open_port(&small);
     let mut peer = igb_peer(&p);
     let (vm, pm, tag) = (p.nic.mac_address(), peer.mac(), 0x5151);

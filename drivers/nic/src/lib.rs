@@ -106,6 +106,10 @@ pub struct NicConfig {
     pub tx_ring: u16,
     /// Accept every frame, not only those for our MAC.
     pub promiscuous: bool,
+    /// Receive/transmit queue pairs. 1 everywhere; drivers that can spread
+    /// received frames over several queues (igb, with RSS) open that many
+    /// through their own multi-queue constructor, one `Nic` per queue.
+    pub queues: u16,
 }
 
 impl Default for NicConfig {
@@ -114,6 +118,7 @@ impl Default for NicConfig {
             rx_ring: 512,
             tx_ring: 512,
             promiscuous: true,
+            queues: 1,
         }
     }
 }

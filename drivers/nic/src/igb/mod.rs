@@ -1,12 +1,14 @@
 //! Intel igb polling-mode driver: 82576 and I350 physical functions, and
-//! QEMU's `igb` device (8086:10c9). One receive and one transmit queue per
-//! port, advanced descriptors, no interrupts.
+//! QEMU's `igb` device (8086:10c9). One queue pair per [`Igb`] handle; a
+//! port opened with several ([`Igb::open_multi`]) spreads received frames
+//! over them with RSS. Advanced descriptors, no interrupts.
 //!
 //! - `regs`: register offsets and bits (82576 datasheet chapter 8);
 //! - `desc`: the advanced descriptors (7.1.5, 7.2.2.3);
 //! - `ring`: pure ring index arithmetic, unit-tested without a device;
 //! - `dma`: a descriptor ring in DMA memory, volatile access only;
 //! - `rx` / `tx`: one queue each, burst receive and transmit;
+//! - `rss`: RSS key, redirection table and hash (7.1.2.10);
 //! - `link`: PHY access and link state; `stats`: statistics registers.
 //!
 //! ```no_run
@@ -31,11 +33,13 @@ mod dma;
 mod link;
 pub mod regs;
 pub mod ring;
+pub mod rss;
 mod rx;
 pub mod sim;
 mod stats;
 mod tx;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fastlane_framework::{DmaRegion, Mmio, PageSize, PciAddress, PciDevice, PoolCache, Vfio};
@@ -43,7 +47,7 @@ use fastlane_framework::{DmaRegion, Mmio, PageSize, PciAddress, PciDevice, PoolC
 use crate::packet::PACKET_BUF_SIZE;
 use crate::{LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, MAX_FRAME};
 use dma::DescRing;
-use regs::{ctrl, rctl, tctl};
+use regs::{ctrl, dctl, rctl, tctl};
 use ring::Ring;
 use rx::RxQueue;
 use tx::TxQueue;
@@ -125,26 +129,180 @@ fn reset(r: &Mmio) -> Result<()> {
     Ok(())
 }
 
-/// An open igb port: one receive and one transmit queue.
-pub struct Igb {
+/// What the queues of one port share: the device, its registers, the MAC
+/// address and the port-wide statistics. Dropped with the last queue
+/// handle: resets the device and turns bus mastering off.
+struct Port {
     /// The PCI function; `None` on a simulated register block
     /// ([`Igb::with_registers`]).
     dev: Option<PciDevice>,
     regs: Mmio,
     model: &'static str,
     mac: [u8; 6],
+    queues: usize,
+    /// Totals of the clear-on-read statistics registers; the lock also
+    /// serialises read-modify-writes of RCTL (never taken per packet).
+    hw: Mutex<HwCounters>,
+}
+
+impl Port {
+    /// Brings the link up and reads the MAC address (after a reset).
+    fn start_link(&mut self) -> Result<()> {
+        let r = &self.regs;
+        // A simulated port has no PHY to talk to: its model presets the link.
+        if self.dev.is_some() {
+            link::bring_up(r)?;
+        }
+        let (ral, rah) = (r.read32(regs::RAL0), r.read32(regs::RAH0));
+        if rah & regs::RAH_AV == 0 {
+            return Err(NicError::Malformed("no valid MAC address in RAL0/RAH0"));
+        }
+        let (lo, hi) = (ral.to_le_bytes(), rah.to_le_bytes());
+        self.mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+        for i in 0..regs::MTA_WORDS {
+            r.write32(regs::MTA + 4 * i, 0);
+        }
+        Ok(())
+    }
+
+    /// Programs every queue, RSS when there are several, and turns the
+    /// receiver and transmitter on.
+    fn start(&self, device: u16, cfg: &NicConfig, queues: &[Igb]) -> Result<()> {
+        let r = &self.regs;
+        // Receive: queues first, then RSS, then the receiver, then the tails.
+        r.write32(regs::RCTL, 0);
+        for q in queues {
+            q.rx.configure(PACKET_BUF_SIZE)?;
+            if regs::is_i350(device) {
+                r.write32(regs::dvmolr(q.queue), r.read32(regs::dvmolr(q.queue)) | regs::DVMOLR_STRCRC);
+            }
+        }
+        if queues.len() > 1 {
+            for (i, w) in rss::key_words(&rss::KEY).into_iter().enumerate() {
+                r.write32(regs::RSSRK + 4 * i, w);
+            }
+            for (i, w) in rss::reta_words(queues.len()).into_iter().enumerate() {
+                r.write32(regs::RETA + 4 * i, w);
+            }
+            r.write32(regs::RXCSUM, r.read32(regs::RXCSUM) | regs::RXCSUM_PCSD);
+            r.write32(regs::MRQC, rss::MRQC);
+        }
+        // Buffer size comes from SRRCTL; RCTL.BSIZE 00 (2048) agrees.
+        let mut rc = rctl::EN | rctl::BAM | rctl::SECRC;
+        if cfg.promiscuous {
+            rc |= rctl::UPE | rctl::MPE;
+        }
+        r.write32(regs::RCTL, rc);
+        for q in queues {
+            q.rx.start();
+        }
+
+        // Transmit.
+        for q in queues {
+            q.tx.configure()?;
+        }
+        r.write32(
+            regs::TCTL,
+            tctl::EN
+                | tctl::PSP
+                | tctl::RTLC
+                | tctl::CT_DEFAULT << tctl::CT_SHIFT
+                | tctl::COLD_FULL_DUPLEX << tctl::COLD_SHIFT,
+        );
+
+        // Statistics start from zero (they clear on read).
+        HwCounters::default().accumulate(r, self.queues);
+        Ok(())
+    }
+
+    fn link_status(&self) -> LinkStatus {
+        link::decode(self.regs.read32(regs::STATUS))
+    }
+
+    /// The statistics lock (a panic elsewhere leaves the counters usable).
+    fn hw(&self) -> std::sync::MutexGuard<'_, HwCounters> {
+        self.hw.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Port {
+    /// The PCI address (0000:00:00.0 for a simulated port).
+    fn address(&self) -> PciAddress {
+        self.dev.as_ref().map_or(
+            PciAddress { domain: 0, bus: 0, device: 0, function: 0 },
+            |d| d.address(),
+        )
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // A simulated port has no device to reset or stop.
+        let Some(dev) = &self.dev else {
+            return;
+        };
+        // Every queue was stopped by its handle; now the whole device.
+        let reset_ok = reset(&self.regs)
+            .inspect_err(|e| log::error!("{}: reset on close: {e}", dev.address()))
+            .is_ok();
+        let dma_off = dev
+            .disable_dma()
+            .inspect_err(|e| log::error!("{}: bus master off: {e}", dev.address()))
+            .is_ok();
+        if !reset_ok && !dma_off {
+            log::error!("{}: device may still DMA", dev.address());
+        }
+    }
+}
+
+/// An open igb queue pair: receive queue `n` and transmit queue `n` of a
+/// port. [`Igb::open`] gives the port's only queue pair; [`Igb::open_multi`]
+/// one handle per queue, each usable from its own thread. Port-wide
+/// operations (link, promiscuous mode, the device's statistics) work from
+/// every handle and act on, or report for, the whole port.
+pub struct Igb {
+    // Dropped after the queues (fields drop in order; `Drop for Igb` stops
+    // the queues first): the last handle resets the device.
     rx: RxQueue,
     tx: TxQueue,
     cache: PoolCache,
-    hw: HwCounters,
+    queue: usize,
+    port: Arc<Port>,
 }
 
 impl Igb {
     /// Opens the igb at `addr` (bound to vfio-pci) and brings it up: reset,
     /// link, receive ring filled from `pool`, transmit ring, promiscuous
     /// mode per `cfg`. Waits up to [`LINK_TIMEOUT`] for the link (a port
-    /// without link still opens; see [`Nic::link_status`]).
+    /// without link still opens; see [`Nic::link_status`]). One queue pair:
+    /// `cfg.queues` must be 1 (see [`Igb::open_multi`]).
     pub fn open(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Result<Igb> {
+        if cfg.queues != 1 {
+            return Err(NicError::InvalidArgument(format!(
+                "{} queues: Igb::open opens one, Igb::open_multi several",
+                cfg.queues
+            )));
+        }
+        let mut v = Self::open_multi(vfio, addr, pool, cfg)?;
+        v.pop().ok_or(NicError::Malformed("no queue opened"))
+    }
+
+    /// Opens the igb at `addr` with `cfg.queues` (1 to
+    /// [`regs::MAX_QUEUES`]) queue pairs, each `cfg.rx_ring` and
+    /// `cfg.tx_ring` long and filled from `pool`, and returns one handle per
+    /// queue, queue 0 first. With several queues, RSS spreads received IPv4
+    /// and IPv6 frames over them by addresses and TCP/UDP ports (see
+    /// [`rss`]); other frames arrive on queue 0. Each handle sends on its
+    /// own transmit queue. The device stays open until every handle is
+    /// dropped.
+    pub fn open_multi(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Result<Vec<Igb>> {
+        let queues = cfg.queues as usize;
+        if !(1..=regs::MAX_QUEUES).contains(&queues) {
+            return Err(NicError::InvalidArgument(format!(
+                "{queues} queues: the igb driver takes 1 to {}",
+                regs::MAX_QUEUES
+            )));
+        }
         let dev = vfio.open(addr)?;
         let (vendor, device) = dev.id()?;
         let Some(model) = model(vendor, device) else {
@@ -168,38 +326,49 @@ impl Igb {
             return Err(NicError::Malformed("BAR0 is smaller than the igb register file"));
         }
         reset(&regs)?;
-
-        // Both rings in one region: receive at 0, transmit after it.
-        let rx_bytes = (rx_n as usize * 16).next_multiple_of(128);
-        let region = vfio.alloc_region(rx_bytes + tx_n as usize * 16, PageSize::Huge2M)?;
-        let mut cache = pool.cache(CACHE_SIZE);
-        let rx = RxQueue::new(0, regs.clone(), DescRing::new(region.clone(), 0, rx_n)?, &mut cache)?;
-        let tx = TxQueue::new(0, regs.clone(), DescRing::new(region, rx_bytes, tx_n)?)?;
-        // From here on, Drop resets the device before the buffers go back.
-        let mut igb = Igb {
+        // From here on, dropping the port resets the device.
+        let mut port = Port {
             dev: Some(dev),
             regs,
             model,
             mac: [0; 6],
-            rx,
-            tx,
-            cache,
-            hw: HwCounters::default(),
+            queues,
+            hw: Mutex::new(HwCounters::default()),
         };
-        igb.start(device, cfg)?;
-        let link = igb.wait_link(LINK_TIMEOUT);
+        port.start_link()?;
+        let port = Arc::new(port);
+
+        // Every ring in one region: per queue, receive then transmit.
+        let rx_bytes = (rx_n as usize * 16).next_multiple_of(128);
+        let tx_bytes = (tx_n as usize * 16).next_multiple_of(128);
+        let region = vfio.alloc_region((rx_bytes + tx_bytes) * queues, PageSize::Huge2M)?;
+        let mut handles = Vec::with_capacity(queues);
+        for n in 0..queues {
+            let base = (rx_bytes + tx_bytes) * n;
+            let mut cache = pool.cache(CACHE_SIZE);
+            let r = port.regs.clone();
+            let rx = RxQueue::new(n, r.clone(), DescRing::new(region.clone(), base, rx_n)?, &mut cache)?;
+            let tx = TxQueue::new(n, r, DescRing::new(region.clone(), base + rx_bytes, tx_n)?)?;
+            handles.push(Igb {
+                rx,
+                tx,
+                cache,
+                queue: n,
+                port: port.clone(),
+            });
+        }
+        port.start(device, cfg, &handles)?;
+        let link = handles[0].wait_link(LINK_TIMEOUT);
         if !link.up {
             log::warn!("{addr}: link still down after {LINK_TIMEOUT:?}");
         }
-        Ok(igb)
+        Ok(handles)
     }
 
-    /// A port on a register block in ordinary memory, for in-process device
-    /// models such as [`sim::SimIgb`]: no PCI function, no device reset and
-    /// no PHY access (the model reports the link up and holds the MAC in
-    /// RAL0/RAH0); rings and buffers in unmapped memory, where an IOVA is
-    /// the address itself (as in [`PacketPool::new_unmapped`]).
-    /// The queues are set up as [`Igb::open`] sets them up, as an 82576.
+    /// A port on a simulated register block (an in-process model such as
+    /// [`sim::SimIgb`]): one queue pair, rings in unmapped memory (IOVA ==
+    /// VA, so the pool must be unmapped too), the same queue setup as
+    /// [`Igb::open`], but no device reset or PHY bring-up.
     pub fn with_registers(regs: Mmio, pool: &PacketPool, cfg: &NicConfig) -> Result<Igb> {
         if regs.len() < regs::REGS_LEN {
             return Err(NicError::Malformed("register block smaller than the igb register file"));
@@ -211,69 +380,25 @@ impl Igb {
         }
         let (rx_n, tx_n) = (Ring::new(cfg.rx_ring)?.size(), Ring::new(cfg.tx_ring)?.size());
         mask_interrupts(&regs);
-        let rx_bytes = (rx_n as usize * 16).next_multiple_of(128);
-        let region = DmaRegion::new_unmapped(rx_bytes + tx_n as usize * 16, PageSize::Small)?;
-        let mut cache = pool.cache(CACHE_SIZE);
-        let rx = RxQueue::new(0, regs.clone(), DescRing::new(region.clone(), 0, rx_n)?, &mut cache)?;
-        let tx = TxQueue::new(0, regs.clone(), DescRing::new(region, rx_bytes, tx_n)?)?;
-        let mut igb = Igb {
+        let mut port = Port {
             dev: None,
             regs,
             model: "82576",
             mac: [0; 6],
-            rx,
-            tx,
-            cache,
-            hw: HwCounters::default(),
+            queues: 1,
+            hw: Mutex::new(HwCounters::default()),
         };
-        igb.start(0x10c9, cfg)?;
-        Ok(igb)
-    }
-
-    fn start(&mut self, device: u16, cfg: &NicConfig) -> Result<()> {
-        let r = &self.regs;
-        if self.dev.is_some() {
-            link::bring_up(r)?;
-        }
-        let (ral, rah) = (r.read32(regs::RAL0), r.read32(regs::RAH0));
-        if rah & regs::RAH_AV == 0 {
-            return Err(NicError::Malformed("no valid MAC address in RAL0/RAH0"));
-        }
-        let (lo, hi) = (ral.to_le_bytes(), rah.to_le_bytes());
-        self.mac = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
-        for i in 0..regs::MTA_WORDS {
-            r.write32(regs::MTA + 4 * i, 0);
-        }
-
-        // Receive: queue first, then the receiver, then the tail.
-        r.write32(regs::RCTL, 0);
-        self.rx.configure(PACKET_BUF_SIZE)?;
-        if regs::is_i350(device) {
-            r.write32(regs::dvmolr(0), r.read32(regs::dvmolr(0)) | regs::DVMOLR_STRCRC);
-        }
-        // Buffer size comes from SRRCTL; RCTL.BSIZE 00 (2048) agrees.
-        let mut rc = rctl::EN | rctl::BAM | rctl::SECRC;
-        if cfg.promiscuous {
-            rc |= rctl::UPE | rctl::MPE;
-        }
-        r.write32(regs::RCTL, rc);
-        self.rx.start();
-
-        // Transmit.
-        self.tx.configure()?;
-        r.write32(
-            regs::TCTL,
-            tctl::EN
-                | tctl::PSP
-                | tctl::RTLC
-                | tctl::CT_DEFAULT << tctl::CT_SHIFT
-                | tctl::COLD_FULL_DUPLEX << tctl::COLD_SHIFT,
-        );
-
-        // Statistics start from zero (they clear on read).
-        self.hw.accumulate(r, 0);
-        self.hw = HwCounters::default();
-        Ok(())
+        port.start_link()?;
+        let port = Arc::new(port);
+        let rx_bytes = (rx_n as usize * 16).next_multiple_of(128);
+        let region = DmaRegion::new_unmapped(rx_bytes + tx_n as usize * 16, PageSize::Small)?;
+        let mut cache = pool.cache(CACHE_SIZE);
+        let r = port.regs.clone();
+        let rx = RxQueue::new(0, r.clone(), DescRing::new(region.clone(), 0, rx_n)?, &mut cache)?;
+        let tx = TxQueue::new(0, r, DescRing::new(region, rx_bytes, tx_n)?)?;
+        let handles = vec![Igb { rx, tx, cache, queue: 0, port: port.clone() }];
+        port.start(0x10c9, cfg, &handles)?;
+        Ok(handles.into_iter().next().expect("one queue pair"))
     }
 
     /// Checks that a frame can be sent (see [`check_frame`]).
@@ -311,20 +436,28 @@ impl Igb {
         }
     }
 
-    /// The port's PCI address (0000:00:00.0 on a simulated register block).
+    /// The port's PCI address.
     pub fn pci_address(&self) -> PciAddress {
-        self.dev.as_ref().map_or(
-            PciAddress { domain: 0, bus: 0, device: 0, function: 0 },
-            PciDevice::address,
-        )
+        self.port.address()
     }
 
     /// The part, e.g. "82576".
     pub fn model(&self) -> &'static str {
-        self.model
+        self.port.model
     }
 
-    /// What the driver itself counted: frames handed out by `rx_burst` and
+    /// This handle's queue number (0 for [`Igb::open`]).
+    pub fn queue(&self) -> usize {
+        self.queue
+    }
+
+    /// Queue pairs of the port.
+    pub fn queues(&self) -> usize {
+        self.port.queues
+    }
+
+    /// What the driver itself counted on this queue pair: frames handed out
+    /// by `rx_burst` and
     /// queued by `tx_burst` (bytes without CRC), frames it dropped.
     pub fn driver_stats(&self) -> Stats {
         Stats {
@@ -348,10 +481,12 @@ impl Igb {
         self.tx.counters
     }
 
-    /// Totals of the device's statistics registers (read now).
+    /// Totals of the device's statistics registers (read now), for the
+    /// whole port.
     pub fn hw_counters(&mut self) -> HwCounters {
-        self.hw.accumulate(&self.regs, 0);
-        self.hw
+        let mut hw = self.port.hw();
+        hw.accumulate(&self.port.regs, self.port.queues);
+        *hw
     }
 }
 
@@ -371,25 +506,30 @@ impl Nic for Igb {
     }
 
     fn mac_address(&self) -> [u8; 6] {
-        self.mac
+        self.port.mac
     }
 
     fn link_status(&self) -> LinkStatus {
-        link::decode(self.regs.read32(regs::STATUS))
+        self.port.link_status()
     }
 
+    /// Port-wide: every queue of the port receives per the new setting.
     fn set_promiscuous(&mut self, on: bool) -> Result<()> {
-        let rc = self.regs.read32(regs::RCTL);
+        let (r, _lock) = (&self.port.regs, self.port.hw());
+        let rc = r.read32(regs::RCTL);
         let bits = rctl::UPE | rctl::MPE;
-        self.regs.write32(regs::RCTL, if on { rc | bits } else { rc & !bits });
+        r.write32(regs::RCTL, if on { rc | bits } else { rc & !bits });
         Ok(())
     }
 
-    /// The device's statistics registers (accumulated), with the frames the
-    /// driver dropped added to `rx_errors`; see [`HwCounters::merge`].
+    /// The device's statistics registers (accumulated) for the whole port,
+    /// whichever queue asks, with the frames this queue's driver dropped
+    /// added to `rx_errors`; see [`HwCounters::merge`]. (With several
+    /// queues, do not add up the handles' stats: each is the port's.)
     fn stats(&mut self) -> Stats {
-        self.hw.accumulate(&self.regs, 0);
-        self.hw.merge(&self.rx.counters)
+        let mut hw = self.port.hw();
+        hw.accumulate(&self.port.regs, self.port.queues);
+        hw.merge(&self.rx.counters)
     }
 
     fn tx_in_flight(&self) -> usize {
@@ -399,21 +539,17 @@ impl Nic for Igb {
 
 impl Drop for Igb {
     fn drop(&mut self) {
-        // Stop the queues and reset the device, then turn bus mastering off:
-        // only then may the buffers and rings (dropped after this) be reused.
+        // Stop this queue pair and wait until the device says it stopped:
+        // only then may its buffers and rings (dropped after this) be
+        // reused. The last handle's port then resets the device.
         self.rx.disable();
         self.tx.disable();
-        // A model sees the disabled queues and touches the rings no more.
-        let Some(dev) = &self.dev else { return };
-        let reset_ok = reset(&self.regs)
-            .inspect_err(|e| log::error!("{}: reset on close: {e}", dev.address()))
-            .is_ok();
-        let dma_off = dev
-            .disable_dma()
-            .inspect_err(|e| log::error!("{}: bus master off: {e}", dev.address()))
-            .is_ok();
-        if !reset_ok && !dma_off {
-            log::error!("{}: device may still DMA; leaking its buffers and rings", dev.address());
+        let r = &self.port.regs;
+        let (n, off) = (self.queue, |reg| r.read32(reg) & dctl::ENABLE == 0);
+        let stopped = wait_for("receive queue disable", || off(regs::rxdctl(n)))
+            .and_then(|()| wait_for("transmit queue disable", || off(regs::txdctl(n))));
+        if let Err(e) = stopped {
+            log::error!("{} queue {n}: {e}; leaking its buffers and rings", self.port.address());
             self.rx.leak();
             self.tx.leak();
         }
@@ -423,9 +559,10 @@ impl Drop for Igb {
 impl std::fmt::Debug for Igb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Igb")
-            .field("addr", &self.pci_address())
-            .field("model", &self.model)
-            .field("mac", &format_args!("{:02x?}", self.mac))
+            .field("addr", &self.port.address())
+            .field("model", &self.port.model)
+            .field("mac", &format_args!("{:02x?}", self.port.mac))
+            .field("queue", &self.queue)
             .finish()
     }
 }

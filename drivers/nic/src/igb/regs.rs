@@ -115,6 +115,39 @@ pub const RAH0: usize = 0x5404;
 /// RAH: address valid.
 pub const RAH_AV: u32 = 1 << 31;
 
+/// RXCSUM: Packet Checksum Disable. Must be set for RSS: the write-back
+/// descriptor then carries the RSS hash where the checksum would be.
+pub const RXCSUM_PCSD: u32 = 1 << 13;
+
+// ---- Multiple receive queues and RSS (7.1.2, 8.10) ------------------------
+
+/// Multiple Receive Queues Command.
+pub const MRQC: usize = 0x5818;
+/// Redirection Table: 32 registers of four one-byte entries (128 entries),
+/// entry `hash & 0x7f` naming the receive queue.
+pub const RETA: usize = 0x5c00;
+pub const RETA_ENTRIES: usize = 128;
+/// RSS Random Key: 10 registers, key byte `4 * i + j` in byte `j` of `i`.
+pub const RSSRK: usize = 0x5c80;
+pub const RSSRK_BYTES: usize = 40;
+/// Receive and transmit queues the driver will use on one port (the
+/// 82576 has 16 of each, the I350 8).
+pub const MAX_QUEUES: usize = 8;
+
+pub mod mrqc {
+    /// Multiple Receive Queues Enable field (bits 2:0): RSS only.
+    pub const ENABLE_RSS: u32 = 0b010;
+    /// RSS field enables: which headers the hash covers, per packet type.
+    pub const RSS_FIELD_IPV4_TCP: u32 = 1 << 16;
+    pub const RSS_FIELD_IPV4: u32 = 1 << 17;
+    pub const RSS_FIELD_IPV6_TCP_EX: u32 = 1 << 18;
+    pub const RSS_FIELD_IPV6_EX: u32 = 1 << 19;
+    pub const RSS_FIELD_IPV6: u32 = 1 << 20;
+    pub const RSS_FIELD_IPV6_TCP: u32 = 1 << 21;
+    pub const RSS_FIELD_IPV4_UDP: u32 = 1 << 22;
+    pub const RSS_FIELD_IPV6_UDP: u32 = 1 << 23;
+}
+
 pub mod rctl {
     /// Receiver enable.
     pub const EN: u32 = 1 << 1;

@@ -26,8 +26,9 @@ pub struct HwCounters {
 }
 
 impl HwCounters {
-    /// Reads (and so clears) the registers, adding them to the totals.
-    pub fn accumulate(&mut self, r: &Mmio, queue: usize) {
+    /// Reads (and so clears) the registers, adding them to the totals; the
+    /// per-queue drop counters of queues `0..queues`.
+    pub fn accumulate(&mut self, r: &Mmio, queues: usize) {
         let rd = |off| u64::from(r.read32(off));
         // Low half first: reading the high half clears both.
         let rd64 = |lo, hi| rd(lo) | rd(hi) << 32;
@@ -36,7 +37,7 @@ impl HwCounters {
         self.gorc += rd64(stat::GORCL, stat::GORCH);
         self.gotc += rd64(stat::GOTCL, stat::GOTCH);
         self.mpc += rd(stat::MPC);
-        self.rqdpc += rd(regs::rqdpc(queue));
+        self.rqdpc += (0..queues).map(|n| rd(regs::rqdpc(n))).sum::<u64>();
         self.crcerrs += rd(stat::CRCERRS);
         self.rxerrc += rd(stat::RXERRC);
         self.rlec += rd(stat::RLEC);
@@ -76,11 +77,11 @@ mod tests {
             r.write32(stat::GOTCL, 64);
         };
         set(10, 10 * 64);
-        hw.accumulate(&r, 0);
+        hw.accumulate(&r, 1);
         // A simulated block does not clear on read: the second read adds again,
         // as a second interval would on the device.
         set(3, (1u64 << 32) + 3 * 1518);
-        hw.accumulate(&r, 0);
+        hw.accumulate(&r, 1);
         assert_eq!(hw.gprc, 13);
         assert_eq!(hw.gorc, 640 + (1 << 32) + 3 * 1518);
         let s = hw.merge(&RxCounters { errors: 2, ..Default::default() });
@@ -88,5 +89,12 @@ mod tests {
         assert_eq!(s.rx_bytes, 10 * 60 + (1 << 32) + 3 * 1514);
         assert_eq!((s.tx_packets, s.tx_bytes), (2, 120));
         assert_eq!(s.rx_errors, 2);
+        // Drops are summed over the port's queues.
+        let mut hw = HwCounters::default();
+        for (n, v) in [(0, 1), (1, 2), (2, 4)] {
+            r.write32(regs::rqdpc(n), v);
+        }
+        hw.accumulate(&r, 2);
+        assert_eq!(hw.rqdpc, 3);
     }
 }

@@ -136,6 +136,12 @@ impl VirtioNet {
                 class: dev.class_code()?,
             });
         }
+        if cfg.queues != 1 {
+            return Err(NicError::InvalidArgument(format!(
+                "{} queues: the virtio-net driver has one queue pair",
+                cfg.queues
+            )));
+        }
         let need = RX_HEADROOM + MAX_FRAME;
         if pool.pool().buf_size() < need {
             return Err(NicError::InvalidArgument(format!(
