@@ -193,7 +193,7 @@ mod tests {
         let pool = PacketPool::new_unmapped(4 * ring as u32 + 1024).unwrap();
         // SAFETY: the registers go to `Igb::with_registers` only.
         let (sim, regs) = unsafe { SimIgb::new() };
-        let cfg = NicConfig { rx_ring: ring, tx_ring: ring, promiscuous: true };
+        let cfg = NicConfig { rx_ring: ring, tx_ring: ring, promiscuous: true, ..NicConfig::default() };
         let igb = Igb::with_registers(regs, &pool, &cfg).unwrap();
         (igb, sim, pool)
     }
