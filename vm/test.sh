@@ -27,8 +27,26 @@ for b in "$repo"/.cache/guest-bin/*; do bins+=(--bin "$b"); done
 
 for aw in 39 48; do
     echo "=== guest tests, IOMMU aperture $aw bits"
-    "$here/run.sh" --aw-bits "$aw" --timeout 900 "${bins[@]}" \
+    # The host side of the NIC link down/up test: it waits for the guest to
+    # ask (a token on the console), then toggles IGB0's link over QMP.
+    qmp="/tmp/fastlane-qmp.$$.sock" token="flap-$$-$aw-$(date +%s)"
+    rm -f "$qmp"
+    tests/guest/link-flap-host.sh --qmp "$qmp" --token "$token" --cycles 2 --timeout 3600 &
+    flapper=$!
+    rc=0
+    FASTLANE_QEMU_EXTRA="${FASTLANE_QEMU_EXTRA:-} -qmp unix:$qmp,server=on,wait=off" \
+    FASTLANE_GUEST_ENV="${FASTLANE_GUEST_ENV:-} NIC_LINK_FLAP=$token NIC_LINK_FLAP_CYCLES=2" \
+        "$here/run.sh" --aw-bits "$aw" --timeout 900 "${bins[@]}" \
         --file tests/guest/hugepages.sh --file tests/guest/reliability.sh \
-        --file tests/guest/soak.sh --script tests/guest/run-all.sh
+        --file tests/guest/soak.sh --file tests/guest/nic-soak.sh \
+        --script tests/guest/run-all.sh || rc=$?
+    if kill -0 "$flapper" 2>/dev/null; then
+        kill "$flapper"; wait "$flapper" || true
+        echo "=== link flapper: the guest never asked for the link flap"; [ "$rc" != 0 ] || rc=1
+    elif ! wait "$flapper"; then
+        echo "=== link flapper failed"; [ "$rc" != 0 ] || rc=1
+    fi
+    rm -f "$qmp"
+    [ "$rc" = 0 ] || exit "$rc"
 done
 echo "=== all tests passed"

@@ -30,6 +30,9 @@ hugepages.sh bind "$FASTLANE_IGB1" "$FASTLANE_VIRTIO" || exit 1
 for t in guest_igb guest_virtio; do
     have "$t" && run "/bin/$t" --test-threads=1
 done
+# Quiet rings, a link down/up of IGB0 driven from the host (vm/test.sh), and
+# a 20 s verified-traffic soak over the three ports.
+have guest_nic_faults && run sh /opt/nic-soak.sh
 
 hugepages.sh reset
 [ "$fail" = 0 ] && echo "=== guest: all passed"
