@@ -21,32 +21,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-N1=${N1:-100000}
-N2=${N2:-50000}
-if [[ -z "${BENCH_BIN:-}" ]]; then
-    BENCH_BIN=$(cargo bench --bench nvme --no-run 2>&1 | tee /dev/stderr |
-        sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
-fi
-[[ -x "$BENCH_BIN" ]] || { echo "no bench binary (got '$BENCH_BIN')" >&2; exit 1; }
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+bench=nvme
+. benches/callgrind-common.sh
 
-run() {
-    FASTLANE_BENCH_ITERS=$1 valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" \
-        "$BENCH_BIN" --callgrind >"$out/log.$1" 2>&1 || { cat "$out/log.$1" >&2; exit 1; }
-    grep '^callgrind mode' "$out/log.$1"
-    callgrind_annotate --inclusive=yes --threshold=100 "$out/cg.$1" >"$out/ann.$1" 2>/dev/null
-}
 # Reads the run really did (rounded up to whole batches of 32).
 ios() { sed -n 's/^callgrind mode: \([0-9]*\) I\/Os.*/\1/p' "$out/log.$1"; }
-
-# Inclusive Ir of the function named $2 (whole-function lines end in "[binary]").
-incl() {
-    awk -v f=":$2 [" 'index($0, f) { gsub(",", "", $1); s += $1 } END { print s + 0 }' "$out/ann.$1"
-}
-total() {
-    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$out/ann.$1"
-}
 
 start=$(date +%s)
 run "$N1"

@@ -32,6 +32,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::benchmarking;
 use criterion::{black_box, criterion_group, Criterion, Throughput};
 use fastlane::framework::{BufferPool, DmaBuf, DmaRegion, PageSize, PoolCache};
 
@@ -488,15 +491,6 @@ fn ratio_table() {
     }
 }
 
-/// Whether this is a real `cargo bench` run (not `cargo test`, `--list`...).
-fn benchmarking() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| args.iter().any(|a| a == flag);
-    has("--bench")
-        && !has("--test")
-        && !has("--list")
-        && !args.iter().any(|a| a.starts_with("--profile-time"))
-}
 
 fn main() {
     benches();

@@ -34,10 +34,12 @@
 //! measurement, not an assertion. `cargo test --all-targets` runs each
 //! benchmark once and skips the table.
 
+mod common;
+
 use std::hint::black_box;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::{benchmarking, median5, tick_calibration, ticks, ticks_to_ns};
 use criterion::{Criterion, Throughput};
 use fastlane::nic::igb::sim::SimIgb;
 use fastlane::nic::igb::Igb;
@@ -61,51 +63,6 @@ const IXY_NS: f64 = 1e9 / 26e6 / 2.0;
 
 // ---------------------------------------------------------------------------
 // Ticks.
-
-/// A cheap monotonic tick: the TSC on x86_64, `Instant` nanoseconds elsewhere.
-#[inline(always)]
-fn ticks() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: RDTSC has no preconditions on x86_64.
-        #[allow(unused_unsafe)]
-        unsafe {
-            core::arch::x86_64::_rdtsc()
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
-        EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-    }
-}
-
-/// Nanoseconds per tick, and ticks a back-to-back pair of `ticks()` costs.
-fn tick_calibration() -> (f64, f64) {
-    static CAL: OnceLock<(f64, f64)> = OnceLock::new();
-    *CAL.get_or_init(|| {
-        let (t0, i0) = (ticks(), Instant::now());
-        while i0.elapsed() < Duration::from_millis(100) {
-            std::hint::spin_loop();
-        }
-        let (t1, ns) = (ticks(), i0.elapsed().as_nanos() as f64);
-        let ns_per_tick = ns / (t1 - t0) as f64;
-        let n = 1_000_000u64;
-        let mut sum = 0u64;
-        for _ in 0..n {
-            let a = ticks();
-            let b = ticks();
-            sum += b - a;
-        }
-        (ns_per_tick, sum as f64 / n as f64)
-    })
-}
-
-/// Nanoseconds in `ticks` measured over `brackets` timer pairs.
-fn ticks_to_ns(ticks: u64, brackets: u64) -> f64 {
-    let (ns_per_tick, pair) = tick_calibration();
-    (ticks as f64 - pair * brackets as f64).max(0.0) * ns_per_tick
-}
 
 // ---------------------------------------------------------------------------
 // The driver against the model.
@@ -259,13 +216,6 @@ fn benches(rig: &mut Rig) {
 // ---------------------------------------------------------------------------
 // The table.
 
-/// Median of 5 runs of `f`, each returning ns per packet.
-fn median5(mut f: impl FnMut() -> f64) -> f64 {
-    let mut v: Vec<f64> = (0..5).map(|_| f()).collect();
-    v.sort_by(f64::total_cmp);
-    v[2]
-}
-
 fn table(rig: &mut Rig) {
     const BURSTS: u64 = 50_000;
     let (ns_per_tick, pair) = tick_calibration();
@@ -340,13 +290,6 @@ fn callgrind_mode() {
         s.rx_frames,
         s.tx_frames
     );
-}
-
-/// Whether this is a real `cargo bench` run (not `cargo test`, `--list`...).
-fn benchmarking() -> bool {
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| args.iter().any(|a| a == flag);
-    has("--bench") && !has("--test") && !has("--list") && !args.iter().any(|a| a.starts_with("--profile-time"))
 }
 
 fn main() {
