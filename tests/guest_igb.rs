@@ -10,14 +10,13 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{frame_bytes, frame_meta, HEADER, META};
 use fastlane::framework::Vfio;
 use fastlane::nic::igb::{check_frame, Igb};
 use fastlane::nic::{alloc_packet, Nic, NicConfig, NicError, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
 
-const ETHERTYPE: u16 = 0x88b5;
-const HEADER: usize = 14;
-/// Tag, sequence number and length after the Ethernet header.
-const META: usize = 10;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn bdf(var: &str) -> String {
@@ -67,16 +66,7 @@ fn payload_byte(tag: u32, seq: u32, i: usize) -> u8 {
 
 /// A test frame of `len` bytes (at least HEADER + META).
 fn frame(pool: &PacketPool, dst: [u8; 6], src: [u8; 6], tag: u32, seq: u32, len: usize) -> Packet {
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-    f[14..18].copy_from_slice(&tag.to_be_bytes());
-    f[18..22].copy_from_slice(&seq.to_be_bytes());
-    f[22..24].copy_from_slice(&(len as u16).to_be_bytes());
-    for (i, b) in f.iter_mut().enumerate().skip(HEADER + META) {
-        *b = payload_byte(tag, seq, i);
-    }
+    let f = frame_bytes(dst, src, tag, seq, len, |i| payload_byte(tag, seq, i));
     let mut p = alloc_packet(pool.pool(), 0).unwrap();
     p.write(&f).unwrap();
     p
@@ -86,11 +76,10 @@ fn frame(pool: &PacketPool, dst: [u8; 6], src: [u8; 6], tag: u32, seq: u32, len:
 /// checking every byte. Frames of other tests or protocols give `None`.
 fn parse(p: &Packet, tag: u32) -> Option<(u32, usize)> {
     let f = p.to_vec();
-    if f.len() < HEADER + META || f[12..14] != ETHERTYPE.to_be_bytes() || f[14..18] != tag.to_be_bytes() {
-        return None;
-    }
-    let seq = u32::from_be_bytes(f[18..22].try_into().unwrap());
-    let sent = u16::from_be_bytes(f[22..24].try_into().unwrap()) as usize;
+    let (seq, sent) = match frame_meta(&f)? {
+        (t, seq, sent) if t == tag => (seq, sent),
+        _ => return None,
+    };
     assert_eq!(f.len(), sent.max(MIN_FRAME), "frame {seq}: length");
     for (i, &b) in f.iter().enumerate().skip(HEADER + META) {
         let want = if i < sent { payload_byte(tag, seq, i) } else { 0 };

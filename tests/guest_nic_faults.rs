@@ -20,12 +20,12 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{frame_bytes, frame_meta, HEADER, META};
 use fastlane::framework::Vfio;
 use fastlane::nic::{alloc_packet, Nic, NicConfig, Packet, PacketPool, Stats};
 
-const ETHERTYPE: u16 = 0x88b5;
-const HEADER: usize = 14;
-const META: usize = 10;
 const BROADCAST: [u8; 6] = [0xff; 6];
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -44,16 +44,7 @@ fn payload_byte(tag: u32, seq: u32, i: usize) -> u8 {
 /// A test frame; lengths below 60 are not used (no padding questions).
 fn frame(pool: &PacketPool, src: [u8; 6], tag: u32, seq: u32, len: usize) -> Packet {
     assert!((60..=1514).contains(&len));
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&BROADCAST);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-    f[14..18].copy_from_slice(&tag.to_be_bytes());
-    f[18..22].copy_from_slice(&seq.to_be_bytes());
-    f[22..24].copy_from_slice(&(len as u16).to_be_bytes());
-    for (i, b) in f.iter_mut().enumerate().skip(HEADER + META) {
-        *b = payload_byte(tag, seq, i);
-    }
+    let f = frame_bytes(BROADCAST, src, tag, seq, len, |i| payload_byte(tag, seq, i));
     let mut p = alloc_packet(pool.pool(), 0).unwrap();
     p.write(&f).unwrap();
     p
@@ -68,12 +59,7 @@ fn len_of(tag: u32, seq: u32) -> usize {
 /// checked. `None` for frames that are not ours (other EtherType).
 fn parse(p: &Packet) -> Option<(u32, u32, usize)> {
     let f = p.to_vec();
-    if f.len() < HEADER + META || f[12..14] != ETHERTYPE.to_be_bytes() {
-        return None;
-    }
-    let tag = u32::from_be_bytes(f[14..18].try_into().unwrap());
-    let seq = u32::from_be_bytes(f[18..22].try_into().unwrap());
-    let sent = u16::from_be_bytes(f[22..24].try_into().unwrap()) as usize;
+    let (tag, seq, sent) = frame_meta(&f)?;
     assert_eq!(f.len(), sent, "frame {seq} of tag {tag:#x}: length");
     for (i, &b) in f.iter().enumerate().skip(HEADER + META) {
         assert_eq!(b, payload_byte(tag, seq, i), "frame {seq} of tag {tag:#x}, {sent} bytes: byte {i} corrupted");

@@ -16,15 +16,14 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{frame_meta, ETHERTYPE, HEADER, META};
 use fastlane::framework::Vfio;
 use fastlane::nic::igb::Igb;
 use fastlane::nic::virtio::{spec, VirtioNet, RX_HEADROOM};
 use fastlane::nic::{alloc_packet, Nic, NicConfig, NicError, Packet, PacketPool, Stats, MAX_FRAME, MIN_FRAME};
 
-const ETHERTYPE: u16 = 0x88b5;
-const HEADER: usize = 14;
-/// Tag, sequence number and sent length after the Ethernet header.
-const META: usize = 10;
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Frames in flight at once between the ports (kernel socket buffers and
 /// QEMU's queues stay small).
@@ -40,17 +39,7 @@ fn payload_byte(tag: u32, seq: u32, i: usize) -> u8 {
 
 /// Test frame `seq` of `tag`, `len` bytes (at least HEADER + META).
 fn frame_bytes(dst: [u8; 6], src: [u8; 6], tag: u32, seq: u32, len: usize) -> Vec<u8> {
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&dst);
-    f[6..12].copy_from_slice(&src);
-    f[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-    f[14..18].copy_from_slice(&tag.to_be_bytes());
-    f[18..22].copy_from_slice(&seq.to_be_bytes());
-    f[22..24].copy_from_slice(&(len as u16).to_be_bytes());
-    for (i, b) in f.iter_mut().enumerate().skip(HEADER + META) {
-        *b = payload_byte(tag, seq, i);
-    }
-    f
+    common::frame_bytes(dst, src, tag, seq, len, |i| payload_byte(tag, seq, i))
 }
 
 fn packet(pool: &PacketPool, bytes: &[u8]) -> Packet {
@@ -65,11 +54,10 @@ fn packet(pool: &PacketPool, bytes: &[u8]) -> Packet {
 /// else may also arrive as sent (QEMU's igb model does not pad what it
 /// sends). Frames of other tests or protocols give `None`.
 fn parse(f: &[u8], tag: u32, padded: bool) -> Option<(u32, usize)> {
-    if f.len() < HEADER + META || f[12..14] != ETHERTYPE.to_be_bytes() || f[14..18] != tag.to_be_bytes() {
-        return None;
-    }
-    let seq = u32::from_be_bytes(f[18..22].try_into().unwrap());
-    let sent = u16::from_be_bytes(f[22..24].try_into().unwrap()) as usize;
+    let (seq, sent) = match frame_meta(f)? {
+        (t, seq, sent) if t == tag => (seq, sent),
+        _ => return None,
+    };
     assert!(
         f.len() == sent.max(MIN_FRAME) || (!padded && f.len() == sent),
         "frame {seq} of tag {tag:#x}: {} bytes, sent {sent}",
