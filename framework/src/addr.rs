@@ -47,3 +47,22 @@ impl DmaDomain {
     /// Memory no IOMMU maps (in-process device models): IOVA == VA.
     pub const UNMAPPED: DmaDomain = DmaDomain(0);
 }
+
+/// A caller's promise, made in `unsafe` code, that device addresses it
+/// wrote by hand (a raw NVMe admin command's pointers, say) point only at
+/// memory the device may read or write for that command, and that this
+/// memory stays untouched until the command completes. Driver APIs that
+/// pass such addresses through unchecked take one, so safe code cannot.
+#[derive(Debug)]
+pub struct UncheckedDma(());
+
+impl UncheckedDma {
+    /// Makes the promise.
+    ///
+    /// # Safety
+    /// Every device address the caller passes along with this token must
+    /// meet the promise above; the framework cannot check it.
+    pub unsafe fn promise() -> UncheckedDma {
+        UncheckedDma(())
+    }
+}

@@ -31,7 +31,7 @@ pub enum Error {
     GroupNotViable { addr: PciAddress, group: u32 },
     #[error("permission denied on {path}: run as root, or see README \"Running as an ordinary user\"")]
     PermissionDenied { path: PathBuf },
-    #[error("PCI device {0} is busy: another process holds its VFIO group")]
+    #[error("PCI device {0} is busy: it is open already (a handle in this process, or another process holding its VFIO group)")]
     Busy(PciAddress),
     #[error("mapping {len:#x} bytes at IOVA {iova:#x} failed: locked-memory limit too small ({limit}); raise it with `ulimit -l unlimited` or /etc/security/limits.conf")]
     MemlockLimit { iova: u64, len: usize, limit: String },

@@ -1,7 +1,11 @@
 //! The fastlane framework: what every polling-mode driver stands on.
 //!
 //! - [`DmaRegion`]: hugepage memory mapped through the IOMMU once, with a
-//!   constant IOVA offset (zero when identity mapping fits the aperture).
+//!   constant IOVA offset (zero when identity mapping fits the aperture),
+//!   for as long as the region lives, whatever devices come and go.
+//! - [`DmaArray`]: typed, bounds-checked volatile arrays carved out of a
+//!   region (rings, descriptors, PRP lists); the only way drivers touch
+//!   memory a device shares, so drivers need no `unsafe`.
 //! - [`BufferPool`] / [`DmaBuf`]: fixed-size DMA buffers that carry their IOVA.
 //! - [`Vfio`] / [`PciDevice`] / [`Mmio`]: devices through VFIO, config space,
 //!   bus mastering, BARs as volatile register blocks.
@@ -28,6 +32,7 @@
 //! ```
 
 pub mod addr;
+pub mod dma;
 pub mod error;
 pub mod hugepage;
 pub mod iova;
@@ -35,9 +40,12 @@ pub mod mmio;
 pub mod pci;
 pub mod pool;
 pub mod region;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod vfio;
 
-pub use addr::{DmaDomain, Iova};
+pub use addr::{DmaDomain, Iova, UncheckedDma};
+pub use dma::{Claim, DmaArray};
 pub use error::{Error, Result};
 pub use hugepage::PageSize;
 pub use mmio::Mmio;

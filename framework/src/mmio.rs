@@ -63,8 +63,9 @@ impl Mmio {
         // Offsets come from the driver's register constants (and doorbell
         // strides it validated against the BAR size), so a bad one is a
         // driver bug, which must not turn into a stray access.
+        let size = std::mem::size_of::<T>();
         assert!(
-            off.is_multiple_of(std::mem::size_of::<T>()) && off + std::mem::size_of::<T>() <= self.len,
+            off.is_multiple_of(size) && off.checked_add(size).is_some_and(|end| end <= self.len),
             "register offset {off:#x} outside a {:#x}-byte block",
             self.len
         );
@@ -150,5 +151,34 @@ mod tests {
     #[should_panic(expected = "outside")]
     fn out_of_bounds_is_caught() {
         Mmio::simulated(16).read32(16);
+    }
+
+    /// `off + 8` wraps for this offset: the check must not (it once read
+    /// the allocator's header in release builds).
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn offsets_that_wrap_are_caught_on_read() {
+        Mmio::simulated(16).read64(usize::MAX - 7);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn offsets_that_wrap_are_caught_on_write() {
+        Mmio::simulated(16).write64(usize::MAX - 7, 0);
+    }
+
+    #[test]
+    fn every_wrapping_offset_of_every_width_panics() {
+        for off in [usize::MAX, usize::MAX - 1, usize::MAX - 3, usize::MAX - 7, usize::MAX - 15] {
+            let m = std::panic::AssertUnwindSafe(Mmio::simulated(16));
+            for r in [
+                std::panic::catch_unwind(|| m.read8(off) as u64),
+                std::panic::catch_unwind(|| m.read16(off & !1) as u64),
+                std::panic::catch_unwind(|| m.read32(off & !3) as u64),
+                std::panic::catch_unwind(|| m.read64(off & !7)),
+            ] {
+                assert!(r.is_err(), "offset {off:#x} accepted");
+            }
+        }
     }
 }

@@ -129,10 +129,10 @@ struct DeviceInner {
     addr: PciAddress,
     group: u32,
     config_offset: u64,
-    dev: VfioDevice,
+    dev: Arc<VfioDevice>,
     /// Keeps the container (and with it the mappings) alive while the device
-    /// can still DMA; dropped after `dev`.
-    _vfio: Vfio,
+    /// can still DMA, and frees the address for a later open.
+    vfio: Vfio,
 }
 
 impl PciDevice {
@@ -154,23 +154,22 @@ impl PciDevice {
         let group: u32 = link_name(&sysfs.join("iommu_group"))
             .and_then(|g| g.parse().ok())
             .ok_or(Error::NoIommu(addr))?;
-        let dev = VfioDevice::new(&sysfs, vfio.shared.container.clone(), false).map_err(|e| {
-            match e {
-                VfioError::OpenGroup(io, _) => match io.raw_os_error() {
-                    Some(libc::EBUSY) => Error::Busy(addr),
-                    Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied {
-                        path: PathBuf::from(format!("/dev/vfio/{group}")),
-                    },
-                    Some(libc::ENOENT) => Error::NoVfio(io),
-                    _ => Error::io(format!("open /dev/vfio/{group}"), io),
-                },
-                VfioError::GroupViable => Error::GroupNotViable { addr, group },
-                VfioError::GroupGetDeviceFD(ref sys) if sys.errno() == libc::EBUSY => {
-                    Error::Busy(addr)
-                }
-                source => Error::Vfio { addr, source },
+        let mut st = vfio.shared.lock();
+        if st.open.contains(&addr) {
+            return Err(Error::Busy(addr));
+        }
+        let dev = match st.devices.get(&addr) {
+            Some(dev) => dev.clone(),
+            None => {
+                let dev = VfioDevice::new(&sysfs, vfio.shared.container.clone(), false)
+                    .map_err(|e| open_error(addr, group, e))?;
+                let dev = Arc::new(dev);
+                st.devices.insert(addr, dev.clone());
+                dev
             }
-        })?;
+        };
+        st.open.insert(addr);
+        drop(st);
         let config_offset = dev.get_region_offset(CONFIG_REGION);
         let device = PciDevice {
             inner: Arc::new(DeviceInner {
@@ -178,7 +177,7 @@ impl PciDevice {
                 group,
                 config_offset,
                 dev,
-                _vfio: vfio.clone(),
+                vfio: vfio.clone(),
             }),
         };
         vfio.shared.group_attached()?;
@@ -415,6 +414,23 @@ impl Drop for DeviceInner {
         if let Err(e) = self.disable_dma() {
             log::error!("{}: turning bus mastering off: {e}", self.addr);
         }
+        self.vfio.shared.lock().open.remove(&self.addr);
+    }
+}
+
+fn open_error(addr: PciAddress, group: u32, e: VfioError) -> Error {
+    match e {
+        VfioError::OpenGroup(io, _) => match io.raw_os_error() {
+            Some(libc::EBUSY) => Error::Busy(addr),
+            Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied {
+                path: PathBuf::from(format!("/dev/vfio/{group}")),
+            },
+            Some(libc::ENOENT) => Error::NoVfio(io),
+            _ => Error::io(format!("open /dev/vfio/{group}"), io),
+        },
+        VfioError::GroupViable => Error::GroupNotViable { addr, group },
+        VfioError::GroupGetDeviceFD(ref sys) if sys.errno() == libc::EBUSY => Error::Busy(addr),
+        source => Error::Vfio { addr, source },
     }
 }
 

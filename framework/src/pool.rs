@@ -9,18 +9,23 @@
 
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+#[cfg(loom)]
+use loom::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+#[cfg(not(loom))]
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
 
 use crate::addr::{DmaDomain, Iova};
+use crate::dma::Claim;
 use crate::error::{Error, Result};
 use crate::hugepage::PageSize;
 use crate::region::DmaRegion;
 use crate::vfio::Vfio;
 
-static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_POOL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Errors of pool operations.
 #[derive(Debug, thiserror::Error)]
@@ -57,20 +62,21 @@ unsafe impl Sync for PoolHandle {}
 
 impl Drop for PoolHandle {
     fn drop(&mut self) {
-        // SAFETY: the pool is alive: it is freed only once `orphaned` is set,
-        // which happens here.
-        let inner = unsafe { self.inner.as_ref() };
-        inner.orphaned.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let home = inner.free.len();
-        if home != inner.count as usize {
-            log::warn!(
-                "buffer pool {} dropped with {} buffers out; freed when they return",
-                inner.id,
-                inner.count as usize - home
-            );
+        let (id, count, home) = {
+            // SAFETY: the pool is alive: this handle counts as its owner
+            // until `orphan` below.
+            let inner = unsafe { self.inner.as_ref() };
+            (inner.id, inner.count as usize, inner.free.len())
+        };
+        if home != count {
+            log::warn!("buffer pool {id} dropped with some of {count} buffers out; freed when they return");
         }
-        PoolInner::try_release(self.inner);
+        // SAFETY: as above; after `orphan` the pool is not touched unless
+        // this handle was told to free it.
+        if unsafe { self.inner.as_ref() }.life.orphan() {
+            // SAFETY: nothing is out and no handle is left (Lifetime).
+            unsafe { PoolInner::release(self.inner) };
+        }
     }
 }
 
@@ -82,10 +88,10 @@ struct PoolInner {
     buf_size: usize,
     count: u32,
     free: ArrayQueue<u32>,
-    /// No handle is left; the last buffer home frees the pool.
-    orphaned: AtomicBool,
-    /// The pool was released (guards against two releasers).
-    released: AtomicBool,
+    /// Who frees the pool: the last handle, or the last buffer home.
+    life: Lifetime,
+    /// The whole region belongs to the pool's buffers: nobody carves it.
+    _claim: Claim,
 }
 
 // SAFETY: base points into `region`, which the pool owns; buffers are handed
@@ -95,18 +101,58 @@ unsafe impl Send for PoolInner {}
 unsafe impl Sync for PoolInner {}
 
 impl PoolInner {
-    /// Frees the pool if no handle is left and every buffer is home.
-    fn try_release(ptr: NonNull<PoolInner>) {
-        // SAFETY: called by a handle or buffer that still refers to a live pool.
-        let inner = unsafe { ptr.as_ref() };
-        if inner.orphaned.load(Ordering::SeqCst)
-            && inner.free.len() == inner.count as usize
-            && !inner.released.swap(true, Ordering::SeqCst)
-        {
-            // SAFETY: allocated by Box::new in BufferPool::build; no handle
-            // and no buffer is left, and `released` makes this the only free.
-            drop(unsafe { Box::from_raw(ptr.as_ptr()) });
-        }
+    /// Frees the pool.
+    ///
+    /// # Safety
+    /// `ptr` came from `Box::leak` in [`BufferPool::build`], and
+    /// [`Lifetime`] picked the caller as the one to free it.
+    unsafe fn release(ptr: NonNull<PoolInner>) {
+        // SAFETY: per the contract, nothing else refers to the pool.
+        drop(unsafe { Box::from_raw(ptr.as_ptr()) });
+    }
+
+    /// Takes one index from the shared queue.
+    #[inline]
+    fn pop(&self) -> Option<u32> {
+        let i = self.free.pop()?;
+        self.life.taken(1);
+        Some(i)
+    }
+}
+
+/// The pool's lifetime protocol, without a reference count per buffer: one
+/// word holds the number of indices outside the shared queue (in buffers or
+/// thread caches) and an "orphaned" bit set by the last handle. Exactly one
+/// party sees the word reach "orphaned, nothing out" and frees the pool; no
+/// party touches the pool after its own update unless it is that one.
+/// `lifetime_model` (loom) checks every interleaving.
+pub(crate) struct Lifetime(AtomicU64);
+
+impl Lifetime {
+    const ORPHANED: u64 = 1;
+    const ONE: u64 = 2;
+
+    pub(crate) fn new() -> Lifetime {
+        Lifetime(AtomicU64::new(0))
+    }
+
+    /// `n` indices left the queue. Callers hold a handle, so the pool lives.
+    #[inline]
+    pub(crate) fn taken(&self, n: u64) {
+        self.0.fetch_add(n * Self::ONE, Ordering::Relaxed);
+    }
+
+    /// `n` indices are back in the queue; true: the caller frees the pool.
+    #[inline]
+    #[must_use]
+    pub(crate) fn returned(&self, n: u64) -> bool {
+        self.0.fetch_sub(n * Self::ONE, Ordering::AcqRel) == n * Self::ONE | Self::ORPHANED
+    }
+
+    /// The last handle is gone; true: nothing is out, the caller frees.
+    #[must_use]
+    pub(crate) fn orphan(&self) -> bool {
+        self.0.fetch_or(Self::ORPHANED, Ordering::AcqRel) == 0
     }
 }
 
@@ -140,6 +186,7 @@ impl BufferPool {
         }
         let base = NonNull::new(region.as_ptr())
             .ok_or_else(|| Error::InvalidArgument("null region".into()))?;
+        let claim = Claim::new(&region, 0, region.len())?;
         let inner = Box::new(PoolInner {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             region,
@@ -148,8 +195,8 @@ impl BufferPool {
             buf_size,
             count,
             free,
-            orphaned: AtomicBool::new(false),
-            released: AtomicBool::new(false),
+            life: Lifetime::new(),
+            _claim: claim,
         });
         Ok(BufferPool {
             handle: Arc::new(PoolHandle {
@@ -185,7 +232,7 @@ impl BufferPool {
 
     /// One buffer from the shared free list.
     pub fn alloc(&self) -> Result<DmaBuf, PoolError> {
-        self.inner().free.pop().map(|i| self.make(i)).ok_or(PoolError::Empty)
+        self.inner().pop().map(|i| self.make(i)).ok_or(PoolError::Empty)
     }
 
     /// Returns a buffer; a buffer of another pool comes back in the error.
@@ -340,8 +387,10 @@ impl Drop for DmaBuf {
         let inner = self.inner();
         // Cannot fail: the queue holds every index and each is out once.
         let _ = inner.free.push(self.index);
-        if inner.orphaned.load(Ordering::SeqCst) {
-            PoolInner::try_release(self.pool);
+        // After `returned` the pool may be gone, unless this buffer frees it.
+        if inner.life.returned(1) {
+            // SAFETY: chosen by the lifetime protocol; nothing else is left.
+            unsafe { PoolInner::release(self.pool) };
         }
     }
 }
@@ -417,20 +466,30 @@ impl PoolCache {
     }
 
     fn refill(&mut self, n: usize) {
-        for _ in 0..n {
-            match self.pool.inner().free.pop() {
+        let inner = self.pool.inner();
+        let mut got = 0;
+        while got < n {
+            match inner.free.pop() {
                 Some(i) => self.local.push(i),
                 None => break,
             }
+            got += 1;
         }
+        inner.life.taken(got as u64);
     }
 
     fn spill(&mut self, n: usize) {
+        let inner = self.pool.inner();
+        let mut put = 0;
         for _ in 0..n.min(self.local.len()) {
             if let Some(i) = self.local.pop() {
-                let _ = self.pool.inner().free.push(i);
+                let _ = inner.free.push(i);
+                put += 1;
             }
         }
+        // The cache holds a handle, so this is never the last owner.
+        let last = inner.life.returned(put);
+        debug_assert!(!last, "a cache outlived every handle of its pool");
     }
 }
 

@@ -7,18 +7,25 @@
 //!
 //! The memory is shared with devices, so it is only touched through raw
 //! pointers (volatile or `copy_nonoverlapping`), never through Rust
-//! references: a device may write it at any time.
+//! references: a device may write it at any time. A region offers no byte
+//! access of its own: bytes are reached through their owner, a
+//! [`crate::DmaArray`] carved from the region or a [`crate::DmaBuf`] of a
+//! pool built on it, and two owners never share a byte.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use memmap2::MmapMut;
 
 use crate::addr::{DmaDomain, Iova};
+use crate::dma::Claims;
 use crate::error::{Error, Result};
 use crate::hugepage::{self, PageSize};
 use crate::vfio::Shared;
+
+/// Live unmapped regions, for the simulated devices' address checks.
+pub(crate) static UNMAPPED: Mutex<Vec<Weak<RegionInner>>> = Mutex::new(Vec::new());
 
 /// A contiguous range of DMA-able memory. Cloning shares the same memory.
 #[derive(Clone)]
@@ -38,6 +45,8 @@ pub(crate) struct RegionInner {
     domain: AtomicUsize,
     /// The container it is (or will be) mapped into.
     vfio: Option<Arc<Shared>>,
+    /// Byte ranges owned by arrays and pools carved from the region.
+    pub(crate) claims: Claims,
     /// Owns the mapping; never dereferenced (see the module doc).
     _map: MmapMut,
 }
@@ -62,6 +71,7 @@ impl DmaRegion {
         page_size: PageSize,
         vfio: Option<Arc<Shared>>,
     ) -> Result<DmaRegion> {
+        let unmapped = vfio.is_none();
         let len = page_size
             .round_up(len)
             .ok_or_else(|| Error::InvalidArgument(format!("region of {len} bytes")))?;
@@ -84,9 +94,22 @@ impl DmaRegion {
                 iova: OnceLock::new(),
                 domain: AtomicUsize::new(0),
                 vfio,
+                claims: Claims::default(),
                 _map: map,
             }),
-        })
+        }
+        .registered(unmapped))
+    }
+
+    /// Unmapped regions are what in-process device models reach by address
+    /// (IOVA == VA); the registry lets them check an address first.
+    fn registered(self, unmapped: bool) -> DmaRegion {
+        if unmapped {
+            let mut list = UNMAPPED.lock().unwrap_or_else(|p| p.into_inner());
+            list.retain(|w| w.strong_count() > 0);
+            list.push(Arc::downgrade(&self.inner));
+        }
+        self
     }
 
     /// First byte of the region.
@@ -145,42 +168,6 @@ impl DmaRegion {
     pub fn iova_of(&self, ptr: *const u8) -> Option<Iova> {
         let off = (ptr as usize).checked_sub(self.as_ptr() as usize)?;
         (off < self.inner.len).then(|| self.iova_at(off))
-    }
-
-    /// Copies `data` into the region at `offset`.
-    pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.check(offset, data.len())?;
-        // SAFETY: bounds checked above; raw copy, no reference to DMA memory.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(offset), data.len())
-        };
-        Ok(())
-    }
-
-    /// Copies bytes at `offset` out of the region into `out`.
-    pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
-        self.check(offset, out.len())?;
-        // SAFETY: bounds checked above; raw copy, no reference to DMA memory.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), out.as_mut_ptr(), out.len()) };
-        Ok(())
-    }
-
-    /// Sets `len` bytes at `offset` to `byte`.
-    pub fn fill(&self, offset: usize, len: usize, byte: u8) -> Result<()> {
-        self.check(offset, len)?;
-        // SAFETY: bounds checked above.
-        unsafe { std::ptr::write_bytes(self.as_ptr().add(offset), byte, len) };
-        Ok(())
-    }
-
-    fn check(&self, offset: usize, len: usize) -> Result<()> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.inner.len => Ok(()),
-            _ => Err(Error::InvalidArgument(format!(
-                "{len} bytes at offset {offset} outside a region of {} bytes",
-                self.inner.len
-            ))),
-        }
     }
 }
 

@@ -9,9 +9,10 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use vfio_ioctls::{VfioContainer, VfioError};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioError};
 
 use crate::addr::{DmaDomain, Iova};
 use crate::error::{Error, Result};
@@ -46,7 +47,7 @@ pub(crate) struct Shared {
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     /// A group is attached and the IOMMU type set.
     ready: bool,
     space: IovaSpace,
@@ -54,6 +55,15 @@ struct State {
     pending: Vec<Weak<RegionInner>>,
     /// Mapped regions sorted by VA: (va, len, iova), for foreign pointers.
     mapped: Vec<(u64, u64, u64)>,
+    /// Devices with a live handle: a second open is refused (`Busy`), so no
+    /// driver resets a device under another.
+    pub(crate) open: HashSet<PciAddress>,
+    /// Every device opened so far, kept until the container goes. A group
+    /// leaves the container when its last device closes, and the type1
+    /// IOMMU then drops every mapping; keeping the devices keeps the groups
+    /// in, so mappings live exactly as long as their regions. A later open
+    /// of the same device reuses its entry.
+    pub(crate) devices: HashMap<PciAddress, Arc<VfioDevice>>,
 }
 
 impl Vfio {
@@ -118,7 +128,7 @@ impl Vfio {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves consistent data behind.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
