@@ -17,6 +17,7 @@ if [ "$mode" != --guest ]; then
     echo "=== host tests"
     cargo test --workspace --all-targets
     cargo test --workspace --doc
+    "$here/host-checks.sh"
 fi
 [ "$mode" = --host ] && exit 0
 

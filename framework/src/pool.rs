@@ -146,7 +146,7 @@ impl Lifetime {
     #[inline]
     #[must_use]
     pub(crate) fn returned(&self, n: u64) -> bool {
-        self.0.fetch_sub(n * Self::ONE, Ordering::AcqRel) == n * Self::ONE | Self::ORPHANED
+        self.0.fetch_sub(n * Self::ONE, Ordering::AcqRel) == (n * Self::ONE) | Self::ORPHANED
     }
 
     /// The last handle is gone; true: nothing is out, the caller frees.
@@ -614,10 +614,112 @@ mod tests {
         assert_eq!(std::sync::Arc::strong_count(&region.inner), 1);
     }
 
+    /// The last handle and the last buffer dropping on two threads at once:
+    /// AddressSanitizer found the old protocol reading a freed pool here.
+    #[test]
+    fn last_handle_and_last_buffer_drop_concurrently() {
+        for _ in 0..2000 {
+            let p = pool(2);
+            let (a, b) = (p.alloc().unwrap(), p.cache(2).alloc().unwrap());
+            let go = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let g = go.clone();
+            let t = std::thread::spawn(move || {
+                g.wait();
+                drop(a);
+            });
+            go.wait();
+            drop(p);
+            drop(b);
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_pools_region_cannot_be_carved() {
+        let p = pool(4);
+        assert!(p.region().carve::<u8>(0, 1).is_err());
+        assert!(p.region().carve::<u64>(p.region().len() - 8, 1).is_err());
+    }
+
     #[test]
     fn zero_sizes_are_rejected() {
         assert!(BufferPool::new_unmapped(0, 4, PageSize::Small).is_err());
         assert!(BufferPool::new_unmapped(64, 0, PageSize::Small).is_err());
         assert!(BufferPool::new_unmapped(usize::MAX / 2, 4, PageSize::Small).is_err());
+    }
+}
+
+/// Every interleaving of the lifetime protocol (loom): the last handle and
+/// the last buffers dropping on different threads free the pool exactly
+/// once, and nobody touches it afterwards. Run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p fastlane-framework --release --lib lifetime_model`.
+#[cfg(all(test, loom))]
+mod lifetime_model {
+    use super::Lifetime;
+    use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use loom::sync::Arc;
+
+    /// The pool's memory: accesses after the free are what ASan once caught.
+    struct Pool {
+        life: Lifetime,
+        freed: AtomicUsize,
+    }
+
+    impl Pool {
+        fn touch(&self) {
+            assert_eq!(self.freed.load(SeqCst), 0, "pool used after it was freed");
+        }
+        fn free(&self) {
+            assert_eq!(self.freed.fetch_add(1, SeqCst), 0, "pool freed twice");
+        }
+    }
+
+    fn buffer_drop(p: &Pool) {
+        p.touch(); // the push of the index back into the queue
+        if p.life.returned(1) {
+            p.free();
+        }
+    }
+
+    fn handle_drop(p: &Pool) {
+        p.touch(); // the handle's look at the queue length
+        if p.life.orphan() {
+            p.free();
+        }
+    }
+
+    #[test]
+    fn last_handle_and_two_buffers_on_three_threads() {
+        loom::model(|| {
+            let p = Arc::new(Pool { life: Lifetime::new(), freed: AtomicUsize::new(0) });
+            p.life.taken(2);
+            let ts: Vec<_> = (0..2)
+                .map(|_| {
+                    let p = p.clone();
+                    loom::thread::spawn(move || buffer_drop(&p))
+                })
+                .collect();
+            handle_drop(&p);
+            for t in ts {
+                t.join().unwrap();
+            }
+            assert_eq!(p.freed.load(SeqCst), 1, "pool leaked");
+        });
+    }
+
+    #[test]
+    fn cache_spill_while_a_buffer_drops_elsewhere() {
+        loom::model(|| {
+            let p = Arc::new(Pool { life: Lifetime::new(), freed: AtomicUsize::new(0) });
+            p.life.taken(3); // two in a cache, one in a buffer
+            let q = p.clone();
+            let b = loom::thread::spawn(move || buffer_drop(&q));
+            // The cache (holding a handle) spills, then the handle drops.
+            p.touch();
+            assert!(!p.life.returned(2), "a cache's spill freed the pool");
+            handle_drop(&p);
+            b.join().unwrap();
+            assert_eq!(p.freed.load(SeqCst), 1, "pool leaked");
+        });
     }
 }

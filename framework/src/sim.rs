@@ -119,7 +119,7 @@ impl SimDma {
     }
 
     fn aligned16(&mut self, addr: u64) -> Result<(Arc<RegionInner>, usize), SimFault> {
-        if addr % 2 != 0 {
+        if !addr.is_multiple_of(2) {
             return Err(SimFault { addr, len: 2 });
         }
         self.region(addr, 2)
