@@ -30,6 +30,26 @@
 //! pool.free(buf).unwrap();
 //! pool.free(buf).unwrap();
 //! ```
+//!
+//! A region has no byte access: bytes belong to an array or a buffer.
+//! ```compile_fail
+//! # use fastlane_framework::{DmaRegion, PageSize};
+//! let r = DmaRegion::new_unmapped(4096, PageSize::Small).unwrap();
+//! r.write(0, b"not mine").unwrap();
+//! ```
+//!
+//! An array is written by one thread at a time: it cannot be shared.
+//! ```compile_fail
+//! # use fastlane_framework::{DmaRegion, PageSize};
+//! let r = DmaRegion::new_unmapped(4096, PageSize::Small).unwrap();
+//! let a = r.carve::<u64>(0, 8).unwrap();
+//! std::thread::scope(|s| { s.spawn(|| a.write(0, 1)); a.write(0, 2); });
+//! ```
+//!
+//! Raw device addresses need a promise made in `unsafe` code.
+//! ```compile_fail
+//! let token = fastlane_framework::UncheckedDma::promise();
+//! ```
 
 pub mod addr;
 pub mod dma;

@@ -17,17 +17,21 @@ hugepages.sh setup 192 || exit 1
 hugepages.sh bind "$FASTLANE_NVME" "$FASTLANE_IGB0" || exit 1
 
 if [ "${FASTLANE_AW_BITS:-39}" = 39 ]; then
-    for t in guest_framework guest_nvme guest_reliability; do
+    for t in guest_framework guest_nvme guest_reliability guest_hostile guest_hostile_nvme; do
         have "$t" && run "/bin/$t" --test-threads=1
     done
     run sh /opt/reliability.sh --shell-only
 else
     run /bin/guest_framework --test-threads=1 regions_are
     run /bin/guest_nvme --test-threads=1 identify
+    # The hostile-use suites run under both apertures (issue 8).
+    for t in guest_hostile guest_hostile_nvme; do
+        have "$t" && run "/bin/$t" --test-threads=1
+    done
 fi
 
 hugepages.sh bind "$FASTLANE_IGB1" "$FASTLANE_VIRTIO" || exit 1
-for t in guest_igb guest_virtio; do
+for t in guest_igb guest_virtio guest_hostile_nic; do
     have "$t" && run "/bin/$t" --test-threads=1
 done
 # Quiet rings, a link down/up of IGB0 driven from the host (vm/test.sh), and
