@@ -21,7 +21,8 @@
 //!   TDH moved).
 //! - `floor`: what any driver must do per packet at the least: the volatile
 //!   read of one 8-byte status word and the volatile write of one 16-byte
-//!   descriptor, in a warm ring of 512 slots.
+//!   descriptor, in a warm ring of 512 slots, through a framework
+//!   `DmaArray` (bounds-checked, as the driver's rings are).
 //!
 //! The model runs on the same core just before the driver, so descriptors
 //! are in L1: a real NIC's DMA writes cost the driver cache misses this
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use common::{benchmarking, median5, tick_calibration, ticks, ticks_to_ns};
 use criterion::{Criterion, Throughput};
+use fastlane::framework::{DmaArray, DmaRegion, PageSize};
 use fastlane::nic::igb::sim::SimIgb;
 use fastlane::nic::igb::Igb;
 use fastlane::nic::{Nic, NicConfig, Packet, PacketPool};
@@ -80,10 +82,9 @@ struct Rig {
 impl Rig {
     fn new() -> Rig {
         let pool = PacketPool::new_unmapped(POOL).expect("packet pool");
-        // SAFETY: the register block goes only to `Igb::with_registers`
-        // (unmapped memory, IOVA == VA, queues disabled on drop); the model
-        // is called from this thread, between driver calls.
-        let (sim, regs) = unsafe { SimIgb::new() };
+        // The model reaches the rings through SimDma (unmapped memory,
+        // IOVA == VA) and is called from this thread, between driver calls.
+        let (sim, regs) = SimIgb::new();
         let cfg = NicConfig {
             rx_ring: RING,
             tx_ring: RING,
@@ -142,25 +143,19 @@ fn cg_tx(port: &mut Igb, pkts: &mut Vec<Packet>) -> usize {
 // ---------------------------------------------------------------------------
 // The floor: a status word read, a 16-byte descriptor written, per packet.
 
-#[repr(C, align(16))]
-#[derive(Clone, Copy, Default)]
-struct Desc {
-    addr: u64,
-    status: u64,
-}
-
-#[repr(C, align(128))]
+/// A ring of 16-byte descriptors (address, status quadword) in DMA memory,
+/// reached the way the driver reaches its rings: a framework `DmaArray`.
 struct Floor {
-    ring: [Desc; FLOOR_SLOTS],
+    ring: DmaArray<[u64; 2]>,
     next: usize,
 }
 
 impl Floor {
-    fn new() -> Box<Floor> {
-        Box::new(Floor {
-            ring: [Desc::default(); FLOOR_SLOTS],
-            next: 0,
-        })
+    fn new() -> Floor {
+        let region = DmaRegion::new_unmapped(FLOOR_SLOTS * 16, PageSize::Small).expect("floor region");
+        let ring = region.carve::<[u64; 2]>(0, FLOOR_SLOTS).expect("floor ring");
+        ring.fill([0; 2]);
+        Floor { ring, next: 0 }
     }
 
     /// `n` packets: per packet one status word read, one descriptor written.
@@ -170,16 +165,8 @@ impl Floor {
         for _ in 0..n {
             let slot = self.next;
             self.next = (slot + 1) % FLOOR_SLOTS;
-            let d = Desc {
-                addr: (slot as u64) << 11,
-                status: 0,
-            };
-            // SAFETY: slot < FLOOR_SLOTS, inside the boxed ring; aligned.
-            unsafe {
-                let p = self.ring.as_mut_ptr().add(slot);
-                acc ^= std::ptr::addr_of!((*p).status).read_volatile();
-                p.write_volatile(d);
-            }
+            acc ^= self.ring.read_field::<u64>(slot, 8);
+            self.ring.write(slot, [(slot as u64) << 11, 0]);
         }
         acc
     }

@@ -7,8 +7,17 @@
 //! caller; `tx_burst` takes packets from the front of the caller's vector,
 //! and the driver returns their buffers to the pool once the NIC reports
 //! them sent. Packets it could not queue stay in the caller's vector.
+//!
+//! Safe code cannot make a port hand its device an address outside its own
+//! VFIO container: a pool of another container is refused at open
+//! ([`NicError::ForeignBuffer`]), a packet of another container stops
+//! `tx_burst` and stays with the caller, and receive rings are filled only
+//! from the port's own pool. Nothing here is `unsafe`: descriptor rings
+//! and virtqueues are the framework's [`fastlane_framework::DmaArray`]s.
 
-use fastlane_framework::{BufferPool, DmaBuf, PoolError};
+#![forbid(unsafe_code)]
+
+use fastlane_framework::{BufferPool, DmaBuf, DmaDomain, PciDevice, PoolError, Vfio};
 
 pub mod igb;
 pub mod packet;
@@ -24,8 +33,14 @@ pub const MIN_FRAME: usize = 60;
 /// Errors of the NIC drivers.
 #[derive(Debug, thiserror::Error)]
 pub enum NicError {
+    /// From the framework: VFIO, config space, DMA memory (`Busy` for a
+    /// device open already in this container).
     #[error(transparent)]
     Framework(#[from] fastlane_framework::Error),
+    /// The buffer or pool is not mapped in the port's VFIO container; the
+    /// device could not reach it (or would reach other memory).
+    #[error("the buffer is not mapped in this port's VFIO container (allocate it from a pool of the same Vfio)")]
+    ForeignBuffer,
     #[error("{addr} is not a supported NIC (id {vendor:04x}:{device:04x}, class {class:06x})")]
     Unsupported {
         addr: String,
@@ -95,6 +110,29 @@ pub trait Nic: Send {
     /// Buffers the driver holds for transmitted-but-not-yet-reclaimed packets
     /// (they return to their pool as the NIC reports them done).
     fn tx_in_flight(&self) -> usize;
+    /// Exactly the test `tx_burst` applies to each packet: when it takes
+    /// fewer than offered, this on the first one left tells a full ring
+    /// (`Ok`) from a packet it will never take (`ForeignBuffer`,
+    /// `FrameTooShort`, `FrameTooLarge`, ...).
+    fn check_tx(&self, pkt: &Packet) -> Result<()>;
+}
+
+/// Refuses a pool whose memory is not mapped in `domain` (the port's
+/// container, or [`DmaDomain::UNMAPPED`] for an in-process model).
+pub(crate) fn check_pool(pool: &PacketPool, domain: DmaDomain) -> Result<()> {
+    if pool.pool().region().domain() != domain {
+        return Err(NicError::ForeignBuffer);
+    }
+    Ok(())
+}
+
+/// Refuses a packet whose buffer is not mapped in `domain`: one compare.
+#[inline(always)]
+pub(crate) fn check_domain(pkt: &Packet, domain: DmaDomain) -> Result<()> {
+    if pkt.buf().domain() != domain {
+        return Err(NicError::ForeignBuffer);
+    }
+    Ok(())
 }
 
 /// Port configuration.
@@ -123,18 +161,48 @@ impl Default for NicConfig {
     }
 }
 
-/// Opens the NIC at `addr` (bound to vfio-pci) with the driver its PCI id
-/// calls for: Intel igb (82576/i350 family) or virtio-net (modern).
-pub fn open(
-    vfio: &fastlane_framework::Vfio,
-    addr: &str,
-    pool: &PacketPool,
-    cfg: &NicConfig,
-) -> Result<Box<dyn Nic>> {
-    match igb::Igb::open(vfio, addr, pool, cfg) {
-        Ok(nic) => Ok(Box::new(nic)),
-        Err(NicError::Unsupported { .. }) => Ok(Box::new(virtio::VirtioNet::open(vfio, addr, pool, cfg)?)),
-        Err(e) => Err(e),
+/// Which driver a PCI vendor/device id calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// Intel igb (82576/I350 family, QEMU's `igb`).
+    Igb,
+    /// virtio-net, modern (1af4:1041) or transitional (1af4:1000).
+    VirtioNet,
+}
+
+impl Driver {
+    /// The driver for `vendor:device`, if any.
+    pub fn for_id(vendor: u16, device: u16) -> Option<Driver> {
+        use virtio::spec::{VIRTIO_PCI_DEVICE_NET, VIRTIO_PCI_DEVICE_NET_TRANSITIONAL, VIRTIO_PCI_VENDOR};
+        if igb::model(vendor, device).is_some() {
+            Some(Driver::Igb)
+        } else if vendor == VIRTIO_PCI_VENDOR
+            && (device == VIRTIO_PCI_DEVICE_NET || device == VIRTIO_PCI_DEVICE_NET_TRANSITIONAL)
+        {
+            Some(Driver::VirtioNet)
+        } else {
+            None
+        }
+    }
+}
+
+/// Opens the NIC at `addr` (bound to vfio-pci) with the driver its PCI
+/// vendor/device id calls for: Intel igb (82576/i350 family) or virtio-net
+/// (modern). The device is opened once and handed to that driver; a device
+/// open already in `vfio` gives `Busy` without being touched, and one of
+/// another kind gives [`NicError::Unsupported`].
+pub fn open(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Result<Box<dyn Nic>> {
+    let dev: PciDevice = vfio.open(addr)?;
+    let (vendor, device) = dev.id()?;
+    match Driver::for_id(vendor, device) {
+        Some(Driver::Igb) => Ok(Box::new(igb::Igb::open_one(vfio, dev, pool, cfg)?)),
+        Some(Driver::VirtioNet) => Ok(Box::new(virtio::VirtioNet::open_device(vfio, dev, pool, cfg)?)),
+        None => Err(NicError::Unsupported {
+            addr: addr.to_string(),
+            vendor,
+            device,
+            class: dev.class_code()?,
+        }),
     }
 }
 

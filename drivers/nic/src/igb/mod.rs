@@ -35,6 +35,7 @@ pub mod regs;
 pub mod ring;
 pub mod rss;
 mod rx;
+#[cfg(feature = "sim")]
 pub mod sim;
 mod stats;
 mod tx;
@@ -42,7 +43,7 @@ mod tx;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fastlane_framework::{DmaRegion, Mmio, PageSize, PciAddress, PciDevice, PoolCache, Vfio};
+use fastlane_framework::{DmaDomain, DmaRegion, Mmio, PageSize, PciAddress, PciDevice, PoolCache, Vfio};
 
 use crate::packet::PACKET_BUF_SIZE;
 use crate::{LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, MAX_FRAME};
@@ -277,13 +278,24 @@ impl Igb {
     /// without link still opens; see [`Nic::link_status`]). One queue pair:
     /// `cfg.queues` must be 1 (see [`Igb::open_multi`]).
     pub fn open(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Result<Igb> {
+        Self::check_one_queue(cfg)?;
+        Self::open_one(vfio, vfio.open(addr)?, pool, cfg)
+    }
+
+    fn check_one_queue(cfg: &NicConfig) -> Result<()> {
         if cfg.queues != 1 {
             return Err(NicError::InvalidArgument(format!(
                 "{} queues: Igb::open opens one, Igb::open_multi several",
                 cfg.queues
             )));
         }
-        let mut v = Self::open_multi(vfio, addr, pool, cfg)?;
+        Ok(())
+    }
+
+    /// [`Igb::open`] on a device already opened in `vfio`.
+    pub(crate) fn open_one(vfio: &Vfio, dev: PciDevice, pool: &PacketPool, cfg: &NicConfig) -> Result<Igb> {
+        Self::check_one_queue(cfg)?;
+        let mut v = Self::open_device(vfio, dev, pool, cfg)?;
         v.pop().ok_or(NicError::Malformed("no queue opened"))
     }
 
@@ -296,6 +308,17 @@ impl Igb {
     /// own transmit queue. The device stays open until every handle is
     /// dropped.
     pub fn open_multi(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Result<Vec<Igb>> {
+        // A device open in this container already gives `Busy` here, before
+        // anything touches it: the first handle keeps working.
+        let dev = vfio.open(addr)?;
+        Self::open_device(vfio, dev, pool, cfg)
+    }
+
+    /// [`Igb::open_multi`] on a device already opened in `vfio` (what
+    /// [`crate::open`] does after reading its PCI id). Nothing is written to
+    /// the device before every argument was checked: a refused open leaves
+    /// it as it was.
+    pub(crate) fn open_device(vfio: &Vfio, dev: PciDevice, pool: &PacketPool, cfg: &NicConfig) -> Result<Vec<Igb>> {
         let queues = cfg.queues as usize;
         if !(1..=regs::MAX_QUEUES).contains(&queues) {
             return Err(NicError::InvalidArgument(format!(
@@ -303,7 +326,7 @@ impl Igb {
                 regs::MAX_QUEUES
             )));
         }
-        let dev = vfio.open(addr)?;
+        let addr = dev.address();
         let (vendor, device) = dev.id()?;
         let Some(model) = model(vendor, device) else {
             return Err(NicError::Unsupported {
@@ -313,6 +336,9 @@ impl Igb {
                 class: dev.class_code()?,
             });
         };
+        // The pool must be mapped in this container: a buffer of another
+        // container has an IOVA that means other memory here, or none.
+        crate::check_pool(pool, vfio.domain())?;
         let buf_size = pool.pool().buf_size();
         if buf_size < PACKET_BUF_SIZE {
             return Err(NicError::InvalidArgument(format!(
@@ -342,13 +368,14 @@ impl Igb {
         let rx_bytes = (rx_n as usize * 16).next_multiple_of(128);
         let tx_bytes = (tx_n as usize * 16).next_multiple_of(128);
         let region = vfio.alloc_region((rx_bytes + tx_bytes) * queues, PageSize::Huge2M)?;
+        let domain = vfio.domain();
         let mut handles = Vec::with_capacity(queues);
         for n in 0..queues {
             let base = (rx_bytes + tx_bytes) * n;
             let mut cache = pool.cache(CACHE_SIZE);
             let r = port.regs.clone();
-            let rx = RxQueue::new(n, r.clone(), DescRing::new(region.clone(), base, rx_n)?, &mut cache)?;
-            let tx = TxQueue::new(n, r, DescRing::new(region.clone(), base + rx_bytes, tx_n)?)?;
+            let rx = RxQueue::new(n, r.clone(), DescRing::new(&region, base, rx_n)?, &mut cache)?;
+            let tx = TxQueue::new(n, r, DescRing::new(&region, base + rx_bytes, tx_n)?, domain)?;
             handles.push(Igb {
                 rx,
                 tx,
@@ -373,11 +400,9 @@ impl Igb {
         if regs.len() < regs::REGS_LEN {
             return Err(NicError::Malformed("register block smaller than the igb register file"));
         }
-        if !pool.pool().region().is_identity() {
-            return Err(NicError::InvalidArgument(
-                "a simulated port needs a packet pool whose IOVA is its address".into(),
-            ));
-        }
+        // A model reaches memory by address: only unmapped memory (IOVA ==
+        // VA) means the same thing to it as to the driver.
+        crate::check_pool(pool, DmaDomain::UNMAPPED)?;
         let (rx_n, tx_n) = (Ring::new(cfg.rx_ring)?.size(), Ring::new(cfg.tx_ring)?.size());
         mask_interrupts(&regs);
         let mut port = Port {
@@ -394,8 +419,8 @@ impl Igb {
         let region = DmaRegion::new_unmapped(rx_bytes + tx_n as usize * 16, PageSize::Small)?;
         let mut cache = pool.cache(CACHE_SIZE);
         let r = port.regs.clone();
-        let rx = RxQueue::new(0, r.clone(), DescRing::new(region.clone(), 0, rx_n)?, &mut cache)?;
-        let tx = TxQueue::new(0, r, DescRing::new(region, rx_bytes, tx_n)?)?;
+        let rx = RxQueue::new(0, r.clone(), DescRing::new(&region, 0, rx_n)?, &mut cache)?;
+        let tx = TxQueue::new(0, r, DescRing::new(&region, rx_bytes, tx_n)?, DmaDomain::UNMAPPED)?;
         let handles = vec![Igb { rx, tx, cache, queue: 0, port: port.clone() }];
         port.start(0x10c9, cfg, &handles)?;
         Ok(handles.into_iter().next().expect("one queue pair"))
@@ -404,6 +429,12 @@ impl Igb {
     /// Checks that a frame can be sent (see [`check_frame`]).
     pub fn check_frame(pkt: &Packet) -> Result<()> {
         check_frame(pkt)
+    }
+
+    /// The IOMMU domain of the port's container: `tx_burst` takes only
+    /// packets whose buffers are mapped there.
+    pub fn domain(&self) -> DmaDomain {
+        self.tx.domain()
     }
 
     /// A packet of `len` bytes from the port's own buffer cache: for
@@ -415,8 +446,10 @@ impl Igb {
     }
 
     /// Gives the buffers of `pkts` back to the port's cache (buffers of
-    /// other pools go home to theirs); `pkts` is left empty. Cheaper than
-    /// dropping them when the next `rx_burst` needs buffers again.
+    /// other pools, foreign ones included, go home to theirs and never onto
+    /// a ring: the cache takes only its own pool's); `pkts` is left empty.
+    /// Cheaper than dropping them when the next `rx_burst` needs buffers
+    /// again.
     #[inline]
     pub fn recycle(&mut self, pkts: &mut Vec<Packet>) {
         for p in pkts.drain(..) {
@@ -499,10 +532,16 @@ impl Nic for Igb {
     }
 
     /// Reclaims finished descriptors, then queues frames from the front of
-    /// `pkts` while the ring has room; stops at a frame [`check_frame`]
-    /// refuses and leaves it first in `pkts`. An empty `pkts` only reclaims.
+    /// `pkts` while the ring has room; stops at a packet
+    /// [`Nic::check_tx`] refuses (a frame [`check_frame`] refuses, or a
+    /// buffer of another VFIO container) and leaves it first in `pkts`. An
+    /// empty `pkts` only reclaims.
     fn tx_burst(&mut self, pkts: &mut Vec<Packet>) -> usize {
         self.tx.burst(&mut self.cache, pkts)
+    }
+
+    fn check_tx(&self, pkt: &Packet) -> Result<()> {
+        self.tx.check(pkt)
     }
 
     fn mac_address(&self) -> [u8; 6] {

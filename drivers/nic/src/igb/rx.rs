@@ -164,7 +164,7 @@ impl RxQueue {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sim"))]
 mod tests {
     use super::*;
     use crate::igb::desc::{rx, RxDescWb};
@@ -179,8 +179,7 @@ mod tests {
             return false;
         };
         // Unmapped memory: the IOVA is the address.
-        // SAFETY: the descriptor names a live 2 KiB pool buffer.
-        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), d.pkt_addr as *mut u8, frame.len()) };
+        dev.dma.write(d.pkt_addr, frame).expect("a live pool buffer");
         dev.write_back(RxDescWb { status_error: status, length: frame.len() as u16, ..Default::default() });
         true
     }
@@ -190,11 +189,11 @@ mod tests {
         let mut cache = pool.cache(8);
         let region = DmaRegion::new_unmapped(4096 * 4, PageSize::Small).unwrap();
         let regs = Mmio::simulated(regs::REGS_LEN);
-        let ring = DescRing::new(region.clone(), 0, size).unwrap();
+        let ring = DescRing::new(&region, 0, size).unwrap();
         let q = RxQueue::new(0, regs.clone(), ring, &mut cache).unwrap();
         q.configure(2048).unwrap();
         q.start();
-        (q, FakeDevice::new(region, regs, size, regs::rdt(0)), pool, cache)
+        (q, FakeDevice::new(region.iova_at(0), regs, size, regs::rdt(0)), pool, cache)
     }
 
     fn frame(seq: u8, len: usize) -> Vec<u8> {
@@ -286,7 +285,7 @@ mod tests {
         let pool = PacketPool::new_unmapped(8).unwrap();
         let mut cache = pool.cache(8);
         let region = DmaRegion::new_unmapped(4096, PageSize::Small).unwrap();
-        let ring = DescRing::new(region, 0, 16).unwrap();
+        let ring = DescRing::new(&region, 0, 16).unwrap();
         let e = RxQueue::new(0, Mmio::simulated(regs::REGS_LEN), ring, &mut cache).err().unwrap();
         assert!(e.to_string().contains("ran out after 8"), "{e}");
     }

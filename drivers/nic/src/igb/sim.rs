@@ -18,7 +18,14 @@
 //! does) the model no longer touches the rings. Bring-up registers are
 //! preset: STATUS reports a 1000 Mb/s full-duplex link, RAL0/RAH0 hold the
 //! MAC address. Statistics registers are not kept.
+//!
+//! The model reaches the rings through the framework's
+//! [`SimDma`](fastlane_framework::sim::SimDma), as a device reaches memory
+//! through an IOMMU: only live unmapped regions (IOVA == address) are
+//! there, and any other address a driver programs is counted in
+//! [`SimStats::dma_faults`] instead of touched.
 
+use fastlane_framework::sim::SimDma;
 use fastlane_framework::Mmio;
 
 use super::desc::{rx, tx, RxDescRead, RxDescWb, TxDescRead, TxDescWb};
@@ -45,19 +52,23 @@ pub struct SimStats {
     /// Register values the model could not follow (ring length, head or
     /// tail out of range); the queue is left alone.
     pub bad_registers: u64,
+    /// Descriptor accesses outside every live unmapped region (the queue
+    /// stops there, as a device would on an IOMMU fault).
+    pub dma_faults: u64,
 }
 
 /// The device side of queue 0 of an igb port, over a register block in
 /// memory.
 pub struct SimIgb {
     regs: Mmio,
+    dma: SimDma,
     stats: SimStats,
 }
 
 /// A ring as the registers describe it: base address, descriptors, head
 /// and tail; `None` when the values are out of range.
-fn ring(r: &Mmio, bal: usize, bah: usize, len: usize, head: usize, tail: usize) -> Option<(usize, u32, u32, u32)> {
-    let base = (u64::from(r.read32(bah)) << 32 | u64::from(r.read32(bal))) as usize;
+fn ring(r: &Mmio, bal: usize, bah: usize, len: usize, head: usize, tail: usize) -> Option<(u64, u32, u32, u32)> {
+    let base = u64::from(r.read32(bah)) << 32 | u64::from(r.read32(bal));
     let bytes = r.read32(len);
     let count = bytes / 16;
     let (h, t) = (r.read32(head), r.read32(tail));
@@ -67,25 +78,18 @@ fn ring(r: &Mmio, bal: usize, bah: usize, len: usize, head: usize, tail: usize) 
 
 impl SimIgb {
     /// A model with its register block (BAR0, [`regs::REGS_LEN`] bytes) to
-    /// hand to the driver: link up at 1000 Mb/s full duplex, [`SIM_MAC`]
-    /// in RAL0/RAH0, queues off until the driver enables them.
-    ///
-    /// # Safety
-    /// The model reads and writes the descriptor rings at the addresses the
-    /// driver programs into RDBAL/RDBAH and TDBAL/TDBAH, for RDLEN/TDLEN
-    /// bytes, whenever [`SimIgb::receive`] or [`SimIgb::transmit`] is
-    /// called while the queue is enabled. Hand the register block only to
-    /// a driver that programs addresses of live memory where an IOVA is the
-    /// address, such as [`super::Igb::with_registers`], which disables the
-    /// queues before it frees the rings; and call the model from one thread
-    /// at a time, not during a driver call.
-    pub unsafe fn new() -> (SimIgb, Mmio) {
+    /// hand to the driver ([`super::Igb::with_registers`]): link up at
+    /// 1000 Mb/s full duplex, [`SIM_MAC`] in RAL0/RAH0, queues off until the
+    /// driver enables them. The model reads and writes the descriptor rings
+    /// the driver programs, through [`SimDma`]: only memory of live
+    /// unmapped regions, never anything else.
+    pub fn new() -> (SimIgb, Mmio) {
         let r = Mmio::simulated(regs::REGS_LEN);
         r.write32(regs::STATUS, status::LU | status::FD | 2 << status::SPEED_SHIFT);
         let m = SIM_MAC;
         r.write32(regs::RAL0, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
         r.write32(regs::RAH0, u32::from_le_bytes([m[4], m[5], 0, 0]) | regs::RAH_AV);
-        let sim = SimIgb { regs: r.clone(), stats: SimStats::default() };
+        let sim = SimIgb { regs: r.clone(), dma: SimDma::new(), stats: SimStats::default() };
         (sim, r)
     }
 
@@ -115,19 +119,23 @@ impl SimIgb {
         };
         let mut done = 0;
         while done < frames && head != tail {
-            let slot = (base + head as usize * 16) as *mut RxDescRead;
-            // SAFETY: a descriptor inside the ring the driver programmed
-            // (head < RDLEN / 16), live and 16-byte aligned per the
-            // contract of `new`; owned by the device from RDH to RDT.
-            let d = unsafe { slot.read_volatile() };
+            // Owned by the device from RDH to RDT.
+            let slot = base + u64::from(head) * 16;
+            let Ok(d) = self.dma.read_obj::<RxDescRead>(slot) else {
+                self.stats.dma_faults += 1;
+                break;
+            };
             debug_assert_ne!(d.pkt_addr, 0, "receive descriptor without a buffer");
             let wb = RxDescWb {
                 status_error: rx::DD | rx::EOP,
                 length: len,
                 ..RxDescWb::default()
             };
-            // SAFETY: as above; the write-back replaces the read format.
-            unsafe { slot.cast::<RxDescWb>().write_volatile(wb) };
+            // The write-back replaces the read format.
+            if self.dma.write_obj(slot, wb).is_err() {
+                self.stats.dma_faults += 1;
+                break;
+            }
             head = (head + 1) % count;
             done += 1;
         }
@@ -154,11 +162,12 @@ impl SimIgb {
         };
         let mut done = 0;
         while done < max && head != tail {
-            let slot = (base + head as usize * 16) as *mut TxDescRead;
-            // SAFETY: a descriptor inside the ring the driver programmed,
-            // live and aligned per the contract of `new`; owned by the
-            // device from TDH to TDT.
-            let d = unsafe { slot.read_volatile() };
+            // Owned by the device from TDH to TDT.
+            let slot = base + u64::from(head) * 16;
+            let Ok(d) = self.dma.read_obj::<TxDescRead>(slot) else {
+                self.stats.dma_faults += 1;
+                break;
+            };
             let want = tx::DTYP_DATA | tx::DCMD_DEXT | tx::DCMD_EOP;
             let len = d.cmd_type_len & 0xffff;
             if d.cmd_type_len & want == want && (1..=MAX_FRAME as u32).contains(&len) && d.buffer_addr != 0 {
@@ -172,8 +181,11 @@ impl SimIgb {
                     status: tx::STA_DD,
                     ..TxDescWb::default()
                 };
-                // SAFETY: as above; the write-back replaces the read format.
-                unsafe { slot.cast::<TxDescWb>().write_volatile(wb) };
+                // The write-back replaces the read format.
+                if self.dma.write_obj(slot, wb).is_err() {
+                    self.stats.dma_faults += 1;
+                    break;
+                }
             }
             head = (head + 1) % count;
             done += 1;
@@ -191,8 +203,7 @@ mod tests {
 
     fn port(ring: u16) -> (Igb, SimIgb, PacketPool) {
         let pool = PacketPool::new_unmapped(4 * ring as u32 + 1024).unwrap();
-        // SAFETY: the registers go to `Igb::with_registers` only.
-        let (sim, regs) = unsafe { SimIgb::new() };
+        let (sim, regs) = SimIgb::new();
         let cfg = NicConfig { rx_ring: ring, tx_ring: ring, promiscuous: true, ..NicConfig::default() };
         let igb = Igb::with_registers(regs, &pool, &cfg).unwrap();
         (igb, sim, pool)
@@ -232,7 +243,7 @@ mod tests {
         // Disabled queues: the model leaves the (freed) rings alone.
         assert_eq!(sim.receive(1, 60), 0);
         assert_eq!(sim.transmit(1), 0);
-        assert_eq!(sim.stats().bad_registers, 0);
+        assert_eq!((sim.stats().bad_registers, sim.stats().dma_faults), (0, 0));
         drop(pool);
     }
 }

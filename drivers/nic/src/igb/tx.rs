@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use fastlane_framework::{DmaBuf, Mmio, PoolCache};
+use fastlane_framework::{DmaBuf, DmaDomain, Mmio, PoolCache};
 
 use super::desc::{tx_done, TxDescRead};
 use super::dma::DescRing;
@@ -38,11 +38,15 @@ pub struct TxQueue {
     index: TxIndex,
     /// The buffer behind each in-flight descriptor.
     bufs: Box<[Option<DmaBuf>]>,
+    /// The IOMMU domain the device reaches: packets mapped elsewhere are
+    /// refused.
+    domain: DmaDomain,
     pub counters: TxCounters,
 }
 
 impl TxQueue {
-    pub fn new(queue: usize, regs: Mmio, ring: DescRing<TxDescRead>) -> Result<TxQueue> {
+    /// A queue over `ring` whose device reaches memory of `domain`.
+    pub fn new(queue: usize, regs: Mmio, ring: DescRing<TxDescRead>, domain: DmaDomain) -> Result<TxQueue> {
         let shape = Ring::new(ring.len())?;
         if shape.size() != ring.len() {
             return Err(NicError::InvalidArgument(format!("{} transmit descriptors", ring.len())));
@@ -53,8 +57,22 @@ impl TxQueue {
             bufs: (0..ring.len()).map(|_| None).collect(),
             ring,
             index: TxIndex::new(shape),
+            domain,
             counters: TxCounters::default(),
         })
+    }
+
+    /// The domain the device reaches.
+    pub fn domain(&self) -> DmaDomain {
+        self.domain
+    }
+
+    /// What `burst` requires of a packet: a sendable frame in a buffer
+    /// mapped in the device's domain.
+    #[inline(always)]
+    pub fn check(&self, pkt: &Packet) -> Result<()> {
+        crate::check_domain(pkt, self.domain)?;
+        check_frame(pkt)
     }
 
     /// Programs the queue registers and enables it (TCTL.EN comes after).
@@ -102,13 +120,14 @@ impl TxQueue {
     }
 
     /// Reclaims, then queues frames from the front of `pkts` while there is
-    /// room and they pass [`check_frame`]; writes the tail once. Returns how
-    /// many it took.
+    /// room and they pass [`TxQueue::check`] (a foreign buffer or a bad
+    /// frame stops the burst and stays first); writes the tail once.
+    /// Returns how many it took.
     #[inline]
     pub fn burst(&mut self, cache: &mut PoolCache, pkts: &mut Vec<Packet>) -> usize {
         self.reclaim(cache);
         let room = (self.index.free() as usize).min(pkts.len());
-        let n = pkts[..room].iter().take_while(|p| check_frame(p).is_ok()).count();
+        let n = pkts[..room].iter().take_while(|p| self.check(p).is_ok()).count();
         if n == 0 {
             return 0;
         }
@@ -143,7 +162,7 @@ impl TxQueue {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sim"))]
 mod tests {
     use super::*;
     use crate::igb::desc::{tx, TxDescWb};
@@ -161,8 +180,7 @@ mod tests {
             assert_ne!(d.cmd_type_len & tx::DCMD_RS, 0);
             let len = (d.cmd_type_len & 0xffff) as usize;
             let mut data = vec![0u8; len];
-            // SAFETY: unmapped memory, the descriptor names a live buffer.
-            unsafe { std::ptr::copy_nonoverlapping(d.buffer_addr as *const u8, data.as_mut_ptr(), len) };
+            dev.dma.read(d.buffer_addr, &mut data).expect("a live buffer");
             sent.push(data);
             dev.write_back(TxDescWb { status: tx::STA_DD, ..Default::default() });
         }
@@ -173,9 +191,10 @@ mod tests {
         let cache = pool.cache(16);
         let region = DmaRegion::new_unmapped(4096 * 4, PageSize::Small).unwrap();
         let regs = Mmio::simulated(regs::REGS_LEN);
-        let q = TxQueue::new(0, regs.clone(), DescRing::new(region.clone(), 0, size).unwrap()).unwrap();
+        let ring = DescRing::new(&region, 0, size).unwrap();
+        let q = TxQueue::new(0, regs.clone(), ring, DmaDomain::UNMAPPED).unwrap();
         q.configure().unwrap();
-        let dev = FakeDevice::new(region, regs, size, regs::tdt(0));
+        let dev = FakeDevice::new(region.iova_at(0), regs, size, regs::tdt(0));
         (q, dev, pool, cache)
     }
 

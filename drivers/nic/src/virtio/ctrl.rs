@@ -2,12 +2,12 @@
 //! time, polled to completion. Used for the receive mode (promiscuous).
 //!
 //! A command is a device-readable `class, command, data` buffer followed by
-//! a device-writable one-byte `ack`, both in a small area of the queue
-//! region that nothing else uses.
+//! a device-writable one-byte `ack`, both in a small area carved out of
+//! the queue region for the control queue alone.
 
 use std::time::{Duration, Instant};
 
-use fastlane_framework::DmaRegion;
+use fastlane_framework::DmaArray;
 
 use super::spec::VIRTIO_NET_OK;
 use super::virtqueue::{Segment, Virtqueue};
@@ -21,15 +21,17 @@ const ACK_AT: usize = 64;
 
 pub struct CtrlQueue {
     vq: Virtqueue<()>,
-    region: DmaRegion,
-    /// Offset of the command area in `region`.
-    area: usize,
+    /// The command area: command at 0, ack at [`ACK_AT`].
+    area: DmaArray<u8>,
 }
 
 impl CtrlQueue {
-    /// `area`: [`AREA_LEN`] bytes of `region` for commands.
-    pub fn new(vq: Virtqueue<()>, region: DmaRegion, area: usize) -> CtrlQueue {
-        CtrlQueue { vq, region, area }
+    /// `area`: at least [`AREA_LEN`] bytes for commands.
+    pub fn new(vq: Virtqueue<()>, area: DmaArray<u8>) -> Result<CtrlQueue> {
+        if area.len() < AREA_LEN {
+            return Err(NicError::InvalidArgument(format!("a control area of {} bytes", area.len())));
+        }
+        Ok(CtrlQueue { vq, area })
     }
 
     /// Sends one command and waits for the device's ack.
@@ -41,17 +43,17 @@ impl CtrlQueue {
             // A previous command timed out and the device still holds it.
             self.collect(Duration::ZERO)?;
         }
-        self.region.write(self.area, &[class, command])?;
-        self.region.write(self.area + 2, data)?;
-        self.region.write(self.area + ACK_AT, &[0xff])?;
+        self.area.copy_from(0, &[class, command])?;
+        self.area.copy_from(2, data)?;
+        self.area.write(ACK_AT, 0xff);
         let segs = [
             Segment {
-                addr: self.region.iova_at(self.area),
+                addr: self.area.iova(),
                 len: 2 + data.len() as u32,
                 device_writes: false,
             },
             Segment {
-                addr: self.region.iova_at(self.area + ACK_AT),
+                addr: self.area.iova_of(ACK_AT),
                 len: 1,
                 device_writes: true,
             },
@@ -61,12 +63,10 @@ impl CtrlQueue {
         }
         self.vq.kick();
         self.collect(timeout)?;
-        let mut ack = [0u8];
-        self.region.read(self.area + ACK_AT, &mut ack)?;
-        if ack[0] != VIRTIO_NET_OK {
+        let ack = self.area.read(ACK_AT);
+        if ack != VIRTIO_NET_OK {
             return Err(NicError::Negotiation(format!(
-                "the device refused control command class {class} command {command} (ack {})",
-                ack[0]
+                "the device refused control command class {class} command {command} (ack {ack})"
             )));
         }
         Ok(())
@@ -86,18 +86,18 @@ impl CtrlQueue {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sim"))]
 mod tests {
-    use super::super::sim::{queue_pair, read_buf, write_buf};
+    use super::super::sim::queue_pair;
     use super::super::spec::{VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC};
     use super::*;
-    use fastlane_framework::PageSize;
+    use fastlane_framework::{DmaRegion, PageSize};
 
     #[test]
     fn a_command_is_acked_refused_or_times_out() {
         let (vq, mut dev) = queue_pair(4);
         let region = DmaRegion::new_unmapped(4096, PageSize::Small).unwrap();
-        let mut ctrl = CtrlQueue::new(vq, region, 256);
+        let mut ctrl = CtrlQueue::new(vq, region.carve(256, AREA_LEN).unwrap()).unwrap();
         let dev_thread = std::thread::spawn(move || {
             for ack in [VIRTIO_NET_OK, 1] {
                 let (head, chain) = loop {
@@ -106,8 +106,8 @@ mod tests {
                     }
                     std::thread::yield_now();
                 };
-                assert_eq!(read_buf(&chain[0]), [VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, 1]);
-                write_buf(&chain[1], &[ack]);
+                assert_eq!(dev.read_buf(&chain[0]), [VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, 1]);
+                dev.write_buf(&chain[1], &[ack]);
                 dev.push_used(head as u32, 1);
             }
             dev

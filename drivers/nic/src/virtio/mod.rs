@@ -17,8 +17,8 @@ mod ctrl;
 mod net;
 pub mod pci;
 mod rx;
-#[cfg(test)]
-mod sim;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod spec;
 mod tx;
 pub mod virtqueue;

@@ -123,14 +123,24 @@ impl VirtioNet {
     /// and initializes it, receive buffers from `pool`, ring sizes from
     /// `cfg` (capped by the device).
     pub fn open(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Result<VirtioNet> {
-        let dev = vfio.open(addr)?;
+        // A device open in this container already gives `Busy` here, before
+        // anything touches it: the first handle keeps working.
+        Self::open_device(vfio, vfio.open(addr)?, pool, cfg)
+    }
+
+    /// [`VirtioNet::open`] on a device already opened in `vfio` (what
+    /// [`crate::open`] does after reading its PCI id). Nothing is written to
+    /// the device before every argument was checked: a refused open leaves
+    /// it as it was.
+    pub(crate) fn open_device(vfio: &Vfio, dev: PciDevice, pool: &PacketPool, cfg: &NicConfig) -> Result<VirtioNet> {
+        let addr = dev.address().to_string();
         let (vendor, device) = dev.id()?;
         let caps = find_caps(|off, buf| Ok(dev.config_read(off, buf)?))?;
         let is_net = vendor == VIRTIO_PCI_VENDOR
             && (device == VIRTIO_PCI_DEVICE_NET || device == VIRTIO_PCI_DEVICE_NET_TRANSITIONAL);
         if !is_net || !caps.is_modern() {
             return Err(NicError::Unsupported {
-                addr: addr.to_string(),
+                addr,
                 vendor,
                 device,
                 class: dev.class_code()?,
@@ -142,6 +152,9 @@ impl VirtioNet {
                 cfg.queues
             )));
         }
+        // The pool must be mapped in this container: a buffer of another
+        // container has an IOVA that means other memory here, or none.
+        crate::check_pool(pool, vfio.domain())?;
         let need = RX_HEADROOM + MAX_FRAME;
         if pool.pool().buf_size() < need {
             return Err(NicError::InvalidArgument(format!(
@@ -226,23 +239,17 @@ impl VirtioNet {
         let bases = [0, layouts[0].total, layouts[0].total + layouts[1].total];
         let scratch = bases[2] + if with_ctrl { layouts[2].total } else { 0 };
         let region = vfio.alloc_region(scratch + 4096, PageSize::Huge2M)?;
-        region.fill(scratch, 4096, 0)?;
-        let zero_hdr = region.iova_at(scratch);
-        let ctrl_area = scratch + 64;
-        debug_assert!(ctrl_area + ctrl::AREA_LEN <= scratch + 4096);
+        let zero_hdr = region.carve::<u8>(scratch, 64)?;
+        let ctrl_area = region.carve::<u8>(scratch + 64, ctrl::AREA_LEN)?;
 
         fn queue<T>(t: &Transport, region: &DmaRegion, q: u16, base: usize, l: QueueLayout) -> Result<Virtqueue<T>> {
             let notifier = t.setup_queue(q, l.size, l.addrs(region, base))?;
-            Virtqueue::new(region.clone(), base, l, notifier)
+            Virtqueue::new(region, base, l, notifier)
         }
         let rx = RxQueue::new(queue(t, &region, RECEIVEQ, bases[0], layouts[0])?);
-        let tx = TxQueue::new(queue(t, &region, TRANSMITQ, bases[1], layouts[1])?, zero_hdr);
+        let tx = TxQueue::new(queue(t, &region, TRANSMITQ, bases[1], layouts[1])?, zero_hdr, vfio.domain())?;
         let ctrl = match with_ctrl {
-            true => Some(CtrlQueue::new(
-                queue(t, &region, CONTROLQ, bases[2], layouts[2])?,
-                region.clone(),
-                ctrl_area,
-            )),
+            true => Some(CtrlQueue::new(queue(t, &region, CONTROLQ, bases[2], layouts[2])?, ctrl_area)?),
             false => None,
         };
         let mac = if features & VIRTIO_NET_F_MAC != 0 {
@@ -289,8 +296,16 @@ impl Nic for VirtioNet {
         self.rx.burst(out, max, &mut self.cache, &mut self.stats)
     }
 
+    /// Reclaims what the device sent, then queues packets from the front of
+    /// `pkts` while descriptors last, and publishes and notifies before
+    /// returning; stops at a packet [`Nic::check_tx`] refuses (a foreign
+    /// buffer, a bad frame), which stays first in `pkts`.
     fn tx_burst(&mut self, pkts: &mut Vec<Packet>) -> usize {
         self.tx.burst(pkts, &mut self.cache, &mut self.stats)
+    }
+
+    fn check_tx(&self, pkt: &Packet) -> Result<()> {
+        self.tx.check(pkt)
     }
 
     fn mac_address(&self) -> [u8; 6] {

@@ -110,9 +110,9 @@ impl RxQueue {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sim"))]
 mod tests {
-    use super::super::sim::{queue_pair, write_buf, SimQueue};
+    use super::super::sim::{queue_pair, SimQueue};
     use super::super::spec::{VirtioNetHdr, VIRTQ_DESC_F_WRITE};
     use super::*;
     use crate::PacketPool;
@@ -131,7 +131,7 @@ mod tests {
         assert_eq!(chain[0].flags, VIRTQ_DESC_F_WRITE);
         let mut bytes = bytemuck::bytes_of(&VirtioNetHdr { num_buffers: 1, ..Default::default() }).to_vec();
         bytes.extend_from_slice(frame);
-        write_buf(&chain[0], &bytes);
+        dev.write_buf(&chain[0], &bytes);
         dev.push_used(head as u32, bytes.len() as u32);
     }
 

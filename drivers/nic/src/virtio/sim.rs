@@ -1,11 +1,12 @@
-//! Test-only device side of a split virtqueue over ordinary memory (an
-//! unmapped region, where an IOVA is the address itself): takes available
-//! chains, reads and writes their buffers, returns them through the used
-//! ring, as a device would.
+//! The device side of a split virtqueue (feature `sim`), for tests: takes
+//! available chains, reads and writes their buffers, returns them through
+//! the used ring, as a device would. Every access goes through the
+//! framework's [`SimDma`], so the model reaches live unmapped regions
+//! (IOVA == address) and nothing else; an address outside them panics with
+//! the fault, failing the test that caused it.
 
-use std::sync::atomic::{AtomicU16, Ordering};
-
-use fastlane_framework::{DmaRegion, Mmio};
+use fastlane_framework::sim::SimDma;
+use fastlane_framework::{DmaRegion, Iova, Mmio};
 
 use super::pci::Notifier;
 use super::spec::{avail, used, VirtqDesc, VirtqUsedElem, VIRTQ_DESC_F_NEXT, VIRTQ_USED_F_NO_NOTIFY};
@@ -13,41 +14,41 @@ use super::virtqueue::{QueueLayout, Virtqueue};
 
 /// The device's view of one queue.
 pub struct SimQueue {
-    base: *mut u8,
+    /// Bus address of the queue (its descriptor table).
+    base: u64,
     layout: QueueLayout,
     last_avail: u16,
     used_idx: u16,
+    dma: SimDma,
     /// Counts notifications: the notifier writes the queue index here.
     pub doorbell: Mmio,
-    _region: DmaRegion,
 }
 
-// SAFETY: the pointer is into `_region`, owned; tests hand a queue's device
-// side to one thread at a time.
-unsafe impl Send for SimQueue {}
-
-/// A driver queue and its simulated device side, sharing `region`.
+/// A driver queue and its simulated device side, in a region of their own.
 pub fn queue_pair<T>(size: u16) -> (Virtqueue<T>, SimQueue) {
     let layout = QueueLayout::new(size);
     let region = DmaRegion::new_unmapped(layout.total, fastlane_framework::PageSize::Small).unwrap();
     let doorbell = Mmio::simulated(8);
-    let vq = Virtqueue::new(region.clone(), 0, layout, Notifier::new(doorbell.clone(), 0, 0x77)).unwrap();
-    let sim = SimQueue {
-        base: region.as_ptr(),
-        layout,
-        last_avail: 0,
-        used_idx: 0,
-        doorbell,
-        _region: region,
-    };
-    (vq, sim)
+    let vq = Virtqueue::new(&region, 0, layout, Notifier::new(doorbell.clone(), 0, 0x77)).unwrap();
+    (vq, SimQueue::new(region.iova_at(0), layout, doorbell))
 }
 
 impl SimQueue {
-    fn at<U>(&self, off: usize) -> *mut U {
-        assert!(off + std::mem::size_of::<U>() <= self.layout.total);
-        // SAFETY: inside the queue's memory (asserted).
-        unsafe { self.base.add(off).cast() }
+    /// The device side of a queue of `layout` at bus address `base`.
+    pub fn new(base: Iova, layout: QueueLayout, doorbell: Mmio) -> SimQueue {
+        SimQueue {
+            base: base.get(),
+            layout,
+            last_avail: 0,
+            used_idx: 0,
+            dma: SimDma::new(),
+            doorbell,
+        }
+    }
+
+    fn at(&self, off: usize) -> u64 {
+        assert!(off < self.layout.total);
+        self.base + off as u64
     }
 
     /// Whether the driver notified since the last call (and clears it).
@@ -58,23 +59,22 @@ impl SimQueue {
     }
 
     /// The avail flags word.
-    pub fn avail_flags(&self) -> u16 {
-        // SAFETY: see `at`.
-        unsafe { self.at::<u16>(self.layout.avail + avail::FLAGS).read_volatile() }
+    pub fn avail_flags(&mut self) -> u16 {
+        let a = self.at(self.layout.avail + avail::FLAGS);
+        self.dma.read_obj(a).unwrap()
     }
 
     /// Sets or clears VIRTQ_USED_F_NO_NOTIFY.
-    pub fn set_no_notify(&self, on: bool) {
-        let v = if on { VIRTQ_USED_F_NO_NOTIFY } else { 0 };
-        // SAFETY: see `at`.
-        unsafe { self.at::<u16>(self.layout.used + used::FLAGS).write_volatile(v) }
+    pub fn set_no_notify(&mut self, on: bool) {
+        let v: u16 = if on { VIRTQ_USED_F_NO_NOTIFY } else { 0 };
+        let a = self.at(self.layout.used + used::FLAGS);
+        self.dma.write_obj(a, v).unwrap()
     }
 
     /// Chains the driver published and the device has not taken.
-    pub fn avail_pending(&self) -> u16 {
-        // SAFETY: see `at`; aligned.
-        let idx = unsafe { AtomicU16::from_ptr(self.at(self.layout.avail + avail::IDX)) }.load(Ordering::Acquire);
-        idx.wrapping_sub(self.last_avail)
+    pub fn avail_pending(&mut self) -> u16 {
+        let a = self.at(self.layout.avail + avail::IDX);
+        self.dma.load_u16_acquire(a).unwrap().wrapping_sub(self.last_avail)
     }
 
     /// Takes the next available chain: its head and descriptors.
@@ -83,15 +83,13 @@ impl SimQueue {
             return None;
         }
         let slot = (self.last_avail % self.layout.size) as usize;
-        // SAFETY: see `at`.
-        let head = unsafe { self.at::<u16>(self.layout.avail + avail::RING + 2 * slot).read_volatile() };
+        let head: u16 = self.dma.read_obj(self.at(self.layout.avail + avail::RING + 2 * slot)).unwrap();
         self.last_avail = self.last_avail.wrapping_add(1);
         let mut chain = Vec::new();
         let mut d = head;
         loop {
             assert!(d < self.layout.size, "descriptor {d} out of range");
-            // SAFETY: see `at`.
-            let desc = unsafe { self.at::<VirtqDesc>(16 * d as usize).read_volatile() };
+            let desc: VirtqDesc = self.dma.read_obj(self.at(16 * d as usize)).unwrap();
             chain.push(desc);
             if desc.flags & VIRTQ_DESC_F_NEXT == 0 {
                 break;
@@ -105,27 +103,25 @@ impl SimQueue {
     /// Returns chain `id` with `len` bytes written.
     pub fn push_used(&mut self, id: u32, len: u32) {
         let slot = (self.used_idx % self.layout.size) as usize;
-        // SAFETY: see `at`.
-        unsafe { self.at::<VirtqUsedElem>(self.layout.used + used::RING + 8 * slot).write_volatile(VirtqUsedElem { id, len }) };
+        let e = self.at(self.layout.used + used::RING + 8 * slot);
+        self.dma.write_obj(e, VirtqUsedElem { id, len }).unwrap();
         self.used_idx = self.used_idx.wrapping_add(1);
-        // SAFETY: see `at`; aligned.
-        unsafe { AtomicU16::from_ptr(self.at(self.layout.used + used::IDX)) }.store(self.used_idx, Ordering::Release);
+        let idx = self.at(self.layout.used + used::IDX);
+        self.dma.store_u16_release(idx, self.used_idx).unwrap();
     }
-}
 
-/// Bytes of a buffer the device reads (IOVA == address in unmapped memory).
-pub fn read_buf(d: &VirtqDesc) -> Vec<u8> {
-    let mut v = vec![0u8; d.len as usize];
-    // SAFETY: the driver gave this buffer to the device for d.len bytes.
-    unsafe { std::ptr::copy_nonoverlapping(d.addr as *const u8, v.as_mut_ptr(), v.len()) };
-    v
-}
+    /// Bytes of a buffer the device reads.
+    pub fn read_buf(&mut self, d: &VirtqDesc) -> Vec<u8> {
+        let mut v = vec![0u8; d.len as usize];
+        self.dma.read(d.addr, &mut v).unwrap_or_else(|e| panic!("{e}"));
+        v
+    }
 
-/// Writes `data` into a device-writable buffer.
-pub fn write_buf(d: &VirtqDesc, data: &[u8]) {
-    assert!(data.len() <= d.len as usize, "{} bytes into a {}-byte buffer", data.len(), d.len);
-    // SAFETY: as above, device-writable and long enough (asserted).
-    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), d.addr as *mut u8, data.len()) };
+    /// Writes `data` into a device-writable buffer.
+    pub fn write_buf(&mut self, d: &VirtqDesc, data: &[u8]) {
+        assert!(data.len() <= d.len as usize, "{} bytes into a {}-byte buffer", data.len(), d.len);
+        self.dma.write(d.addr, data).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 #[cfg(test)]
@@ -133,7 +129,6 @@ mod tests {
     use super::super::spec::{VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_WRITE};
     use super::super::virtqueue::Segment;
     use super::*;
-    use fastlane_framework::Iova;
 
     #[test]
     fn chains_travel_through_the_rings_and_back() {

@@ -8,7 +8,7 @@
 //! with zeros, as a NIC would. A buffer goes back to its pool when the
 //! device returns its chain through the used ring.
 
-use fastlane_framework::{DmaBuf, Iova, PoolCache};
+use fastlane_framework::{DmaArray, DmaBuf, DmaDomain, Iova, PoolCache};
 
 use super::spec::NET_HDR_LEN;
 use super::virtqueue::{Segment, Virtqueue};
@@ -61,14 +61,31 @@ pub struct TxToken {
 
 pub struct TxQueue {
     vq: Virtqueue<TxToken>,
-    /// A zeroed header the device only reads.
-    zero_hdr: Iova,
+    /// A zeroed header the device only reads; owned here, so nothing else
+    /// writes it.
+    zero_hdr: DmaArray<u8>,
+    /// The IOMMU domain the device reaches: packets mapped elsewhere are
+    /// refused.
+    domain: DmaDomain,
 }
 
 impl TxQueue {
-    /// `zero_hdr`: IOVA of [`NET_HDR_LEN`] zero bytes that stay zero.
-    pub fn new(vq: Virtqueue<TxToken>, zero_hdr: Iova) -> TxQueue {
-        TxQueue { vq, zero_hdr }
+    /// `zero_hdr`: at least [`NET_HDR_LEN`] bytes, zeroed here; `domain`:
+    /// where the device reaches memory.
+    pub fn new(vq: Virtqueue<TxToken>, zero_hdr: DmaArray<u8>, domain: DmaDomain) -> Result<TxQueue> {
+        if zero_hdr.len() < NET_HDR_LEN {
+            return Err(NicError::InvalidArgument(format!("a transmit header of {} bytes", zero_hdr.len())));
+        }
+        zero_hdr.fill(0);
+        Ok(TxQueue { vq, zero_hdr, domain })
+    }
+
+    /// What `burst` requires of a packet: [`check_packet`], in a buffer
+    /// mapped in the device's domain.
+    #[inline(always)]
+    pub fn check(&self, p: &Packet) -> Result<()> {
+        crate::check_domain(p, self.domain)?;
+        check_packet(p)
     }
 
     /// Packets the device holds.
@@ -103,15 +120,16 @@ impl TxQueue {
     }
 
     /// Queues packets from the front of `pkts` while descriptors last and
-    /// stops at the first one [`check_packet`] refuses, which stays at the
-    /// front. One notification for the whole burst.
+    /// stops at the first one [`TxQueue::check`] refuses (a foreign buffer
+    /// or a bad frame), which stays at the front. The new chains are
+    /// published and the device notified before returning.
     pub fn burst(&mut self, pkts: &mut Vec<Packet>, cache: &mut PoolCache, stats: &mut Stats) -> usize {
         self.reclaim(cache, stats);
         let mut free = self.vq.free_descs();
         let mut n = 0;
         for p in pkts.iter() {
             let need = descs_for(p);
-            if need > free || check_packet(p).is_err() {
+            if need > free || self.check(p).is_err() {
                 break;
             }
             free -= need;
@@ -146,7 +164,7 @@ impl TxQueue {
             self.vq.add(&[seg], token(buf))
         } else {
             let hdr = Segment {
-                addr: self.zero_hdr,
+                addr: self.zero_hdr.iova(),
                 len: NET_HDR_LEN as u32,
                 device_writes: false,
             };
@@ -168,9 +186,9 @@ impl TxQueue {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sim"))]
 mod tests {
-    use super::super::sim::{queue_pair, read_buf, SimQueue};
+    use super::super::sim::{queue_pair, SimQueue};
     use super::super::spec::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
     use super::*;
     use crate::PacketPool;
@@ -188,10 +206,11 @@ mod tests {
     fn rig(size: u16, buffers: u32) -> Rig {
         let (vq, dev) = queue_pair(size);
         let hdr_region = DmaRegion::new_unmapped(4096, fastlane_framework::PageSize::Small).unwrap();
+        let hdr = hdr_region.carve::<u8>(0, 64).unwrap();
         let pool = PacketPool::new_unmapped(buffers).unwrap();
         let cache = pool.cache(8);
         Rig {
-            tx: TxQueue::new(vq, hdr_region.iova_at(0)),
+            tx: TxQueue::new(vq, hdr, DmaDomain::UNMAPPED).unwrap(),
             dev,
             pool,
             cache,
@@ -212,7 +231,7 @@ mod tests {
         let mut bytes = Vec::new();
         for d in &chain {
             assert_eq!(d.flags & VIRTQ_DESC_F_WRITE, 0, "transmit buffers are device read-only");
-            bytes.extend(read_buf(d));
+            bytes.extend(dev.read_buf(d));
         }
         let frame = bytes.split_off(NET_HDR_LEN);
         (head, bytes, frame)
@@ -246,7 +265,7 @@ mod tests {
         drop(r.cache);
         assert_eq!(r.pool.pool().available(), 16);
         let mut z = [1u8; 12];
-        r.hdr_region.read(0, &mut z).unwrap();
+        r.tx.zero_hdr.copy_to(0, &mut z).unwrap();
         assert_eq!(z, [0; 12]);
     }
 

@@ -4,14 +4,16 @@
 //!
 //! [`RingState`] is the driver's bookkeeping without any DMA memory (free
 //! descriptors, chain links, the token each in-flight chain carries, shadow
-//! indices) and is unit-tested directly. [`Virtqueue`] puts it on the rings:
-//! raw pointers with volatile accesses, `idx` fields through atomics with
-//! release (publishing avail) and acquire (reading used) ordering, and a
-//! full fence before deciding whether the device wants a notification.
+//! indices) and is unit-tested directly. [`Virtqueue`] puts it on the rings,
+//! each part a framework [`DmaArray`] carved out of the queue's region
+//! (bounds-checked volatile accesses, no `unsafe`): `idx` fields are stored
+//! with release (publishing avail) and loaded with acquire (reading used)
+//! ordering, with a full fence before deciding whether the device wants a
+//! notification.
 
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{fence, Ordering};
 
-use fastlane_framework::{DmaRegion, Iova};
+use fastlane_framework::{DmaArray, DmaRegion, Iova};
 
 use super::pci::{Notifier, QueueAddrs};
 use super::spec::{
@@ -202,54 +204,68 @@ impl QueueLayout {
     }
 }
 
+/// Index of `flags` and `idx` in the 16-bit words of a ring header.
+const FLAGS: usize = 0;
+const IDX: usize = 1;
+/// 16-bit words before `ring[]` in the available ring.
+const AVAIL_RING: usize = avail::RING / 2;
+
 /// A split virtqueue in DMA memory; `T` is what each chain carries back
 /// when the device returns it (a packet buffer, nothing for commands).
 pub struct Virtqueue<T> {
     state: RingState<T>,
-    desc: *mut VirtqDesc,
-    avail: *mut u8,
-    used: *mut u8,
+    /// The descriptor table.
+    desc: DmaArray<VirtqDesc>,
+    /// The available ring as 16-bit words: flags, idx, ring[size],
+    /// used_event.
+    avail: DmaArray<u16>,
+    /// The used ring's flags and idx.
+    used_hdr: DmaArray<u16>,
+    /// The used ring's entries.
+    used: DmaArray<VirtqUsedElem>,
+    /// The used ring's trailing avail_event (unused without
+    /// VIRTIO_F_EVENT_IDX, owned so nothing else is put there).
+    _avail_event: DmaArray<u16>,
     notifier: Notifier,
-    /// Keeps the memory alive.
-    _region: DmaRegion,
 }
-
-// SAFETY: the raw pointers point into `_region`, owned by the queue; a queue
-// is used by one thread at a time (&mut for every access to the rings).
-unsafe impl<T: Send> Send for Virtqueue<T> {}
 
 impl<T> Virtqueue<T> {
     /// Puts a queue of `layout` at `base` of `region` (zeroing it) and asks
-    /// the device for no interrupts. Call before DRIVER_OK.
-    pub fn new(region: DmaRegion, base: usize, layout: QueueLayout, notifier: Notifier) -> Result<Virtqueue<T>> {
-        region.fill(base, layout.total, 0)?;
-        let p = region.as_ptr();
-        // SAFETY: base + layout.total <= region.len(), checked by fill.
-        let (desc, avail, used) = unsafe {
-            (p.add(base).cast::<VirtqDesc>(), p.add(base + layout.avail), p.add(base + layout.used))
-        };
+    /// the device for no interrupts. Call before DRIVER_OK. The queue owns
+    /// its bytes: a range overlapping memory already carved is refused.
+    pub fn new(region: &DmaRegion, base: usize, layout: QueueLayout, notifier: Notifier) -> Result<Virtqueue<T>> {
+        let size = layout.size as usize;
+        let used_ring = base + layout.used + used::RING;
         let vq = Virtqueue {
             state: RingState::new(layout.size)?,
-            desc,
-            avail,
-            used,
+            desc: region.carve(base, size)?,
+            avail: region.carve(base + layout.avail, AVAIL_RING + size + 1)?,
+            used_hdr: region.carve(base + layout.used, 2)?,
+            used: region.carve(used_ring, size)?,
+            _avail_event: region.carve(used_ring + 8 * size, 1)?,
             notifier,
-            _region: region,
         };
-        // SAFETY: the avail flags word, inside the queue; the device reads
-        // it only after DRIVER_OK.
-        unsafe { vq.avail.add(avail::FLAGS).cast::<u16>().write_volatile(VIRTQ_AVAIL_F_NO_INTERRUPT) };
+        vq.desc.fill(VirtqDesc::default());
+        vq.avail.fill(0);
+        vq.used_hdr.fill(0);
+        vq.used.fill(VirtqUsedElem::default());
+        vq._avail_event.fill(0);
+        // The device reads the flags only after DRIVER_OK.
+        vq.avail.write(FLAGS, VIRTQ_AVAIL_F_NO_INTERRUPT);
         Ok(vq)
     }
 
+    /// Entries of the queue.
     pub fn size(&self) -> u16 {
         self.state.size()
     }
 
+    /// Descriptors not in any chain.
     pub fn free_descs(&self) -> usize {
         self.state.free_descs()
     }
 
+    /// Chains the device holds.
     pub fn in_flight(&self) -> usize {
         self.state.in_flight()
     }
@@ -269,14 +285,12 @@ impl<T> Virtqueue<T> {
                     | if more { VIRTQ_DESC_F_NEXT } else { 0 },
                 next: if more { ids[i + 1] } else { 0 },
             };
-            // SAFETY: ids < size: inside the descriptor table. The device
-            // does not read a free descriptor.
-            unsafe { self.desc.add(ids[i] as usize).write_volatile(d) };
+            // A free descriptor: the device does not read it.
+            self.desc.write(ids[i] as usize, d);
         }
+        // The device reads the slot only once avail.idx covers it.
         let slot = self.state.next_avail_slot();
-        // SAFETY: slot < size: inside the available ring; the device reads
-        // it only once avail.idx covers it.
-        unsafe { self.avail.add(avail::RING + 2 * slot).cast::<u16>().write_volatile(ids[0]) };
+        self.avail.write(AVAIL_RING + slot, ids[0]);
         Ok(())
     }
 
@@ -289,13 +303,11 @@ impl<T> Virtqueue<T> {
             return false;
         };
         // Release: descriptors and ring entries before the index.
-        self.avail_idx().store(idx, Ordering::Release);
+        self.avail.store_release(IDX, idx);
         // The index store must be visible before the flags are read, or the
         // device could go idle in between without being told (§2.7.10).
         fence(Ordering::SeqCst);
-        // SAFETY: the used flags word, inside the queue.
-        let flags = unsafe { self.used.add(used::FLAGS).cast::<u16>().read_volatile() };
-        if flags & VIRTQ_USED_F_NO_NOTIFY != 0 {
+        if self.used_hdr.read(FLAGS) & VIRTQ_USED_F_NO_NOTIFY != 0 {
             return false;
         }
         self.notifier.notify();
@@ -305,32 +317,22 @@ impl<T> Virtqueue<T> {
     /// Used entries waiting to be consumed.
     #[inline]
     pub fn used_pending(&self) -> Result<u16> {
-        // SAFETY: the used idx word, aligned, inside the queue, only ever
-        // accessed atomically by us (the device writes it).
-        let idx = unsafe { AtomicU16::from_ptr(self.used.add(used::IDX).cast()) }.load(Ordering::Acquire);
-        self.state.used_pending(idx)
+        self.state.used_pending(self.used_hdr.load_acquire(IDX))
     }
 
     /// Consumes one used entry (call at most `used_pending` times): its
     /// token and the bytes the device wrote.
     #[inline]
     pub fn pop_used(&mut self) -> Result<(T, u32)> {
-        let slot = self.state.next_used_slot();
-        // SAFETY: slot < size: inside the used ring; used_pending's acquire
-        // load ordered this read after the device's write of the entry.
-        let e = unsafe { self.used.add(used::RING + 8 * slot).cast::<VirtqUsedElem>().read_volatile() };
+        // used_pending's acquire load ordered this read after the device's
+        // write of the entry.
+        let e = self.used.read(self.state.next_used_slot());
         Ok((self.state.complete(e.id)?, e.len))
     }
 
     /// Takes every token back; only after the device was reset.
     pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         self.state.drain()
-    }
-
-    fn avail_idx(&self) -> &AtomicU16 {
-        // SAFETY: the avail idx word: aligned, inside the queue, alive as long
-        // as self; the device only reads it.
-        unsafe { AtomicU16::from_ptr(self.avail.add(avail::IDX).cast()) }
     }
 }
 

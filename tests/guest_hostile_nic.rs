@@ -1,0 +1,1 @@
+//! Hostile-use tests of the NIC drivers in the QEMU guest (real VFIO).
