@@ -23,9 +23,10 @@
 //!   calibration against `Instant`. This includes the cache misses the driver
 //!   takes on queue memory the other core touched (SQ slots, CQ entries,
 //!   doorbells), which a real device causes too.
-//! - `floor`: what any driver must do per I/O at the least: a
-//!   `ptr::write_volatile` of a 64-byte `SubmissionEntry` into a ring slot
-//!   plus a 16-byte `CompletionEntry` read, in a warm ring of 1024 slots.
+//! - `floor`: what any driver must do per I/O at the least: a volatile
+//!   write of a 64-byte `SubmissionEntry` into a ring slot plus a 16-byte
+//!   `CompletionEntry` read, in a warm ring of 1024 slots, through framework
+//!   `DmaArray`s (bounds-checked, as the driver's queues are).
 //! - instructions per I/O: `benches/callgrind.sh` runs this binary with
 //!   `--callgrind` (I/O count from `FASTLANE_BENCH_ITERS`) under callgrind.
 //!   In that mode the thread waits (outside the driver) until the model has
@@ -44,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use common::{benchmarking, median5, tick_calibration, ticks};
 use criterion::{Criterion, Throughput};
-use fastlane::framework::{BufferPool, DmaBuf, PageSize};
+use fastlane::framework::{BufferPool, DmaArray, DmaBuf, DmaRegion, PageSize};
 use fastlane::nvme::sim::{SimConfig, SimController};
 use fastlane::nvme::spec::{CompletionEntry, SubmissionEntry};
 use fastlane::nvme::{Controller, IoQueuePair, Options};
@@ -109,10 +110,7 @@ impl Rig {
             store_data: false,
             ..SimConfig::default()
         };
-        // SAFETY: the register block goes only to `Controller::with_registers`
-        // (unmapped memory, IOVA == VA), and `Rig` drops the queue pair,
-        // buffers and controller before the model.
-        let (sim, mmio) = unsafe { SimController::start(cfg) };
+        let (sim, mmio) = SimController::start(cfg);
         if pinned && !pin(0) {
             panic!("pinned the model to CPU 1 but cannot move the driver thread to CPU 0");
         }
@@ -208,22 +206,25 @@ fn cg_poll(qp: &mut IoQueuePair, bufs: &mut Vec<DmaBuf>) -> usize {
 // ---------------------------------------------------------------------------
 // The floor: a 64-byte command written, a 16-byte completion read.
 
-#[repr(C, align(64))]
-struct Slots([SubmissionEntry; FLOOR_SLOTS]);
-
+/// A submission and a completion ring in DMA memory, reached the way the
+/// driver reaches its queues: framework `DmaArray`s (bounds-checked).
 struct Floor {
-    sq: Box<Slots>,
-    cq: Box<[CompletionEntry; FLOOR_SLOTS]>,
+    sq: DmaArray<SubmissionEntry>,
+    cq: DmaArray<CompletionEntry>,
     next: usize,
 }
 
 impl Floor {
     fn new() -> Floor {
-        Floor {
-            sq: Box::new(Slots([SubmissionEntry::default(); FLOOR_SLOTS])),
-            cq: Box::new([CompletionEntry::default(); FLOOR_SLOTS]),
-            next: 0,
-        }
+        let sq_bytes = FLOOR_SLOTS * size_of::<SubmissionEntry>();
+        let cq_bytes = FLOOR_SLOTS * size_of::<CompletionEntry>();
+        let region =
+            DmaRegion::new_unmapped(sq_bytes + cq_bytes, PageSize::Small).expect("floor region");
+        let sq = region.carve(0, FLOOR_SLOTS).expect("floor SQ");
+        let cq = region.carve(sq_bytes, FLOOR_SLOTS).expect("floor CQ");
+        sq.fill(SubmissionEntry::default());
+        cq.fill(CompletionEntry::default());
+        Floor { sq, cq, next: 0 }
     }
 
     /// `n` I/Os: per I/O one SQE written to the ring, one CQE read back.
@@ -236,11 +237,8 @@ impl Floor {
             self.next = (slot + 1) % FLOOR_SLOTS;
             cmd.cdw10 = slot as u32;
             cmd.set_cid(slot as u16);
-            // SAFETY: slot < FLOOR_SLOTS, inside the boxed arrays.
-            unsafe {
-                self.sq.0.as_mut_ptr().add(slot).write_volatile(cmd);
-                acc ^= self.cq.as_ptr().add(slot).read_volatile().cid;
-            }
+            self.sq.write(slot, cmd);
+            acc ^= self.cq.read(slot).cid;
         }
         acc
     }

@@ -14,8 +14,9 @@
 //! a buffer that is not mapped in its controller's container
 //! (`NvmeError::ForeignBuffer`: an unmapped pool, or another container's,
 //! whose IOVA may name an unrelated buffer here). The safe
-//! `Controller::admin_command` refuses data pointers; the `unsafe`
-//! `admin_command_raw` sends whatever PRP the caller wrote, which is how
+//! `Controller::admin_command` refuses data pointers; `admin_command_raw`,
+//! given an `UncheckedDma` promise made in `unsafe` code, sends whatever PRP
+//! the caller wrote, which is how
 //! the isolation test hands the device a heap address.
 //!
 //! What a blocked DMA looks like depends on the device. QEMU's NVMe model
@@ -37,7 +38,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::{fs, thread};
 
-use fastlane::framework::{self, BufferPool, DmaBuf, PageSize, Vfio};
+use fastlane::framework::{self, BufferPool, DmaBuf, PageSize, UncheckedDma, Vfio};
 use fastlane::nvme::spec::{IdentifyController, SubmissionEntry};
 use fastlane::nvme::{pattern, Controller, IoQueuePair, NvmeError, Options};
 
@@ -574,7 +575,9 @@ fn iommu_confines_admin_dma_to_mapped_regions() {
     // Identify Controller would write 4 KiB of identify data at prp1.
     // SAFETY: the PRP names a heap page outside every mapping on purpose;
     // the test checks the IOMMU keeps the device from writing it.
-    let r = unsafe { ctrl.admin_command_raw(SubmissionEntry::identify_controller(heap.addr())) }
+    let promise = unsafe { UncheckedDma::promise() };
+    let r = ctrl
+        .admin_command_raw(SubmissionEntry::identify_controller(heap.addr()), &promise)
         .map(|_| ());
     report_blocked(
         &format!("identify into heap page {:#x}", heap.addr()),
@@ -592,9 +595,10 @@ fn iommu_confines_admin_dma_to_mapped_regions() {
     let pool = BufferPool::new(&vfio, 4096, 512, PageSize::Huge2M).unwrap();
     let stale = pool.region().iova_at(0).get();
     drop(pool);
-    // SAFETY: the IOVA belonged to a region that is unmapped now; nothing
-    // of ours can be there.
-    let r = unsafe { ctrl.admin_command_raw(SubmissionEntry::identify_controller(stale)) }
+    // The same promise: the IOVA belonged to a region that is unmapped
+    // now; nothing of ours can be there.
+    let r = ctrl
+        .admin_command_raw(SubmissionEntry::identify_controller(stale), &promise)
         .map(|_| ());
     report_blocked(
         &format!("identify into freed region IOVA {stale:#x}"),

@@ -6,14 +6,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fastlane_framework::{DmaBuf, DmaDomain, DmaRegion, Mmio, PageSize, PciDevice, Vfio};
+use fastlane_framework::{
+    DmaBuf, DmaDomain, DmaRegion, Mmio, PageSize, PciDevice, UncheckedDma, Vfio,
+};
 
 use crate::error::{NvmeError, Result};
 use crate::qpair::IoQueuePair;
 use crate::ring::{Layout, Ring, Shadow};
 use crate::spec::{
-    self, active_ns_ids, reg, Cap, Cc, CompletionEntry, Csts, IdentifyController,
-    IdentifyNamespace, NumQueues, Shutdown, ShutdownStatus, SubmissionEntry, Version,
+    self, active_ns_ids, admin_opcode, feature, reg, Cap, Cc, CompletionEntry, Csts,
+    IdentifyController, IdentifyNamespace, NumQueues, Shutdown, ShutdownStatus, SubmissionEntry,
+    Version,
 };
 
 /// Memory page size the driver programs into CC.MPS (4 KiB).
@@ -176,68 +179,35 @@ impl Controller {
             ring,
             qids: Vec::new(),
         };
-        enable(&regs, cap, &admin.ring)?;
-
-        // Identify Controller and namespaces into the admin ring's extra page.
-        let data = admin.ring.extra_iova();
-        admin.execute(&regs, cap, SubmissionEntry::identify_controller(data))?;
-        let idc = IdentifyController::from_bytes(&admin.extra(PAGE_SIZE))
-            .ok_or(NvmeError::Malformed("identify controller"))?;
-        let info_max = max_transfer(&idc);
-        admin.execute(
-            &regs,
-            cap,
-            SubmissionEntry::identify_active_ns_list(0, data),
-        )?;
-        let ids: Vec<u32> = active_ns_ids(&admin.extra(PAGE_SIZE)).take(1024).collect();
-        let mut namespaces = Vec::new();
-        for id in ids {
-            admin.execute(&regs, cap, SubmissionEntry::identify_namespace(id, data))?;
-            let ns = IdentifyNamespace::from_bytes(&admin.extra(PAGE_SIZE))
-                .ok_or(NvmeError::Malformed("identify namespace"))?;
-            let block_size = ns.lba_size().ok_or(NvmeError::Malformed("LBA format"))?;
-            namespaces.push(Namespace {
-                id,
-                blocks: ns.nsze,
-                block_size,
-            });
-        }
-        let granted = set_num_queues(&mut admin, &regs, cap, options.io_queues)?;
-        admin.qids = vec![false; granted as usize + 1];
-        let dbbuf = if options.shadow_doorbells && idc.supports_doorbell_buffer_config() {
-            let region = mem.region(2 * PAGE_SIZE)?;
-            config_dbbuf(&mut admin, &regs, cap, &region)?;
-            Some(region)
-        } else {
-            None
-        };
-        let info = ControllerInfo {
-            vendor_id: idc.vid,
-            serial: idc.serial(),
-            model: idc.model(),
-            firmware: idc.firmware(),
-            version: Version(regs.read32(reg::VS)),
-            max_transfer: info_max,
-            max_queue_entries: cap.max_queue_entries(),
-            io_queues: granted,
-            supports_write_zeroes: idc.supports_write_zeroes(),
-            supports_dsm: idc.supports_dsm(),
-            raw: Box::new(idc),
-        };
-        Ok(Controller {
-            inner: Arc::new(Inner {
-                regs,
-                cap,
-                mem,
-                admin: Mutex::new(admin),
-                generation: AtomicU64::new(0),
-                info,
-                namespaces,
-                dbbuf,
-                options,
-                _device: device,
+        let up = enable(&regs, cap, &admin.ring)
+            .and_then(|()| bring_up(&mut admin, &regs, cap, &mem, &options));
+        match up {
+            Ok((info, namespaces, dbbuf)) => Ok(Controller {
+                inner: Arc::new(Inner {
+                    regs,
+                    cap,
+                    mem,
+                    admin: Mutex::new(admin),
+                    generation: AtomicU64::new(0),
+                    info,
+                    namespaces,
+                    dbbuf,
+                    options,
+                    _device: device,
+                }),
             }),
-        })
+            Err(e) => {
+                // Our own controller, enabled a moment ago: stop it before
+                // its admin queue memory goes away.
+                regs.write32(reg::CC, Cc(regs.read32(reg::CC)).with_en(false).0);
+                if let Err(d) = wait_ready(&regs, cap, false) {
+                    log::error!("disabling the controller after a failed bring-up: {d}");
+                    // It may still write its queues: keep them mapped.
+                    std::mem::forget(admin.ring.region.clone());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Identify data and limits.
@@ -284,54 +254,51 @@ impl Controller {
         Csts(self.inner.regs.read32(reg::CSTS))
     }
 
-    /// Runs one admin command synchronously (for tools and tests); `data`
-    /// receives up to 4 KiB the command returns, through the driver's own
-    /// admin data page. Without `data`, the command must carry no data
-    /// pointers (PRP1 = PRP2 = 0): safe code cannot aim the device at memory.
-    pub fn admin_command(&self, cmd: SubmissionEntry, data: Option<&mut [u8]>) -> Result<CompletionEntry> {
+    /// Runs one admin command synchronously (for tools and tests) through
+    /// the driver's own 4 KiB admin data page: the driver fills PRP1 with
+    /// that page and PRP2 with 0. `data`, if given, is copied into the page
+    /// first (for commands that send data, such as Set Features –
+    /// Timestamp) and receives up to 4 KiB of what the command returns.
+    ///
+    /// Only commands whose every address field the driver fills itself are
+    /// accepted (see [`check_safe_admin`]): Identify, Get Log Page of at
+    /// most 4 KiB, Get Features, and Set Features of features that carry no
+    /// address; PRP1, PRP2 and the metadata pointer must be left 0, and
+    /// fused or SGL commands are refused. Anything else is
+    /// [`NvmeError::UnsafeCommand`]: use [`Controller::admin_command_raw`].
+    pub fn admin_command(
+        &self,
+        mut cmd: SubmissionEntry,
+        data: Option<&mut [u8]>,
+    ) -> Result<CompletionEntry> {
+        check_safe_admin(&cmd)?;
         let mut admin = self.inner.lock_admin();
-        let mut cmd = cmd;
-        match &data {
-            Some(_) => {
-                cmd.prp1 = admin.ring.extra_iova();
-                cmd.prp2 = 0;
-            }
-            None if cmd.prp1 != 0 || cmd.prp2 != 0 => {
-                return Err(NvmeError::InvalidArgument(
-                    "data pointers in an admin command: pass a buffer (admin_command_buf)".into(),
-                ));
-            }
-            None => {}
+        if let Some(d) = &data {
+            admin.put_page(d);
         }
-        let c = admin.execute(&self.inner.regs, self.inner.cap, cmd)?;
+        cmd.prp1 = admin.ring.extra_iova();
+        cmd.prp2 = 0;
+        let c = admin.execute(&self.inner.regs, self.inner.cap, cmd);
         if let Some(out) = data {
             let n = out.len().min(PAGE_SIZE);
-            out[..n].copy_from_slice(&admin.extra(n));
+            out[..n].copy_from_slice(&admin.page(n));
         }
-        Ok(c)
+        c
     }
 
-    /// Runs one admin command exactly as given, data pointers included.
+    /// Runs one admin command whose data goes to (or comes from) `buf`, a
+    /// 4 KiB aligned buffer of at least 4 KiB mapped in this controller's
+    /// container: the driver sets PRP1 to the buffer's IOVA and PRP2 to 0.
+    /// The same commands as [`Controller::admin_command`] are accepted.
     ///
-    /// # Safety
-    /// The device reads and writes whatever the PRPs name, within the
-    /// IOMMU's mappings of this container: they may point at the driver's
-    /// own queues or at buffers in use. For fault-injection tests.
-    pub unsafe fn admin_command_raw(&self, cmd: SubmissionEntry) -> Result<CompletionEntry> {
-        self.inner
-            .lock_admin()
-            .execute(&self.inner.regs, self.inner.cap, cmd)
-    }
-}
-
-impl Controller {
-    /// Runs one admin command whose data goes to (or comes from) `buf`,
-    /// addressed by the buffer's IOVA: pointer plus its region's offset.
+    /// If the command times out, the controller is reset so it cannot
+    /// write the buffer after this returns.
     pub fn admin_command_buf(
         &self,
         mut cmd: SubmissionEntry,
         buf: &DmaBuf,
     ) -> Result<CompletionEntry> {
+        check_safe_admin(&cmd)?;
         if buf.domain() != self.inner.mem.domain() {
             return Err(NvmeError::ForeignBuffer);
         }
@@ -342,9 +309,91 @@ impl Controller {
         }
         cmd.prp1 = buf.iova().get();
         cmd.prp2 = 0;
+        let seen = self.inner.generation.load(Ordering::Acquire);
+        let r = self
+            .inner
+            .lock_admin()
+            .execute(&self.inner.regs, self.inner.cap, cmd);
+        if matches!(r, Err(NvmeError::Timeout { .. })) {
+            // The device may still own the buffer: stop it.
+            if let Err(e) = self.inner.reset_if(seen) {
+                log::error!("reset after an admin timeout on a caller's buffer: {e}");
+            }
+        }
+        r
+    }
+
+    /// Runs one admin command exactly as given, every address field
+    /// included (PRPs, metadata pointer, Host Memory Buffer descriptors,
+    /// queue bases): for fault injection and commands the safe API refuses.
+    /// `_promise` is the caller's [`UncheckedDma`] promise that those
+    /// addresses name only memory the device may use for this command; the
+    /// device reads and writes whatever they name within the IOMMU's
+    /// mappings of this container, the driver's own queues included.
+    pub fn admin_command_raw(
+        &self,
+        cmd: SubmissionEntry,
+        _promise: &UncheckedDma,
+    ) -> Result<CompletionEntry> {
         self.inner
             .lock_admin()
             .execute(&self.inner.regs, self.inner.cap, cmd)
+    }
+}
+
+/// Set Features identifiers whose command carries no address and leaves the
+/// driver's queues alone.
+const SAFE_FEATURES: &[u8] = &[
+    feature::ARBITRATION,
+    feature::POWER_MANAGEMENT,
+    feature::TEMPERATURE_THRESHOLD,
+    feature::ERROR_RECOVERY,
+    feature::VOLATILE_WRITE_CACHE,
+    feature::INTERRUPT_COALESCING,
+    feature::INTERRUPT_VECTOR_CONFIG,
+    feature::WRITE_ATOMICITY,
+    feature::ASYNC_EVENT_CONFIG,
+    feature::AUTONOMOUS_POWER_STATE,
+    feature::TIMESTAMP,
+    feature::KEEP_ALIVE_TIMER,
+];
+
+/// Whether the safe admin API may send `cmd`: an allow-list of commands
+/// whose only device address is the data pointer the driver fills in (one
+/// page), with every address field the caller could set left zero.
+pub fn check_safe_admin(cmd: &SubmissionEntry) -> Result<()> {
+    let opcode = cmd.opcode();
+    let refuse = |why| Err(NvmeError::UnsafeCommand { opcode, why });
+    if cmd.cdw0 & 0xFF00 != 0 {
+        return refuse("fused or SGL (PSDT) commands are not supported");
+    }
+    if cmd.mptr != 0 {
+        return refuse("metadata pointer set (the driver fills every address)");
+    }
+    if cmd.prp1 != 0 || cmd.prp2 != 0 {
+        return refuse("data pointers set (the driver fills PRP1/PRP2; leave them 0)");
+    }
+    match opcode {
+        admin_opcode::IDENTIFY | admin_opcode::GET_FEATURES => Ok(()),
+        admin_opcode::GET_LOG_PAGE if cmd.log_page_dwords() * 4 <= PAGE_SIZE as u64 => Ok(()),
+        admin_opcode::GET_LOG_PAGE => refuse("log page longer than the 4 KiB data page"),
+        admin_opcode::SET_FEATURES if SAFE_FEATURES.contains(&(cmd.cdw10 as u8)) => Ok(()),
+        admin_opcode::SET_FEATURES if cmd.cdw10 as u8 == feature::HOST_MEMORY_BUFFER => {
+            refuse("Host Memory Buffer descriptors are device addresses")
+        }
+        admin_opcode::SET_FEATURES => {
+            refuse("feature not on the safe list (it may carry addresses or change queues)")
+        }
+        admin_opcode::CREATE_IO_SQ | admin_opcode::CREATE_IO_CQ => {
+            refuse("queue bases are device addresses; use create_qpair")
+        }
+        admin_opcode::DELETE_IO_SQ | admin_opcode::DELETE_IO_CQ => {
+            refuse("the driver owns its I/O queues")
+        }
+        admin_opcode::DOORBELL_BUFFER_CONFIG => {
+            refuse("doorbell buffers are device addresses; use Options::shadow_doorbells")
+        }
+        _ => refuse("opcode not on the safe list"),
     }
 }
 
@@ -378,7 +427,9 @@ impl Inner {
 }
 
 impl Inner {
-    /// Shadow doorbell slots of I/O queue `qid`, when shadow doorbells are on.
+    /// Shadow doorbell and EventIdx slots of I/O queue `qid`, carved out of
+    /// the doorbell buffer pages for that queue alone, when shadow doorbells
+    /// are on.
     pub fn shadow_for(&self, qid: u16) -> Option<Shadow> {
         let region = self.dbbuf.as_ref()?;
         let stride = self.cap.doorbell_stride();
@@ -386,24 +437,29 @@ impl Inner {
         if cq + 4 > PAGE_SIZE {
             return None;
         }
-        let base = region.as_ptr();
-        // SAFETY: offsets checked against the 4 KiB pages of the region,
-        // which lives as long as the controller (and so every queue pair).
-        unsafe {
-            Some(Shadow {
-                sq_db: base.add(sq).cast(),
-                cq_db: base.add(cq).cast(),
-                sq_ei: base.add(PAGE_SIZE + sq).cast(),
-                cq_ei: base.add(PAGE_SIZE + cq).cast(),
+        let slot = |off| region.carve::<u32>(off, 1);
+        let carved = (|| {
+            Ok::<_, fastlane_framework::Error>(Shadow {
+                sq_db: slot(sq)?,
+                cq_db: slot(cq)?,
+                sq_ei: slot(PAGE_SIZE + sq)?,
+                cq_ei: slot(PAGE_SIZE + cq)?,
             })
-        }
+        })();
+        carved
+            .inspect_err(|e| log::warn!("queue {qid}: no shadow doorbells: {e}"))
+            .ok()
     }
 }
 
-/// Zeroes the shadow doorbell and EventIdx pages and hands them to the
-/// controller (Doorbell Buffer Config; the controller forgets it on reset).
+/// Hands the shadow doorbell and EventIdx pages to the controller (Doorbell
+/// Buffer Config; the controller forgets it on reset). The pages are zeroed
+/// when no queue holds a slot of them; a queue zeroes its own slots before
+/// it is created.
 fn config_dbbuf(admin: &mut Admin, regs: &Mmio, cap: Cap, region: &DmaRegion) -> Result<()> {
-    region.fill(0, 2 * PAGE_SIZE, 0)?;
+    if let Ok(pages) = region.carve::<u64>(0, 2 * PAGE_SIZE / 8) {
+        pages.fill(0);
+    }
     let cmd = SubmissionEntry::doorbell_buffer_config(
         region.iova_at(0).get(),
         region.iova_at(PAGE_SIZE).get(),
@@ -430,15 +486,17 @@ impl Admin {
         loop {
             if let Some(c) = self.ring.pop() {
                 self.ring.ring_cq();
-                self.ring.sq.update_head(c.sq_head)?;
-                if c.cid != cmd.cid() {
+                // A malformed completion finishes nothing: the command stays
+                // outstanding and its timeout applies.
+                if c.sq_id != 0 || c.cid != cmd.cid() || self.ring.sq.check_head(c.sq_head).is_err()
+                {
                     log::warn!(
-                        "admin completion for unknown cid {} (expected {})",
-                        c.cid,
+                        "malformed admin completion {c:?} (expected cid {})",
                         cmd.cid()
                     );
                     continue;
                 }
+                self.ring.sq.update_head(c.sq_head)?;
                 c.status().result()?;
                 return Ok(c);
             }
@@ -455,10 +513,22 @@ impl Admin {
         }
     }
 
-    fn extra(&self, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        let _ = self.ring.region.read(self.ring.layout.extra_off, &mut v);
-        v
+    /// The first `len` bytes (at most 4 KiB) of the admin data page.
+    fn page(&self, len: usize) -> Vec<u8> {
+        let mut words = vec![0u64; PAGE_SIZE / 8];
+        // The page is 512 words of the ring's extra area: cannot fail.
+        let _ = self.ring.extra.copy_to(0, &mut words);
+        let mut bytes: Vec<u8> = bytemuck::cast_slice(&words).to_vec();
+        bytes.truncate(len.min(PAGE_SIZE));
+        bytes
+    }
+
+    /// Copies up to 4 KiB of `data` to the start of the admin data page.
+    fn put_page(&self, data: &[u8]) {
+        let mut words = vec![0u64; PAGE_SIZE / 8];
+        let n = data.len().min(PAGE_SIZE);
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..n].copy_from_slice(&data[..n]);
+        let _ = self.ring.extra.copy_from(0, &words);
     }
 
     pub fn take_qid(&mut self) -> Option<u16> {
@@ -476,6 +546,60 @@ impl Admin {
     pub fn granted(&self) -> u16 {
         self.qids.len().saturating_sub(1) as u16
     }
+}
+
+/// Identify, namespaces, number of queues and shadow doorbells, on an
+/// enabled controller.
+fn bring_up(
+    admin: &mut Admin,
+    regs: &Mmio,
+    cap: Cap,
+    mem: &Memory,
+    options: &Options,
+) -> Result<(ControllerInfo, Vec<Namespace>, Option<DmaRegion>)> {
+    // Identify Controller and namespaces into the admin ring's data page.
+    let data = admin.ring.extra_iova();
+    admin.execute(regs, cap, SubmissionEntry::identify_controller(data))?;
+    let idc = IdentifyController::from_bytes(&admin.page(PAGE_SIZE))
+        .ok_or(NvmeError::Malformed("identify controller"))?;
+    let info_max = max_transfer(&idc);
+    admin.execute(regs, cap, SubmissionEntry::identify_active_ns_list(0, data))?;
+    let ids: Vec<u32> = active_ns_ids(&admin.page(PAGE_SIZE)).take(1024).collect();
+    let mut namespaces = Vec::new();
+    for id in ids {
+        admin.execute(regs, cap, SubmissionEntry::identify_namespace(id, data))?;
+        let ns = IdentifyNamespace::from_bytes(&admin.page(PAGE_SIZE))
+            .ok_or(NvmeError::Malformed("identify namespace"))?;
+        let block_size = ns.lba_size().ok_or(NvmeError::Malformed("LBA format"))?;
+        namespaces.push(Namespace {
+            id,
+            blocks: ns.nsze,
+            block_size,
+        });
+    }
+    let granted = set_num_queues(admin, regs, cap, options.io_queues)?;
+    admin.qids = vec![false; granted as usize + 1];
+    let dbbuf = if options.shadow_doorbells && idc.supports_doorbell_buffer_config() {
+        let region = mem.region(2 * PAGE_SIZE)?;
+        config_dbbuf(admin, regs, cap, &region)?;
+        Some(region)
+    } else {
+        None
+    };
+    let info = ControllerInfo {
+        vendor_id: idc.vid,
+        serial: idc.serial(),
+        model: idc.model(),
+        firmware: idc.firmware(),
+        version: Version(regs.read32(reg::VS)),
+        max_transfer: info_max,
+        max_queue_entries: cap.max_queue_entries(),
+        io_queues: granted,
+        supports_write_zeroes: idc.supports_write_zeroes(),
+        supports_dsm: idc.supports_dsm(),
+        raw: Box::new(idc),
+    };
+    Ok((info, namespaces, dbbuf))
 }
 
 /// Disables the controller, programs the admin queue, enables it and waits

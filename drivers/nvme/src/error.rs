@@ -54,6 +54,26 @@ pub enum NvmeError {
     ForeignBuffer,
     #[error("malformed data from the device: {0}")]
     Malformed(&'static str),
+    /// The safe admin API refused a command it cannot vouch for: one that
+    /// may carry a device address the driver did not fill in itself (a
+    /// metadata pointer, a Host Memory Buffer descriptor list, queue bases)
+    /// or that changes queues the driver owns. Such commands go through
+    /// `Controller::admin_command_raw` with an `UncheckedDma` promise.
+    #[error("admin command {opcode:#04x} refused by the safe API: {why}")]
+    UnsafeCommand {
+        /// The command's opcode.
+        opcode: u8,
+        /// What made it unsafe.
+        why: &'static str,
+    },
+}
+
+impl NvmeError {
+    /// The device is open already in this container (or held by another
+    /// process): the framework's `Busy`.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, NvmeError::Framework(fastlane_framework::Error::Busy(_)))
+    }
 }
 
 /// A submission the queue pair did not take: the error and the buffer,

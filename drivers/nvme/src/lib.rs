@@ -1,10 +1,18 @@
+#![forbid(unsafe_code)]
 //! NVMe polling-mode driver for the fastlane userspace driver framework.
 //!
 //! `spec` declares every NVMe register and structure once, `queue` holds the
 //! pure submission/completion ring and command-id logic, `prp` builds PRP
 //! entries and lists from IOVAs, `ring` puts a queue pair in DMA memory,
 //! `controller` brings the device up and owns the admin queue, `qpair` is
-//! the per-thread I/O path.
+//! the per-thread I/O path. `sim` (cargo feature `sim`) is an in-process
+//! controller model for tests and benchmarks.
+//!
+//! The crate has no `unsafe` code: every access to memory the device shares
+//! goes through the framework's [`fastlane_framework::DmaArray`], and the
+//! only way to hand the device an address the driver did not fill in
+//! itself is [`Controller::admin_command_raw`], which takes an
+//! [`fastlane_framework::UncheckedDma`] promise.
 //!
 //! ```no_run
 //! use fastlane_framework::{BufferPool, PageSize, Vfio};
@@ -30,6 +38,7 @@ pub mod prp;
 pub mod qpair;
 pub mod queue;
 mod ring;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod spec;
 

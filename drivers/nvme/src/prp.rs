@@ -89,6 +89,22 @@ pub const fn max_transfer(page_size: usize, offset: usize, list_capacity: usize)
 /// (CC.MPS), writing list entries into `list` when more than two pages are
 /// spanned. On error nothing meaningful has been written.
 pub fn build(data: u64, len: usize, page_size: usize, list: PrpList<'_>) -> Result<Prps, PrpError> {
+    let PrpList { iova, entries } = list;
+    build_into(data, len, page_size, iova, entries.len(), |i, v| entries[i] = v)
+}
+
+/// [`build`] for a list page the caller writes itself (DMA memory reached
+/// through an accessor, not a slice): the list page is at `list_iova` and
+/// holds at most `list_entries` entries; `put(i, address)` stores entry `i`
+/// (only for `i < list_entries`, in order).
+pub fn build_into(
+    data: u64,
+    len: usize,
+    page_size: usize,
+    list_iova: u64,
+    list_entries: usize,
+    mut put: impl FnMut(usize, u64),
+) -> Result<Prps, PrpError> {
     if !page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
         return Err(PrpError::InvalidPageSize { page_size });
     }
@@ -122,22 +138,23 @@ pub fn build(data: u64, len: usize, page_size: usize, list: PrpList<'_>) -> Resu
         });
     }
 
-    let capacity = list.capacity(page_size);
+    let in_page = page_size - (list_iova % ps) as usize;
+    let capacity = list_entries.min(in_page / 8);
     if pages > capacity {
         return Err(PrpError::TooLarge {
             len,
             max: max_transfer(page_size, offset as usize, capacity),
         });
     }
-    if list.iova & 0x7 != 0 {
-        return Err(PrpError::ListMisaligned { iova: list.iova });
+    if list_iova & 0x7 != 0 {
+        return Err(PrpError::ListMisaligned { iova: list_iova });
     }
-    for (i, entry) in list.entries[..pages].iter_mut().enumerate() {
-        *entry = second_page + i as u64 * ps;
+    for i in 0..pages {
+        put(i, second_page + i as u64 * ps);
     }
     Ok(Prps {
         prp1: data,
-        prp2: list.iova,
+        prp2: list_iova,
         list_len: pages,
     })
 }

@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fastlane_framework::{DmaBuf, DmaDomain};
+use fastlane_framework::{DmaArray, DmaBuf, DmaDomain};
 
 use crate::controller::{Admin, Inner, Namespace, PAGE_SIZE};
 use crate::error::{NvmeError, Rejected, Result};
-use crate::prp::{self, PrpList};
+use crate::prp;
 use crate::queue::CidTable;
 use crate::ring::{Layout, Ring};
 use crate::spec::{
@@ -45,9 +45,11 @@ pub struct Completion {
 pub struct QpairStats {
     pub submitted: u64,
     pub completed: u64,
-    /// Completions naming a command id that is not outstanding.
+    /// Completions naming a command id that is not outstanding (never
+    /// issued, or completed already). They finish nothing.
     pub unknown_cids: u64,
-    /// Completions for another SQ or with an impossible SQ head.
+    /// Completions for another SQ or with an impossible SQ head. They
+    /// finish nothing: the command they name stays outstanding.
     pub malformed: u64,
     pub timeouts: u64,
     pub aborts_sent: u64,
@@ -115,11 +117,12 @@ impl IoQueuePair {
                 return Err(e);
             }
         };
+        // Shadow slots are zeroed before the queues exist.
+        ring.set_shadow(inner.shadow_for(qid));
         if let Err(e) = create_queues(&mut admin, &inner, &ring, qid, depth) {
             admin.release_qid(qid);
             return Err(e);
         }
-        ring.set_shadow(inner.shadow_for(qid));
         let generation = inner.generation.load(Ordering::Acquire);
         drop(admin);
         Ok(IoQueuePair {
@@ -237,12 +240,12 @@ impl IoQueuePair {
             None,
             tag,
             |page| {
-                // The slot's PRP page carries the range list.
+                // The slot's PRP page carries the range list: 256 ranges of
+                // 16 bytes at most, two words each, fit its 4 KiB.
                 for (i, &(lba, blocks)) in ranges.iter().enumerate() {
-                    let r = DsmRange::new(lba, blocks);
-                    // SAFETY: i < 256 ranges of 16 bytes fit the 4 KiB page the
-                    // device reads only after the doorbell.
-                    unsafe { page.ptr.cast::<DsmRange>().add(i).write_volatile(r) };
+                    let [lo, hi]: [u64; 2] = bytemuck::cast(DsmRange::new(lba, blocks));
+                    page.put(2 * i, lo);
+                    page.put(2 * i + 1, hi);
                 }
                 Ok((page.iova, 0))
             },
@@ -286,25 +289,28 @@ impl IoQueuePair {
                 break;
             };
             consumed += 1;
-            if c.sq_id != self.qid || self.ring.sq.update_head(c.sq_head).is_err() {
+            // Validate the whole entry before trusting any of it: a
+            // malformed completion finishes nothing and hands nothing back;
+            // the command it names stays outstanding (its timeout applies).
+            if c.sq_id != self.qid || self.ring.sq.check_head(c.sq_head).is_err() {
                 self.stats.malformed += 1;
                 log::warn!("queue {}: malformed completion {c:?}", self.qid);
+                continue;
             }
-            match self.slots.complete(c.cid) {
-                Ok(slot) => {
-                    n += 1;
-                    self.stats.completed += 1;
-                    f(Completion {
-                        tag: slot.tag,
-                        buf: slot.buf,
-                        result: c.status().result().map_err(NvmeError::Status),
-                    });
-                }
-                Err(e) => {
-                    self.stats.unknown_cids += 1;
-                    log::warn!("queue {}: {e}", self.qid);
-                }
-            }
+            let Ok(slot) = self.slots.complete(c.cid) else {
+                self.stats.unknown_cids += 1;
+                log::warn!("queue {}: completion for cid {}, not in flight", self.qid, c.cid);
+                continue;
+            };
+            // Checked above, so this cannot fail.
+            let _ = self.ring.sq.update_head(c.sq_head);
+            n += 1;
+            self.stats.completed += 1;
+            f(Completion {
+                tag: slot.tag,
+                buf: slot.buf,
+                result: c.status().result().map_err(NvmeError::Status),
+            });
         }
         if consumed > 0 {
             self.ring.ring_cq();
@@ -389,20 +395,11 @@ impl IoQueuePair {
         let mut cmd = SubmissionEntry::read(nsid, lba, nlb, 0, 0);
         cmd.cdw0 = (cmd.cdw0 & !0xff) | opcode as u32;
         self.push(cmd, Some(buf), tag, |page| {
-            let entries = PAGE_SIZE / 8;
-            // SAFETY: the slot's own list page, 4 KiB of DMA memory that the
-            // device reads only after the doorbell and that no other command
-            // uses while this slot is outstanding.
-            let list = unsafe { std::slice::from_raw_parts_mut(page.ptr.cast::<u64>(), entries) };
-            let p = prp::build(
-                data,
-                bytes,
-                PAGE_SIZE,
-                PrpList {
-                    iova: page.iova,
-                    entries: list,
-                },
-            )?;
+            // The slot's own list page, which the device reads only after
+            // the doorbell and no other command uses while it is outstanding.
+            let p = prp::build_into(data, bytes, PAGE_SIZE, page.iova, WORDS_PER_PAGE, |i, v| {
+                page.put(i, v)
+            })?;
             Ok((p.prp1, p.prp2))
         })
     }
@@ -415,7 +412,7 @@ impl IoQueuePair {
         mut cmd: SubmissionEntry,
         buf: Option<DmaBuf>,
         tag: u64,
-        fill: impl FnOnce(SlotPage) -> Result<(u64, u64)>,
+        fill: impl FnOnce(SlotPage<'_>) -> Result<(u64, u64)>,
     ) -> Result<(), Rejected> {
         if self.inner.generation.load(Ordering::Relaxed) != self.generation {
             if let Err(e) = self.recover() {
@@ -434,11 +431,12 @@ impl IoQueuePair {
         let Some(cid) = self.slots.alloc(slot) else {
             return Err(Rejected::new(NvmeError::QueueFull, None));
         };
-        let off = cid as usize * PAGE_SIZE;
+        // cid < depth - 1, and the extra area holds depth pages.
+        let base = cid as usize * WORDS_PER_PAGE;
         let page = SlotPage {
-            // SAFETY: cid < depth - 1, and the extra area holds depth pages.
-            ptr: unsafe { self.ring.extra_ptr().add(off) },
-            iova: self.ring.extra_iova() + off as u64,
+            list: &self.ring.extra,
+            base,
+            iova: self.ring.extra.iova_of(base).get(),
         };
         match fill(page) {
             Ok((prp1, prp2)) => {
@@ -540,9 +538,9 @@ impl IoQueuePair {
         }
         self.stats.resets_seen += 1;
         self.epoch_started = Instant::now();
+        // Zeroes the queues and this pair's shadow slots (which it keeps).
         self.ring.reinit()?;
         create_queues(&mut admin, &self.inner, &self.ring, self.qid, self.depth)?;
-        self.ring.set_shadow(self.inner.shadow_for(self.qid));
         self.generation = generation;
         Ok(())
     }
@@ -554,10 +552,24 @@ const _: () = {
     assert_send::<IoQueuePair>();
 };
 
-/// A command slot's preallocated 4 KiB page (PRP list or DSM ranges).
-struct SlotPage {
-    ptr: *mut u8,
+/// 64-bit words in one 4 KiB slot page.
+const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;
+
+/// A command slot's preallocated 4 KiB page (PRP list or DSM ranges): words
+/// `base..base + WORDS_PER_PAGE` of the ring's extra area.
+struct SlotPage<'a> {
+    list: &'a DmaArray<u64>,
+    base: usize,
     iova: u64,
+}
+
+impl SlotPage<'_> {
+    /// Stores word `i` of the page.
+    #[inline(always)]
+    fn put(&self, i: usize, v: u64) {
+        debug_assert!(i < WORDS_PER_PAGE);
+        self.list.write(self.base + i, v);
+    }
 }
 
 fn create_queues(
@@ -599,7 +611,9 @@ impl Drop for IoQueuePair {
                 for (_, slot) in self.slots.drain() {
                     std::mem::forget(slot.buf);
                 }
-                std::mem::forget(self.ring.region.clone());
+                self.ring.leak_memory();
+                // Its queue id (and shadow slots) stay taken too.
+                return;
             }
         }
         admin.release_qid(self.qid);

@@ -7,7 +7,6 @@
 //! Everything the device reports (`sq_head`, `cid`) is validated: a
 //! malformed completion is an error, never a panic or a wrong lookup.
 
-
 use thiserror::Error;
 
 use crate::spec::CompletionEntry;
@@ -91,6 +90,15 @@ impl SqRing {
     /// have consumed entries that were never submitted); otherwise the ring
     /// is left unchanged and an error returned.
     pub fn update_head(&mut self, sq_head: u16) -> Result<(), QueueError> {
+        self.check_head(sq_head)?;
+        self.head = sq_head;
+        Ok(())
+    }
+
+    /// Whether [`Self::update_head`] would accept `sq_head`, without
+    /// changing the ring: for validating a whole completion before trusting
+    /// any of it.
+    pub fn check_head(&self, sq_head: u16) -> Result<(), QueueError> {
         if sq_head >= self.size
             || self.distance(self.head, sq_head) > self.distance(self.head, self.tail)
         {
@@ -101,7 +109,6 @@ impl SqRing {
                 size: self.size,
             });
         }
-        self.head = sq_head;
         Ok(())
     }
 

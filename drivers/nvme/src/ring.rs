@@ -1,10 +1,16 @@
 //! One submission/completion queue pair in DMA memory: writes commands,
 //! reads completions by phase tag, rings doorbells. Shared by the admin
 //! queue and the I/O queues; pure index logic lives in `queue`.
+//!
+//! All queue memory is reached through framework [`DmaArray`]s carved out
+//! of the queue's region: the SQ, the CQ, the caller's extra pages and the
+//! queue's shadow doorbell slots. Every access is one bounds-checked
+//! volatile load or store.
 
+use std::mem::offset_of;
 use std::sync::atomic::{fence, Ordering};
 
-use fastlane_framework::{DmaRegion, Mmio};
+use fastlane_framework::{DmaArray, DmaRegion, Mmio};
 
 use crate::error::Result;
 use crate::queue::{CqRing, SqRing};
@@ -12,12 +18,15 @@ use crate::spec::{cq_head_doorbell, sq_tail_doorbell, CompletionEntry, Submissio
 
 const SQE: usize = std::mem::size_of::<SubmissionEntry>();
 const CQE: usize = std::mem::size_of::<CompletionEntry>();
+/// Byte offset of the Phase Tag / Status word inside a completion entry.
+const STATUS: usize = offset_of!(CompletionEntry, status);
 
 /// Queue memory layout inside one region: SQ at 0, CQ at the next 4 KiB
 /// boundary, then `extra` bytes for the caller (PRP list pages, identify data).
 pub(crate) struct Layout {
     pub cq_off: usize,
     pub extra_off: usize,
+    pub extra: usize,
     pub total: usize,
 }
 
@@ -29,6 +38,7 @@ impl Layout {
         Layout {
             cq_off,
             extra_off,
+            extra,
             total: extra_off + extra,
         }
     }
@@ -36,13 +46,22 @@ impl Layout {
 
 /// Shadow doorbells (Doorbell Buffer Config): the driver writes new values
 /// into memory and touches the register only when the controller's EventIdx
-/// says it is not looking at the shadow copy any more.
-#[derive(Clone, Copy)]
+/// says it is not looking at the shadow copy any more. Each array is the one
+/// slot of this queue, carved out of the controller's doorbell buffer pages.
 pub(crate) struct Shadow {
-    pub sq_db: *mut u32,
-    pub cq_db: *mut u32,
-    pub sq_ei: *const u32,
-    pub cq_ei: *const u32,
+    pub sq_db: DmaArray<u32>,
+    pub cq_db: DmaArray<u32>,
+    pub sq_ei: DmaArray<u32>,
+    pub cq_ei: DmaArray<u32>,
+}
+
+impl Shadow {
+    /// Zeroes the slots, as for a newly created queue.
+    fn clear(&self) {
+        for a in [&self.sq_db, &self.cq_db, &self.sq_ei, &self.cq_ei] {
+            a.write(0, 0);
+        }
+    }
 }
 
 /// NVMe's (and virtio's) "need event" test: did the update from `old` to
@@ -53,15 +72,18 @@ pub(crate) fn need_event(event: u16, new: u16, old: u16) -> bool {
 }
 
 pub(crate) struct Ring {
+    /// The queue's region (kept to leak it if the device cannot be stopped).
     pub region: DmaRegion,
-    pub layout: Layout,
     pub sq: SqRing,
     pub cq: CqRing,
     regs: Mmio,
     sq_db: usize,
     cq_db: usize,
-    sq_ptr: *mut SubmissionEntry,
-    cq_ptr: *const CompletionEntry,
+    sq_mem: DmaArray<SubmissionEntry>,
+    cq_mem: DmaArray<CompletionEntry>,
+    /// The caller's extra space, as 64-bit words (PRP lists, DSM ranges,
+    /// identify data).
+    pub extra: DmaArray<u64>,
     /// SQ entries written since the last doorbell.
     unrung: u16,
     shadow: Option<Shadow>,
@@ -72,10 +94,6 @@ pub(crate) struct Ring {
     pub mmio_writes: u64,
 }
 
-// SAFETY: the raw pointers point into `region`, which the Ring owns; a Ring
-// is used by one thread at a time (owned by a queue pair or behind a mutex).
-unsafe impl Send for Ring {}
-
 impl Ring {
     pub fn new(
         region: DmaRegion,
@@ -85,19 +103,17 @@ impl Ring {
         dstrd: u8,
         regs: Mmio,
     ) -> Result<Ring> {
-        let sq_ptr = region.as_ptr().cast::<SubmissionEntry>();
-        // SAFETY: layout.cq_off < layout.total <= region.len() (checked by callers' allocation size).
-        let cq_ptr = unsafe { region.as_ptr().add(layout.cq_off) }.cast::<CompletionEntry>();
+        let n = entries as usize;
         let ring = Ring {
             sq: SqRing::new(entries)?,
             cq: CqRing::new(entries)?,
             sq_db: sq_tail_doorbell(qid, dstrd),
             cq_db: cq_head_doorbell(qid, dstrd),
+            sq_mem: region.carve(0, n)?,
+            cq_mem: region.carve(layout.cq_off, n)?,
+            extra: region.carve(layout.extra_off, layout.extra / 8)?,
             region,
-            layout,
             regs,
-            sq_ptr,
-            cq_ptr,
             unrung: 0,
             shadow: None,
             shadow_sq: 0,
@@ -110,7 +126,11 @@ impl Ring {
 
     /// Zeroes the queues so no stale phase tag looks new (after a reset).
     pub fn clear(&self) {
-        let _ = self.region.fill(0, self.layout.extra_off, 0);
+        self.sq_mem.fill(SubmissionEntry::default());
+        self.cq_mem.fill(CompletionEntry::default());
+        if let Some(sh) = &self.shadow {
+            sh.clear();
+        }
     }
 
     /// Resets indices and memory to the state of a newly created queue.
@@ -124,8 +144,12 @@ impl Ring {
         Ok(())
     }
 
-    /// Uses shadow doorbells from now on (`None`: registers only).
+    /// Uses shadow doorbells from now on (`None`: registers only). The
+    /// slots are zeroed: call before the queues are created.
     pub fn set_shadow(&mut self, shadow: Option<Shadow>) {
+        if let Some(sh) = &shadow {
+            sh.clear();
+        }
         self.shadow = shadow;
         self.shadow_sq = self.sq.tail();
         self.shadow_cq = self.cq.head();
@@ -134,24 +158,21 @@ impl Ring {
     /// Publishes a doorbell value through the shadow buffer; true when the
     /// register must be written too.
     #[inline]
-    fn shadow_update(db: *mut u32, ei: *const u32, last: &mut u16, new: u16) -> bool {
-        // SAFETY: db/ei point into the controller's doorbell buffer pages,
-        // which outlive every ring (see controller::DoorbellBuffer).
-        unsafe { db.write_volatile(new as u32) };
+    fn shadow_update(db: &DmaArray<u32>, ei: &DmaArray<u32>, last: &mut u16, new: u16) -> bool {
+        db.write(0, new as u32);
         // The shadow store must be visible before EventIdx is read.
         fence(Ordering::SeqCst);
-        // SAFETY: as above.
-        let event = unsafe { ei.read_volatile() } as u16;
+        let event = ei.read(0) as u16;
         let old = std::mem::replace(last, new);
         need_event(event, new, old)
     }
 
     pub fn sq_iova(&self) -> u64 {
-        self.region.iova_at(0).get()
+        self.sq_mem.iova().get()
     }
 
     pub fn cq_iova(&self) -> u64 {
-        self.region.iova_at(self.layout.cq_off).get()
+        self.cq_mem.iova().get()
     }
 
     /// Writes `cmd` into the next SQ slot; false when the SQ is full.
@@ -160,9 +181,8 @@ impl Ring {
         let Some(slot) = self.sq.push_slot() else {
             return false;
         };
-        // SAFETY: slot < entries, inside the SQ part of the region; the
-        // device reads this slot only after the tail doorbell moves past it.
-        unsafe { self.sq_ptr.add(slot as usize).write_volatile(*cmd) };
+        // The device reads this slot only after the tail doorbell moves past it.
+        self.sq_mem.write(slot as usize, *cmd);
         self.unrung += 1;
         true
     }
@@ -175,8 +195,8 @@ impl Ring {
             fence(Ordering::Release);
             let tail = self.sq.tail();
             self.unrung = 0;
-            if let Some(sh) = self.shadow {
-                if !Self::shadow_update(sh.sq_db, sh.sq_ei, &mut self.shadow_sq, tail) {
+            if let Some(sh) = &self.shadow {
+                if !Self::shadow_update(&sh.sq_db, &sh.sq_ei, &mut self.shadow_sq, tail) {
                     return;
                 }
             }
@@ -189,16 +209,14 @@ impl Ring {
     #[inline]
     pub fn pop(&mut self) -> Option<CompletionEntry> {
         let head = self.cq.head() as usize;
-        // SAFETY: head < entries, inside the CQ part of the region. The
-        // status word is read first; the rest only once its phase says the
+        // The status word first; the rest only once its phase says the
         // device finished writing the entry.
-        let status = unsafe { std::ptr::addr_of!((*self.cq_ptr.add(head)).status).read_volatile() };
+        let status = self.cq_mem.read_field::<u16>(head, STATUS);
         if !self.cq.is_new(status) {
             return None;
         }
         fence(Ordering::Acquire);
-        // SAFETY: as above.
-        let entry = unsafe { self.cq_ptr.add(head).read_volatile() };
+        let entry = self.cq_mem.read(head);
         self.cq.advance();
         Some(entry)
     }
@@ -207,8 +225,8 @@ impl Ring {
     #[inline]
     pub fn ring_cq(&mut self) {
         let head = self.cq.head();
-        if let Some(sh) = self.shadow {
-            if !Self::shadow_update(sh.cq_db, sh.cq_ei, &mut self.shadow_cq, head) {
+        if let Some(sh) = &self.shadow {
+            if !Self::shadow_update(&sh.cq_db, &sh.cq_ei, &mut self.shadow_cq, head) {
                 return;
             }
         }
@@ -216,14 +234,17 @@ impl Ring {
         self.mmio_writes += 1;
     }
 
-    /// Pointer to the caller's extra space.
-    pub fn extra_ptr(&self) -> *mut u8 {
-        // SAFETY: extra_off <= region length.
-        unsafe { self.region.as_ptr().add(self.layout.extra_off) }
+    /// Keeps the queue memory and shadow slots mapped and owned for the
+    /// rest of the process: for queues the device may still use.
+    pub fn leak_memory(&mut self) {
+        std::mem::forget(self.region.clone());
+        if let Some(sh) = self.shadow.take() {
+            std::mem::forget(sh);
+        }
     }
 
     pub fn extra_iova(&self) -> u64 {
-        self.region.iova_at(self.layout.extra_off).get()
+        self.extra.iova().get()
     }
 }
 

@@ -10,13 +10,22 @@
 //! submission entries straight from queue memory and posts completions with
 //! the right Phase Tag, honouring the CQ Head Doorbell.
 //!
-//! # Trust
-//! Like a device without an IOMMU, the model reads and writes whatever
-//! addresses the driver programs (ASQ/ACQ, queue bases, PRPs): an IOVA is a
-//! pointer, so the memory must be [`fastlane_framework::DmaRegion::new_unmapped`]
-//! memory (IOVA == VA) that outlives its use by the model. Malformed values
-//! (sizes, queue ids, misaligned or null PRPs, ranges) become error
-//! statuses, never panics; a wild but well-formed address cannot be caught.
+//! # Memory
+//! The model reaches driver memory only through
+//! [`fastlane_framework::sim::SimDma`], the way a device reaches it through
+//! an IOMMU: every address the driver programs (ASQ/ACQ, queue bases, PRPs,
+//! doorbell buffers) must lie inside a live
+//! [`fastlane_framework::DmaRegion::new_unmapped`] region (IOVA == VA).
+//! Anything else is a [`SimFault`]: a data transfer that faults ends the
+//! command with Data Transfer Error, a queue entry that cannot be fetched
+//! sets CSTS.CFS, a completion or doorbell-buffer access that faults is
+//! logged and counted ([`SimStats::dma_faults`]). Malformed values (sizes,
+//! queue ids, misaligned or null PRPs, ranges) become error statuses; the
+//! model never panics on what the driver sends and never touches memory
+//! outside the driver's regions.
+//!
+//! The module is compiled with the crate feature `sim` only, so it is not
+//! part of applications' binaries.
 //!
 //! Status codes the model returns always carry DNR: it is deterministic,
 //! so a retry would fail the same way.
@@ -28,6 +37,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytemuck::Zeroable;
+use fastlane_framework::sim::{SimDma, SimFault};
 use fastlane_framework::Mmio;
 
 use crate::spec::{
@@ -87,6 +97,13 @@ pub struct SimStats {
     pub dropped_completions: u64,
     /// Completions sent with a wrong CID by [`SimController::corrupt_next_cid`].
     pub corrupted_completions: u64,
+    /// Raw entries posted by [`SimController::inject_completion`].
+    pub injected_completions: u64,
+    /// Completions held back by [`SimController::hold_completions`] and
+    /// not yet posted.
+    pub held_completions: u64,
+    /// Accesses to driver memory outside every live region ([`SimFault`]s).
+    pub dma_faults: u64,
 }
 
 impl SimStats {
@@ -120,6 +137,14 @@ struct Shared {
     shadow_updates: AtomicU64,
     dropped: AtomicU64,
     corrupted: AtomicU64,
+    /// Raw completion entries to post, with their CQ id.
+    inject: Mutex<Vec<(u16, CompletionEntry)>>,
+    inject_pending: AtomicBool,
+    injected: AtomicU64,
+    /// I/O completions are held back while set.
+    hold: AtomicBool,
+    held: AtomicU64,
+    faults: AtomicU64,
 }
 
 /// Single-writer counter increment: only the model thread counts.
@@ -138,20 +163,15 @@ pub struct SimController {
 impl SimController {
     /// Starts the model on its own thread; returns it and the register
     /// block (BAR0: at least 0x2000 bytes, doorbell stride 4) to hand to
-    /// the driver. CAP and VS are valid on return; CSTS.RDY follows CC.EN
-    /// asynchronously (poll it, as with hardware).
+    /// the driver, e.g. [`crate::Controller::with_registers`]. CAP and VS
+    /// are valid on return; CSTS.RDY follows CC.EN asynchronously (poll it,
+    /// as with hardware). The model reaches only live unmapped regions (see
+    /// "Memory" above).
     ///
     /// # Panics
     /// If `cfg.lba_size` is not a power of two in 512..=65536, or the
     /// thread cannot be spawned.
-    ///
-    /// # Safety
-    /// The model dereferences every address written into the registers and
-    /// queues (see "Trust" above). Hand the register block only to a driver
-    /// that programs addresses of live, unmapped [`fastlane_framework::DmaRegion`]
-    /// memory, such as [`crate::Controller::with_registers`], and keep that
-    /// driver's memory alive until the model is dropped.
-    pub unsafe fn start(cfg: SimConfig) -> (SimController, Mmio) {
+    pub fn start(cfg: SimConfig) -> (SimController, Mmio) {
         assert!(
             cfg.lba_size.is_power_of_two() && (512..=65536).contains(&cfg.lba_size),
             "SimConfig::lba_size {} is not a power of two in 512..=65536",
@@ -181,6 +201,12 @@ impl SimController {
             shadow_updates: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             corrupted: AtomicU64::new(0),
+            inject: Mutex::new(Vec::new()),
+            inject_pending: AtomicBool::new(false),
+            injected: AtomicU64::new(0),
+            hold: AtomicBool::new(false),
+            held: AtomicU64::new(0),
+            faults: AtomicU64::new(0),
         });
         let model = Model::new(cfg, mmio.clone(), shared.clone());
         let thread = thread::Builder::new()
@@ -225,6 +251,24 @@ impl SimController {
         self.shared.corrupt_next.store(true, Ordering::SeqCst);
     }
 
+    /// Posts `entry` on completion queue `cqid` as it is, except for the
+    /// Phase Tag, which the model sets to the queue's current phase: for
+    /// tests of malformed completions (wrong SQ id, impossible SQ head,
+    /// unknown or repeated command ids). Posted by the model thread once
+    /// the queue exists and has room; [`SimStats::injected_completions`]
+    /// counts the posted ones.
+    pub fn inject_completion(&self, cqid: u16, entry: CompletionEntry) {
+        let mut q = self.shared.inject.lock().unwrap_or_else(|e| e.into_inner());
+        q.push((cqid, entry));
+        self.shared.inject_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// While `hold` is true, I/O commands are executed but their
+    /// completions are held back; set it false to post them, in order.
+    pub fn hold_completions(&self, hold: bool) {
+        self.shared.hold.store(hold, Ordering::SeqCst);
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> SimStats {
         let s = &self.shared;
@@ -237,6 +281,9 @@ impl SimController {
             shadow_doorbell_updates: load(&s.shadow_updates),
             dropped_completions: load(&s.dropped),
             corrupted_completions: load(&s.corrupted),
+            injected_completions: load(&s.injected),
+            held_completions: load(&s.held),
+            dma_faults: load(&s.faults),
         }
     }
 }
@@ -296,6 +343,14 @@ mod status {
     /// The 15-bit Status Field (without Phase Tag) of an error, with DNR.
     pub const fn field(s: u16) -> u16 {
         (1 << 15) | (((s >> 8) & 0x7) << 9) | ((s & 0xFF) << 1)
+    }
+}
+
+/// Counts and logs a model access to driver memory that faulted.
+fn dma_fault(shared: &Shared, what: &str, f: SimFault) {
+    let n = shared.faults.fetch_add(1, Ordering::Relaxed);
+    if n < 16 {
+        log::error!("sim: {what}: {f}");
     }
 }
 
@@ -365,6 +420,10 @@ struct Model {
     /// Host memory segments of the current command's data (PRP walk).
     segs: Vec<(u64, usize)>,
     scratch: Vec<u8>,
+    /// The model's only access to driver memory.
+    dma: SimDma,
+    /// Held I/O completions: CQ id and entry (without Phase Tag).
+    held: Vec<(u16, CompletionEntry)>,
 }
 
 impl Model {
@@ -392,6 +451,8 @@ impl Model {
             store,
             segs: Vec::with_capacity(64),
             scratch: vec![0; IDENTIFY_DATA_SIZE],
+            dma: SimDma::new(),
+            held: Vec::new(),
         };
         m.reset_queues();
         m
@@ -439,7 +500,7 @@ impl Model {
             let qid = self.active_cqs[i];
             self.refresh_cq_head(qid);
         }
-        let mut busy = false;
+        let mut busy = self.post_extra();
         let mut i = 0;
         // Admin commands may create or delete queues: re-check the length.
         while i < self.active_sqs.len() {
@@ -509,14 +570,7 @@ impl Model {
                 "sim: invalid controller configuration CC {:#x} AQA {aqa:#x} ASQ {asq:#x} ACQ {acq:#x}",
                 cc.0
             );
-            let _g = self
-                .shared
-                .csts_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.shared.fatal.store(true, Ordering::SeqCst);
-            let csts = self.mmio.read32(reg::CSTS);
-            self.mmio.write32(reg::CSTS, csts | Csts::CFS);
+            self.set_fatal();
             return;
         }
         self.page_size = page_size;
@@ -563,14 +617,19 @@ impl Model {
             bump(&self.shared.sq_doorbells);
         }
         let value = match (sq.shadow, shadow_base) {
-            (true, Some(base)) => {
-                let v = host_read_u32(base + 8 * qid as u64);
-                if v != sq.last_shadow {
-                    sq.last_shadow = v;
-                    bump(&self.shared.shadow_updates);
+            (true, Some(base)) => match self.dma.read_obj::<u32>(base + 8 * qid as u64) {
+                Ok(v) => {
+                    if v != sq.last_shadow {
+                        sq.last_shadow = v;
+                        bump(&self.shared.shadow_updates);
+                    }
+                    v
                 }
-                v
-            }
+                Err(f) => {
+                    dma_fault(&self.shared, "shadow SQ tail", f);
+                    sq.tail
+                }
+            },
             _ => db,
         };
         // An invalid value is ignored (the spec's asynchronous event for an
@@ -592,14 +651,19 @@ impl Model {
             bump(&self.shared.cq_doorbells);
         }
         let value = match (cq.shadow, shadow_base) {
-            (true, Some(base)) => {
-                let v = host_read_u32(base + 8 * qid as u64 + 4);
-                if v != cq.last_shadow {
-                    cq.last_shadow = v;
-                    bump(&self.shared.shadow_updates);
+            (true, Some(base)) => match self.dma.read_obj::<u32>(base + 8 * qid as u64 + 4) {
+                Ok(v) => {
+                    if v != cq.last_shadow {
+                        cq.last_shadow = v;
+                        bump(&self.shared.shadow_updates);
+                    }
+                    v
                 }
-                v
-            }
+                Err(f) => {
+                    dma_fault(&self.shared, "shadow CQ head", f);
+                    cq.head
+                }
+            },
             _ => db,
         };
         if value < cq.size {
@@ -609,9 +673,11 @@ impl Model {
 
     /// Writes EventIdx for a shadowed doorbell: the value the model has
     /// caught up with.
-    fn write_event_idx(&self, index: u64, value: u32) {
+    fn write_event_idx(&mut self, index: u64, value: u32) {
         if let Some((_, eventidx)) = self.dbbuf {
-            host_write_u32(eventidx + 4 * index, value);
+            if let Err(f) = self.dma.write_obj(eventidx + 4 * index, value) {
+                dma_fault(&self.shared, "EventIdx", f);
+            }
         }
     }
 
@@ -659,7 +725,16 @@ impl Model {
             };
             sq.head = (head + 1) % sq.size;
             let sq_head = sq.head;
-            let entry = read_sqe(base + head as u64 * 64);
+            let entry = match self.dma.read_obj::<SubmissionEntry>(base + head as u64 * 64) {
+                Ok(e) => e,
+                Err(f) => {
+                    // A controller that cannot fetch its queue is broken:
+                    // fatal status, nothing more until a reset.
+                    dma_fault(&self.shared, "submission queue entry", f);
+                    self.set_fatal();
+                    return true;
+                }
+            };
             let outcome = if qid == 0 {
                 bump(&self.shared.admin[entry.opcode() as usize]);
                 self.admin(&entry)
@@ -674,6 +749,11 @@ impl Model {
             };
             let mut cid = entry.cid();
             if qid != 0 {
+                if self.shared.hold.load(Ordering::Relaxed) {
+                    self.held.push((cqid, cqe(dw0, sq_head as u16, qid, entry.cid(), status)));
+                    bump(&self.shared.held);
+                    continue;
+                }
                 if self.take_drop() {
                     bump(&self.shared.dropped);
                     continue;
@@ -702,20 +782,76 @@ impl Model {
                 .is_ok()
     }
 
+    /// Sets CSTS.CFS from the model thread.
+    fn set_fatal(&self) {
+        self.shared.fatal.store(true, Ordering::SeqCst);
+        self.update_csts(|c| c | Csts::CFS);
+    }
+
+    /// Posts injected entries, and held ones once the hold is off; true if
+    /// any was posted.
+    fn post_extra(&mut self) -> bool {
+        let mut posted = false;
+        if !self.held.is_empty() && !self.shared.hold.load(Ordering::Relaxed) {
+            let held = std::mem::take(&mut self.held);
+            for (i, &(cqid, e)) in held.iter().enumerate() {
+                if !self.cq_has_room(cqid) {
+                    self.held.extend_from_slice(&held[i..]);
+                    break;
+                }
+                self.post_entry(cqid, e);
+                self.shared.held.fetch_sub(1, Ordering::Relaxed);
+                posted = true;
+            }
+        }
+        if self.shared.inject_pending.load(Ordering::Relaxed) {
+            let shared = self.shared.clone();
+            let mut q = shared.inject.lock().unwrap_or_else(|e| e.into_inner());
+            let mut i = 0;
+            while i < q.len() {
+                let (cqid, e) = q[i];
+                if !matches!(self.cqs.get(cqid as usize), Some(Some(_))) {
+                    i += 1;
+                    continue;
+                }
+                if !self.cq_has_room(cqid) {
+                    break;
+                }
+                q.remove(i);
+                self.post_entry(cqid, e);
+                bump(&self.shared.injected);
+                posted = true;
+            }
+            self.shared.inject_pending.store(!q.is_empty(), Ordering::SeqCst);
+        }
+        posted
+    }
+
     /// Posts a completion entry; the caller made sure the CQ has room.
     fn post(&mut self, cqid: u16, dw0: u32, sq_head: u16, sq_id: u16, cid: u16, status: u16) {
+        self.post_entry(cqid, cqe(dw0, sq_head, sq_id, cid, status));
+    }
+
+    /// Posts `entry` with the queue's Phase Tag; the caller made sure the
+    /// CQ has room. Everything but the Phase Tag word is written first, so
+    /// the driver never sees a new phase with stale contents.
+    fn post_entry(&mut self, cqid: u16, mut entry: CompletionEntry) {
         let Some(Some(cq)) = self.cqs.get_mut(cqid as usize) else {
             return;
         };
-        let entry = CompletionEntry {
-            dw0,
-            dw1: 0,
-            sq_head,
-            sq_id,
-            cid,
-            status: status | cq.phase as u16,
-        };
-        write_cqe(cq.base + cq.tail as u64 * 16, &entry);
+        entry.status = (entry.status & !1) | cq.phase as u16;
+        let words: [u32; 4] = bytemuck::cast(entry);
+        let at = cq.base + cq.tail as u64 * 16;
+        let written = self
+            .dma
+            .write_obj(at, [words[0], words[1], words[2]])
+            .and_then(|()| {
+                fence(Ordering::Release);
+                self.dma.write_obj(at + 12, words[3])
+            });
+        if let Err(f) = written {
+            dma_fault(&self.shared, "completion queue entry", f);
+        }
         cq.tail += 1;
         if cq.tail == cq.size {
             cq.tail = 0;
@@ -789,7 +925,7 @@ impl Model {
             _ => return Err(status::INVALID_FIELD),
         }
         self.map_prps(e.prp1, e.prp2, IDENTIFY_DATA_SIZE)?;
-        copy_to_host(&self.segs, &self.scratch);
+        copy_to_host(&mut self.dma, &self.segs, &self.scratch).map_err(|f| transfer_error(&self.shared, f))?;
         Ok(0)
     }
 
@@ -989,7 +1125,7 @@ impl Model {
         }
         self.map_prps(e.prp1, e.prp2, len)?;
         for &(addr, n) in &self.segs {
-            host_fill(addr, n, 0);
+            self.dma.fill(addr, n, 0).map_err(|f| transfer_error(&self.shared, f))?;
         }
         Ok(0)
     }
@@ -1064,11 +1200,11 @@ impl Model {
         let (offset, len) = self.lba_range(slba, nlb)?;
         self.map_prps(e.prp1, e.prp2, len)?;
         if write {
-            self.store.write(offset, &self.segs);
+            self.store.write(&mut self.dma, offset, &self.segs)
         } else {
-            self.store.read(offset, &self.segs);
+            self.store.read(&mut self.dma, offset, &self.segs)
         }
-        Ok(())
+        .map_err(|f| transfer_error(&self.shared, f))
     }
 
     fn write_zeroes(&mut self, e: &SubmissionEntry) -> CmdResult<()> {
@@ -1095,7 +1231,7 @@ impl Model {
         self.map_prps(e.prp1, e.prp2, len)?;
         self.scratch.clear();
         self.scratch.resize(len, 0);
-        copy_from_host(&self.segs, &mut self.scratch);
+        copy_from_host(&mut self.dma, &self.segs, &mut self.scratch).map_err(|f| transfer_error(&self.shared, f))?;
         let ranges: Vec<DsmRange> = self
             .scratch
             .chunks_exact(16)
@@ -1149,7 +1285,10 @@ impl Model {
             let slots = (ps - (list & mask)) / 8;
             let mut next = None;
             for i in 0..slots {
-                let entry = host_read_u64(list + 8 * i);
+                let entry = self
+                    .dma
+                    .read_obj::<u64>(list + 8 * i)
+                    .map_err(|f| transfer_error(&self.shared, f))?;
                 if i == slots - 1 && rem > ps {
                     next = Some(entry);
                     break;
@@ -1218,36 +1357,45 @@ impl Store {
     /// Calls `f(host address, namespace offset, length)` for the pieces of
     /// `segs` (mapped to namespace bytes from `offset`) split at chunk
     /// boundaries.
-    fn pieces(offset: u64, segs: &[(u64, usize)], mut f: impl FnMut(u64, u64, usize)) {
+    fn pieces(
+        offset: u64,
+        segs: &[(u64, usize)],
+        mut f: impl FnMut(u64, u64, usize) -> Result<(), SimFault>,
+    ) -> Result<(), SimFault> {
         let mut dev = offset;
         for &(addr, len) in segs {
             let mut done = 0;
             while done < len {
                 let n = (len - done).min(CHUNK - (dev % CHUNK as u64) as usize);
-                f(addr + done as u64, dev, n);
+                f(addr + done as u64, dev, n)?;
                 done += n;
                 dev += n as u64;
             }
         }
+        Ok(())
     }
 
-    fn read(&self, offset: u64, segs: &[(u64, usize)]) {
+    fn read(&self, dma: &mut SimDma, offset: u64, segs: &[(u64, usize)]) -> Result<(), SimFault> {
         if !self.keep {
-            segs.iter().for_each(|&(a, n)| host_fill(a, n, 0));
-            return;
+            return segs.iter().try_for_each(|&(a, n)| dma.fill(a, n, 0));
         }
         Self::pieces(offset, segs, |addr, dev, n| {
             let at = (dev % CHUNK as u64) as usize;
             match self.chunks.get(&(dev / CHUNK as u64)) {
-                Some(c) => host_write(addr, &c[at..at + n]),
-                None => host_fill(addr, n, 0),
+                Some(c) => dma.write(addr, &c[at..at + n]),
+                None => dma.fill(addr, n, 0),
             }
-        });
+        })
     }
 
-    fn write(&mut self, offset: u64, segs: &[(u64, usize)]) {
+    fn write(
+        &mut self,
+        dma: &mut SimDma,
+        offset: u64,
+        segs: &[(u64, usize)],
+    ) -> Result<(), SimFault> {
         if !self.keep {
-            return;
+            return Ok(());
         }
         let chunks = &mut self.chunks;
         Self::pieces(offset, segs, |addr, dev, n| {
@@ -1255,8 +1403,8 @@ impl Store {
             let c = chunks
                 .entry(dev / CHUNK as u64)
                 .or_insert_with(|| vec![0; CHUNK].into_boxed_slice());
-            host_read(addr, &mut c[at..at + n]);
-        });
+            dma.read(addr, &mut c[at..at + n])
+        })
     }
 
     fn zero(&mut self, offset: u64, len: u64) {
@@ -1296,89 +1444,56 @@ fn pad(field: &mut [u8], s: &[u8]) {
 
 // ---- host memory access -----------------------------------------------------
 //
-// Every address below comes from the driver (queue bases, PRPs, buffer
-// configuration), which under the module's trust contract points into live
-// `DmaRegion::new_unmapped` memory where IOVA == VA. The model already
-// rejected null and misaligned values where the spec requires alignment.
-// Accesses are raw copies and volatile loads/stores, never references, since
-// the driver touches the same memory concurrently, as it would with DMA.
+// Every address below comes from the driver; SimDma checks it against the
+// live unmapped regions, so a wrong one is a SimFault, never a stray access.
 
-fn read_sqe(addr: u64) -> SubmissionEntry {
-    // SAFETY: trust contract above; queue bases are page aligned and
-    // entries 64 bytes, so the read is aligned.
-    unsafe { (addr as *const SubmissionEntry).read_volatile() }
-}
-
-/// Writes everything but the Phase Tag word first, so the driver never sees
-/// a new phase with stale contents.
-fn write_cqe(addr: u64, e: &CompletionEntry) {
-    let p = addr as *mut u32;
-    let words: [u32; 4] = bytemuck::cast(*e);
-    // SAFETY: trust contract above; CQ bases are page aligned and entries
-    // 16 bytes, so each u32 store is aligned and inside the entry.
-    unsafe {
-        p.write_volatile(words[0]);
-        p.add(1).write_volatile(words[1]);
-        p.add(2).write_volatile(words[2]);
-        fence(Ordering::Release);
-        p.add(3).write_volatile(words[3]);
+/// A completion entry without Phase Tag.
+fn cqe(dw0: u32, sq_head: u16, sq_id: u16, cid: u16, status: u16) -> CompletionEntry {
+    CompletionEntry {
+        dw0,
+        dw1: 0,
+        sq_head,
+        sq_id,
+        cid,
+        status,
     }
 }
 
-fn host_read_u64(addr: u64) -> u64 {
-    // SAFETY: trust contract above; PRP list pointers were checked to be
-    // qword aligned.
-    unsafe { (addr as *const u64).read_volatile() }
+/// A data transfer that faulted ends its command with Data Transfer Error.
+fn transfer_error(shared: &Shared, f: SimFault) -> u16 {
+    dma_fault(shared, "data transfer", f);
+    status::DATA_TRANSFER_ERROR
 }
 
-fn host_read_u32(addr: u64) -> u32 {
-    // SAFETY: trust contract above; the shadow buffer is page aligned and
-    // slots are 4-byte aligned inside its page.
-    unsafe { (addr as *const u32).read_volatile() }
-}
-
-fn host_write_u32(addr: u64, v: u32) {
-    // SAFETY: as for `host_read_u32`, on the EventIdx buffer.
-    unsafe { (addr as *mut u32).write_volatile(v) }
-}
-
-fn host_read(addr: u64, dst: &mut [u8]) {
-    // SAFETY: trust contract above; `dst` is model memory.
-    unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, dst.as_mut_ptr(), dst.len()) }
-}
-
-fn host_write(addr: u64, src: &[u8]) {
-    // SAFETY: trust contract above; `src` is model memory.
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len()) }
-}
-
-fn host_fill(addr: u64, len: usize, byte: u8) {
-    // SAFETY: trust contract above.
-    unsafe { std::ptr::write_bytes(addr as *mut u8, byte, len) }
-}
-
-fn copy_to_host(segs: &[(u64, usize)], mut src: &[u8]) {
+fn copy_to_host(dma: &mut SimDma, segs: &[(u64, usize)], mut src: &[u8]) -> Result<(), SimFault> {
     for &(addr, n) in segs {
         let n = n.min(src.len());
-        host_write(addr, &src[..n]);
+        dma.write(addr, &src[..n])?;
         src = &src[n..];
     }
+    Ok(())
 }
 
-fn copy_from_host(segs: &[(u64, usize)], mut dst: &mut [u8]) {
+fn copy_from_host(
+    dma: &mut SimDma,
+    segs: &[(u64, usize)],
+    mut dst: &mut [u8],
+) -> Result<(), SimFault> {
     for &(addr, n) in segs {
         let n = n.min(dst.len());
         let (head, tail) = dst.split_at_mut(n);
-        host_read(addr, head);
+        dma.read(addr, head)?;
         dst = tail;
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::spec::{aqa, sct, Cap, NumQueues, QueuePriority, Shutdown, ShutdownStatus};
-    use fastlane_framework::{DmaRegion, PageSize};
+    use fastlane_framework::{DmaRegion, Iova, PageSize};
+    use std::cell::RefCell;
 
     // Layout of the test's DMA region (offsets).
     const ASQ: usize = 0x0000;
@@ -1393,6 +1508,31 @@ mod tests {
     const DATA: usize = 0x10_0000;
     const DATA2: usize = 0x20_0000;
     const ENTRIES: u16 = 16;
+
+    /// The test's DMA region and the hand-written host's access to it (by
+    /// address, through the same checked window a model uses).
+    struct Mem {
+        region: DmaRegion,
+        cpu: RefCell<SimDma>,
+    }
+
+    impl Mem {
+        fn at(&self, off: usize) -> u64 {
+            self.region.iova_at(off).get()
+        }
+        fn iova_at(&self, off: usize) -> Iova {
+            self.region.iova_at(off)
+        }
+        fn write(&self, off: usize, data: &[u8]) -> Result<(), SimFault> {
+            self.cpu.borrow_mut().write(self.at(off), data)
+        }
+        fn read(&self, off: usize, out: &mut [u8]) -> Result<(), SimFault> {
+            self.cpu.borrow_mut().read(self.at(off), out)
+        }
+        fn fill(&self, off: usize, len: usize, byte: u8) -> Result<(), SimFault> {
+            self.cpu.borrow_mut().fill(self.at(off), len, byte)
+        }
+    }
 
     /// One queue pair as the test drives it.
     struct Q {
@@ -1409,7 +1549,7 @@ mod tests {
     struct Host {
         sim: SimController,
         bar: Mmio,
-        mem: DmaRegion,
+        mem: Mem,
         q: [Q; 2],
         shadow: bool,
     }
@@ -1420,10 +1560,11 @@ mod tests {
 
     impl Host {
         fn new(cfg: SimConfig) -> Host {
-            // SAFETY: the tests program only addresses of regions they own
-            // and drop the model before those regions.
-            let (sim, bar) = unsafe { SimController::start(cfg) };
-            let mem = DmaRegion::new_unmapped(0x40_0000, PageSize::Small).unwrap();
+            let (sim, bar) = SimController::start(cfg);
+            let mem = Mem {
+                region: DmaRegion::new_unmapped(0x40_0000, PageSize::Small).unwrap(),
+                cpu: RefCell::new(SimDma::new()),
+            };
             let q = |qid, sq, cq| Q {
                 qid,
                 sq,
@@ -1878,6 +2019,28 @@ mod tests {
         // The reset dropped the I/O queues: a doorbell for SQ 1 is ignored.
         h.submit(1, flush);
         assert!(h.try_reap(1, Duration::from_millis(50)).is_none());
+    }
+
+    #[test]
+    fn wild_addresses_fault_instead_of_touching_memory() {
+        let mut h = Host::new(SimConfig::default());
+        h.enable();
+        // Heap memory: no DMA region covers it.
+        let outside = vec![0u8; 3 * 4096];
+        let addr = (outside.as_ptr() as u64).next_multiple_of(4096);
+        let id = SubmissionEntry::identify_controller(addr);
+        assert_eq!(h.cmd(0, id), Err(st(sct::GENERIC, 0x04)));
+        h.create_io_queues();
+        let r = SubmissionEntry::read(1, 0, 7, addr, 0);
+        assert_eq!(h.cmd(1, r), Err(st(sct::GENERIC, 0x04)));
+        // A PRP list outside every region.
+        let r = SubmissionEntry::read(1, 0, 31, h.iova(DATA), addr);
+        assert_eq!(h.cmd(1, r), Err(st(sct::GENERIC, 0x04)));
+        assert!(outside.iter().all(|&b| b == 0), "the model wrote heap memory");
+        assert!(h.sim.stats().dma_faults >= 3);
+        // The controller goes on working.
+        let r = SubmissionEntry::read(1, 0, 7, h.iova(DATA), 0);
+        assert_eq!(h.cmd(1, r), Ok(0));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use fastlane_framework::{BufferPool, PageSize};
 use fastlane_nvme::sim::{SimConfig, SimController};
-use fastlane_nvme::spec::admin_opcode;
+use fastlane_nvme::spec::{admin_opcode, feature, CompletionEntry, SubmissionEntry};
 use fastlane_nvme::{
     pattern, Completion, Controller, IoQueuePair, Namespace, NvmeError, Options, Rejected,
 };
@@ -35,11 +35,7 @@ fn small() -> SimConfig {
 
 /// Starts the model and brings the driver up against it.
 fn start(cfg: SimConfig, options: Options) -> (SimController, Controller) {
-    // SAFETY: the register block goes only to `Controller::with_registers`,
-    // which programs addresses of unmapped DmaRegion memory (IOVA == VA);
-    // every test drops its queue pairs, pools and controller before the
-    // model (see the module comment), so that memory outlives the model's use.
-    let (sim, mmio) = unsafe { SimController::start(cfg) };
+    let (sim, mmio) = SimController::start(cfg);
     let ctrl =
         Controller::with_registers(mmio, options).expect("driver bring-up against the model");
     (sim, ctrl)
@@ -713,4 +709,191 @@ fn lost_completion_is_caught_under_steady_traffic() {
     drop(qp);
     drop(ctrl);
     drop(sim);
+}
+
+/// Polls until `cond` holds (or panics after PATIENCE), handing any
+/// completion to `got`.
+fn poll_until(qp: &mut IoQueuePair, got: &mut Vec<Completion>, mut cond: impl FnMut(&IoQueuePair) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond(qp) {
+        assert!(Instant::now() < deadline, "stuck: {:?}", qp.stats());
+        qp.poll(16, |c| got.push(c));
+    }
+}
+
+/// Waits until the model has done what `cond` says.
+fn wait_model(sim: &SimController, cond: impl Fn(&fastlane_nvme::sim::SimStats) -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond(&sim.stats()) {
+        assert!(Instant::now() < deadline, "model stuck: {:?}", sim.stats().injected_completions);
+        std::thread::yield_now();
+    }
+}
+
+/// Issue 8, item 8: a malformed completion (another SQ id, an impossible SQ
+/// head, a command id that is free or never issued, a repeat of one that
+/// completed) finishes nothing and hands no buffer back; the command stays
+/// outstanding, and its genuine completion later completes it exactly once.
+#[test]
+fn malformed_completions_finish_nothing() {
+    let (sim, ctrl) = start(small(), Options::default());
+    let ns = ctrl.namespaces()[0];
+    let pool = BufferPool::new_unmapped(4096, 4, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(8).unwrap();
+    let qid = qp.qid();
+
+    // The model executes the read but holds its completion back.
+    sim.hold_completions(true);
+    let buf = pool.alloc().unwrap();
+    let index = buf.index();
+    qp.read(ns.id, 0, 8, buf, 5).unwrap();
+    qp.submit();
+    wait_model(&sim, |s| s.held_completions == 1);
+
+    // The first command of a fresh queue pair has cid 0 and leaves SQ head 1.
+    let genuine = CompletionEntry {
+        sq_head: 1,
+        sq_id: qid,
+        cid: 0,
+        ..CompletionEntry::default()
+    };
+    let bad = [
+        CompletionEntry { sq_id: qid + 1, ..genuine },
+        CompletionEntry { sq_head: 5, ..genuine },
+        CompletionEntry { sq_head: 200, ..genuine },
+        CompletionEntry { cid: 3, ..genuine },
+        CompletionEntry { cid: u16::MAX, ..genuine },
+    ];
+    for e in bad {
+        sim.inject_completion(qid, e);
+    }
+    wait_model(&sim, |s| s.injected_completions == 5);
+    let mut got = Vec::new();
+    poll_until(&mut qp, &mut got, |qp| {
+        let s = qp.stats();
+        s.malformed + s.unknown_cids == 5
+    });
+    let s = qp.stats();
+    assert_eq!((s.malformed, s.unknown_cids, s.completed), (3, 2, 0), "{s:?}");
+    assert!(got.is_empty(), "a malformed completion finished a command: {got:?}");
+    assert_eq!(qp.outstanding(), 1, "the command is still outstanding");
+    assert_eq!(pool.available(), 3, "its buffer is still the device's");
+
+    // The genuine completion completes it, once.
+    sim.hold_completions(false);
+    let mut got = wait_for(&mut qp, 1, PATIENCE);
+    let c = got.pop().unwrap();
+    assert_eq!(c.tag, 5);
+    assert!(c.result.is_ok(), "{:?}", c.result);
+    assert_eq!(c.buf.as_ref().map(|b| b.index()), Some(index));
+    assert_eq!(qp.outstanding(), 0);
+
+    // A repeat of it names a cid no longer in flight: nothing happens.
+    sim.inject_completion(qid, genuine);
+    wait_model(&sim, |s| s.injected_completions == 6);
+    let mut more = Vec::new();
+    poll_until(&mut qp, &mut more, |qp| qp.stats().unknown_cids == 3);
+    for _ in 0..100 {
+        qp.poll(16, |c| more.push(c));
+    }
+    assert!(more.is_empty(), "completed twice: {more:?}");
+    assert_eq!(qp.stats().completed, 1);
+    drop(c);
+
+    // The queue pair goes on working.
+    let out = write_then_verify(&mut qp, &pool, ns, &extents(0, 40, &[1, 8]), 4, &mut |_| ());
+    assert_eq!((out.writes, out.reads), (40, 40));
+}
+
+/// Issue 8, item 7: the safe admin API takes only commands whose every
+/// address field the driver fills itself; Identify and Get Log Page work.
+#[test]
+fn admin_commands_with_addresses_are_refused() {
+    let (sim, ctrl) = start(small(), Options::default());
+    let pool = BufferPool::new_unmapped(4096, 2, PageSize::Small).unwrap();
+    let buf = pool.alloc().unwrap();
+    let target = buf.iova().get();
+    let admin_before = sim.stats().admin;
+
+    let mut hmb = SubmissionEntry::set_features(feature::HOST_MEMORY_BUFFER, 1, false);
+    hmb.cdw11 = 1; // EHM: enable
+    hmb.cdw12 = 16; // HSIZE: 16 pages
+    hmb.cdw13 = target as u32; // HMDLLA: descriptor list address
+    hmb.cdw14 = (target >> 32) as u32; // HMDLUA
+    hmb.cdw15 = 1; // HMDLEC: one descriptor
+    let mut mptr = SubmissionEntry::identify_controller(0);
+    mptr.mptr = target;
+    let mut prp = SubmissionEntry::identify_controller(0);
+    prp.prp1 = target;
+    let long_log = SubmissionEntry::get_log_page(0x02, u32::MAX, 2048);
+    let mut fused = SubmissionEntry::identify_controller(0);
+    fused.cdw0 |= 1 << 14; // PSDT: SGL
+    let cases = [
+        ("Set Features - Host Memory Buffer", hmb, admin_opcode::SET_FEATURES),
+        ("nonzero metadata pointer", mptr, admin_opcode::IDENTIFY),
+        ("caller-written PRP1", prp, admin_opcode::IDENTIFY),
+        ("Create I/O CQ", SubmissionEntry::create_io_cq(3, 16, target), admin_opcode::CREATE_IO_CQ),
+        ("Create I/O CQ at 0", SubmissionEntry::create_io_cq(3, 16, 0), admin_opcode::CREATE_IO_CQ),
+        (
+            "Create I/O SQ",
+            SubmissionEntry::create_io_sq(3, 16, 0, 3, fastlane_nvme::spec::QueuePriority::Low),
+            admin_opcode::CREATE_IO_SQ,
+        ),
+        ("Delete I/O SQ", SubmissionEntry::delete_io_sq(1), admin_opcode::DELETE_IO_SQ),
+        (
+            "Doorbell Buffer Config",
+            SubmissionEntry::doorbell_buffer_config(0, 0),
+            admin_opcode::DOORBELL_BUFFER_CONFIG,
+        ),
+        (
+            "Namespace Attachment",
+            SubmissionEntry::new(admin_opcode::NAMESPACE_ATTACHMENT, 1),
+            admin_opcode::NAMESPACE_ATTACHMENT,
+        ),
+        ("Get Log Page over 4 KiB", long_log, admin_opcode::GET_LOG_PAGE),
+        ("SGL data pointer", fused, admin_opcode::IDENTIFY),
+    ];
+    for (what, cmd, opcode) in cases {
+        let mut data = vec![0u8; 4096];
+        match ctrl.admin_command(cmd, Some(&mut data)) {
+            Err(NvmeError::UnsafeCommand { opcode: o, .. }) => assert_eq!(o, opcode, "{what}"),
+            other => panic!("{what}: accepted by admin_command: {other:?}"),
+        }
+        match ctrl.admin_command(cmd, None) {
+            Err(NvmeError::UnsafeCommand { .. }) => {}
+            other => panic!("{what}: accepted by admin_command without data: {other:?}"),
+        }
+        match ctrl.admin_command_buf(cmd, &buf) {
+            Err(e @ NvmeError::UnsafeCommand { .. }) => assert!(e.to_string().contains("refused")),
+            other => panic!("{what}: accepted by admin_command_buf: {other:?}"),
+        }
+    }
+    assert_eq!(sim.stats().admin, admin_before, "a refused command reached the device");
+
+    // What the safe API is for still works.
+    let mut raw = vec![0u8; 4096];
+    ctrl.admin_command(SubmissionEntry::identify_controller(0), Some(&mut raw))
+        .unwrap();
+    let idc = fastlane_nvme::spec::IdentifyController::from_bytes(&raw).unwrap();
+    assert_eq!(idc.serial(), "SIM0001");
+    ctrl.admin_command_buf(SubmissionEntry::identify_namespace(1, 0), &buf)
+        .unwrap();
+    let mut ns = vec![0u8; 4096];
+    buf.read(0, &mut ns).unwrap();
+    let ns = fastlane_nvme::spec::IdentifyNamespace::from_bytes(&ns).unwrap();
+    assert_eq!(ns.nsze, 1 << 16);
+    let mut log = vec![0xFFu8; 512];
+    ctrl.admin_command(SubmissionEntry::get_log_page(0x02, u32::MAX, 128), Some(&mut log))
+        .unwrap();
+    assert!(log.iter().all(|&b| b == 0), "the model's SMART log is zeroes");
+    let wc = SubmissionEntry::set_features(feature::VOLATILE_WRITE_CACHE, 0, false);
+    ctrl.admin_command(wc, None).unwrap();
+    let s = sim.stats();
+    assert_eq!(
+        s.admin[admin_opcode::IDENTIFY as usize] - admin_before[admin_opcode::IDENTIFY as usize],
+        2
+    );
+    assert_eq!(s.admin[admin_opcode::GET_LOG_PAGE as usize], 1);
+    assert_eq!(s.admin[admin_opcode::SET_FEATURES as usize] - admin_before[admin_opcode::SET_FEATURES as usize], 1);
+    drop(buf);
 }

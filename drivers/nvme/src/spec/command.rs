@@ -17,6 +17,7 @@ pub mod admin_opcode {
     pub const SET_FEATURES: u8 = 0x09;
     pub const GET_FEATURES: u8 = 0x0A;
     pub const ASYNC_EVENT_REQUEST: u8 = 0x0C;
+    pub const NAMESPACE_ATTACHMENT: u8 = 0x15;
     pub const DOORBELL_BUFFER_CONFIG: u8 = 0x7C;
 }
 
@@ -44,10 +45,18 @@ pub mod feature {
     pub const ARBITRATION: u8 = 0x01;
     pub const POWER_MANAGEMENT: u8 = 0x02;
     pub const TEMPERATURE_THRESHOLD: u8 = 0x04;
+    pub const ERROR_RECOVERY: u8 = 0x05;
     pub const VOLATILE_WRITE_CACHE: u8 = 0x06;
     pub const NUMBER_OF_QUEUES: u8 = 0x07;
     pub const INTERRUPT_COALESCING: u8 = 0x08;
+    pub const INTERRUPT_VECTOR_CONFIG: u8 = 0x09;
+    pub const WRITE_ATOMICITY: u8 = 0x0A;
     pub const ASYNC_EVENT_CONFIG: u8 = 0x0B;
+    pub const AUTONOMOUS_POWER_STATE: u8 = 0x0C;
+    /// Host Memory Buffer: CDW12..15 carry the descriptor list's address.
+    pub const HOST_MEMORY_BUFFER: u8 = 0x0D;
+    pub const TIMESTAMP: u8 = 0x0E;
+    pub const KEEP_ALIVE_TIMER: u8 = 0x0F;
 }
 
 /// Get Features SEL (Select) field.
@@ -231,6 +240,19 @@ impl SubmissionEntry {
         e.cdw10 = ((sel as u32) << 8) | fid as u32;
         e.cdw11 = cdw11;
         e
+    }
+    /// Get Log Page `lid` for `nsid`: `dwords` dwords (at least 1) from
+    /// byte offset 0. Data pointers are left to the caller.
+    pub const fn get_log_page(lid: u8, nsid: u32, dwords: u32) -> Self {
+        let numd = dwords.saturating_sub(1);
+        let mut e = Self::new(admin_opcode::GET_LOG_PAGE, nsid);
+        e.cdw10 = ((numd & 0xFFFF) << 16) | lid as u32;
+        e.cdw11 = numd >> 16;
+        e
+    }
+    /// Get Log Page: the number of dwords asked for (NUMDL, NUMDU, 1-based).
+    pub const fn log_page_dwords(&self) -> u64 {
+        (((self.cdw11 & 0xFFFF) as u64) << 16 | (self.cdw10 >> 16) as u64) + 1
     }
     /// Abort the command `cid` submitted on submission queue `sqid`.
     pub const fn abort(sqid: u16, cid: u16) -> Self {
