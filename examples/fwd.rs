@@ -13,28 +13,31 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fail, Args, Tick, Ticker};
-use fastlane::framework::Vfio;
-use fastlane::nic::igb::Igb;
+use clap::Parser;
+use common::{args, Tick, Ticker};
+use fastlane::framework::{PciAddress, PoolCache, Vfio};
 use fastlane::nic::{Nic, NicConfig, Packet, PacketPool};
 
-const USAGE: &str = "\
-usage: fwd --ports BDF,BDF [--time SECONDS] [--burst N]
-
-Forwards frames between two ports in both directions and prints the rate
-of each direction every second.
-
-  --ports A,B     the two ports, bound to vfio-pci (required)
-  --time SECONDS  how long to run (default 10)
-  --burst N       frames per receive call, 1..512 (default 32)";
+/// Forwards frames between two ports in both directions and prints the
+/// rate of each direction every second.
+#[derive(Parser)]
+#[command(name = "fwd", after_help = "Ports: Intel igb or virtio-net, in any mix.")]
+struct Cli {
+    /// The two ports, bound to vfio-pci (two different addresses)
+    #[arg(long, value_name = "A,B", value_parser = args::port_pair)]
+    ports: [PciAddress; 2],
+    /// How long to run
+    #[arg(long, value_name = "SECONDS", default_value = "10", allow_hyphen_values = true,
+          value_parser = args::duration)]
+    time: Duration,
+    /// Frames per receive call, 1..512
+    #[arg(long, value_name = "N", default_value = "32", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<usize>(s, 1, 512))]
+    burst: usize,
+}
 
 /// Rounds (a burst each way) between two looks at the clock.
 const CLOCK_EVERY: u32 = 64;
-
-/// Opens a port (the one place that names the driver).
-fn open_port(vfio: &Vfio, bdf: &str, pool: &PacketPool) -> fastlane::nic::Result<Igb> {
-    Igb::open(vfio, bdf, pool, &NicConfig::default())
-}
 
 /// Frames forwarded and dropped (the output ring was full) in one direction.
 #[derive(Clone, Copy, Default)]
@@ -44,28 +47,29 @@ struct Dir {
 }
 
 /// One round in one direction: receive a burst, send what fits, drop the rest.
-fn forward(from: &mut Igb, to: &mut Igb, pkts: &mut Vec<Packet>, burst: usize, d: &mut Dir) {
+fn forward(from: &mut dyn Nic, to: &mut dyn Nic, pkts: &mut Vec<Packet>, cache: &mut PoolCache, burst: usize, d: &mut Dir) {
     if from.rx_burst(pkts, burst) == 0 {
         return;
     }
     d.forwarded += to.tx_burst(pkts) as u64;
     d.dropped += pkts.len() as u64;
-    from.recycle(pkts);
+    common::recycle(cache, pkts);
 }
 
-fn run(ports: [&str; 2], time: Duration, burst: usize) -> Result<(), Box<dyn std::error::Error>> {
+fn run(ports: [PciAddress; 2], time: Duration, burst: usize) -> Result<(), Box<dyn std::error::Error>> {
     let vfio = Vfio::new()?;
     let pool = PacketPool::new(&vfio, 8192)?;
-    let mut a = open_port(&vfio, ports[0], &pool)?;
-    let mut b = open_port(&vfio, ports[1], &pool)?;
+    let mut a = common::open_port(&vfio, ports[0], &pool, &NicConfig::default())?;
+    let mut b = common::open_port(&vfio, ports[1], &pool, &NicConfig::default())?;
+    let mut cache = pool.cache(4 * burst);
     println!("fwd: {} <-> {} (links {:?} / {:?})", ports[0], ports[1], a.link_status().up, b.link_status().up);
     let mut pkts = Vec::with_capacity(burst);
     let (mut ab, mut ba) = (Dir::default(), Dir::default());
     let (mut last_ab, mut last_ba) = (ab, ba);
     let mut ticker = Ticker::new(CLOCK_EVERY, Some(time));
     loop {
-        forward(&mut a, &mut b, &mut pkts, burst, &mut ab);
-        forward(&mut b, &mut a, &mut pkts, burst, &mut ba);
+        forward(&mut *a, &mut *b, &mut pkts, &mut cache, burst, &mut ab);
+        forward(&mut *b, &mut *a, &mut pkts, &mut cache, burst, &mut ba);
         match ticker.poll() {
             Tick::Quiet => {}
             Tick::Done => break,
@@ -90,25 +94,8 @@ fn run(ports: [&str; 2], time: Duration, burst: usize) -> Result<(), Box<dyn std
 }
 
 fn main() {
-    let a = Args::parse(USAGE, &[]);
-    a.only(USAGE, &["ports", "time", "burst"]);
-    let spec = a.str("ports").unwrap_or_else(|| fail(USAGE, "--ports is required"));
-    let ports: Vec<&str> = spec.split(',').collect();
-    let [p0, p1] = ports[..] else {
-        fail(USAGE, &format!("--ports {spec:?}: expected two addresses separated by a comma"));
-    };
-    if p0 == p1 {
-        fail(USAGE, "--ports: the two ports must differ");
-    }
-    let secs: f64 = a.get(USAGE, "time", 10.0);
-    if !(secs > 0.0 && secs.is_finite()) {
-        fail(USAGE, &format!("--time {secs}: must be a positive number of seconds"));
-    }
-    let burst = a.get(USAGE, "burst", 32usize);
-    if !(1..=512).contains(&burst) {
-        fail(USAGE, &format!("--burst {burst}: must be 1..512"));
-    }
-    if let Err(e) = run([p0, p1], Duration::from_secs_f64(secs), burst) {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.ports, cli.time, cli.burst) {
         eprintln!("fwd: {e}");
         std::process::exit(1);
     }

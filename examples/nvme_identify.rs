@@ -4,21 +4,28 @@
 
 mod common;
 
-use common::Args;
-use fastlane::framework::Vfio;
+use clap::Parser;
+use common::args;
+use fastlane::framework::{PciAddress, Vfio};
 use fastlane::nvme::{Controller, Options};
 
-const USAGE: &str = "usage: nvme_identify [--device BDF]
-
-Prints the controller's Identify data and its active namespaces. Without
---device it uses $FASTLANE_NVME or the first NVMe controller bound to
-vfio-pci; with none on this machine it runs in the QEMU test guest.";
+/// Prints the controller's Identify data and its active namespaces.
+#[derive(Parser)]
+#[command(
+    name = "nvme_identify",
+    after_help = "Without --device it uses $FASTLANE_NVME or the first NVMe controller bound to\n\
+                  vfio-pci; with none on this machine it runs in the QEMU test guest."
+)]
+struct Cli {
+    /// NVMe controller bound to vfio-pci
+    #[arg(long, value_name = "BDF", value_parser = args::pci_address)]
+    device: Option<PciAddress>,
+}
 
 fn main() {
-    let args = Args::parse(USAGE, &[]);
-    args.only(USAGE, &["device"]);
-    let Some(dev) = common::nvme_device(&args) else {
-        common::run_in_guest("nvme_identify", &args);
+    let cli = Cli::parse();
+    let Some(dev) = common::nvme_device(cli.device) else {
+        common::run_in_guest("nvme_identify", &common::raw_args());
     };
     if let Err(e) = run(&dev) {
         eprintln!("error: {e}");

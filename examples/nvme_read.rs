@@ -12,34 +12,79 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::Args;
-use fastlane::framework::{BufferPool, DmaBuf, PageSize, Vfio};
+use clap::{Parser, ValueEnum};
+use common::{args, UsageError};
+use fastlane::framework::{BufferPool, DmaBuf, PageSize, PciAddress, Vfio};
 use fastlane::nvme::{pattern, Controller, Namespace, NvmeError, Options};
 use hdrhistogram::Histogram;
 
-const USAGE: &str = "usage: nvme_read [options]
+/// NVMe I/O benchmark: per queue pair (one thread each), keeps
+/// --queue-depth commands in flight for --time seconds and prints IOPS,
+/// MiB/s and latency percentiles.
+#[derive(Parser)]
+#[command(
+    name = "nvme_read",
+    after_help = "The write pattern (fastlane_nvme::pattern): every block starts with its LBA\n\
+                  and the seed (little endian u64 each), then bytes derived from both."
+)]
+struct Cli {
+    /// NVMe controller bound to vfio-pci (default: $FASTLANE_NVME, else the
+    /// first NVMe bound to vfio-pci, else the QEMU guest)
+    #[arg(long, value_name = "BDF", value_parser = args::pci_address)]
+    device: Option<PciAddress>,
+    /// Namespace
+    #[arg(long, value_name = "N", default_value = "1", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<u32>(s, 1, u32::MAX.into()))]
+    nsid: u32,
+    /// Commands in flight per queue (at most the controller's CAP.MQES)
+    #[arg(long, value_name = "N", default_value = "32", allow_hyphen_values = true,
+          value_parser = args::queue_depth)]
+    queue_depth: u16,
+    /// Bytes per command, a multiple of the block size
+    #[arg(long, value_name = "BYTES", default_value = "4096", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<usize>(s, 1, u32::MAX.into()))]
+    io_size: usize,
+    /// Access pattern
+    #[arg(long, value_enum, default_value = "rand")]
+    pattern: Pattern,
+    /// read: plain reads; write: writes the verification pattern; verify:
+    /// reads and checks the pattern a write run left
+    #[arg(long, value_enum, default_value = "read")]
+    workload: Workload,
+    /// Run time in seconds
+    #[arg(long, value_name = "SECONDS", default_value = "10", allow_hyphen_values = true,
+          value_parser = args::duration)]
+    time: Duration,
+    /// Queue pairs, one thread each
+    #[arg(long, value_name = "N", default_value = "1", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<u16>(s, 1, u16::MAX.into()))]
+    queues: u16,
+    /// Limit the LBA range to the first N blocks (0: all)
+    #[arg(long, value_name = "N", default_value = "0", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<u64>(s, 0, u64::MAX))]
+    blocks: u64,
+    /// Pattern seed for write/verify
+    #[arg(long, value_name = "N", default_value = "1", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<u64>(s, 0, u64::MAX))]
+    seed: u64,
+    /// Use shadow doorbells (Doorbell Buffer Config) when supported
+    #[arg(long)]
+    shadow_doorbells: bool,
+    /// Print the result as one JSON object
+    #[arg(long)]
+    json: bool,
+    /// No progress line
+    #[arg(long)]
+    quiet: bool,
+}
 
-  --device BDF          NVMe controller bound to vfio-pci (default: $FASTLANE_NVME,
-                        else the first NVMe bound to vfio-pci, else the QEMU guest)
-  --nsid N              namespace (default 1)
-  --queue-depth N       commands in flight per queue (default 32)
-  --io-size BYTES       bytes per command, a multiple of the block size (default 4096)
-  --pattern rand|seq    access pattern (default rand)
-  --workload read|write|verify
-                        read: plain reads; write: writes the verification pattern;
-                        verify: reads and checks the pattern a write run left (default read)
-  --time SECONDS        run time (default 10)
-  --queues N            queue pairs, one thread each (default 1)
-  --blocks N            limit the LBA range to the first N blocks (default: all)
-  --seed N              pattern seed for write/verify (default 1)
-  --shadow-doorbells    use shadow doorbells (Doorbell Buffer Config) when supported
-  --json                print the result as one JSON object
-  --quiet               no progress line
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Pattern {
+    Rand,
+    Seq,
+}
 
-The write pattern (fastlane_nvme::pattern): every block starts with its LBA
-and the seed (little endian u64 each), then bytes derived from both.";
-
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Workload {
     Read,
     Write,
@@ -48,7 +93,10 @@ enum Workload {
 
 #[derive(Clone)]
 struct Config {
+    /// Commands in flight per queue.
     depth: u16,
+    /// Queue size in entries (depth + 1), checked against the controller.
+    entries: u16,
     io_size: usize,
     random: bool,
     workload: Workload,
@@ -73,50 +121,34 @@ struct WorkerResult {
 }
 
 fn main() {
-    let args = Args::parse(USAGE, &["json", "quiet", "shadow-doorbells"]);
-    args.only(
-        USAGE,
-        &["device", "nsid", "queue-depth", "io-size", "pattern", "workload", "time", "queues", "blocks", "seed", "json", "quiet", "shadow-doorbells"],
-    );
-    let Some(dev) = common::nvme_device(&args) else {
-        common::run_in_guest("nvme_read", &args);
-    };
-    let workload = match args.str("workload").unwrap_or("read") {
-        "read" => Workload::Read,
-        "write" => Workload::Write,
-        "verify" => Workload::Verify,
-        w => common::fail(USAGE, &format!("--workload {w:?}: read, write or verify")),
-    };
-    let random = match args.str("pattern").unwrap_or("rand") {
-        "rand" => true,
-        "seq" => false,
-        p => common::fail(USAGE, &format!("--pattern {p:?}: rand or seq")),
+    // Every option is checked here, before looking for a device (or
+    // starting the guest).
+    let cli = Cli::parse();
+    let Some(dev) = common::nvme_device(cli.device) else {
+        common::run_in_guest("nvme_read", &common::raw_args());
     };
     let cfg = Config {
-        depth: args.get(USAGE, "queue-depth", 32u16),
-        io_size: args.get(USAGE, "io-size", 4096usize),
-        random,
-        workload,
-        time: Duration::from_secs_f64(args.get(USAGE, "time", 10.0f64)),
-        queues: args.get(USAGE, "queues", 1u16),
-        blocks: args.get(USAGE, "blocks", 0u64),
-        seed: args.get(USAGE, "seed", 1u64),
+        depth: cli.queue_depth,
+        entries: 0,
+        io_size: cli.io_size,
+        random: cli.pattern == Pattern::Rand,
+        workload: cli.workload,
+        time: cli.time,
+        queues: cli.queues,
+        blocks: cli.blocks,
+        seed: cli.seed,
     };
-    let nsid = args.get(USAGE, "nsid", 1u32);
-    match run(&dev, nsid, cfg, args.flag("shadow-doorbells"), args.flag("json"), args.flag("quiet")) {
+    match run(&dev, cli.nsid, cfg, cli.shadow_doorbells, cli.json, cli.quiet) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::exit(1);
+            std::process::exit(common::exit_code(&*e));
         }
     }
 }
 
 fn run(dev: &str, nsid: u32, mut cfg: Config, shadow: bool, json: bool, quiet: bool) -> Result<bool, Box<dyn std::error::Error>> {
-    if cfg.depth == 0 || cfg.queues == 0 {
-        return Err("--queue-depth and --queues must be at least 1".into());
-    }
     let vfio = Vfio::new()?;
     let opts = Options {
         io_queues: cfg.queues,
@@ -124,24 +156,25 @@ fn run(dev: &str, nsid: u32, mut cfg: Config, shadow: bool, json: bool, quiet: b
         ..Options::default()
     };
     let ctrl = Arc::new(Controller::open(&vfio, dev, opts)?);
+    cfg.entries = args::queue_entries(cfg.depth, ctrl.info().max_queue_entries).map_err(UsageError)?;
     let ns = ctrl.namespace(nsid)?;
     let bs = ns.block_size as usize;
     if cfg.io_size == 0 || !cfg.io_size.is_multiple_of(bs) {
-        return Err(format!("--io-size must be a multiple of the {bs}-byte block size").into());
+        return Err(UsageError(format!("--io-size must be a multiple of the {bs}-byte block size")).into());
     }
     if cfg.io_size > ctrl.info().max_transfer {
-        return Err(format!("--io-size above the controller's {} byte maximum (MDTS)", ctrl.info().max_transfer).into());
+        return Err(UsageError(format!("--io-size above the controller's {} byte maximum (MDTS)", ctrl.info().max_transfer)).into());
     }
     if cfg.queues > ctrl.info().io_queues {
-        return Err(format!("--queues {}: the controller granted {}", cfg.queues, ctrl.info().io_queues).into());
+        return Err(UsageError(format!("--queues {}: the controller granted {}", cfg.queues, ctrl.info().io_queues)).into());
     }
     if cfg.blocks == 0 || cfg.blocks > ns.blocks {
         cfg.blocks = ns.blocks;
     }
     let io_blocks = (cfg.io_size / bs) as u64;
-    let slots_per_queue = cfg.blocks / io_blocks / cfg.queues as u64;
-    if slots_per_queue < cfg.depth as u64 {
-        return Err("LBA range too small for this many commands in flight".into());
+    let slots_per_queue = cfg.blocks / io_blocks / u64::from(cfg.queues);
+    if slots_per_queue < u64::from(cfg.depth) {
+        return Err(UsageError("LBA range too small for this many commands in flight".into()).into());
     }
     if !json {
         println!(
@@ -161,7 +194,7 @@ fn run(dev: &str, nsid: u32, mut cfg: Config, shadow: bool, json: bool, quiet: b
         .map(|q| {
             let (vfio, ctrl, cfg, counters, stop) = (vfio.clone(), ctrl.clone(), cfg.clone(), counters.clone(), stop.clone());
             std::thread::spawn(move || -> Result<WorkerResult, String> {
-                let first = q as u64 * slots_per_queue;
+                let first = u64::from(q) * slots_per_queue;
                 worker(&vfio, &ctrl, ns, &cfg, first, slots_per_queue, &counters[q as usize], &stop)
                     .map_err(|e| e.to_string())
             })
@@ -262,15 +295,14 @@ fn worker(
     stop: &AtomicBool,
 ) -> Result<WorkerResult, Box<dyn std::error::Error>> {
     let bs = ns.block_size as usize;
-    let io_blocks = (cfg.io_size / bs) as u32;
-    let depth = cfg.depth as usize;
-    let pool = BufferPool::new(vfio, cfg.io_size, cfg.depth as u32, PageSize::Huge2M)?;
-    let qdepth = (cfg.depth + 1).max(2);
-    let mut qp = ctrl.create_qpair(qdepth)?;
+    let io_blocks = u32::try_from(cfg.io_size / bs)?;
+    let depth = usize::from(cfg.depth);
+    let pool = BufferPool::new(vfio, cfg.io_size, u32::from(cfg.depth), PageSize::Huge2M)?;
+    let mut qp = ctrl.create_qpair(cfg.entries)?;
     let mut lbas = Lbas {
         first: first_slot,
         slots,
-        io_blocks: io_blocks as u64,
+        io_blocks: u64::from(io_blocks),
         random: cfg.random,
         next: 0,
         rng: 0x9E37_79B9_7F4A_7C15 ^ (first_slot + 1),

@@ -10,26 +10,43 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fail, Args, Tick, Ticker};
-use fastlane::framework::Vfio;
-use fastlane::nic::igb::Igb;
-use fastlane::nic::{Nic, NicConfig, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
+use clap::Parser;
+use common::{args, Tick, Ticker};
+use fastlane::framework::{PciAddress, Vfio};
+use fastlane::nic::{NicConfig, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
 
-const USAGE: &str = "\
-usage: pktgen --device BDF [--size BYTES] [--count N | --time SECONDS] [--burst N] [--json]
-
-Transmits frames as fast as the port takes them and prints packets/s and
-bits/s every second, then a summary.
-
-  --device BDF    port bound to vfio-pci, e.g. 0000:01:00.0 (required)
-  --size BYTES    frame size without CRC, 60..1514 (default 60)
-  --count N       stop after N frames
-  --time SECONDS  stop after this long (default 10; not with --count)
-  --burst N       frames per tx_burst call, 1..512 (default 32)
-  --json          end with a JSON summary line
-
-Frames go from 02:00:00:00:00:01 to 02:00:00:00:00:02 with EtherType 0x88B5
-(local experimental) and a 64-bit sequence number after the header.";
+/// Transmits frames as fast as the port takes them and prints packets/s and
+/// bits/s every second, then a summary.
+#[derive(Parser)]
+#[command(
+    name = "pktgen",
+    after_help = "Frames go from 02:00:00:00:00:01 to 02:00:00:00:00:02 with EtherType 0x88B5\n\
+                  (local experimental) and a 64-bit sequence number after the header.\n\
+                  Ports: Intel igb or virtio-net."
+)]
+struct Cli {
+    /// Port bound to vfio-pci, e.g. 0000:01:00.0
+    #[arg(long, value_name = "BDF", value_parser = args::pci_address)]
+    device: PciAddress,
+    /// Frame size without CRC, 60..1514
+    #[arg(long, value_name = "BYTES", default_value_t = MIN_FRAME, allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<usize>(s, MIN_FRAME as u64, MAX_FRAME as u64))]
+    size: usize,
+    /// Stop after N frames
+    #[arg(long, value_name = "N", conflicts_with = "time", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<u64>(s, 1, u64::MAX))]
+    count: Option<u64>,
+    /// Stop after this long [default: 10]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = args::duration)]
+    time: Option<Duration>,
+    /// Frames per tx_burst call, 1..512
+    #[arg(long, value_name = "N", default_value = "32", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<usize>(s, 1, 512))]
+    burst: usize,
+    /// End with a JSON summary line
+    #[arg(long)]
+    json: bool,
+}
 
 /// Destination and source of the generated frames: locally administered.
 const DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -50,7 +67,7 @@ enum Limit {
 }
 
 struct Opts {
-    device: String,
+    device: PciAddress,
     size: usize,
     limit: Limit,
     burst: usize,
@@ -58,37 +75,12 @@ struct Opts {
 }
 
 fn parse() -> Opts {
-    let a = Args::parse(USAGE, &["json"]);
-    a.only(USAGE, &["device", "size", "count", "time", "burst", "json"]);
-    let device = a.str("device").unwrap_or_else(|| fail(USAGE, "--device is required")).to_string();
-    let size = a.get(USAGE, "size", MIN_FRAME);
-    if !(MIN_FRAME..=MAX_FRAME).contains(&size) {
-        fail(USAGE, &format!("--size {size}: must be {MIN_FRAME}..{MAX_FRAME}"));
-    }
-    let burst = a.get(USAGE, "burst", 32usize);
-    if !(1..=512).contains(&burst) {
-        fail(USAGE, &format!("--burst {burst}: must be 1..512"));
-    }
-    let limit = match (a.str("count"), a.str("time")) {
-        (Some(_), Some(_)) => fail(USAGE, "give --count or --time, not both"),
-        (Some(_), None) => match a.get(USAGE, "count", 0u64) {
-            0 => fail(USAGE, "--count must be at least 1"),
-            n => Limit::Count(n),
-        },
-        (None, _) => {
-            let secs: f64 = a.get(USAGE, "time", 10.0);
-            if !(secs > 0.0 && secs.is_finite()) {
-                fail(USAGE, &format!("--time {secs}: must be a positive number of seconds"));
-            }
-            Limit::Time(Duration::from_secs_f64(secs))
-        }
+    let cli = Cli::parse();
+    let limit = match (cli.count, cli.time) {
+        (Some(n), _) => Limit::Count(n),
+        (None, t) => Limit::Time(t.unwrap_or(Duration::from_secs(10))),
     };
-    Opts { device, size, limit, burst, json: a.flag("json") }
-}
-
-/// Opens the port (the one place that names the driver).
-fn open_port(vfio: &Vfio, bdf: &str, pool: &PacketPool) -> fastlane::nic::Result<Igb> {
-    Igb::open(vfio, bdf, pool, &NicConfig::default())
+    Opts { device: cli.device, size: cli.size, limit, burst: cli.burst, json: cli.json }
 }
 
 /// Writes the frame header and padding into every buffer of `pool` once;
@@ -120,10 +112,12 @@ fn rate_line(label: &str, packets: u64, secs: f64, size: usize) -> (f64, f64, f6
 fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
     let vfio = Vfio::new()?;
     // Every buffer gets the frame before the port takes some for its
-    // receive ring; frames then cycle through the port's own cache.
+    // receive ring; frames then cycle between the cache below and the pool.
     let pool = PacketPool::new(&vfio, 4096)?;
     prefill(&pool, o.size)?;
-    let mut port = open_port(&vfio, &o.device, &pool)?;
+    let mut port = common::open_port(&vfio, o.device, &pool, &NicConfig::default())?;
+    // Frames come from this cache; sent buffers go back to the pool.
+    let mut cache = pool.cache(2 * o.burst);
     println!(
         "pktgen: {} mac {:02x?} link {:?}, {}-byte frames, burst {}",
         o.device,
@@ -162,7 +156,8 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
         }
         let want = (o.burst - batch.len()).min(remaining.min(o.burst as u64) as usize);
         for _ in 0..want {
-            let Ok(mut p) = port.alloc_packet(o.size) else { break };
+            let Ok(buf) = cache.alloc() else { break };
+            let mut p = Packet::new(buf, o.size)?;
             p.buf_mut().write(SEQ_OFFSET, &made.to_be_bytes())?;
             batch.push(p);
             made += 1;

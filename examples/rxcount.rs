@@ -9,35 +9,39 @@ mod common;
 
 use std::time::Duration;
 
-use common::{fail, Args, Tick, Ticker};
-use fastlane::framework::Vfio;
-use fastlane::nic::igb::Igb;
-use fastlane::nic::{Nic, NicConfig, PacketPool};
+use clap::Parser;
+use common::{args, Tick, Ticker};
+use fastlane::framework::{PciAddress, Vfio};
+use fastlane::nic::{NicConfig, PacketPool};
 
-const USAGE: &str = "\
-usage: rxcount --device BDF [--time SECONDS] [--json]
-
-Receives frames (promiscuous) and counts them; prints packets/s and bits/s
-every second and the totals, with the device's own counters, at the end.
-
-  --device BDF    port bound to vfio-pci, e.g. 0000:02:00.0 (required)
-  --time SECONDS  how long to run (default 10)
-  --json          end with a JSON summary line";
+/// Receives frames (promiscuous) and counts them; prints packets/s and
+/// bits/s every second and the totals, with the device's own counters, at
+/// the end.
+#[derive(Parser)]
+#[command(name = "rxcount", after_help = "Ports: Intel igb or virtio-net.")]
+struct Cli {
+    /// Port bound to vfio-pci, e.g. 0000:02:00.0
+    #[arg(long, value_name = "BDF", value_parser = args::pci_address)]
+    device: PciAddress,
+    /// How long to run
+    #[arg(long, value_name = "SECONDS", default_value = "10", allow_hyphen_values = true,
+          value_parser = args::duration)]
+    time: Duration,
+    /// End with a JSON summary line
+    #[arg(long)]
+    json: bool,
+}
 
 const BURST: usize = 64;
 /// Polls between two looks at the clock.
 const CLOCK_EVERY: u32 = 64;
 
-/// Opens the port (the one place that names the driver), with the largest
-/// receive ring to ride out bursts.
-fn open_port(vfio: &Vfio, bdf: &str, pool: &PacketPool) -> fastlane::nic::Result<Igb> {
-    Igb::open(vfio, bdf, pool, &NicConfig { rx_ring: 4096, ..NicConfig::default() })
-}
-
-fn run(device: &str, time: Duration, json: bool) -> Result<(), Box<dyn std::error::Error>> {
+fn run(device: PciAddress, time: Duration, json: bool) -> Result<(), Box<dyn std::error::Error>> {
     let vfio = Vfio::new()?;
     let pool = PacketPool::new(&vfio, 8192)?;
-    let mut port = open_port(&vfio, device, &pool)?;
+    // The largest receive ring, to ride out bursts.
+    let mut port = common::open_port(&vfio, device, &pool, &NicConfig { rx_ring: 4096, ..NicConfig::default() })?;
+    let mut cache = pool.cache(2 * BURST);
     println!("rxcount: {device} mac {:02x?} link {:?}", port.mac_address(), port.link_status());
     let mut pkts = Vec::with_capacity(BURST);
     let (mut packets, mut bytes) = (0u64, 0u64);
@@ -47,7 +51,7 @@ fn run(device: &str, time: Duration, json: bool) -> Result<(), Box<dyn std::erro
         if port.rx_burst(&mut pkts, BURST) > 0 {
             packets += pkts.len() as u64;
             bytes += pkts.iter().map(|p| p.len() as u64).sum::<u64>();
-            port.recycle(&mut pkts);
+            common::recycle(&mut cache, &mut pkts);
         }
         match ticker.poll() {
             Tick::Quiet => {}
@@ -84,14 +88,8 @@ fn run(device: &str, time: Duration, json: bool) -> Result<(), Box<dyn std::erro
 }
 
 fn main() {
-    let a = Args::parse(USAGE, &["json"]);
-    a.only(USAGE, &["device", "time", "json"]);
-    let device = a.str("device").unwrap_or_else(|| fail(USAGE, "--device is required"));
-    let secs: f64 = a.get(USAGE, "time", 10.0);
-    if !(secs > 0.0 && secs.is_finite()) {
-        fail(USAGE, &format!("--time {secs}: must be a positive number of seconds"));
-    }
-    if let Err(e) = run(device, Duration::from_secs_f64(secs), a.flag("json")) {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.device, cli.time, cli.json) {
         eprintln!("rxcount: {e}");
         std::process::exit(1);
     }

@@ -1,85 +1,42 @@
-//! Shared by the examples: argument parsing and finding the NVMe controller
-//! (or falling back to the QEMU test guest when this machine has none).
+//! Shared by the examples: option value parsers ([`args`]), finding the
+//! NVMe controller (or falling back to the QEMU test guest when this machine
+//! has none), opening NIC ports, and the polling loops' clock.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+pub mod args;
+
 use std::process::Command;
-use std::str::FromStr;
 
 use fastlane::framework::pci::vfio_devices;
+use fastlane::framework::{PciAddress, PoolCache, Vfio};
+use fastlane::nic::{self, Nic, NicConfig, Packet, PacketPool};
 
-/// `--key value` and `--flag` arguments.
-pub struct Args {
-    values: HashMap<String, String>,
-    flags: Vec<String>,
-    pub raw: Vec<String>,
-}
+/// An error the user can fix by changing the options (exit code 2, like
+/// the option parser's own errors), found only once the device is open.
+#[derive(Debug)]
+pub struct UsageError(pub String);
 
-impl Args {
-    /// Parses `std::env::args`; `flags` lists the options that take no value.
-    /// Prints `usage` and exits on `--help` or a malformed line.
-    pub fn parse(usage: &str, flags: &[&str]) -> Args {
-        let raw: Vec<String> = std::env::args().skip(1).collect();
-        let mut a = Args {
-            values: HashMap::new(),
-            flags: Vec::new(),
-            raw: raw.clone(),
-        };
-        let mut it = raw.into_iter();
-        while let Some(k) = it.next() {
-            if k == "-h" || k == "--help" {
-                println!("{usage}");
-                std::process::exit(0);
-            }
-            let Some(name) = k.strip_prefix("--") else {
-                fail(usage, &format!("unexpected argument {k:?}"));
-            };
-            if flags.contains(&name) {
-                a.flags.push(name.to_string());
-            } else {
-                match it.next() {
-                    Some(v) => {
-                        a.values.insert(name.to_string(), v);
-                    }
-                    None => fail(usage, &format!("--{name} needs a value")),
-                }
-            }
-        }
-        a
-    }
-
-    pub fn flag(&self, name: &str) -> bool {
-        self.flags.iter().any(|f| f == name)
-    }
-
-    pub fn str(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(|s| s.as_str())
-    }
-
-    /// A typed value with a default; exits with a message if malformed.
-    pub fn get<T: FromStr>(&self, usage: &str, name: &str, default: T) -> T {
-        match self.values.get(name) {
-            None => default,
-            Some(v) => v
-                .parse()
-                .unwrap_or_else(|_| fail(usage, &format!("--{name}: cannot parse {v:?}"))),
-        }
-    }
-
-    /// Rejects options not in `known`.
-    pub fn only(&self, usage: &str, known: &[&str]) {
-        for k in self.values.keys().chain(self.flags.iter()) {
-            if !known.contains(&k.as_str()) {
-                fail(usage, &format!("unknown option --{k}"));
-            }
-        }
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
-pub fn fail(usage: &str, msg: &str) -> ! {
-    eprintln!("error: {msg}\n\n{usage}");
-    std::process::exit(2);
+impl std::error::Error for UsageError {}
+
+/// Exit code for an error of `run`: 2 for a [`UsageError`], else 1.
+pub fn exit_code(e: &(dyn std::error::Error + 'static)) -> i32 {
+    if e.is::<UsageError>() {
+        2
+    } else {
+        1
+    }
+}
+
+/// The command-line arguments as given (for re-running in the guest).
+pub fn raw_args() -> Vec<String> {
+    std::env::args().skip(1).collect()
 }
 
 /// NVMe class code.
@@ -87,16 +44,16 @@ pub const NVME_CLASS: u32 = 0x01_08_02;
 
 /// The device to use: `--device`, else `$FASTLANE_NVME`, else the first
 /// NVMe controller bound to vfio-pci. `None` when there is none.
-pub fn nvme_device(args: &Args) -> Option<String> {
-    args.str("device")
-        .map(str::to_string)
+pub fn nvme_device(device: Option<PciAddress>) -> Option<String> {
+    device
+        .map(|a| a.to_string())
         .or_else(|| std::env::var("FASTLANE_NVME").ok())
         .or_else(|| vfio_devices(NVME_CLASS).first().map(|a| a.to_string()))
 }
 
 /// With no NVMe controller here, run the same example inside the QEMU test
 /// guest (its emulated NVMe behind an emulated IOMMU) and exit with its code.
-pub fn run_in_guest(example: &str, args: &Args) -> ! {
+pub fn run_in_guest(example: &str, args: &[String]) -> ! {
     if std::env::var_os("FASTLANE_IN_GUEST").is_some() {
         eprintln!("error: no NVMe controller bound to vfio-pci in the guest");
         std::process::exit(1);
@@ -107,13 +64,27 @@ pub fn run_in_guest(example: &str, args: &Args) -> ! {
          running it in the QEMU test guest (emulated NVMe behind an emulated IOMMU) via vm/example.sh.\n\
          For a real device: `sudo ./hugepages.sh setup && sudo ./hugepages.sh bind <BDF>`, then --device <BDF>."
     );
-    let status = Command::new(script).arg(example).args(&args.raw).status();
+    let status = Command::new(script).arg(example).args(args).status();
     match status {
         Ok(s) => std::process::exit(s.code().unwrap_or(1)),
         Err(e) => {
             eprintln!("error: cannot run {script}: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// Opens the NIC at `addr` with the driver its PCI id calls for (igb or
+/// virtio-net, through [`fastlane::nic::open`]).
+pub fn open_port(vfio: &Vfio, addr: PciAddress, pool: &PacketPool, cfg: &NicConfig) -> nic::Result<Box<dyn Nic>> {
+    nic::open(vfio, &addr.to_string(), pool, cfg)
+}
+
+/// Gives the buffers of `pkts` back through `cache` (cheaper than dropping
+/// them one by one into the shared pool); `pkts` is left empty.
+pub fn recycle(cache: &mut PoolCache, pkts: &mut Vec<Packet>) {
+    for p in pkts.drain(..) {
+        let _ = cache.free(p.into_buf());
     }
 }
 
