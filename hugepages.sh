@@ -13,7 +13,8 @@ set -u
 
 HUGEMNT="${HUGEMNT:-/mnt/huge}"
 STATE="${FASTLANE_STATE_DIR:-/var/run/fastlane}"
-HP_SYS=/sys/kernel/mm/hugepages
+HP_SYS="${FASTLANE_HUGEPAGES_SYS:-/sys/kernel/mm/hugepages}"
+MEMINFO="${FASTLANE_MEMINFO:-/proc/meminfo}"
 PCI_SYS=/sys/bus/pci
 PROG="${0##*/}"
 
@@ -28,7 +29,9 @@ Commands:
           reserve N hugepages of the given size (default: 512 of 2M), mount
           hugetlbfs at \$HUGEMNT (default /mnt/huge) unless one is mounted
           there, and load the vfio-pci driver (skipped with --no-vfio).
-          Fails if fewer than N pages could be reserved.
+          N is a whole number from 1 to what MemTotal holds at that size.
+          If fewer than N pages can be reserved, nr_hugepages is set back
+          to its previous value and setup fails.
   bind BDF...
           bind PCI devices to vfio-pci, remembering their current driver.
           BDF is 0000:00:04.0 or 00:04.0. Prints the IOMMU group and the
@@ -46,6 +49,11 @@ Commands:
 Environment:
   HUGEMNT             hugetlbfs mount point (default /mnt/huge)
   FASTLANE_STATE_DIR  where changes are remembered (default /var/run/fastlane)
+  FASTLANE_HUGEPAGES_SYS, FASTLANE_MEMINFO
+                      stand-ins for /sys/kernel/mm/hugepages and /proc/meminfo
+                      (tests)
+
+Exit codes: 0 done, 1 failed, 2 bad command or arguments.
 
 Examples:
   $PROG setup 1024            # 2 GiB of 2 MiB pages
@@ -57,6 +65,8 @@ EOF
 }
 
 die() { echo "$PROG: error: $*" >&2; exit 1; }
+# A bad command line: exit code 2.
+usage_err() { echo "$PROG: error: $* (see '$PROG help')" >&2; exit 2; }
 warn() { echo "$PROG: warning: $*" >&2; }
 say() { echo "$PROG: $*"; }
 
@@ -83,7 +93,7 @@ size_kb() {
         *g) n="${s%g}"; m=1048576 ;;
         *) n=""; m=0 ;;
     esac
-    is_uint "$n" && [ "$n" -gt 0 ] || die "bad page size '$1' (expected e.g. 2M or 1G)"
+    is_uint "$n" && [ "$n" -gt 0 ] || usage_err "bad page size '$1' (expected e.g. 2M or 1G)"
     echo $((n * m))
 }
 
@@ -93,7 +103,26 @@ kb_human() {
     else echo "${1}k"; fi
 }
 
-default_kb() { awk '/^Hugepagesize:/ {print $2}' /proc/meminfo 2>/dev/null; }
+default_kb() { awk '/^Hugepagesize:/ {print $2}' "$MEMINFO" 2>/dev/null; }
+mem_total_kb() { awk '/^MemTotal:/ {print $2}' "$MEMINFO" 2>/dev/null; }
+
+# The page count for 'setup' ($1) at $2 kB a page, without leading zeros:
+# a whole number from 1 to as many pages as MemTotal holds; else exit 2.
+check_count() {
+    is_uint "$1" || usage_err "setup: bad page count '$1' (a whole number of pages, at least 1)"
+    c="$1"
+    while [ "${c#0}" != "$c" ]; do c="${c#0}"; done
+    [ -n "$c" ] || usage_err "setup: page count must be at least 1"
+    mem="$(mem_total_kb)"
+    is_uint "$mem" || die "cannot read MemTotal from $MEMINFO"
+    max=$((mem / $2))
+    # More digits than the bound: too large (and too long for the shell's
+    # arithmetic, which the comparison below uses).
+    if [ ${#c} -gt ${#max} ] || [ "$c" -gt "$max" ]; then
+        usage_err "setup: $1 pages of $(kb_human "$2") do not fit in this machine's memory (MemTotal $((mem / 1024)) MiB holds at most $max)"
+    fi
+    echo "$c"
+}
 
 # Canonical BDF (lower case, with the 0000: domain) or an error.
 norm_bdf() {
@@ -103,7 +132,7 @@ norm_bdf() {
     esac
     case "$b" in
         [0-9a-f][0-9a-f][0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[0-1][0-9a-f].[0-7]) ;;
-        *) die "malformed PCI address '$1' (expected DDDD:BB:DD.F or BB:DD.F, e.g. 0000:00:04.0)" ;;
+        *) usage_err "malformed PCI address '$1' (expected DDDD:BB:DD.F or BB:DD.F, e.g. 0000:00:04.0)" ;;
     esac
     [ -d "$PCI_SYS/devices/$b" ] || die "no PCI device $b (see '$PROG status' for the devices present)"
     echo "$b"
@@ -118,33 +147,58 @@ mounted_at() {  # hugetlbfs mounted at $1?
 }
 
 # ---------------------------------------------------------------- setup ----
+# Set nr_hugepages in $1 back to $2 after a failed reservation; says how
+# it went (for the error message) and fails if it could not.
+restore_nr() {
+    { printf '%s\n' "$2" > "$1/nr_hugepages"; } 2>/dev/null
+    now="$(cat "$1/nr_hugepages")"
+    if [ "$now" = "$2" ]; then
+        echo "nr_hugepages set back to $2"
+    else
+        echo "nr_hugepages could NOT be set back to $2 (it is $now)"
+        return 1
+    fi
+}
+
 cmd_setup() {
-    n=512 kb="" vfio=1
+    n=512 have_n="" kb="" size="" vfio=1
     while [ $# -gt 0 ]; do
         case "$1" in
-            --size) [ $# -ge 2 ] || die "--size needs a value (2M or 1G)"; kb="$(size_kb "$2")" || exit 1; shift 2 ;;
-            --size=*) kb="$(size_kb "${1#--size=}")" || exit 1; shift ;;
+            --size) [ $# -ge 2 ] || usage_err "--size needs a value (2M or 1G)"
+                    [ -z "$size" ] || usage_err "setup: --size given twice"; size="$2"; shift 2 ;;
+            --size=*) [ -z "$size" ] || usage_err "setup: --size given twice"; size="${1#--size=}"; shift ;;
             --no-vfio) vfio=0; shift ;;
-            *) is_uint "$1" || die "setup: bad page count '$1' (see '$PROG help')"; n="$1"; shift ;;
+            -[0-9]*) usage_err "setup: bad page count '$1' (a whole number of pages, at least 1)" ;;
+            -*) usage_err "setup: unknown option '$1'" ;;
+            *) [ -z "$have_n" ] || usage_err "setup: more than one page count ('$n', '$1')"; n="$1"; have_n=1; shift ;;
         esac
     done
+    if [ -n "$size" ]; then kb="$(size_kb "$size")" || exit $?; fi
     [ -d "$HP_SYS" ] || die "$HP_SYS missing: kernel without hugetlbfs support"
     dkb="$(default_kb)"
     [ -n "$kb" ] || kb="${dkb:-2048}"
+    n="$(check_count "$n" "$kb")" || exit $?
     dir="$HP_SYS/hugepages-${kb}kB"
     [ -d "$dir" ] || die "this machine has no $(kb_human "$kb") hugepages (available: $(cd "$HP_SYS" && ls | sed 's/hugepages-//' | tr '\n' ' '))"
 
     mkdir -p "$STATE" || die "cannot create state directory $STATE"
     before="$(cat "$dir/nr_hugepages")"
-    [ -f "$STATE/hugepages-${kb}kB.orig" ] || echo "$before" > "$STATE/hugepages-${kb}kB.orig"
+    orig="$STATE/hugepages-${kb}kB.orig" new_orig=0
+    [ -f "$orig" ] || { echo "$before" > "$orig"; new_orig=1; }
     if [ "$before" != "$n" ]; then
-        sysw "$n" "$dir/nr_hugepages"
+        # The kernel reserves what it can and may stop part-way: take
+        # what is not all of it back.
+        if ! ( sysw "$n" "$dir/nr_hugepages" ); then
+            back="$(restore_nr "$dir" "$before")" && { [ $new_orig = 0 ] || rm -f "$orig"; }
+            die "setup: $back"
+        fi
     fi
     got="$(cat "$dir/nr_hugepages")"
-    say "$got hugepages of $(kb_human "$kb") reserved ($(($got * kb / 1024)) MiB, $(cat "$dir/free_hugepages") free)"
     if [ "$got" -lt "$n" ]; then
-        die "asked for $n hugepages of $(kb_human "$kb") but the kernel reserved only $got (not enough free contiguous memory; reserve at boot with hugepages=$n, or use fewer)"
+        back="$(restore_nr "$dir" "$before")" && { [ $new_orig = 0 ] || rm -f "$orig"; }
+        die "asked for $n hugepages of $(kb_human "$kb") but the kernel reserved only $got (not enough free contiguous memory; reserve at boot with hugepages=$n, or use fewer); $back"
     fi
+    say "$got hugepages of $(kb_human "$kb") reserved ($(($got * kb / 1024)) MiB, $(cat "$dir/free_hugepages") free)"
 
     if mounted_at "$HUGEMNT"; then
         say "hugetlbfs already mounted at $HUGEMNT"
@@ -208,8 +262,8 @@ bind_one() {
 }
 
 cmd_bind() {
-    [ $# -gt 0 ] || die "bind: give at least one PCI address (see '$PROG help')"
-    for a in "$@"; do norm_bdf "$a" >/dev/null || exit 1; done
+    [ $# -gt 0 ] || usage_err "bind: give at least one PCI address"
+    for a in "$@"; do norm_bdf "$a" >/dev/null || exit $?; done
     for a in "$@"; do bind_one "$a"; done
 }
 
@@ -249,8 +303,8 @@ unbind_one() {
 }
 
 cmd_unbind() {
-    [ $# -gt 0 ] || die "unbind: give at least one PCI address (see '$PROG help')"
-    for a in "$@"; do norm_bdf "$a" >/dev/null || exit 1; done
+    [ $# -gt 0 ] || usage_err "unbind: give at least one PCI address"
+    for a in "$@"; do norm_bdf "$a" >/dev/null || exit $?; done
     for a in "$@"; do unbind_one "$a"; done
 }
 
@@ -354,8 +408,16 @@ cmd_status() {
     done
 }
 
-cmd="${1:-help}"
-[ $# -gt 0 ] && shift
+if [ $# = 0 ]; then
+    usage >&2
+    exit 2
+fi
+cmd="$1"
+shift
+# Commands that take no arguments refuse them.
+case "$cmd" in
+    reset|status|help|-h|--help) [ $# = 0 ] || usage_err "$cmd takes no arguments (got '$*')" ;;
+esac
 case "$cmd" in
     setup) cmd_setup "$@" ;;
     bind) cmd_bind "$@" ;;
@@ -363,5 +425,5 @@ case "$cmd" in
     reset) cmd_reset ;;
     status) cmd_status ;;
     help|-h|--help) usage ;;
-    *) die "unknown command '$cmd' (commands: setup bind unbind reset status help; see '$PROG help')" ;;
+    *) usage_err "unknown command '$cmd' (commands: setup bind unbind reset status help)" ;;
 esac

@@ -50,6 +50,24 @@ rejects setup 8 --size 3M
 rejects bind
 rejects frobnicate
 [ "$(driver_of "$NVME")" = "$nvme_drv0" ] || fail "a rejected command changed $NVME's driver"
+"$HP" >/dev/null 2>&1; rc=$?
+[ "$rc" = 2 ] || fail "'hugepages.sh' without a command exited $rc, expected 2"
+"$HP" frobnicate >/dev/null 2>&1; rc=$?
+[ "$rc" = 2 ] || fail "'hugepages.sh frobnicate' exited $rc, expected 2"
+for bad in 0 -1 4294967296 99999999999999999999; do
+    rejects setup "$bad"
+    [ "$(cat "$NR")" = "$nr0" ] || fail "the rejected 'setup $bad' changed nr_hugepages to $(cat "$NR")"
+done
+
+step "setup that cannot reserve every page gives them all back"
+# As many 2 MiB pages as MemTotal holds: a count the check lets through,
+# but the kernel cannot reserve all of it (it needs memory of its own).
+all=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 2048 ))
+out="$("$HP" setup "$all" 2>&1)"; rc=$?
+echo "$out"
+[ "$rc" = 1 ] || fail "'hugepages.sh setup $all' exited $rc, expected 1 (not enough memory)"
+[ "$(cat "$NR")" = "$nr0" ] || fail "nr_hugepages is $(cat "$NR") after the failed 'setup $all', expected $nr0 (not rolled back)"
+echo "$out" | grep -q "set back to $nr0" || fail "the failed 'setup $all' does not say nr_hugepages was set back to $nr0"
 
 step "setup"
 ok setup 64
