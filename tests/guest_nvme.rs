@@ -176,10 +176,13 @@ fn bad_requests_give_typed_errors() {
     assert!(matches!(ctrl.create_qpair(1), Err(NvmeError::InvalidArgument(_))));
     assert!(matches!(ctrl.create_qpair(u16::MAX), Err(NvmeError::InvalidArgument(_))));
     assert!(matches!(ctrl.namespace(0), Err(NvmeError::InvalidNamespace(0))));
-    // A device-side error: an admin command the controller rejects.
+    // An opcode off the safe admin list is refused before the device.
     let bad = SubmissionEntry::new(0xc3, 0);
+    assert!(matches!(ctrl.admin_command(bad, None), Err(NvmeError::UnsafeCommand { opcode: 0xc3, .. })));
+    // A device-side error: an Identify CNS the controller rejects.
+    let bad = SubmissionEntry::identify(0xff, 0, 0);
     match ctrl.admin_command(bad, None) {
-        Err(NvmeError::Status(s)) => assert_eq!((s.sct, s.sc), (0, 1), "Invalid Command Opcode"),
+        Err(NvmeError::Status(s)) => assert_eq!((s.sct, s.sc), (0, 2), "Invalid Field in Command"),
         other => panic!("expected an NVMe status error, got {other:?}"),
     }
     // Not an NVMe controller.

@@ -354,6 +354,24 @@ fn dma_fault(shared: &Shared, what: &str, f: SimFault) {
     }
 }
 
+/// A shadow doorbell at `addr`, counted when it changed since `last`; the
+/// queue's `current` value when the read faults.
+fn read_shadow(dma: &mut SimDma, shared: &Shared, addr: u64, last: &mut u32, current: u32) -> u32 {
+    match dma.read_obj::<u32>(addr) {
+        Ok(v) => {
+            if v != *last {
+                *last = v;
+                bump(&shared.shadow_updates);
+            }
+            v
+        }
+        Err(f) => {
+            dma_fault(shared, "shadow doorbell", f);
+            current
+        }
+    }
+}
+
 /// How a command ends: DW0 on success, a status (see [`status`]) on error,
 /// or no completion at all (a held Asynchronous Event Request).
 enum Outcome {
@@ -617,19 +635,13 @@ impl Model {
             bump(&self.shared.sq_doorbells);
         }
         let value = match (sq.shadow, shadow_base) {
-            (true, Some(base)) => match self.dma.read_obj::<u32>(base + 8 * qid as u64) {
-                Ok(v) => {
-                    if v != sq.last_shadow {
-                        sq.last_shadow = v;
-                        bump(&self.shared.shadow_updates);
-                    }
-                    v
-                }
-                Err(f) => {
-                    dma_fault(&self.shared, "shadow SQ tail", f);
-                    sq.tail
-                }
-            },
+            (true, Some(base)) => read_shadow(
+                &mut self.dma,
+                &self.shared,
+                base + 8 * qid as u64,
+                &mut sq.last_shadow,
+                sq.tail,
+            ),
             _ => db,
         };
         // An invalid value is ignored (the spec's asynchronous event for an
@@ -651,19 +663,13 @@ impl Model {
             bump(&self.shared.cq_doorbells);
         }
         let value = match (cq.shadow, shadow_base) {
-            (true, Some(base)) => match self.dma.read_obj::<u32>(base + 8 * qid as u64 + 4) {
-                Ok(v) => {
-                    if v != cq.last_shadow {
-                        cq.last_shadow = v;
-                        bump(&self.shared.shadow_updates);
-                    }
-                    v
-                }
-                Err(f) => {
-                    dma_fault(&self.shared, "shadow CQ head", f);
-                    cq.head
-                }
-            },
+            (true, Some(base)) => read_shadow(
+                &mut self.dma,
+                &self.shared,
+                base + 8 * qid as u64 + 4,
+                &mut cq.last_shadow,
+                cq.head,
+            ),
             _ => db,
         };
         if value < cq.size {
