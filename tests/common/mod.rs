@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod nic;
+
 /// IEEE 802 local experimental EtherType: no other traffic uses it.
 pub const ETHERTYPE: u16 = 0x88b5;
 /// Ethernet header bytes.

@@ -1,6 +1,9 @@
 #!/bin/sh
 # NIC faults and soak in the test guest (busybox sh), with /bin/guest_nic_faults:
 #
+#   0. the hostile-use tests (/bin/guest_hostile_nic, when present: foreign
+#      pools and packets, double opens, one-frame virtio bursts, reopen
+#      orders, two containers); skipped with NIC_HOSTILE_TESTS=0;
 #   1. the quiet-ring tests (igb and virtio-net: seconds of empty polls, then
 #      a verified burst); skipped with NIC_FAULT_TESTS=0;
 #   2. link down/up under traffic, only when NIC_LINK_FLAP=<token> is set and
@@ -30,6 +33,9 @@ total="$(awk '/^HugePages_Total:/ {print $2}' /proc/meminfo)"
 hugepages.sh bind "$FASTLANE_IGB0" "$FASTLANE_IGB1" "$FASTLANE_VIRTIO" >/dev/null || { echo "hugepages.sh bind failed"; exit 1; }
 free0="$(free_2m)"
 
+if [ "${NIC_HOSTILE_TESTS:-1}" != 0 ] && [ -x /bin/guest_hostile_nic ]; then
+    run /bin/guest_hostile_nic --test-threads=1
+fi
 if [ "${NIC_FAULT_TESTS:-1}" != 0 ]; then
     run "$BIN" --test-threads=1 --nocapture quiet_ring
 fi
