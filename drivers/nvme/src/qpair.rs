@@ -302,8 +302,7 @@ impl IoQueuePair {
                 log::warn!("queue {}: completion for cid {}, not in flight", self.qid, c.cid);
                 continue;
             };
-            // Checked above, so this cannot fail.
-            let _ = self.ring.sq.update_head(c.sq_head);
+            self.ring.sq.set_checked_head(c.sq_head);
             n += 1;
             self.stats.completed += 1;
             f(Completion {

@@ -95,9 +95,18 @@ impl SqRing {
         Ok(())
     }
 
+    /// Records a head [`Self::check_head`] accepted, with no change to the
+    /// ring in between.
+    #[inline]
+    pub(crate) fn set_checked_head(&mut self, sq_head: u16) {
+        debug_assert!(self.check_head(sq_head).is_ok());
+        self.head = sq_head;
+    }
+
     /// Whether [`Self::update_head`] would accept `sq_head`, without
     /// changing the ring: for validating a whole completion before trusting
     /// any of it.
+    #[inline]
     pub fn check_head(&self, sq_head: u16) -> Result<(), QueueError> {
         if sq_head >= self.size
             || self.distance(self.head, sq_head) > self.distance(self.head, self.tail)

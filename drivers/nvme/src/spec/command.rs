@@ -17,6 +17,7 @@ pub mod admin_opcode {
     pub const SET_FEATURES: u8 = 0x09;
     pub const GET_FEATURES: u8 = 0x0A;
     pub const ASYNC_EVENT_REQUEST: u8 = 0x0C;
+    /// Namespace Attachment: its data names controllers to attach.
     pub const NAMESPACE_ATTACHMENT: u8 = 0x15;
     pub const DOORBELL_BUFFER_CONFIG: u8 = 0x7C;
 }
@@ -45,17 +46,23 @@ pub mod feature {
     pub const ARBITRATION: u8 = 0x01;
     pub const POWER_MANAGEMENT: u8 = 0x02;
     pub const TEMPERATURE_THRESHOLD: u8 = 0x04;
+    /// Error Recovery (time limited error recovery).
     pub const ERROR_RECOVERY: u8 = 0x05;
     pub const VOLATILE_WRITE_CACHE: u8 = 0x06;
     pub const NUMBER_OF_QUEUES: u8 = 0x07;
     pub const INTERRUPT_COALESCING: u8 = 0x08;
+    /// Interrupt Vector Configuration.
     pub const INTERRUPT_VECTOR_CONFIG: u8 = 0x09;
+    /// Write Atomicity Normal.
     pub const WRITE_ATOMICITY: u8 = 0x0A;
     pub const ASYNC_EVENT_CONFIG: u8 = 0x0B;
+    /// Autonomous Power State Transition (table in the data buffer).
     pub const AUTONOMOUS_POWER_STATE: u8 = 0x0C;
     /// Host Memory Buffer: CDW12..15 carry the descriptor list's address.
     pub const HOST_MEMORY_BUFFER: u8 = 0x0D;
+    /// Timestamp (8 bytes in the data buffer).
     pub const TIMESTAMP: u8 = 0x0E;
+    /// Keep Alive Timer.
     pub const KEEP_ALIVE_TIMER: u8 = 0x0F;
 }
 
