@@ -94,3 +94,18 @@ impl Rejected {
 
 /// Result alias of the driver.
 pub type Result<T, E = NvmeError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_passes_through_recognisably() {
+        let addr = "00:04.0".parse().unwrap();
+        let e = NvmeError::from(fastlane_framework::Error::Busy(addr));
+        assert!(e.is_busy());
+        assert!(e.to_string().contains("busy"), "{e}");
+        assert!(e.to_string().contains("0000:00:04.0"), "{e}");
+        assert!(!NvmeError::QueueFull.is_busy());
+    }
+}
