@@ -409,11 +409,8 @@ fn memlock_child() {
         rlim_max: kib * 1024,
     };
     // SAFETY: setrlimit reads the struct we pass.
-    assert_eq!(
-        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) },
-        0,
-        "setrlimit"
-    );
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+    assert_eq!(rc, 0, "setrlimit");
     if let Ok(uid) = std::env::var("RUN_AS_UID") {
         let uid: libc::uid_t = uid.parse().unwrap();
         // SAFETY: plain credential calls; glibc applies them to every thread.
