@@ -84,8 +84,14 @@ fn short(addr: &str) -> &str {
     addr.strip_prefix("0000:").expect("a full PCI address")
 }
 
-fn is_busy<T>(r: &Result<T, NicError>) -> bool {
-    matches!(r, Err(NicError::Framework(Error::Busy(_))))
+/// `r` must be the framework's `Busy`; the refused attempt is dropped
+/// here, which must not touch the device.
+fn assert_busy<T>(r: Result<T, NicError>, what: &str) {
+    assert!(
+        matches!(r, Err(NicError::Framework(Error::Busy(_)))),
+        "{what}: {:?}",
+        r.as_ref().err()
+    );
 }
 
 fn is_foreign<T>(r: &Result<T, NicError>) -> bool {
@@ -217,30 +223,22 @@ fn a_second_open_of_an_open_port_is_busy_and_the_first_keeps_working() {
     let mut peer = open_virtio(&vfio, &pool);
     both_ways(&pool, first.as_mut(), &pool, peer.as_mut(), 0x48_3100, 200);
     for addr in [igb0.as_str(), short(&igb0)] {
-        let r = Igb::open(&vfio, addr, &pool, &cfg());
-        assert!(is_busy(&r), "Igb::open {addr}: {:?}", r.as_ref().err());
-        let r = nic::open(&vfio, addr, &pool, &cfg());
-        assert!(is_busy(&r), "nic::open {addr}: {:?}", r.as_ref().err());
-        let r = Igb::open_multi(&vfio, addr, &pool, &NicConfig { queues: 2, ..cfg() });
-        assert!(is_busy(&r), "Igb::open_multi {addr}: {:?}", r.as_ref().err());
-        // A refused attempt held nothing: dropping it touches nothing.
-        drop(r);
+        assert_busy(Igb::open(&vfio, addr, &pool, &cfg()), &format!("Igb::open {addr}"));
+        assert_busy(nic::open(&vfio, addr, &pool, &cfg()), &format!("nic::open {addr}"));
+        let two = NicConfig { queues: 2, ..cfg() };
+        assert_busy(Igb::open_multi(&vfio, addr, &pool, &two), &format!("Igb::open_multi {addr}"));
+        // The refused attempts held nothing: dropping them touched nothing.
         both_ways(&pool, first.as_mut(), &pool, peer.as_mut(), 0x48_3200, 200);
     }
     for addr in [virtio.as_str(), short(&virtio)] {
-        let r = VirtioNet::open(&vfio, addr, &pool, &cfg());
-        assert!(is_busy(&r), "VirtioNet::open {addr}: {:?}", r.as_ref().err());
-        let r = nic::open(&vfio, addr, &pool, &cfg());
-        assert!(is_busy(&r), "nic::open {addr}: {:?}", r.as_ref().err());
-        drop(r);
+        assert_busy(VirtioNet::open(&vfio, addr, &pool, &cfg()), &format!("VirtioNet::open {addr}"));
+        assert_busy(nic::open(&vfio, addr, &pool, &cfg()), &format!("nic::open {addr}"));
         both_ways(&pool, peer.as_mut(), &pool, first.as_mut(), 0x48_3300, 200);
     }
     // A second container may not take a device this one holds either.
     let other = Vfio::new().unwrap();
     let other_pool = PacketPool::new(&other, POOL).unwrap();
-    let r = Igb::open(&other, &igb0, &other_pool, &cfg());
-    assert!(is_busy(&r), "Igb::open {igb0} from another container: {:?}", r.as_ref().err());
-    drop(r);
+    assert_busy(Igb::open(&other, &igb0, &other_pool, &cfg()), &format!("Igb::open {igb0} from another container"));
     both_ways(&pool, first.as_mut(), &pool, peer.as_mut(), 0x48_3400, 200);
     // Once closed, the port opens again.
     drop(first);

@@ -41,25 +41,50 @@ pub enum NicError {
     /// device could not reach it (or would reach other memory).
     #[error("the buffer is not mapped in this port's VFIO container (allocate it from a pool of the same Vfio)")]
     ForeignBuffer,
+    /// The device is not one of the drivers' NICs.
     #[error("{addr} is not a supported NIC (id {vendor:04x}:{device:04x}, class {class:06x})")]
     Unsupported {
+        /// Its PCI address.
         addr: String,
+        /// PCI vendor id.
         vendor: u16,
+        /// PCI device id.
         device: u16,
+        /// PCI class code.
         class: u32,
     },
+    /// A frame longer than the drivers send.
     #[error("frame of {len} bytes exceeds the maximum of {max}")]
-    FrameTooLarge { len: usize, max: usize },
+    FrameTooLarge {
+        /// Its length.
+        len: usize,
+        /// The longest allowed.
+        max: usize,
+    },
+    /// A frame shorter than an Ethernet header.
     #[error("frame of {len} bytes is shorter than the minimum of {min}")]
-    FrameTooShort { len: usize, min: usize },
+    FrameTooShort {
+        /// Its length.
+        len: usize,
+        /// The shortest allowed.
+        min: usize,
+    },
+    /// The packet pool (empty, or a buffer of another pool).
     #[error("buffer pool: {0}")]
     Pool(#[from] PoolError),
+    /// The device did not finish a handshake in time.
     #[error("{what} timed out")]
-    Timeout { what: &'static str },
+    Timeout {
+        /// Which handshake.
+        what: &'static str,
+    },
+    /// The device and the driver have no feature set in common.
     #[error("device feature negotiation failed: {0}")]
     Negotiation(String),
+    /// A bad argument (ring size, queue count, buffer size, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The device wrote something impossible; it was not trusted.
     #[error("malformed data from the device: {0}")]
     Malformed(&'static str),
 }
@@ -71,23 +96,30 @@ pub type Result<T, E = NicError> = std::result::Result<T, E>;
 /// has them, counted by the driver otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Frames received.
     pub rx_packets: u64,
+    /// Bytes received (without CRC).
     pub rx_bytes: u64,
+    /// Frames transmitted.
     pub tx_packets: u64,
+    /// Bytes transmitted (without CRC).
     pub tx_bytes: u64,
     /// Frames the NIC dropped (no descriptor, FIFO full).
     pub rx_dropped: u64,
     /// Frames received with errors (CRC, length).
     pub rx_errors: u64,
+    /// Frames the device or driver failed to send.
     pub tx_errors: u64,
 }
 
 /// Link state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkStatus {
+    /// Whether the link is up.
     pub up: bool,
     /// Mbit/s, when known.
     pub speed_mbps: Option<u32>,
+    /// Full duplex (when up).
     pub full_duplex: bool,
 }
 
@@ -227,4 +259,20 @@ impl std::ops::Sub for Stats {
 pub fn alloc_packet(pool: &BufferPool, len: usize) -> Result<Packet> {
     let buf: DmaBuf = pool.alloc()?;
     Packet::new(buf, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_open_dispatches_on_the_pci_id() {
+        assert_eq!(Driver::for_id(0x8086, 0x10c9), Some(Driver::Igb));
+        assert_eq!(Driver::for_id(0x8086, 0x1521), Some(Driver::Igb));
+        assert_eq!(Driver::for_id(0x1af4, 0x1041), Some(Driver::VirtioNet));
+        assert_eq!(Driver::for_id(0x1af4, 0x1000), Some(Driver::VirtioNet));
+        assert_eq!(Driver::for_id(0x1af4, 0x1042), None, "virtio-blk");
+        assert_eq!(Driver::for_id(0x8086, 0x10ca), None, "an igb VF");
+        assert_eq!(Driver::for_id(0x1b36, 0x0010), None, "QEMU's NVMe");
+    }
 }

@@ -48,7 +48,9 @@ pub struct TxDescRead {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct TxDescWb {
+    /// Reserved.
     pub rsvd: u64,
+    /// Next sequence number / seed (unused by the driver).
     pub nxtseq_seed: u32,
     /// DD in bit 0.
     pub status: u32,
@@ -107,7 +109,9 @@ impl RxDescRead {
 /// descriptor's upper 64 bits, read in one load so status and length agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RxStatus {
+    /// Extended status (bits 0-19) and errors (bits 20-31).
     pub status_error: u32,
+    /// Bytes written to the packet buffer.
     pub length: u16,
 }
 
@@ -122,16 +126,19 @@ impl RxStatus {
     }
 
     #[inline(always)]
+    /// Descriptor done: the device wrote this back.
     pub const fn done(self) -> bool {
         self.status_error & rx::DD != 0
     }
 
     #[inline(always)]
+    /// Last descriptor of a frame.
     pub const fn end_of_packet(self) -> bool {
         self.status_error & rx::EOP != 0
     }
 
     #[inline(always)]
+    /// The device reported a frame error (CRC, symbol, sequence, RX data).
     pub const fn frame_error(self) -> bool {
         self.status_error & rx::ERR_FRAME != 0
     }

@@ -62,6 +62,7 @@ pub struct RxIndex {
 }
 
 impl RxIndex {
+    /// Receive indices of a ring of shape `ring`, starting at slot 0.
     pub const fn new(ring: Ring) -> RxIndex {
         RxIndex { ring, next: 0 }
     }
@@ -97,10 +98,12 @@ pub struct TxIndex {
 }
 
 impl TxIndex {
+    /// Transmit indices of a ring of shape `ring`, empty.
     pub const fn new(ring: Ring) -> TxIndex {
         TxIndex { ring, clean: 0, tail: 0 }
     }
 
+    /// The ring shape.
     pub const fn ring(&self) -> Ring {
         self.ring
     }

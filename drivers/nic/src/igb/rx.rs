@@ -21,6 +21,7 @@ const RXDCTL: u32 = dctl::enabled(8, 8, 1);
 pub struct RxCounters {
     /// Frames handed to the caller, and their bytes.
     pub packets: u64,
+    /// Bytes of those frames (without CRC).
     pub bytes: u64,
     /// Frames dropped for device-reported errors, frames spanning several
     /// descriptors, or lengths over [`MAX_FRAME`].

@@ -40,11 +40,13 @@ pub const SIM_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x5e, 0x10, 0xc9];
 pub struct SimStats {
     /// Frames written back to receive descriptors, and their bytes.
     pub rx_frames: u64,
+    /// Bytes of those frames.
     pub rx_bytes: u64,
     /// Frames that found no free receive descriptor (or a disabled queue).
     pub rx_missed: u64,
     /// Transmit descriptors processed as frames, and their bytes.
     pub tx_frames: u64,
+    /// Bytes of those frames.
     pub tx_bytes: u64,
     /// Transmit descriptors that were not a one-buffer advanced data
     /// descriptor of 1..=MAX_FRAME bytes (skipped, DD still written back).
@@ -245,5 +247,23 @@ mod tests {
         assert_eq!(sim.transmit(1), 0);
         assert_eq!((sim.stats().bad_registers, sim.stats().dma_faults), (0, 0));
         drop(pool);
+    }
+
+    #[test]
+    fn a_ring_outside_dma_memory_is_a_fault_not_an_access() {
+        let (mut sim, r) = SimIgb::new();
+        // A "ring" on the heap, not in any DMA region.
+        let heap = vec![0xa5u8; 8192];
+        let base = (heap.as_ptr() as u64).next_multiple_of(128);
+        r.write32(regs::rdbal(0), base as u32);
+        r.write32(regs::rdbah(0), (base >> 32) as u32);
+        r.write32(regs::rdlen(0), 16 * 16);
+        r.write32(regs::rdh(0), 0);
+        r.write32(regs::rdt(0), 8);
+        r.write32(regs::rxdctl(0), dctl::ENABLE);
+        r.write32(regs::RCTL, rctl::EN);
+        assert_eq!(sim.receive(4, 60), 0);
+        assert_eq!(sim.stats().dma_faults, 1);
+        assert!(heap.iter().all(|&b| b == 0xa5), "the model wrote outside DMA memory");
     }
 }

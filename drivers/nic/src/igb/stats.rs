@@ -11,17 +11,27 @@ use crate::Stats;
 /// Totals of the statistics registers since the port was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HwCounters {
+    /// Good packets received (GPRC).
     pub gprc: u64,
+    /// Good packets transmitted (GPTC).
     pub gptc: u64,
     /// Octets including each frame's CRC.
     pub gorc: u64,
+    /// Good octets transmitted (GOTC), without CRC.
     pub gotc: u64,
+    /// Missed packets: no descriptor or FIFO full (MPC).
     pub mpc: u64,
+    /// Packets dropped per queue for lack of descriptors (RQDPC, all queues).
     pub rqdpc: u64,
+    /// CRC errors (CRCERRS).
     pub crcerrs: u64,
+    /// Receive errors (RXERRC).
     pub rxerrc: u64,
+    /// Length errors (RLEC).
     pub rlec: u64,
+    /// Excessive collisions (ECOL).
     pub ecol: u64,
+    /// Late collisions (LATECOL).
     pub latecol: u64,
 }
 

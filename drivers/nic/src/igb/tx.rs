@@ -26,6 +26,7 @@ pub const RECLAIM_BATCH: u16 = 32;
 pub struct TxCounters {
     /// Frames queued to the device, and their bytes.
     pub packets: u64,
+    /// Bytes of those frames.
     pub bytes: u64,
     /// Frames the device reported sent (reclaimed).
     pub done: u64,

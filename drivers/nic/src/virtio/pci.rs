@@ -15,8 +15,11 @@ use crate::{NicError, Result};
 /// Where one virtio structure lives (`struct virtio_pci_cap`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CapLocation {
+    /// BAR number (0-5).
     pub bar: u8,
+    /// Offset of the structure in the BAR.
     pub offset: u32,
+    /// Length of the structure in bytes.
     pub length: u32,
 }
 
@@ -24,10 +27,15 @@ pub struct CapLocation {
 /// capability of each type wins, as the spec recommends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VirtioCaps {
+    /// Common configuration (`VIRTIO_PCI_CAP_COMMON_CFG`).
     pub common: Option<CapLocation>,
+    /// Notifications (`VIRTIO_PCI_CAP_NOTIFY_CFG`).
     pub notify: Option<CapLocation>,
+    /// Bytes between the notification addresses of consecutive `queue_notify_off` values.
     pub notify_off_multiplier: u32,
+    /// ISR status (`VIRTIO_PCI_CAP_ISR_CFG`).
     pub isr: Option<CapLocation>,
+    /// Device configuration (`VIRTIO_PCI_CAP_DEVICE_CFG`).
     pub device: Option<CapLocation>,
 }
 
@@ -136,6 +144,7 @@ impl Notifier {
     }
 
     #[inline]
+    /// Notifies the device: one 16-bit MMIO write.
     pub fn notify(&self) {
         self.bar.write16(self.off, self.queue);
     }
@@ -144,8 +153,11 @@ impl Notifier {
 /// IOVAs of one split queue's three parts.
 #[derive(Clone, Copy, Debug)]
 pub struct QueueAddrs {
+    /// The descriptor table.
     pub desc: Iova,
+    /// The available ring (driver area).
     pub driver: Iova,
+    /// The used ring (device area).
     pub device: Iova,
 }
 
@@ -305,14 +317,17 @@ impl Transport {
 pub struct DeviceConfig<'a>(&'a Window);
 
 impl DeviceConfig<'_> {
+    /// The byte at `off`.
     pub fn read8(&self, off: usize) -> u8 {
         self.0.bar.read8(self.0.base + off)
     }
 
+    /// The little-endian 16-bit word at `off`.
     pub fn read16(&self, off: usize) -> u16 {
         self.0.bar.read16(self.0.base + off)
     }
 
+    /// The little-endian 32-bit word at `off`.
     pub fn read32(&self, off: usize) -> u32 {
         self.0.bar.read32(self.0.base + off)
     }

@@ -30,7 +30,9 @@ const END: u16 = u16::MAX;
 /// One buffer of a chain.
 #[derive(Clone, Copy, Debug)]
 pub struct Segment {
+    /// Bus address of the buffer.
     pub addr: Iova,
+    /// Length in bytes.
     pub len: u32,
     /// Device write-only (receive) rather than device read-only (transmit).
     pub device_writes: bool,
@@ -175,14 +177,18 @@ impl<T> RingState<T> {
 /// then the used ring on its own page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueueLayout {
+    /// Entries of the queue.
     pub size: u16,
+    /// Byte offset of the available ring.
     pub avail: usize,
+    /// Byte offset of the used ring (page aligned).
     pub used: usize,
     /// Bytes of the whole queue, a multiple of 4 KiB.
     pub total: usize,
 }
 
 impl QueueLayout {
+    /// The layout of a queue of `size` entries.
     pub fn new(size: u16) -> QueueLayout {
         let avail_off = 16 * size as usize;
         let used_off = (avail_off + avail::len(size)).next_multiple_of(4096);
