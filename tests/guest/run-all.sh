@@ -31,7 +31,7 @@ else
 fi
 
 hugepages.sh bind "$FASTLANE_IGB1" "$FASTLANE_VIRTIO" || exit 1
-for t in guest_igb guest_virtio guest_hostile_nic; do
+for t in guest_igb guest_virtio; do
     have "$t" && run "/bin/$t" --test-threads=1
 done
 # Quiet rings, a link down/up of IGB0 driven from the host (vm/test.sh), and
