@@ -8,7 +8,9 @@
 /// A half-open `[start, end)` range of addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Range {
+    /// First address.
     pub start: u64,
+    /// One past the last address.
     pub end: u64,
 }
 

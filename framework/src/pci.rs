@@ -25,9 +25,13 @@ const VFIO_DEVICE_RESET: libc::c_ulong = 0x3b6f;
 
 /// Config space offsets (PCI Local Bus spec, type 0 header).
 pub mod config {
+    /// Vendor id (16 bits).
     pub const VENDOR_ID: u64 = 0x00;
+    /// Device id (16 bits).
     pub const DEVICE_ID: u64 = 0x02;
+    /// Command register (16 bits).
     pub const COMMAND: u64 = 0x04;
+    /// Revision id (8 bits) and class code (24 bits).
     pub const CLASS_REVISION: u64 = 0x08;
     /// COMMAND: respond to memory space accesses.
     pub const COMMAND_MEMORY: u16 = 1 << 1;
@@ -40,9 +44,13 @@ pub mod config {
 /// A PCI address `domain:bus:device.function`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PciAddress {
+    /// PCI segment (domain).
     pub domain: u16,
+    /// Bus number.
     pub bus: u8,
+    /// Device number (0-31).
     pub device: u8,
+    /// Function number (0-7).
     pub function: u8,
 }
 

@@ -36,8 +36,11 @@ pub enum PoolError {
     /// The buffer belongs to another pool; it is handed back untouched.
     #[error("buffer belongs to pool {found}, not pool {expected}")]
     WrongPool {
+        /// Id of the pool asked to take it.
         expected: u64,
+        /// Id of the pool it belongs to.
         found: u64,
+        /// The buffer, handed back.
         buf: DmaBuf,
     },
 }
