@@ -8,6 +8,8 @@
 //! a buffer handed to another pool's cache comes back as an error.
 
 use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 #[cfg(loom)]
 use loom::sync::atomic::AtomicU64;
@@ -374,6 +376,48 @@ impl DmaBuf {
         unsafe { std::ptr::write_bytes(self.as_ptr(), byte, self.len()) };
     }
 
+    /// Reads up to `len` bytes from `fd` (a socket, a file) straight into
+    /// the buffer at `offset`: one `read(2)`, no copy through a Rust slice,
+    /// so a network target moves data between the wire and the memory the
+    /// device reads. Returns the bytes read, like `read(2)`.
+    pub fn read_from_fd(&mut self, offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.check(offset, len).map_err(io::Error::other)?;
+        // SAFETY: [offset, offset + len) is inside the buffer this handle
+        // owns exclusively (&mut self); the kernel writes at most len bytes
+        // there, and no Rust reference to the memory exists.
+        let n = unsafe { libc::read(fd.as_raw_fd(), self.as_ptr().add(offset).cast(), len) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Writes `head` and then `len` bytes of the buffer at `offset` to `fd`
+    /// in one `writev(2)` (a PDU header and its data, without copying the
+    /// data). Returns the bytes written, which may be fewer than asked.
+    pub fn write_to_fd(&self, head: &[u8], offset: usize, len: usize, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.check(offset, len).map_err(io::Error::other)?;
+        let iov = [
+            libc::iovec {
+                iov_base: head.as_ptr() as *mut libc::c_void,
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                // Inside the buffer (checked above); the kernel only reads.
+                iov_base: self.as_ptr().wrapping_add(offset).cast(),
+                iov_len: len,
+            },
+        ];
+        // SAFETY: both iovecs describe live memory of their lengths (the
+        // slice, and the checked range of the buffer this handle owns);
+        // writev only reads them.
+        let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     fn check(&self, offset: usize, len: usize) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len() => Ok(()),
@@ -642,6 +686,26 @@ mod tests {
         let p = pool(4);
         assert!(p.region().carve::<u8>(0, 1).is_err());
         assert!(p.region().carve::<u64>(p.region().len() - 8, 1).is_err());
+    }
+
+    #[test]
+    fn buffers_move_bytes_to_and_from_sockets_without_a_slice() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        let p = pool(2);
+        let mut b = p.alloc().unwrap();
+        let (mut a, c) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(b"payload!").unwrap();
+        assert_eq!(b.read_from_fd(100, 8, c.as_fd()).unwrap(), 8);
+        let mut out = [0u8; 8];
+        b.read(100, &mut out).unwrap();
+        assert_eq!(&out, b"payload!");
+        assert_eq!(b.write_to_fd(b"hdr:", 100, 8, c.as_fd()).unwrap(), 12);
+        let mut got = [0u8; 12];
+        a.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hdr:payload!");
+        assert!(b.read_from_fd(2040, 9, c.as_fd()).is_err(), "past the end");
+        assert!(b.write_to_fd(b"", usize::MAX, 2, c.as_fd()).is_err(), "offset overflow");
     }
 
     #[test]
