@@ -45,6 +45,7 @@ fn run(dev: &str) -> Result<(), Box<dyn std::error::Error>> {
     println!("  NVMe version      {}", i.version);
     println!("  max transfer      {} KiB", i.max_transfer / 1024);
     println!("  max queue entries {}", i.max_queue_entries);
+    println!("  SGL support       {:?} (SGLS {:#010x})", i.sgl, i.raw.sgls);
     println!("  I/O queues        {}", i.io_queues);
     println!("  write zeroes      {}", i.supports_write_zeroes);
     println!("  dataset mgmt      {}", i.supports_dsm);

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use common::{args, UsageError};
 use fastlane::framework::{BufferPool, DmaBuf, PageSize, PciAddress, Vfio};
-use fastlane::nvme::{pattern, Controller, Namespace, NvmeError, Options};
+use fastlane::nvme::spec::SglSupport;
+use fastlane::nvme::{pattern, Controller, DataPointer, Namespace, NvmeError, Options, QueueSize};
 use hdrhistogram::Histogram;
 
 /// NVMe I/O benchmark: per queue pair (one thread each), keeps
@@ -70,6 +71,15 @@ struct Cli {
     /// Use shadow doorbells (Doorbell Buffer Config) when supported
     #[arg(long)]
     shadow_doorbells: bool,
+    /// Data pointer of reads and writes: auto (one inline SGL descriptor when
+    /// the controller supports SGLs, else PRPs), prp, or sgl
+    #[arg(long, value_enum, default_value = "auto")]
+    data_mode: DataMode,
+    /// Entries of each I/O queue: spare (max(2 x depth, 256), at most the
+    /// controller's maximum: the completion queue never fills), minimal
+    /// (depth + 1), or maximum (CAP.MQES + 1)
+    #[arg(long, value_enum, default_value = "spare")]
+    queue_size: QueueSizeArg,
     /// Print the result as one JSON object
     #[arg(long)]
     json: bool,
@@ -85,6 +95,20 @@ enum Pattern {
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum DataMode {
+    Auto,
+    Prp,
+    Sgl,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum QueueSizeArg {
+    Spare,
+    Minimal,
+    Maximum,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Workload {
     Read,
     Write,
@@ -95,7 +119,8 @@ enum Workload {
 struct Config {
     /// Commands in flight per queue.
     depth: u16,
-    /// Queue size in entries (depth + 1), checked against the controller.
+    /// The queue pair's depth argument: commands in flight (depth times the
+    /// commands of one I/O) + 1, checked against the controller.
     entries: u16,
     io_size: usize,
     random: bool,
@@ -138,7 +163,22 @@ fn main() {
         blocks: cli.blocks,
         seed: cli.seed,
     };
-    match run(&dev, cli.nsid, cfg, cli.shadow_doorbells, cli.json, cli.quiet) {
+    let opts = Options {
+        io_queues: cli.queues,
+        shadow_doorbells: cli.shadow_doorbells,
+        data_pointer: match cli.data_mode {
+            DataMode::Auto => DataPointer::Auto,
+            DataMode::Prp => DataPointer::Prp,
+            DataMode::Sgl => DataPointer::Sgl,
+        },
+        queue_size: match cli.queue_size {
+            QueueSizeArg::Spare => QueueSize::Spare,
+            QueueSizeArg::Minimal => QueueSize::Minimal,
+            QueueSizeArg::Maximum => QueueSize::Maximum,
+        },
+        ..Options::default()
+    };
+    match run(&dev, cli.nsid, cfg, opts, cli.json, cli.quiet) {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),
         Err(e) => {
@@ -148,23 +188,20 @@ fn main() {
     }
 }
 
-fn run(dev: &str, nsid: u32, mut cfg: Config, shadow: bool, json: bool, quiet: bool) -> Result<bool, Box<dyn std::error::Error>> {
+fn run(dev: &str, nsid: u32, mut cfg: Config, opts: Options, json: bool, quiet: bool) -> Result<bool, Box<dyn std::error::Error>> {
     let vfio = Vfio::new()?;
-    let opts = Options {
-        io_queues: cfg.queues,
-        shadow_doorbells: shadow,
-        ..Options::default()
-    };
+    let (shadow, data_mode, queue_size) = (opts.shadow_doorbells, opts.data_pointer, opts.queue_size);
     let ctrl = Arc::new(Controller::open(&vfio, dev, opts)?);
-    cfg.entries = args::queue_entries(cfg.depth, ctrl.info().max_queue_entries).map_err(UsageError)?;
     let ns = ctrl.namespace(nsid)?;
     let bs = ns.block_size as usize;
     if cfg.io_size == 0 || !cfg.io_size.is_multiple_of(bs) {
         return Err(UsageError(format!("--io-size must be a multiple of the {bs}-byte block size")).into());
     }
-    if cfg.io_size > ctrl.info().max_transfer {
-        return Err(UsageError(format!("--io-size above the controller's {} byte maximum (MDTS)", ctrl.info().max_transfer)).into());
-    }
+    // Above MDTS the driver splits an I/O into commands of at most MDTS.
+    let per_io = cfg.io_size.div_ceil(ctrl.info().max_transfer);
+    let commands = u16::try_from(per_io * usize::from(cfg.depth))
+        .map_err(|_| UsageError("--queue-depth x commands per I/O above 65534".into()))?;
+    cfg.entries = args::queue_entries(commands, ctrl.info().max_queue_entries).map_err(UsageError)?;
     if cfg.queues > ctrl.info().io_queues {
         return Err(UsageError(format!("--queues {}: the controller granted {}", cfg.queues, ctrl.info().io_queues)).into());
     }
@@ -185,6 +222,15 @@ fn run(dev: &str, nsid: u32, mut cfg: Config, shadow: bool, json: bool, quiet: b
             "{} {} bytes, queue depth {}, {} queue(s), {:.0} s",
             match cfg.workload { Workload::Read => "read", Workload::Write => "write", Workload::Verify => "verify" },
             cfg.io_size, cfg.depth, cfg.queues, cfg.time.as_secs_f64()
+        );
+        let sgl = data_mode != DataPointer::Prp && ctrl.info().sgl != SglSupport::None;
+        println!(
+            "data pointer {} (controller SGL support {:?}), {} command(s) per I/O, queues of {} entries ({queue_size:?}), shadow doorbells {}",
+            if sgl { "SGL" } else { "PRP" },
+            ctrl.info().sgl,
+            per_io,
+            queue_size.entries(cfg.entries, ctrl.info().max_queue_entries.min(65535) as u16),
+            if shadow { "on" } else { "off" }
         );
     }
     let counters: Arc<Vec<Counters>> = Arc::new((0..cfg.queues).map(|_| Counters::default()).collect());
@@ -227,6 +273,8 @@ fn run(dev: &str, nsid: u32, mut cfg: Config, shadow: bool, json: bool, quiet: b
         doorbells += r.doorbell_writes;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let sgl = data_mode != DataPointer::Prp && ctrl.info().sgl != SglSupport::None;
+    let entries = queue_size.entries(cfg.entries, ctrl.info().max_queue_entries.min(65535) as u16);
     let errors: u64 = counters.iter().map(|c| c.errors.load(Ordering::Relaxed)).sum();
     let mismatches: u64 = counters.iter().map(|c| c.mismatches.load(Ordering::Relaxed)).sum();
     let resubmitted: u64 = counters.iter().map(|c| c.resubmitted.load(Ordering::Relaxed)).sum();
@@ -235,7 +283,7 @@ fn run(dev: &str, nsid: u32, mut cfg: Config, shadow: bool, json: bool, quiet: b
     let us = |ns: u64| ns as f64 / 1000.0;
     if json {
         println!(
-            "{{\"device\":\"{dev}\",\"io_size\":{},\"queue_depth\":{},\"queues\":{},\"ios\":{ios},\"seconds\":{elapsed:.3},\"iops\":{iops:.1},\"mib_per_s\":{mibs:.2},\"lat_us\":{{\"avg\":{:.2},\"p50\":{:.2},\"p99\":{:.2},\"p99_9\":{:.2},\"max\":{:.2}}},\"errors\":{errors},\"mismatches\":{mismatches},\"resubmitted\":{resubmitted},\"doorbell_writes_per_io\":{:.3}}}",
+            "{{\"device\":\"{dev}\",\"io_size\":{},\"queue_depth\":{},\"queues\":{},\"ios\":{ios},\"seconds\":{elapsed:.3},\"iops\":{iops:.1},\"mib_per_s\":{mibs:.2},\"lat_us\":{{\"avg\":{:.2},\"p50\":{:.2},\"p99\":{:.2},\"p99_9\":{:.2},\"max\":{:.2}}},\"errors\":{errors},\"mismatches\":{mismatches},\"resubmitted\":{resubmitted},\"doorbell_writes_per_io\":{:.3},\"commands_per_io\":{per_io},\"sgl\":{sgl},\"queue_entries\":{entries}}}",
             cfg.io_size, cfg.depth, cfg.queues,
             hist.mean() / 1000.0, us(hist.value_at_quantile(0.5)), us(hist.value_at_quantile(0.99)),
             us(hist.value_at_quantile(0.999)), us(hist.max()),

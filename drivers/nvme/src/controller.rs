@@ -15,8 +15,8 @@ use crate::qpair::IoQueuePair;
 use crate::ring::{Layout, Ring, Shadow};
 use crate::spec::{
     self, active_ns_ids, admin_opcode, feature, reg, Cap, Cc, CompletionEntry, Csts,
-    IdentifyController, IdentifyNamespace, NumQueues, Shutdown, ShutdownStatus, SubmissionEntry,
-    Version,
+    IdentifyController, IdentifyNamespace, NumQueues, Shutdown, ShutdownStatus, SglSupport,
+    SubmissionEntry, Version,
 };
 
 /// Memory page size the driver programs into CC.MPS (4 KiB).
@@ -62,6 +62,75 @@ pub struct Options {
     /// controller supports them: doorbell values go to memory, and the
     /// register is written only when the controller asks for it (EventIdx).
     pub shadow_doorbells: bool,
+    /// How read and write commands describe their data buffer: an inline
+    /// SGL Data Block descriptor when the controller supports SGLs (the
+    /// default, [`DataPointer::Auto`]), or PRPs. Admin commands always use
+    /// PRPs. Queue pairs can override it
+    /// ([`IoQueuePair::set_data_pointer`]).
+    pub data_pointer: DataPointer,
+    /// How many entries the submission and completion queues of an I/O
+    /// queue pair get, beyond the commands it keeps in flight.
+    pub queue_size: QueueSize,
+}
+
+/// Entries of an I/O queue pair's submission and completion queues.
+///
+/// [`Controller::create_qpair`]`(depth)` keeps at most `depth - 1`
+/// commands in flight whatever the queues hold. With only `depth` entries
+/// the completion queue is full as soon as every command in flight has
+/// completed (at depth 2: after every completion), and some controllers
+/// (QEMU's among them) treat a CQ head doorbell write on a full queue as an
+/// event and take much longer over it. Spare entries keep the completion
+/// queue from ever being full in normal operation: in flight + 1 < entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueSize {
+    /// `max(2 * depth, 256)` entries, at most the controller's maximum
+    /// (CAP.MQES + 1): a few KiB of queue memory more, spare entries at
+    /// every depth the controller's maximum leaves room for.
+    #[default]
+    Spare,
+    /// Exactly `depth` entries (the completion queue can fill).
+    Minimal,
+    /// The controller's maximum (CAP.MQES + 1), as SPDK asks for.
+    Maximum,
+}
+
+impl QueueSize {
+    /// Entries for a queue pair of `depth` on a controller whose queues
+    /// hold at most `max` entries (`2 <= depth <= max`).
+    pub fn entries(self, depth: u16, max: u16) -> u16 {
+        match self {
+            QueueSize::Spare => depth.saturating_mul(2).max(256).min(max).max(depth),
+            QueueSize::Minimal => depth,
+            QueueSize::Maximum => max,
+        }
+    }
+}
+
+/// How read and write commands describe their data buffer (base spec 4.1,
+/// "Data Pointer").
+///
+/// A [`fastlane_framework::DmaBuf`] is always one contiguous IOVA range:
+/// its pool's region is mapped at one static offset (IOVA = virtual
+/// address + offset for every byte of the region), so any buffer, and any
+/// sub-range of it, is described by a single SGL Data Block descriptor
+/// carried inside the command: no list page, no per-page address lookup,
+/// one mapping for the device to walk. PRPs need one entry per memory page
+/// (a PRP list page in DMA memory beyond two pages).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataPointer {
+    /// One inline SGL Data Block descriptor when Identify Controller SGLS
+    /// reports SGL support for the NVM command set and the buffer meets its
+    /// alignment (dword alignment and granularity for SGLS = 10b); PRPs
+    /// otherwise.
+    #[default]
+    Auto,
+    /// Always PRPs.
+    Prp,
+    /// SGLs; refused (InvalidArgument) on a controller without SGL support.
+    /// A buffer that does not meet the controller's SGL alignment still
+    /// falls back to PRPs.
+    Sgl,
 }
 
 impl Default for Options {
@@ -70,6 +139,8 @@ impl Default for Options {
             io_queues: 8,
             io_timeout: Duration::from_secs(5),
             shadow_doorbells: false,
+            data_pointer: DataPointer::Auto,
+            queue_size: QueueSize::Spare,
         }
     }
 }
@@ -92,12 +163,16 @@ pub struct ControllerInfo {
     pub model: String,
     pub firmware: String,
     pub version: Version,
-    /// Largest transfer in bytes (MDTS), capped by what one PRP list page allows.
+    /// Largest transfer of one command in bytes (MDTS, capped at
+    /// [`MAX_COMMAND_BYTES`]). Larger reads and writes are split into
+    /// commands of at most this size.
     pub max_transfer: usize,
     pub max_queue_entries: u32,
     pub io_queues: u16,
     pub supports_write_zeroes: bool,
     pub supports_dsm: bool,
+    /// SGL support for NVM commands (Identify Controller SGLS bits 1:0).
+    pub sgl: SglSupport,
     pub raw: Box<IdentifyController>,
 }
 
@@ -577,6 +652,12 @@ fn bring_up(
             block_size,
         });
     }
+    if options.data_pointer == DataPointer::Sgl && idc.sgl_support() == SglSupport::None {
+        return Err(NvmeError::InvalidArgument(
+            "SGLs forced (DataPointer::Sgl) but the controller does not support them (SGLS bits 1:0 = 00b)"
+                .into(),
+        ));
+    }
     let granted = set_num_queues(admin, regs, cap, options.io_queues)?;
     admin.qids = vec![false; granted as usize + 1];
     let dbbuf = if options.shadow_doorbells && idc.supports_doorbell_buffer_config() {
@@ -597,6 +678,7 @@ fn bring_up(
         io_queues: granted,
         supports_write_zeroes: idc.supports_write_zeroes(),
         supports_dsm: idc.supports_dsm(),
+        sgl: idc.sgl_support(),
         raw: Box::new(idc),
     };
     Ok((info, namespaces, dbbuf))
@@ -655,11 +737,15 @@ fn set_num_queues(admin: &mut Admin, regs: &Mmio, cap: Cap, want: u16) -> Result
     Ok(n.sq_count.min(n.cq_count).min(want as u32) as u16)
 }
 
-/// MDTS in bytes, capped by one PRP list page (the driver does not chain).
+/// Largest transfer of one command: MDTS in bytes, capped at 2 MiB, which
+/// one PRP list page describes at any dword offset (the driver does not
+/// chain PRP lists), so a command fits with PRPs and SGLs alike.
+pub const MAX_COMMAND_BYTES: usize = 2 << 20;
+
+/// MDTS in bytes, capped by [`MAX_COMMAND_BYTES`].
 fn max_transfer(idc: &IdentifyController) -> usize {
-    let one_list = crate::prp::max_transfer(PAGE_SIZE, 0, PAGE_SIZE / 8);
     idc.mdts_bytes(PAGE_SIZE)
-        .map_or(one_list, |m| m.min(one_list))
+        .map_or(MAX_COMMAND_BYTES, |m| m.min(MAX_COMMAND_BYTES))
 }
 
 impl Drop for Inner {

@@ -42,6 +42,8 @@ mod ring;
 pub mod sim;
 pub mod spec;
 
-pub use controller::{Controller, ControllerInfo, Namespace, Options};
+pub use controller::{
+    Controller, ControllerInfo, DataPointer, Namespace, Options, QueueSize, MAX_COMMAND_BYTES,
+};
 pub use error::{NvmeError, Rejected, Result};
 pub use qpair::{Completion, IoQueuePair, QpairStats};

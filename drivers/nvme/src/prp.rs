@@ -103,11 +103,37 @@ pub fn build_into(
     page_size: usize,
     list_iova: u64,
     list_entries: usize,
-    mut put: impl FnMut(usize, u64),
+    put: impl FnMut(usize, u64),
 ) -> Result<Prps, PrpError> {
     if !page_size.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&page_size) {
         return Err(PrpError::InvalidPageSize { page_size });
     }
+    build_valid(data, len, page_size, list_iova, list_entries, put)
+}
+
+/// [`build_into`] for 4 KiB memory pages and a list page of 512 entries at
+/// `list_iova` (the I/O path's case: the page size is a constant, nothing
+/// to validate per command).
+#[inline(always)]
+pub fn build_4k(
+    data: u64,
+    len: usize,
+    list_iova: u64,
+    put: impl FnMut(usize, u64),
+) -> Result<Prps, PrpError> {
+    build_valid(data, len, MIN_PAGE_SIZE, list_iova, MIN_PAGE_SIZE / 8, put)
+}
+
+/// [`build_into`] once `page_size` is known to be valid.
+#[inline(always)]
+fn build_valid(
+    data: u64,
+    len: usize,
+    page_size: usize,
+    list_iova: u64,
+    list_entries: usize,
+    mut put: impl FnMut(usize, u64),
+) -> Result<Prps, PrpError> {
     if len == 0 {
         return Err(PrpError::ZeroLength);
     }

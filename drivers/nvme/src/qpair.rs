@@ -4,6 +4,13 @@
 //! Completions are found by phase tag and handed to a callback together
 //! with the caller's tag and buffer: no allocation, lock or system call per
 //! I/O. Each command slot owns one preallocated PRP list page.
+//!
+//! Data buffers are described by one inline SGL Data Block descriptor when
+//! the controller supports SGLs (a `DmaBuf` is one IOVA range, see
+//! [`crate::controller::DataPointer`]), by PRPs otherwise. A read or write
+//! larger than the controller's maximum transfer (MDTS) is split into
+//! commands over sub-ranges of the one buffer and completes once, after all
+//! of them (see [`IoQueuePair::read`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,13 +18,14 @@ use std::time::Instant;
 
 use fastlane_framework::{DmaArray, DmaBuf, DmaDomain};
 
-use crate::controller::{Admin, Inner, Namespace, PAGE_SIZE};
+use crate::controller::{Admin, DataPointer, Inner, Namespace, PAGE_SIZE};
 use crate::error::{NvmeError, Rejected, Result};
 use crate::prp;
 use crate::queue::CidTable;
 use crate::ring::{Layout, Ring};
 use crate::spec::{
-    nvm_opcode, reg, Csts, DsmRange, QueuePriority, SubmissionEntry, DSM_MAX_RANGES,
+    nvm_opcode, reg, Csts, DsmRange, QueuePriority, SglSupport, Status, SubmissionEntry,
+    DSM_MAX_RANGES, PSDT_SGL_MPTR_CONTIG,
 };
 
 /// Polls between two looks at the clock (and CSTS) while commands are
@@ -58,6 +66,8 @@ pub struct QpairStats {
     pub doorbell_writes: u64,
 }
 
+/// A command in flight. A request split into several commands has one
+/// head (the first command: tag and buffer) and children that name it.
 struct Slot {
     tag: u64,
     buf: Option<DmaBuf>,
@@ -65,6 +75,23 @@ struct Slot {
     epoch: u32,
     /// An abort was sent for it: late again means reset.
     aborted: bool,
+    /// 0: a single command (or a head with nothing else to wait for),
+    /// finished by its own completion. Otherwise see [`group`].
+    group: u32,
+    /// First error of a split request's commands (head only).
+    error: Status,
+}
+
+/// [`Slot::group`] encoding for split requests.
+mod group {
+    /// A child: the head's command id is in the low 16 bits.
+    pub const CHILD: u32 = 1 << 31;
+    /// Head: its own completion arrived.
+    pub const HEAD_DONE: u32 = 1 << 30;
+    /// Head: a command of the request failed (in `Slot::error`).
+    pub const FAILED: u32 = 1 << 29;
+    /// Head: children not yet completed, in the low 16 bits.
+    pub const PENDING: u32 = 0xFFFF;
 }
 
 /// An I/O submission/completion queue pair.
@@ -79,6 +106,9 @@ pub struct IoQueuePair {
     orphans: Vec<(u64, Option<DmaBuf>, bool)>,
     namespaces: Vec<Namespace>,
     max_transfer: usize,
+    /// How data buffers are described: SGL support level in use, or
+    /// `SglSupport::None` for PRPs.
+    sgl: SglSupport,
     /// Buffers must be mapped in this domain (the controller's container).
     domain: DmaDomain,
     /// Poll calls, to read the clock only every CLOCK_EVERY of them.
@@ -97,7 +127,9 @@ impl IoQueuePair {
                 "queue depth {depth}: the controller allows 2..={max}"
             )));
         }
-        let layout = Layout::new(depth, depth as usize * PAGE_SIZE);
+        let entries = inner.options.queue_size.entries(depth, max);
+        // One list page per command slot (depth - 1 of them) and one spare.
+        let layout = Layout::new(entries, depth as usize * PAGE_SIZE);
         let region = inner.mem.region(layout.total)?;
         let mut admin = inner.lock_admin();
         let qid = admin
@@ -106,7 +138,7 @@ impl IoQueuePair {
         let mut ring = match Ring::new(
             region,
             layout,
-            depth,
+            entries,
             qid,
             inner.cap.dstrd(),
             inner.regs.clone(),
@@ -119,7 +151,7 @@ impl IoQueuePair {
         };
         // Shadow slots are zeroed before the queues exist.
         ring.set_shadow(inner.shadow_for(qid));
-        if let Err(e) = create_queues(&mut admin, &inner, &ring, qid, depth) {
+        if let Err(e) = create_queues(&mut admin, &inner, &ring, qid, entries) {
             admin.release_qid(qid);
             return Err(e);
         }
@@ -128,6 +160,7 @@ impl IoQueuePair {
         Ok(IoQueuePair {
             namespaces: inner.namespaces.clone(),
             max_transfer: inner.info.max_transfer,
+            sgl: sgl_mode(inner.info.sgl, inner.options.data_pointer),
             domain: inner.mem.domain(),
             inner,
             ring,
@@ -167,6 +200,15 @@ impl IoQueuePair {
     }
 
     /// Reads `blocks` blocks at `lba` of namespace `nsid` into `buf`.
+    ///
+    /// A transfer above the controller's maximum of one command
+    /// ([`crate::ControllerInfo::max_transfer`], MDTS) is split into
+    /// commands over consecutive sub-ranges of `buf` (the buffer is one
+    /// IOVA range), all submitted at once: it needs as many free command
+    /// slots (else [`NvmeError::QueueFull`]; at most [`Self::capacity`]
+    /// commands, else [`NvmeError::TooLarge`]). It completes once, after
+    /// every command of it completed, with the first error any of them
+    /// had; the buffer comes back only then.
     #[inline]
     pub fn read(
         &mut self,
@@ -179,7 +221,8 @@ impl IoQueuePair {
         self.rw(nvm_opcode::READ, nsid, lba, blocks, buf, tag)
     }
 
-    /// Writes `blocks` blocks from `buf` at `lba` of namespace `nsid`.
+    /// Writes `blocks` blocks from `buf` at `lba` of namespace `nsid`
+    /// (split like [`Self::read`] when above the maximum of one command).
     #[inline]
     pub fn write(
         &mut self,
@@ -190,6 +233,27 @@ impl IoQueuePair {
         tag: u64,
     ) -> Result<(), Rejected> {
         self.rw(nvm_opcode::WRITE, nsid, lba, blocks, buf, tag)
+    }
+
+    /// How this queue pair describes data buffers from now on (the
+    /// controller's [`crate::Options::data_pointer`] by default).
+    /// [`DataPointer::Sgl`] on a controller without SGL support is
+    /// [`NvmeError::InvalidArgument`].
+    pub fn set_data_pointer(&mut self, mode: DataPointer) -> Result<()> {
+        let support = self.inner.info.sgl;
+        if mode == DataPointer::Sgl && support == SglSupport::None {
+            return Err(NvmeError::InvalidArgument(
+                "SGLs forced but the controller does not support them".into(),
+            ));
+        }
+        self.sgl = sgl_mode(support, mode);
+        Ok(())
+    }
+
+    /// Whether read and write commands carry an SGL descriptor (for
+    /// buffers meeting the controller's SGL alignment) rather than PRPs.
+    pub fn uses_sgl(&self) -> bool {
+        self.sgl != SglSupport::None
     }
 
     /// Flush (volatile write cache to media).
@@ -260,12 +324,78 @@ impl IoQueuePair {
 
     /// Rings the doorbell if needed, then hands up to `max` completions to
     /// `f`. Returns how many it handed over.
+    #[inline]
     pub fn poll(&mut self, max: usize, mut f: impl FnMut(Completion)) -> usize {
         if self.inner.generation.load(Ordering::Relaxed) != self.generation {
-            if let Err(e) = self.recover() {
-                log::error!("queue {}: recreating after reset failed: {e}", self.qid);
+            self.recover_logged();
+        }
+        let mut n = 0;
+        if !self.orphans.is_empty() {
+            n = self.deliver_orphans(max, &mut f);
+        }
+        self.ring.ring_sq();
+        let mut consumed = false;
+        while n < max {
+            let Some(c) = self.ring.pop() else {
+                break;
+            };
+            consumed = true;
+            // Validate the whole entry before trusting any of it: a
+            // malformed completion finishes nothing and hands nothing back;
+            // the command it names stays outstanding (its timeout applies).
+            if c.sq_id != self.qid || self.ring.sq.check_head(c.sq_head).is_err() {
+                self.stats.malformed += 1;
+                log::warn!("queue {}: malformed completion {c:?}", self.qid);
+                continue;
+            }
+            // A single command (group 0) is finished by its completion; the
+            // commands of a split request go through `complete_part`.
+            let status = c.status();
+            match self.slots.complete_if(c.cid, |s| s.group == 0) {
+                Ok(Some(slot)) => {
+                    self.ring.sq.set_checked_head(c.sq_head);
+                    n += 1;
+                    self.stats.completed += 1;
+                    f(Completion {
+                        tag: slot.tag,
+                        buf: slot.buf,
+                        result: status.result().map_err(NvmeError::Status),
+                    });
+                }
+                Ok(None) => {
+                    self.ring.sq.set_checked_head(c.sq_head);
+                    if let Some(done) = self.complete_part(c.cid, status) {
+                        n += 1;
+                        self.stats.completed += 1;
+                        f(done);
+                    }
+                }
+                Err(_) => {
+                    self.stats.unknown_cids += 1;
+                    log::warn!("queue {}: completion for cid {}, not in flight", self.qid, c.cid);
+                }
             }
         }
+        if consumed {
+            self.ring.ring_cq();
+        }
+        self.polls = self.polls.wrapping_add(1);
+        if self.polls.is_multiple_of(CLOCK_EVERY) && self.slots.in_flight() > 0 {
+            self.check_timeouts();
+        }
+        n
+    }
+
+    #[cold]
+    fn recover_logged(&mut self) {
+        if let Err(e) = self.recover() {
+            log::error!("queue {}: recreating after reset failed: {e}", self.qid);
+        }
+    }
+
+    /// Hands commands ended by a reset or timeout to `f`, up to `max`.
+    #[cold]
+    fn deliver_orphans(&mut self, max: usize, f: &mut impl FnMut(Completion)) -> usize {
         let mut n = 0;
         while n < max {
             let Some((tag, buf, timed_out)) = self.orphans.pop() else {
@@ -282,43 +412,59 @@ impl IoQueuePair {
             f(Completion { tag, buf, result });
             n += 1;
         }
-        self.ring.ring_sq();
-        let mut consumed = 0;
-        while n < max {
-            let Some(c) = self.ring.pop() else {
-                break;
-            };
-            consumed += 1;
-            // Validate the whole entry before trusting any of it: a
-            // malformed completion finishes nothing and hands nothing back;
-            // the command it names stays outstanding (its timeout applies).
-            if c.sq_id != self.qid || self.ring.sq.check_head(c.sq_head).is_err() {
-                self.stats.malformed += 1;
-                log::warn!("queue {}: malformed completion {c:?}", self.qid);
-                continue;
-            }
-            let Ok(slot) = self.slots.complete(c.cid) else {
-                self.stats.unknown_cids += 1;
-                log::warn!("queue {}: completion for cid {}, not in flight", self.qid, c.cid);
-                continue;
-            };
-            self.ring.sq.set_checked_head(c.sq_head);
-            n += 1;
-            self.stats.completed += 1;
-            f(Completion {
-                tag: slot.tag,
-                buf: slot.buf,
-                result: c.status().result().map_err(NvmeError::Status),
-            });
-        }
-        if consumed > 0 {
-            self.ring.ring_cq();
-        }
-        self.polls = self.polls.wrapping_add(1);
-        if self.polls.is_multiple_of(CLOCK_EVERY) && self.slots.in_flight() > 0 {
-            self.check_timeouts();
-        }
         n
+    }
+
+    /// The completion of one command of a split request (`cid` is in
+    /// flight and not a single command): a child retires and counts down
+    /// its head; a head notes its own completion. The request finishes,
+    /// with the first error of any of its commands, when the head and all
+    /// children are done, never earlier. A repeated completion of a head
+    /// that waits for children finishes nothing.
+    #[cold]
+    fn complete_part(&mut self, cid: u16, status: Status) -> Option<Completion> {
+        let failed = !status.is_success();
+        let head = {
+            let slot = self.slots.get_mut(cid)?;
+            if slot.group & group::CHILD != 0 {
+                let head = (slot.group & group::PENDING) as u16;
+                let _ = self.slots.complete(cid);
+                head
+            } else if slot.group & group::HEAD_DONE != 0 {
+                self.stats.unknown_cids += 1;
+                log::warn!("queue {}: repeated completion for cid {cid}", self.qid);
+                return None;
+            } else {
+                slot.group |= group::HEAD_DONE;
+                if failed && slot.group & group::FAILED == 0 {
+                    slot.group |= group::FAILED;
+                    slot.error = status;
+                }
+                cid
+            }
+        };
+        let slot = self.slots.get_mut(head)?;
+        if head != cid {
+            slot.group -= 1;
+            if failed && slot.group & group::FAILED == 0 {
+                slot.group |= group::FAILED;
+                slot.error = status;
+            }
+        }
+        if slot.group & group::PENDING != 0 || slot.group & group::HEAD_DONE == 0 {
+            return None;
+        }
+        let slot = self.slots.complete(head).ok()?;
+        let result = if slot.group & group::FAILED != 0 {
+            slot.error.result().map_err(NvmeError::Status)
+        } else {
+            Ok(())
+        };
+        Some(Completion {
+            tag: slot.tag,
+            buf: slot.buf,
+            result,
+        })
     }
 
     /// The namespace `nsid`; the first one is checked first (usually the one).
@@ -357,6 +503,8 @@ impl IoQueuePair {
         Ok(((blocks - 1) as u16, ns))
     }
 
+    /// Validates a read or write and submits it: one command, or a split
+    /// request ([`Self::rw_split`]) above the maximum transfer.
     #[inline]
     fn rw(
         &mut self,
@@ -367,45 +515,208 @@ impl IoQueuePair {
         buf: DmaBuf,
         tag: u64,
     ) -> Result<(), Rejected> {
-        let checked = self.check_range(nsid, lba, blocks).and_then(|(nlb, ns)| {
-            if buf.domain() != self.domain {
-                return Err(NvmeError::ForeignBuffer);
+        if self.inner.generation.load(Ordering::Relaxed) != self.generation {
+            if let Err(e) = self.recover() {
+                return Err(Rejected::new(e, Some(buf)));
             }
-            let bytes = blocks as usize * ns.block_size as usize;
-            if bytes > buf.len() {
-                return Err(NvmeError::BufferTooSmall {
-                    need: bytes,
-                    have: buf.len(),
-                });
-            }
-            if bytes > self.max_transfer {
-                return Err(NvmeError::TooLarge {
-                    bytes,
-                    max: self.max_transfer,
-                });
-            }
-            Ok((nlb, bytes))
-        });
-        let (nlb, bytes) = match checked {
-            Ok(v) => v,
-            Err(e) => return Err(Rejected::new(e, Some(buf))),
+        }
+        let ns = match self.namespaces.first() {
+            Some(ns) if ns.id == nsid => *ns,
+            _ => match self.namespace(nsid) {
+                Ok(ns) => ns,
+                Err(e) => return Err(Rejected::new(e, Some(buf))),
+            },
         };
+        // blocks * block_size < 2^64: no overflow.
+        let bytes = blocks as usize * ns.block_size as usize;
+        if blocks == 0
+            || lba.checked_add(blocks as u64).is_none_or(|end| end > ns.blocks)
+            || bytes > buf.len()
+            || buf.domain() != self.domain
+        {
+            return Err(self.rw_refusal(ns, lba, blocks, bytes, buf));
+        }
+        if bytes > self.max_transfer {
+            return self.rw_split(opcode, ns, lba, blocks, buf, tag);
+        }
         let data = buf.iova().get();
-        let mut cmd = SubmissionEntry::read(nsid, lba, nlb, 0, 0);
-        cmd.cdw0 = (cmd.cdw0 & !0xff) | opcode as u32;
-        self.push(cmd, Some(buf), tag, |page| {
-            // The slot's own list page, which the device reads only after
-            // the doorbell and no other command uses while it is outstanding.
-            let p = prp::build_into(data, bytes, PAGE_SIZE, page.iova, WORDS_PER_PAGE, |i, v| {
-                page.put(i, v)
-            })?;
-            Ok((p.prp1, p.prp2))
-        })
+        let slot = Slot {
+            tag,
+            buf: Some(buf),
+            epoch: self.epoch,
+            aborted: false,
+            group: 0,
+            error: Status(0),
+        };
+        let cid = match self.slots.try_alloc(slot) {
+            Ok(cid) => cid,
+            Err(slot) => return Err(Rejected::new(NvmeError::QueueFull, slot.buf)),
+        };
+        // bytes <= max_transfer <= 2 MiB: at most 4096 blocks, NLB fits.
+        let mut cmd = SubmissionEntry::rw_command(opcode, cid, nsid, lba, (blocks - 1) as u16);
+        if let Err(e) = self.data_pointer(&mut cmd, cid, data, bytes) {
+            return Err(self.unwind(Some(cid), e));
+        }
+        let Some(sq_slot) = self.ring.sq.push_slot() else {
+            return Err(self.unwind(Some(cid), NvmeError::QueueFull));
+        };
+        self.ring.write_sq(sq_slot, &cmd);
+        self.stats.submitted += 1;
+        Ok(())
+    }
+
+    /// Fills the data pointer of `cmd` (command slot `cid`) for `bytes` at
+    /// IOVA `data`: one SGL Data Block descriptor when SGLs are in use and
+    /// the range meets their alignment, PRPs (in the slot's list page)
+    /// otherwise.
+    #[inline(always)]
+    fn data_pointer(&self, cmd: &mut SubmissionEntry, cid: u16, data: u64, bytes: usize) -> Result<()> {
+        if self.sgl.fits(data, bytes) {
+            cmd.cdw0 |= PSDT_SGL_MPTR_CONTIG;
+            // SGL Data Block descriptor: address; length, reserved bytes
+            // and identifier 00h (Data Block, Address) in the second half.
+            cmd.prp1 = data;
+            cmd.prp2 = bytes as u64;
+            return Ok(());
+        }
+        // cid < depth - 1, and the extra area holds depth pages.
+        let base = cid as usize * WORDS_PER_PAGE;
+        let list = &self.ring.extra;
+        // The slot's own list page, which the device reads only after the
+        // doorbell and no other command uses while this one is outstanding.
+        let p = prp::build_4k(data, bytes, list.iova_of(base).get(), |i, v| {
+            list.write(base + i, v)
+        })?;
+        cmd.prp1 = p.prp1;
+        cmd.prp2 = p.prp2;
+        Ok(())
+    }
+
+    /// Why a read or write was refused, with its buffer.
+    #[cold]
+    fn rw_refusal(&self, ns: Namespace, lba: u64, blocks: u32, bytes: usize, buf: DmaBuf) -> Rejected {
+        let e = if blocks == 0 {
+            NvmeError::InvalidArgument("0 blocks: a read or write moves at least one".into())
+        } else if lba.checked_add(blocks as u64).is_none_or(|end| end > ns.blocks) {
+            NvmeError::LbaOutOfRange {
+                lba,
+                blocks,
+                capacity: ns.blocks,
+            }
+        } else if buf.domain() != self.domain {
+            NvmeError::ForeignBuffer
+        } else {
+            NvmeError::BufferTooSmall {
+                need: bytes,
+                have: buf.len(),
+            }
+        };
+        Rejected::new(e, Some(buf))
+    }
+
+    /// A read or write above the maximum transfer of one command: split
+    /// into commands of `max_transfer` bytes (whole blocks) over
+    /// consecutive sub-ranges of `buf`, all or none submitted. The first is
+    /// the head (tag and buffer), the others are children naming it.
+    #[cold]
+    fn rw_split(
+        &mut self,
+        opcode: u8,
+        ns: Namespace,
+        lba: u64,
+        blocks: u32,
+        buf: DmaBuf,
+        tag: u64,
+    ) -> Result<(), Rejected> {
+        let bs = ns.block_size as usize;
+        let chunk_blocks = (self.max_transfer / bs).max(1);
+        let parts = (blocks as usize).div_ceil(chunk_blocks);
+        if parts > self.slots.capacity() || parts > PENDING_MAX {
+            let max = self.slots.capacity().min(PENDING_MAX) * chunk_blocks * bs;
+            return Err(Rejected::new(
+                NvmeError::TooLarge {
+                    bytes: blocks as usize * bs,
+                    max,
+                },
+                Some(buf),
+            ));
+        }
+        if parts > self.slots.free() || parts > self.ring.sq.free_slots() as usize {
+            return Err(Rejected::new(NvmeError::QueueFull, Some(buf)));
+        }
+        let data = buf.iova().get();
+        let head = Slot {
+            tag,
+            buf: Some(buf),
+            epoch: self.epoch,
+            aborted: false,
+            group: (parts - 1) as u32,
+            error: Status(0),
+        };
+        let head_cid = match self.slots.try_alloc(head) {
+            Ok(cid) => cid,
+            Err(slot) => return Err(Rejected::new(NvmeError::QueueFull, slot.buf)),
+        };
+        let mut cids = Vec::with_capacity(parts);
+        cids.push(head_cid);
+        for i in 0..parts {
+            let cid = if i == 0 {
+                head_cid
+            } else {
+                let child = Slot {
+                    tag,
+                    buf: None,
+                    epoch: self.epoch,
+                    aborted: false,
+                    group: group::CHILD | head_cid as u32,
+                    error: Status(0),
+                };
+                match self.slots.try_alloc(child) {
+                    Ok(cid) => {
+                        cids.push(cid);
+                        cid
+                    }
+                    Err(_) => return Err(self.unwind_split(&cids, i, NvmeError::QueueFull)),
+                }
+            };
+            let first = i * chunk_blocks;
+            let n = chunk_blocks.min(blocks as usize - first);
+            let mut cmd = SubmissionEntry::rw_command(
+                opcode,
+                cid,
+                ns.id,
+                lba + first as u64,
+                (n - 1) as u16,
+            );
+            let at = data.wrapping_add((first * bs) as u64);
+            let filled = self.data_pointer(&mut cmd, cid, at, n * bs);
+            let Some(sq_slot) = filled.is_ok().then(|| self.ring.sq.push_slot()).flatten() else {
+                let e = filled.err().unwrap_or(NvmeError::QueueFull);
+                return Err(self.unwind_split(&cids, i, e));
+            };
+            self.ring.write_sq(sq_slot, &cmd);
+        }
+        self.stats.submitted += parts as u64;
+        Ok(())
+    }
+
+    /// Undoes a split submission: the `written` commands go back out of
+    /// the SQ (not rung), every command id in `cids` is retired, the head's
+    /// buffer comes back.
+    #[cold]
+    fn unwind_split(&mut self, cids: &[u16], written: usize, e: NvmeError) -> Rejected {
+        self.ring.retract(written as u16);
+        let mut buf = None;
+        for &cid in cids {
+            if let Ok(slot) = self.slots.complete(cid) {
+                buf = buf.or(slot.buf);
+            }
+        }
+        Rejected::new(e, buf)
     }
 
     /// Takes a command slot, lets `fill` use the slot's page, writes the
-    /// command into the SQ.
-    #[inline]
+    /// command into the SQ: for commands without a data buffer.
     fn push(
         &mut self,
         mut cmd: SubmissionEntry,
@@ -418,17 +729,17 @@ impl IoQueuePair {
                 return Err(Rejected::new(e, buf));
             }
         }
-        if self.slots.is_full() {
-            return Err(Rejected::new(NvmeError::QueueFull, buf));
-        }
         let slot = Slot {
             tag,
             buf,
             epoch: self.epoch,
             aborted: false,
+            group: 0,
+            error: Status(0),
         };
-        let Some(cid) = self.slots.alloc(slot) else {
-            return Err(Rejected::new(NvmeError::QueueFull, None));
+        let cid = match self.slots.try_alloc(slot) {
+            Ok(cid) => cid,
+            Err(slot) => return Err(Rejected::new(NvmeError::QueueFull, slot.buf)),
         };
         // cid < depth - 1, and the extra area holds depth pages.
         let base = cid as usize * WORDS_PER_PAGE;
@@ -539,7 +850,8 @@ impl IoQueuePair {
         self.epoch_started = Instant::now();
         // Zeroes the queues and this pair's shadow slots (which it keeps).
         self.ring.reinit()?;
-        create_queues(&mut admin, &self.inner, &self.ring, self.qid, self.depth)?;
+        let entries = self.ring.sq.size();
+        create_queues(&mut admin, &self.inner, &self.ring, self.qid, entries)?;
         self.generation = generation;
         Ok(())
     }
@@ -550,6 +862,19 @@ const _: () = {
     const fn assert_send<T: Send>() {}
     assert_send::<IoQueuePair>();
 };
+
+/// Most commands one split request can have (children are counted in 16
+/// bits of the head's slot).
+const PENDING_MAX: usize = group::PENDING as usize + 1;
+
+/// The SGL support level a queue pair uses for `mode` on a controller with
+/// `support` (`None`: PRPs).
+fn sgl_mode(support: SglSupport, mode: DataPointer) -> SglSupport {
+    match mode {
+        DataPointer::Prp => SglSupport::None,
+        DataPointer::Auto | DataPointer::Sgl => support,
+    }
+}
 
 /// 64-bit words in one 4 KiB slot page.
 const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;

@@ -145,6 +145,16 @@ impl SqRing {
     pub fn is_full(&self) -> bool {
         self.next(self.tail) == self.head
     }
+    /// Takes back the last `n` slots [`Self::push_slot`] handed out (their
+    /// entries never reached the device: no doorbell was rung for them).
+    pub fn retract(&mut self, n: u16) {
+        debug_assert!(n <= self.len());
+        self.tail = if self.tail >= n {
+            self.tail - n
+        } else {
+            self.size - (n - self.tail)
+        };
+    }
     /// Slots [`Self::push_slot`] can still hand out.
     pub fn free_slots(&self) -> u16 {
         self.size - 1 - self.len()
@@ -247,6 +257,45 @@ impl<T> CidTable<T> {
         let cid = self.free.pop()?;
         self.slots[cid as usize] = Some(token);
         Some(cid)
+    }
+
+    /// [`Self::alloc`] that hands the token back when all ids are in flight.
+    #[inline]
+    pub fn try_alloc(&mut self, token: T) -> Result<u16, T> {
+        let Some(cid) = self.free.pop() else {
+            return Err(token);
+        };
+        // cid < capacity == slots.len(): the table issued it.
+        self.slots[cid as usize] = Some(token);
+        Ok(cid)
+    }
+
+    /// Looks at the token of in-flight `cid` with `retire`; when it says
+    /// so, retires `cid` and returns `Ok(Some(token))`, otherwise the
+    /// command stays in flight (`Ok(None)`). Errors if `cid` is not in
+    /// flight. One lookup for both.
+    #[inline]
+    pub fn complete_if(
+        &mut self,
+        cid: u16,
+        retire: impl FnOnce(&mut T) -> bool,
+    ) -> Result<Option<T>, UnknownCid> {
+        let slot = self
+            .slots
+            .get_mut(cid as usize)
+            .ok_or(UnknownCid { cid })?;
+        let token = slot.as_mut().ok_or(UnknownCid { cid })?;
+        if !retire(token) {
+            return Ok(None);
+        }
+        let token = slot.take();
+        self.free.push(cid);
+        Ok(token)
+    }
+
+    /// Ids [`Self::alloc`] can still issue.
+    pub fn free(&self) -> usize {
+        self.free.len()
     }
 
     /// Retire `cid` and return its token; errors if `cid` is not in flight.

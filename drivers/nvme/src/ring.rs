@@ -104,11 +104,18 @@ impl Ring {
         regs: Mmio,
     ) -> Result<Ring> {
         let n = entries as usize;
+        let (sq_db, cq_db) = (sq_tail_doorbell(qid, dstrd), cq_head_doorbell(qid, dstrd));
+        // Checked once here; every doorbell write goes to these offsets.
+        if sq_db.max(cq_db) + 4 > regs.len() {
+            return Err(crate::NvmeError::Malformed(
+                "BAR0 too small for this queue's doorbells",
+            ));
+        }
         let ring = Ring {
             sq: SqRing::new(entries)?,
             cq: CqRing::new(entries)?,
-            sq_db: sq_tail_doorbell(qid, dstrd),
-            cq_db: cq_head_doorbell(qid, dstrd),
+            sq_db,
+            cq_db,
             sq_mem: region.carve(0, n)?,
             cq_mem: region.carve(layout.cq_off, n)?,
             extra: region.carve(layout.extra_off, layout.extra / 8)?,
@@ -185,6 +192,22 @@ impl Ring {
         self.sq_mem.write(slot as usize, *cmd);
         self.unrung += 1;
         true
+    }
+
+    /// Writes `cmd` into SQ slot `slot`, which [`SqRing::push_slot`] handed
+    /// out.
+    #[inline(always)]
+    pub fn write_sq(&mut self, slot: u16, cmd: &SubmissionEntry) {
+        // The device reads this slot only after the tail doorbell moves past it.
+        self.sq_mem.write(slot as usize, *cmd);
+        self.unrung += 1;
+    }
+
+    /// Takes back the last `n` commands written and not yet rung.
+    pub fn retract(&mut self, n: u16) {
+        let n = n.min(self.unrung);
+        self.sq.retract(n);
+        self.unrung -= n;
     }
 
     /// Rings the SQ tail doorbell if commands were written since last time.

@@ -44,6 +44,7 @@ use crate::spec::{
     admin_opcode, cns, cq_head_doorbell, feature, nvm_opcode, reg, sq_tail_doorbell, Cc,
     CompletionEntry, Csts, DsmRange, IdentifyController, IdentifyNamespace, SubmissionEntry,
     DSM_AD, IDENTIFY_DATA_SIZE, OACS_DOORBELL_BUFFER_CONFIG, ONCS_DSM, ONCS_WRITE_ZEROES,
+    SglDescriptor, SglSupport, SGL_SUBTYPE_ADDRESS, SGL_TYPE_DATA_BLOCK,
 };
 
 /// What the simulated controller and its one namespace look like.
@@ -64,6 +65,12 @@ pub struct SimConfig {
     /// Keep written data (sparse, 64 KiB chunks). When false, reads return
     /// zeroes and writes are discarded: for benchmarks.
     pub store_data: bool,
+    /// Identify Controller SGLS: bits 1:0 = 01b SGLs for NVM commands,
+    /// any alignment (as QEMU's controller), 10b dword alignment and
+    /// granularity, 00b none. The model takes one inline SGL Data Block
+    /// descriptor (PSDT 01b) per read or write; segments are refused (SGL
+    /// Descriptor Type Invalid).
+    pub sgls: u32,
 }
 
 impl Default for SimConfig {
@@ -75,6 +82,7 @@ impl Default for SimConfig {
             max_queues: 8,
             mqes: 1023,
             store_data: true,
+            sgls: 0,
         }
     }
 }
@@ -104,6 +112,10 @@ pub struct SimStats {
     pub held_completions: u64,
     /// Accesses to driver memory outside every live region ([`SimFault`]s).
     pub dma_faults: u64,
+    /// Read and write commands whose data pointer was PRPs.
+    pub prp_commands: u64,
+    /// Read and write commands whose data pointer was an SGL descriptor.
+    pub sgl_commands: u64,
 }
 
 impl SimStats {
@@ -145,6 +157,8 @@ struct Shared {
     hold: AtomicBool,
     held: AtomicU64,
     faults: AtomicU64,
+    prp: AtomicU64,
+    sgl: AtomicU64,
 }
 
 /// Single-writer counter increment: only the model thread counts.
@@ -154,10 +168,18 @@ fn bump(c: &AtomicU64) {
 }
 
 /// The running model. Dropping it stops and joins the model thread.
+///
+/// The model runs on its own thread, or, after
+/// [`SimController::set_synchronous`]`(true)`, on the caller's: then
+/// nothing happens until the caller runs [`SimController::process`]
+/// (between submitting and polling), so a benchmark counts the driver's
+/// work without a second core writing the same cache lines.
 pub struct SimController {
     shared: Arc<Shared>,
     mmio: Mmio,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Model>>,
+    /// The model while it runs synchronously.
+    model: Option<Box<Model>>,
 }
 
 impl SimController {
@@ -207,18 +229,47 @@ impl SimController {
             hold: AtomicBool::new(false),
             held: AtomicU64::new(0),
             faults: AtomicU64::new(0),
+            prp: AtomicU64::new(0),
+            sgl: AtomicU64::new(0),
         });
         let model = Model::new(cfg, mmio.clone(), shared.clone());
-        let thread = thread::Builder::new()
-            .name("nvme-sim".into())
-            .spawn(move || model.run())
-            .expect("spawning the NVMe model thread");
         let ctrl = SimController {
             shared,
             mmio: mmio.clone(),
-            thread: Some(thread),
+            thread: Some(spawn(model)),
+            model: None,
         };
         (ctrl, mmio)
+    }
+
+    /// `true`: stops the model thread; from now on the model runs only
+    /// inside [`Self::process`], on the caller's thread. Anything that
+    /// waits for the device (admin commands: queue creation and deletion,
+    /// reset, shutdown) hangs until its timeout in this mode, so switch
+    /// back (`false`, which restarts the thread) before those.
+    ///
+    /// # Panics
+    /// If the model thread panicked.
+    pub fn set_synchronous(&mut self, on: bool) {
+        if on {
+            if let Some(t) = self.thread.take() {
+                self.shared.stop.store(true, Ordering::SeqCst);
+                let model = t.join().expect("the NVMe model thread panicked");
+                self.shared.stop.store(false, Ordering::SeqCst);
+                self.model = Some(Box::new(model));
+            }
+        } else if let Some(model) = self.model.take() {
+            self.thread = Some(spawn(*model));
+        }
+    }
+
+    /// One pass of the model over CC and every queue (synchronous mode):
+    /// fetches and executes what the SQs hold and posts completions.
+    /// Returns whether any queue had work; false when the model runs on
+    /// its own thread.
+    #[inline(never)]
+    pub fn process(&mut self) -> bool {
+        self.model.as_mut().is_some_and(|m| m.poll())
     }
 
     /// Sets CSTS.CFS now. The model executes nothing more until the driver
@@ -284,6 +335,8 @@ impl SimController {
             injected_completions: load(&s.injected),
             held_completions: load(&s.held),
             dma_faults: load(&s.faults),
+            prp_commands: load(&s.prp),
+            sgl_commands: load(&s.sgl),
         }
     }
 }
@@ -297,6 +350,13 @@ impl Drop for SimController {
             }
         }
     }
+}
+
+fn spawn(model: Model) -> JoinHandle<Model> {
+    thread::Builder::new()
+        .name("nvme-sim".into())
+        .spawn(move || model.run())
+        .expect("spawning the NVMe model thread")
 }
 
 /// VS: NVMe 1.4.0.
@@ -330,7 +390,10 @@ mod status {
     pub const INVALID_FIELD: u16 = 0x002;
     pub const DATA_TRANSFER_ERROR: u16 = 0x004;
     pub const INVALID_NAMESPACE: u16 = 0x00B;
+    pub const DATA_SGL_LENGTH_INVALID: u16 = 0x00F;
+    pub const SGL_DESCRIPTOR_TYPE_INVALID: u16 = 0x011;
     pub const PRP_OFFSET_INVALID: u16 = 0x013;
+    pub const SGL_DATA_BLOCK_GRANULARITY_INVALID: u16 = 0x01E;
     pub const LBA_OUT_OF_RANGE: u16 = 0x080;
     pub const CQ_INVALID: u16 = 0x100;
     pub const INVALID_QID: u16 = 0x101;
@@ -480,7 +543,7 @@ impl Model {
     /// then yields, and after [`DEEP_IDLE`] without work sleeps 50 us per
     /// pass so an idle model (a test waiting for a timeout) does not burn
     /// a core; the first command after that waits up to about 100 us.
-    fn run(mut self) {
+    fn run(mut self) -> Model {
         let mut idle: u32 = 0;
         let mut idle_since = Instant::now();
         let mut deep = false;
@@ -503,6 +566,7 @@ impl Model {
                 thread::yield_now();
             }
         }
+        self
     }
 
     /// One pass over CC and every queue; true if any queue had work.
@@ -951,6 +1015,7 @@ impl Model {
         id.nn = 1;
         id.oncs = ONCS_DSM | ONCS_WRITE_ZEROES;
         id.vwc = 1;
+        id.sgls = self.cfg.sgls;
         id
     }
 
@@ -1150,7 +1215,15 @@ impl Model {
     // ---- NVM commands (NVM Command Set spec 3) ----------------------------
 
     fn io(&mut self, e: &SubmissionEntry) -> Outcome {
-        let r = if e.cdw0 >> 8 & 0xFF != 0 {
+        let rw = matches!(e.opcode(), nvm_opcode::READ | nvm_opcode::WRITE);
+        // FUSE must be 0; PSDT 01b (SGL) only for reads and writes of a
+        // controller reporting SGL support.
+        let psdt_ok = match e.psdt() {
+            0 => true,
+            1 => rw && SglSupport::from_sgls(self.cfg.sgls) != SglSupport::None,
+            _ => false,
+        };
+        let r = if e.cdw0 >> 8 & 0x3 != 0 || !psdt_ok {
             Err(status::INVALID_FIELD)
         } else {
             match e.opcode() {
@@ -1204,7 +1277,13 @@ impl Model {
             return Err(status::INVALID_FIELD);
         }
         let (offset, len) = self.lba_range(slba, nlb)?;
-        self.map_prps(e.prp1, e.prp2, len)?;
+        if e.psdt() == 1 {
+            bump(&self.shared.sgl);
+            self.map_sgl(e.prp1, e.prp2, len)?;
+        } else {
+            bump(&self.shared.prp);
+            self.map_prps(e.prp1, e.prp2, len)?;
+        }
         if write {
             self.store.write(&mut self.dma, offset, &self.segs)
         } else {
@@ -1253,6 +1332,26 @@ impl Model {
             self.store.zero(offset, len as u64);
         }
         Ok(())
+    }
+
+    /// Takes the inline SGL descriptor of DPTR for a `len`-byte transfer
+    /// (base spec 4.1.2) into `self.segs`: one Data Block (type 0h, sub
+    /// type 0h Address) of exactly `len` bytes, aligned as SGLS asks.
+    fn map_sgl(&mut self, dptr1: u64, dptr2: u64, len: usize) -> CmdResult<()> {
+        self.segs.clear();
+        let d = SglDescriptor::from_dptr(dptr1, dptr2);
+        if d.kind() != SGL_TYPE_DATA_BLOCK || d.subtype() != SGL_SUBTYPE_ADDRESS {
+            return Err(status::SGL_DESCRIPTOR_TYPE_INVALID);
+        }
+        // SGLS bit 18 (a descriptor longer than the transfer) is not
+        // reported, so the length must match.
+        if d.length as usize != len {
+            return Err(status::DATA_SGL_LENGTH_INVALID);
+        }
+        if !SglSupport::from_sgls(self.cfg.sgls).fits(d.address, len) {
+            return Err(status::SGL_DATA_BLOCK_GRANULARITY_INVALID);
+        }
+        self.push_seg(d.address, len as u64)
     }
 
     /// Walks PRP1/PRP2 for a `len`-byte transfer with the CC.MPS page size

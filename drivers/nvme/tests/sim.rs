@@ -30,6 +30,7 @@ fn small() -> SimConfig {
         max_queues: 4,
         mqes: 255,
         store_data: true,
+        sgls: 0,
     }
 }
 
@@ -235,7 +236,7 @@ fn bring_up_and_identify() {
     drop(sim);
 
     // Other geometries: 4 KiB blocks, MDTS 3, and no MDTS (one PRP list page).
-    for (lba_size, mdts, max) in [(4096, 3, 32 << 10), (512, 0, (2 << 20) + 4096)] {
+    for (lba_size, mdts, max) in [(4096, 3, 32 << 10), (512, 0, 2 << 20)] {
         let cfg = SimConfig {
             lba_size,
             mdts,
@@ -605,7 +606,12 @@ fn bad_input_is_typed_errors() {
         ),
         "{e}"
     );
-    let e = bad(qp.write(1, 0, 512, big.alloc().unwrap(), 0));
+    // Above MDTS a request is split; more commands than the queue pair
+    // holds at once is too large for it.
+    let mut one = ctrl.create_qpair(2).unwrap();
+    assert_eq!(one.capacity(), 1);
+    let e = bad(one.write(1, 0, 512, big.alloc().unwrap(), 0));
+    drop(one);
     assert!(
         matches!(
             e,
@@ -896,4 +902,254 @@ fn admin_commands_with_addresses_are_refused() {
     assert_eq!(s.admin[admin_opcode::GET_LOG_PAGE as usize], 1);
     assert_eq!(s.admin[admin_opcode::SET_FEATURES as usize] - admin_before[admin_opcode::SET_FEATURES as usize], 1);
     drop(buf);
+}
+
+// ---------------------------------------------------------------------------
+// Data pointers (SGL or PRP) and requests above MDTS.
+
+use fastlane_nvme::DataPointer;
+
+fn with_sgls(sgls: u32) -> SimConfig {
+    SimConfig {
+        sgls,
+        ..small()
+    }
+}
+
+/// Every size from one block to MDTS, written and read back verified, in
+/// each data pointer mode; the model counts which form each command had.
+#[test]
+fn sgl_and_prp_every_size_one_block_to_mdts() {
+    for (sgls, lba_size) in [(0b01, 512u32), (0b01, 4096), (0b10, 4096)] {
+        let (sim, ctrl) = start(SimConfig { lba_size, ..with_sgls(sgls) }, Options::default());
+        let ns = ctrl.namespaces()[0];
+        assert_eq!(ns.block_size, lba_size);
+        let max_blocks = (ctrl.info().max_transfer / lba_size as usize) as u32;
+        let sizes: Vec<u32> = (1..=max_blocks).collect();
+        let pool = BufferPool::new_unmapped(ctrl.info().max_transfer, 32, PageSize::Small).unwrap();
+        let mut qp = ctrl.create_qpair(32).unwrap();
+        let list = extents(1, sizes.len(), &sizes);
+        let mut seen = sim.stats();
+        for (seed, mode) in [(1u64, DataPointer::Auto), (2, DataPointer::Prp), (3, DataPointer::Sgl)] {
+            qp.set_data_pointer(mode).unwrap();
+            assert_eq!(qp.uses_sgl(), mode != DataPointer::Prp);
+            let out = write_then_verify(&mut qp, &pool, ns, &list, seed + sgls as u64, &mut |_| ());
+            assert_eq!((out.writes, out.reads), (list.len(), list.len()));
+            let s = sim.stats();
+            let (prp, sgl) = (s.prp_commands - seen.prp_commands, s.sgl_commands - seen.sgl_commands);
+            let n = 2 * list.len() as u64;
+            if mode == DataPointer::Prp {
+                assert_eq!((prp, sgl), (n, 0), "sgls {sgls:#b} {mode:?}");
+            } else {
+                assert_eq!((prp, sgl), (0, n), "sgls {sgls:#b} {mode:?}");
+            }
+            seen = s;
+        }
+        assert_eq!(ctrl.info().sgl, fastlane_nvme::spec::SglSupport::from_sgls(sgls));
+    }
+}
+
+/// One pool buffer is one IOVA range: a single SGL descriptor over the
+/// whole of a buffer spanning many pages moves the right bytes (the model
+/// reads and writes exactly that range through SimDma).
+#[test]
+fn one_buffer_is_one_descriptor() {
+    let (sim, ctrl) = start(SimConfig { mdts: 0, ..with_sgls(1) }, Options::default());
+    let ns = ctrl.namespaces()[0];
+    let len = 2 << 20; // 512 pages of 4 KiB, the largest command
+    assert_eq!(ctrl.info().max_transfer, len);
+    let pool = BufferPool::new_unmapped(len, 2, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(4).unwrap();
+    let list = [(7u64, (len / 512) as u32)];
+    let out = write_then_verify(&mut qp, &pool, ns, &list, 99, &mut |_| ());
+    assert_eq!((out.writes, out.reads), (1, 1));
+    let s = sim.stats();
+    assert_eq!((s.sgl_commands, s.prp_commands), (2, 0));
+}
+
+/// Without SGL support everything goes with PRPs, and forcing SGLs is refused.
+#[test]
+fn controller_without_sgls_uses_prps() {
+    let (sim, ctrl) = start(with_sgls(0), Options::default());
+    assert_eq!(ctrl.info().sgl, fastlane_nvme::spec::SglSupport::None);
+    let ns = ctrl.namespaces()[0];
+    let pool = BufferPool::new_unmapped(ctrl.info().max_transfer, 8, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(8).unwrap();
+    assert!(!qp.uses_sgl());
+    assert!(matches!(qp.set_data_pointer(DataPointer::Sgl), Err(NvmeError::InvalidArgument(_))));
+    let list = extents(0, 20, &[1, 8, 9, 256]);
+    write_then_verify(&mut qp, &pool, ns, &list, 5, &mut |_| ());
+    let s = sim.stats();
+    assert_eq!((s.prp_commands, s.sgl_commands), (40, 0));
+    drop(qp);
+    drop(ctrl);
+    drop(sim);
+    let (sim, mmio) = SimController::start(with_sgls(0));
+    let forced = Options { data_pointer: DataPointer::Sgl, ..Options::default() };
+    assert!(matches!(Controller::with_registers(mmio, forced), Err(NvmeError::InvalidArgument(_))));
+    drop(sim);
+}
+
+/// Requests of 2 to 4 times MDTS (and in between) split into commands over
+/// sub-ranges of one buffer and complete once each, data verified, with
+/// SGLs and with PRPs.
+#[test]
+fn requests_above_mdts_are_split_and_complete_once() {
+    for mode in [DataPointer::Sgl, DataPointer::Prp] {
+        let (sim, ctrl) = start(with_sgls(1), Options { data_pointer: mode, ..Options::default() });
+        let ns = ctrl.namespaces()[0];
+        let max = ctrl.info().max_transfer; // 128 KiB
+        let max_blocks = (max / 512) as u32;
+        let pool = BufferPool::new_unmapped(4 * max, 8, PageSize::Small).unwrap();
+        let mut qp = ctrl.create_qpair(16).unwrap();
+        let sizes = [2 * max_blocks, 4 * max_blocks, 2 * max_blocks + 1, 3 * max_blocks - 7, max_blocks + 1];
+        let list = extents(11, 10, &sizes);
+        let before = sim.stats();
+        let out = write_then_verify(&mut qp, &pool, ns, &list, 77, &mut |_| ());
+        assert_eq!((out.writes, out.reads), (10, 10), "{mode:?}");
+        let commands: u64 = list.iter().map(|&(_, b)| b.div_ceil(max_blocks) as u64).sum();
+        let s = sim.stats();
+        assert_eq!(s.io[1] - before.io[1], commands, "writes the model executed ({mode:?})");
+        assert_eq!(s.io[2] - before.io[2], commands, "reads the model executed ({mode:?})");
+        let st = qp.stats();
+        assert_eq!(st.completed, 20, "one completion per request ({mode:?})");
+        assert_eq!(st.submitted, 2 * commands);
+        assert_eq!((st.unknown_cids, st.malformed), (0, 0));
+        drop(qp);
+        assert_eq!(pool.available(), 8);
+    }
+}
+
+/// A split request needs all its command slots at once: QueueFull (buffer
+/// back, nothing submitted) when fewer are free, TooLarge when the queue
+/// pair holds fewer.
+#[test]
+fn split_requests_take_all_slots_or_none() {
+    let (sim, ctrl) = start(with_sgls(1), Options::default());
+    let max_blocks = (ctrl.info().max_transfer / 512) as u32;
+    let pool = BufferPool::new_unmapped(5 * ctrl.info().max_transfer, 4, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(5).unwrap(); // 4 commands in flight
+    sim.hold_completions(true);
+    qp.read(1, 0, 2 * max_blocks, pool.alloc().unwrap(), 1).unwrap();
+    qp.read(1, 0, max_blocks, pool.alloc().unwrap(), 2).unwrap();
+    assert_eq!(qp.outstanding(), 3);
+    let r = qp.read(1, 0, 2 * max_blocks, pool.alloc().unwrap(), 3).unwrap_err();
+    assert!(matches!(r.error, NvmeError::QueueFull) && r.buf.is_some(), "{}", r.error);
+    drop(r);
+    let r = qp.read(1, 0, 4 * max_blocks + 1, pool.alloc().unwrap(), 4).unwrap_err();
+    assert!(matches!(r.error, NvmeError::TooLarge { .. }) && r.buf.is_some(), "{}", r.error);
+    drop(r);
+    assert_eq!(qp.outstanding(), 3, "refused requests submit nothing");
+    qp.submit();
+    sim.hold_completions(false);
+    let got = wait_for(&mut qp, 2, PATIENCE);
+    let mut tags: Vec<u64> = got.iter().map(|c| c.tag).collect();
+    tags.sort();
+    assert_eq!(tags, [1, 2]);
+    assert!(got.iter().all(|c| c.result.is_ok() && c.buf.is_some()));
+    assert_eq!(sim.stats().io[2], 3);
+}
+
+/// An error in one command of a split request fails the request exactly
+/// once, and only after every command of it completed: the buffer never
+/// comes back while the device may still write into it.
+#[test]
+fn split_request_error_fails_once_after_all_parts() {
+    let (sim, ctrl) = start(with_sgls(1), Options::default());
+    let max_blocks = (ctrl.info().max_transfer / 512) as u32;
+    let pool = BufferPool::new_unmapped(3 * ctrl.info().max_transfer, 2, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(8).unwrap();
+    let qid = qp.qid();
+    // The model executes the three commands (cids 0, 1, 2) but posts no
+    // completion; the test posts them one at a time.
+    sim.drop_next_completions(3);
+    qp.read(1, 0, 3 * max_blocks, pool.alloc().unwrap(), 42).unwrap();
+    qp.submit();
+    let deadline = Instant::now() + PATIENCE;
+    while sim.stats().dropped_completions < 3 {
+        assert!(Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    let entry = |cid: u16, sc: u16| CompletionEntry { sq_head: 3, sq_id: qid, cid, status: sc << 1, ..Default::default() };
+    let settle = |qp: &mut IoQueuePair, injected: u64| -> Vec<Completion> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + PATIENCE;
+        while sim.stats().injected_completions < injected {
+            assert!(Instant::now() < deadline);
+            qp.poll(8, |c| got.push(c));
+        }
+        for _ in 0..100 {
+            qp.poll(8, |c| got.push(c));
+        }
+        got
+    };
+    // The middle command fails (Data Transfer Error), then the last one
+    // succeeds: the head is still outstanding, nothing finishes.
+    sim.inject_completion(qid, entry(1, 0x04));
+    sim.inject_completion(qid, entry(2, 0));
+    assert!(settle(&mut qp, 2).is_empty(), "finished before its head completed");
+    assert_eq!(qp.outstanding(), 1);
+    // The head succeeds: the request ends once, with the child's error.
+    sim.inject_completion(qid, entry(0, 0));
+    let got = settle(&mut qp, 3);
+    assert_eq!(got.len(), 1);
+    let c = &got[0];
+    assert_eq!(c.tag, 42);
+    assert!(c.buf.is_some());
+    assert!(matches!(&c.result, Err(NvmeError::Status(s)) if s.sc == 0x04), "{:?}", c.result);
+    // Repeats finish nothing more.
+    sim.inject_completion(qid, entry(0, 0));
+    sim.inject_completion(qid, entry(2, 0));
+    assert!(settle(&mut qp, 5).is_empty());
+    assert_eq!(qp.stats().unknown_cids, 2);
+    assert_eq!(qp.outstanding(), 0);
+
+    // The head's own completion first, with an error; children after.
+    sim.drop_next_completions(3);
+    qp.read(1, 0, 3 * max_blocks, pool.alloc().unwrap(), 43).unwrap();
+    qp.submit();
+    while sim.stats().dropped_completions < 6 {
+        assert!(Instant::now() < deadline);
+        std::thread::yield_now();
+    }
+    let entry2 = |cid: u16, sc: u16| CompletionEntry { sq_head: 6, ..entry(cid, sc) };
+    // Command ids come back in LIFO order: find them from what is in flight.
+    sim.inject_completion(qid, entry2(0, 0x80));
+    assert!(settle(&mut qp, 6).is_empty());
+    sim.inject_completion(qid, entry2(0, 0));
+    assert!(settle(&mut qp, 7).is_empty(), "a repeated head completion finishes nothing");
+    sim.inject_completion(qid, entry2(1, 0));
+    sim.inject_completion(qid, entry2(2, 0));
+    let got = settle(&mut qp, 9);
+    assert_eq!(got.len(), 1);
+    assert!(matches!(&got[0].result, Err(NvmeError::Status(s)) if s.sc == 0x80), "{:?}", got[0].result);
+    assert_eq!(qp.stats().unknown_cids, 3);
+}
+
+/// Queue sizes: spare entries by default (the CQ never fills), exactly the
+/// depth or the controller's maximum on request; in-flight commands stay
+/// limited to depth - 1 in every case.
+#[test]
+fn queue_sizes() {
+    use fastlane_nvme::QueueSize;
+    assert_eq!(QueueSize::Spare.entries(2, 2048), 256);
+    assert_eq!(QueueSize::Spare.entries(200, 2048), 400);
+    assert_eq!(QueueSize::Spare.entries(200, 256), 256);
+    assert_eq!(QueueSize::Spare.entries(256, 256), 256);
+    assert_eq!(QueueSize::Minimal.entries(2, 2048), 2);
+    assert_eq!(QueueSize::Maximum.entries(2, 2048), 2048);
+    for size in [QueueSize::Spare, QueueSize::Minimal, QueueSize::Maximum] {
+        let (sim, ctrl) = start(small(), Options { queue_size: size, ..Options::default() });
+        let ns = ctrl.namespaces()[0];
+        let pool = BufferPool::new_unmapped(4096, 8, PageSize::Small).unwrap();
+        let mut qp = ctrl.create_qpair(2).unwrap();
+        assert_eq!(qp.capacity(), 1);
+        let list = extents(0, 50, &[1, 8]);
+        let out = write_then_verify(&mut qp, &pool, ns, &list, 3, &mut |_| ());
+        assert!(out.queue_full > 0, "{size:?}: one command in flight at a time");
+        assert_eq!((out.writes, out.reads), (50, 50));
+        drop(qp);
+        drop(ctrl);
+        drop(sim);
+    }
 }

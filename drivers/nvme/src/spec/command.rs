@@ -104,7 +104,8 @@ pub const DSM_MAX_RANGES: usize = 256;
 pub const IDENTIFY_DATA_SIZE: usize = 4096;
 
 /// Submission Queue Entry, 64 bytes (base spec 4.2, "Submission Queue
-/// Entry"). PRP data pointer only (CDW0.PSDT = 0).
+/// Entry"). The data pointer is two PRP entries (CDW0.PSDT = 00b) or one
+/// inline SGL descriptor ([`SubmissionEntry::with_sgl`], PSDT = 01b).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SubmissionEntry {
@@ -168,6 +169,22 @@ impl SubmissionEntry {
         self.prp1 = prp1;
         self.prp2 = prp2;
         self
+    }
+
+    /// Carry `desc` inline as the command's data pointer (DPTR) and set
+    /// CDW0.PSDT to 01b (SGLs, contiguous metadata buffer). Admin commands
+    /// must keep PRPs (base spec: PSDT is reserved for them over PCIe).
+    pub const fn with_sgl(mut self, desc: super::SglDescriptor) -> Self {
+        let (d1, d2) = desc.to_dptr();
+        self.cdw0 = (self.cdw0 & !super::PSDT_MASK) | super::PSDT_SGL_MPTR_CONTIG;
+        self.prp1 = d1;
+        self.prp2 = d2;
+        self
+    }
+    /// CDW0.PSDT (0: PRPs, 1: SGL with contiguous metadata, 2: SGL with an
+    /// SGL metadata descriptor).
+    pub const fn psdt(&self) -> u8 {
+        ((self.cdw0 & super::PSDT_MASK) >> 14) as u8
     }
 
     /// Identify with the given CNS. `data` is the IOVA of a 4096-byte
@@ -278,6 +295,14 @@ impl SubmissionEntry {
         e.cdw10 = slba as u32;
         e.cdw11 = (slba >> 32) as u32;
         e.cdw12 = nlb as u32;
+        e
+    }
+    /// A read or write (`opcode`) of `nlb + 1` blocks at `slba` with
+    /// command id `cid`, data pointer left 0: the I/O path's constructor.
+    #[inline(always)]
+    pub const fn rw_command(opcode: u8, cid: u16, nsid: u32, slba: u64, nlb: u16) -> Self {
+        let mut e = Self::rw(opcode, nsid, slba, nlb, 0, 0);
+        e.cdw0 = opcode as u32 | (cid as u32) << 16;
         e
     }
     /// Read `nlb + 1` logical blocks (NLB is 0-based) from `slba`.

@@ -189,6 +189,10 @@ impl IdentifyController {
             .checked_shl(self.mdts as u32)?
             .checked_mul(min_page_size)
     }
+    /// SGL support for the NVM command set (SGLS bits 1:0).
+    pub const fn sgl_support(&self) -> super::SglSupport {
+        super::SglSupport::from_sgls(self.sgls)
+    }
     /// Doorbell Buffer Config admin command supported (OACS bit 8).
     pub const fn supports_doorbell_buffer_config(&self) -> bool {
         self.oacs & OACS_DOORBELL_BUFFER_CONFIG != 0

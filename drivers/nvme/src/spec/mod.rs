@@ -18,11 +18,13 @@ mod command;
 mod completion;
 mod identify;
 mod regs;
+mod sgl;
 
 pub use command::*;
 pub use completion::*;
 pub use identify::*;
 pub use regs::*;
+pub use sgl::*;
 
 #[cfg(test)]
 mod tests {
