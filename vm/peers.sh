@@ -7,6 +7,14 @@
 #                            only the python helper scripts)
 #   DPDK plugins in /usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/: the igb PMD
 #   (librte-net-e1000-23), the ring mempool and the PCI and vdev buses
+#   /usr/bin/valgrind       (package valgrind, its wrapper script and valgrind.bin;
+#                            callgrind only, the tool and its
+#                            preload library, for instructions per I/O)
+#   the run-time libraries of SPDK's spdk_nvme_perf built against this DPDK
+#   (librte_power and its dependencies, libuuid, libnuma, libaio, OpenSSL)
+#   and OpenSSL's /usr/lib/ssl/openssl.cnf (SPDK's env init loads OpenSSL);
+#   SPDK itself is built from source (benches/vm/spdk/build-spdk.sh) and added by
+#   vm/run.sh --spdk DIR
 #
 # with every shared library they need, glibc's loader at /lib64/ and an
 # /etc/ld.so.cache. vm/run.sh --peers copies the sysroot into the guest's
@@ -35,10 +43,19 @@ root="$cache/peers-root"
 stamp="$cache/peers-root.stamp"
 
 # Root packages and, from them, the files the guest runs.
-packages=(fio dpdk-dev librte-net-e1000-23 librte-mempool-ring23 librte-bus-pci23 librte-bus-vdev23)
-binaries=(usr/bin/fio usr/bin/dpdk-testpmd)
+packages=(fio dpdk-dev librte-net-e1000-23 librte-mempool-ring23 librte-bus-pci23 librte-bus-vdev23
+          valgrind openssl librte-power23 libuuid1 libnuma1 libaio1 libssl3)
+binaries=(usr/bin/fio usr/bin/dpdk-testpmd usr/bin/valgrind.bin)
 pmddir=usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0
 plugins=(librte_net_e1000.so.23 librte_mempool_ring.so.23 librte_bus_pci.so.23 librte_bus_vdev.so.23)
+# More shared objects whose closure goes in (SPDK's run-time libraries,
+# valgrind's preload library), and plain files (valgrind's callgrind tool is
+# a static executable).
+libdir=usr/lib/x86_64-linux-gnu
+more_elves=($libdir/librte_power.so.23 $libdir/libuuid.so.1 $libdir/libnuma.so.1 $libdir/libaio.so.1
+            $libdir/libssl.so.3 $libdir/libcrypto.so.3 usr/libexec/valgrind/vgpreload_core-amd64-linux.so)
+more_files=(usr/bin/valgrind usr/libexec/valgrind/callgrind-amd64-linux usr/libexec/valgrind/default.supp
+            usr/lib/ssl/openssl.cnf etc/ssl/openssl.cnf)
 # Packages not named lib* that hold shared objects the others need.
 extra_follow="ibverbs-providers zlib1g"
 
@@ -129,6 +146,7 @@ for pkg in "${all[@]}"; do
 done
 for b in "${binaries[@]}"; do [ -f "$stage/$b" ] || die "$b not in the packages"; done
 for p in "${plugins[@]}"; do [ -e "$stage/$pmddir/$p" ] || die "$pmddir/$p not in the packages"; done
+for f in "${more_elves[@]}" "${more_files[@]}"; do [ -e "$stage/$f" ] || die "$f not in the packages"; done
 
 # --- copy the ELF closure into the sysroot -----------------------------------
 # Symbolic links are kept as links, so that a DPDK plugin loaded from the
@@ -136,12 +154,14 @@ for p in "${plugins[@]}"; do [ -e "$stage/$pmddir/$p" ] || die "$pmddir/$p not i
 # inode) and glibc loads it once.
 rm -rf "$root"
 mkdir -p "$root"
-python3 - "$stage" "$root" "$pmddir" "${binaries[@]}" -- "${plugins[@]}" <<'PY'
+python3 - "$stage" "$root" "$pmddir" "${binaries[@]}" "${more_elves[@]}" -- "${plugins[@]}" -- "${more_files[@]}" <<'PY'
 import os, shutil, subprocess, sys
 stage, root, pmddir = sys.argv[1:4]
 rest = sys.argv[4:]
 cut = rest.index("--")
-binaries, plugins = rest[:cut], rest[cut + 1:]
+binaries, rest = rest[:cut], rest[cut + 1:]
+cut = rest.index("--")
+plugins, files = rest[:cut], rest[cut + 1:]
 loader = "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 
 def lib_dirs(top):
@@ -191,6 +211,8 @@ for e in elves:
         if not lib.startswith(stage + "/"):
             sys.exit(f"peers.sh: {e}: {lib} resolved outside the packages")
         copy_chain(os.path.relpath(lib, stage))
+for f in files:
+    copy_chain(f)
 copy_chain(loader)
 os.makedirs(os.path.join(root, "lib64"), exist_ok=True)
 os.symlink("/" + loader, os.path.join(root, "lib64/ld-linux-x86-64.so.2"))
@@ -211,6 +233,8 @@ bad=0 n=0
 while IFS= read -r -d '' f; do
     head -c4 "$f" | grep -q $'\x7fELF' || continue
     [ "$f" = "$ld" ] && continue
+    # Static executables (valgrind's tools) need nothing.
+    LC_ALL=C readelf -d "$f" 2>/dev/null | grep -q 'no dynamic section' && continue
     n=$((n + 1))
     # As `ldd -r`: bind every symbol now and report what does not resolve.
     out="$(LD_WARN=yes LD_BIND_NOW=yes "$ld" --inhibit-cache --library-path "$libpath" --list "$f" 2>&1)" \

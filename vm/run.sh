@@ -33,7 +33,7 @@ console_log="$cache/console.log"
 usage() {
     cat <<EOF
 usage: vm/run.sh [--aw-bits 39|48] [--timeout SECONDS] [--mem 1G] [--peers]
-                 [--bin PATH]... [--file PATH]... --script GUEST_SCRIPT
+                 [--spdk SPDK_DIR] [--bin PATH]... [--file PATH]... --script GUEST_SCRIPT
 
 Boots a QEMU q35 guest with an emulated Intel IOMMU, an NVMe controller, two
 igb NICs and a virtio-net NIC, runs GUEST_SCRIPT there with busybox sh and
@@ -47,6 +47,11 @@ exits with its exit code.
   --peers         add the peer programs built by vm/peers.sh (Debian's fio,
                   dpdk-testpmd with the igb PMD, their libraries) to the guest;
                   the initramfs grows by about 100 MB: use --mem 2G or more
+  --spdk DIR      add SPDK's spdk_nvme_perf built in DIR (DIR/build/bin, its
+                  shared libraries DIR/build/lib/libspdk_*.so: see
+                  benches/vm/spdk/build-spdk.sh) as /usr/local/bin and
+                  /usr/local/lib, and /var/tmp (SPDK's PCI lock files);
+                  needs --peers (DPDK, OpenSSL and the other libraries)
   --script PATH   the guest script, run as 'sh /opt/guest-script.sh'
 
 In the guest: FASTLANE_NVME=0000:00:04.0 FASTLANE_IGB0=0000:01:00.0
@@ -64,7 +69,7 @@ EOF
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 
-aw=39 timeout_s=600 mem=1G script="" peers=0
+aw=39 timeout_s=600 mem=1G script="" peers=0 spdk=""
 bins=() files=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -75,6 +80,7 @@ while [ $# -gt 0 ]; do
         --file) files+=("${2:?--file needs a path}"); shift 2 ;;
         --script) script="${2:?--script needs a path}"; shift 2 ;;
         --peers) peers=1; shift ;;
+        --spdk) spdk="${2:?--spdk needs a directory}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -84,6 +90,10 @@ done
 case "$aw" in 39|48) ;; *) die "--aw-bits must be 39 or 48, got $aw" ;; esac
 case "$timeout_s" in ''|*[!0-9]*) die "--timeout must be a number of seconds" ;; esac
 for f in "${bins[@]}" "${files[@]}"; do [ -f "$f" ] || die "file not found: $f"; done
+if [ -n "$spdk" ]; then
+    [ "$peers" = 1 ] || die "--spdk needs --peers (SPDK's libraries come from the peer sysroot)"
+    [ -x "$spdk/build/bin/spdk_nvme_perf" ] || die "no $spdk/build/bin/spdk_nvme_perf (benches/vm/spdk/build-spdk.sh builds it)"
+fi
 
 "$here/install-host.sh" >&2
 
@@ -145,6 +155,13 @@ root="$cache/initramfs-root"
 rm -rf "$root"
 mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,opt,mnt/huge,lib/modules-boot,lib/modules-extra}
 [ -z "$peers_root" ] || cp -a "$peers_root/." "$root/"
+if [ -n "$spdk" ]; then
+    mkdir -p "$root/usr/local/bin" "$root/usr/local/lib" "$root/var/tmp"
+    install -m 755 "$spdk/build/bin/spdk_nvme_perf" "$root/usr/local/bin/"
+    cp -a "$spdk"/build/lib/libspdk_*.so* "$root/usr/local/lib/"
+    echo /usr/local/lib >> "$root/etc/ld.so.conf"
+    ldconfig -X -r "$root" 2>/dev/null || echo "run.sh: ldconfig -r failed (set LD_LIBRARY_PATH=/usr/local/lib in the guest)" >&2
+fi
 cp /bin/busybox "$root/bin/busybox"
 ln -s busybox "$root/bin/sh"
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
