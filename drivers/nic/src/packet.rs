@@ -19,9 +19,14 @@ pub const PACKET_BUF_SIZE: usize = 2048;
 pub struct Packet {
     buf: DmaBuf,
     /// Bytes of headroom before the frame.
-    offset: usize,
-    len: usize,
+    offset: u32,
+    /// Frame bytes (at most [`MAX_FRAME`]).
+    len: u32,
 }
+
+// Small enough to move in two 16-byte stores: the buffer handle, offset and
+// length (receive bursts write one per frame into the caller's vector).
+const _: () = assert!(std::mem::size_of::<Packet>() == 32);
 
 impl Packet {
     /// Wraps `buf` as a frame of `len` bytes.
@@ -42,19 +47,33 @@ impl Packet {
         if len > max {
             return Err(NicError::FrameTooLarge { len, max });
         }
-        Ok(Packet { buf, offset, len })
+        // Headroom past 4 GiB would need a buffer that large.
+        let Ok(offset) = u32::try_from(offset) else {
+            return Err(NicError::InvalidArgument(format!("frame offset {offset}")));
+        };
+        Ok(Packet { buf, offset, len: len as u32 })
+    }
+
+    /// A received frame of `len` bytes at the start of `buf`, without the
+    /// checks of [`Packet::new`]: for receive paths that checked `len`
+    /// against [`MAX_FRAME`] and whose buffers hold at least that much
+    /// (the igb queue checks its pool's buffer size once, at creation).
+    #[inline(always)]
+    pub(crate) fn received(buf: DmaBuf, len: u16) -> Packet {
+        debug_assert!(len as usize <= MAX_FRAME.min(buf.len()));
+        Packet { buf, offset: 0, len: u32::from(len) }
     }
 
     /// Headroom: where the frame starts in the buffer.
     #[inline]
     pub fn offset(&self) -> usize {
-        self.offset
+        self.offset as usize
     }
 
     /// Frame length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     /// True for a zero-length frame.
@@ -64,17 +83,17 @@ impl Packet {
 
     /// Sets the frame length (must fit the buffer and MAX_FRAME).
     pub fn set_len(&mut self, len: usize) -> Result<()> {
-        if len > self.buf.len() - self.offset || len > MAX_FRAME {
+        if len > self.buf.len() - self.offset() || len > MAX_FRAME {
             return Err(NicError::FrameTooLarge { len, max: MAX_FRAME });
         }
-        self.len = len;
+        self.len = len as u32;
         Ok(())
     }
 
     /// Device address of the frame's first byte.
     #[inline]
     pub fn iova(&self) -> Iova {
-        self.buf.iova().add(self.offset as u64)
+        self.buf.iova().add(u64::from(self.offset))
     }
 
     /// The underlying buffer.
@@ -95,9 +114,9 @@ impl Packet {
 
     /// Copies the frame out.
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut v = vec![0u8; self.len];
+        let mut v = vec![0u8; self.len()];
         // Cannot fail: offset + len <= buf.len() by construction.
-        let _ = self.buf.read(self.offset, &mut v);
+        let _ = self.buf.read(self.offset(), &mut v);
         v
     }
 
@@ -106,8 +125,8 @@ impl Packet {
         if data.len() > MAX_FRAME {
             return Err(NicError::FrameTooLarge { len: data.len(), max: MAX_FRAME });
         }
-        self.buf.write(self.offset, data)?;
-        self.len = data.len();
+        self.buf.write(self.offset(), data)?;
+        self.len = data.len() as u32;
         Ok(())
     }
 }

@@ -142,6 +142,15 @@ impl RxStatus {
     pub const fn frame_error(self) -> bool {
         self.status_error & rx::ERR_FRAME != 0
     }
+
+    #[inline(always)]
+    /// Done, and a whole frame in this one descriptor (EOP) without a
+    /// frame error, of at most [`crate::MAX_FRAME`] bytes: one test on the
+    /// common receive path.
+    pub const fn done_and_good(self) -> bool {
+        self.status_error & (rx::DD | rx::EOP | rx::ERR_FRAME) == rx::DD | rx::EOP
+            && self.length as usize <= crate::MAX_FRAME
+    }
 }
 
 impl TxDescRead {
@@ -187,8 +196,14 @@ mod tests {
         let s = RxStatus::from_qword(q);
         assert!(s.done() && s.end_of_packet() && !s.frame_error());
         assert_eq!(s.length, 1514);
+        assert!(s.done_and_good());
         let bad = RxStatus::from_qword(q | (1 << 24));
-        assert!(bad.frame_error());
+        assert!(bad.frame_error() && !bad.done_and_good());
+        assert!(!RxStatus::from_qword(q & !u64::from(rx::EOP)).done_and_good(), "no EOP");
+        assert!(!RxStatus::from_qword(q & !u64::from(rx::DD)).done_and_good(), "not done");
+        let long = RxStatus { length: crate::MAX_FRAME as u16 + 1, ..s };
+        assert!(!long.done_and_good(), "longer than MAX_FRAME");
+        assert!(RxStatus { length: crate::MAX_FRAME as u16, ..s }.done_and_good());
         // A freshly written read descriptor is not done.
         let r = RxDescRead::new(0xdead_b000);
         let b = bytemuck::bytes_of(&r);

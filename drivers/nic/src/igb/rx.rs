@@ -57,6 +57,14 @@ impl RxQueue {
                     ring.len()
                 ))
             })?;
+            if buf.len() < MAX_FRAME {
+                // Receive bursts wrap frames up to MAX_FRAME long without
+                // looking at the buffer again.
+                return Err(NicError::InvalidArgument(format!(
+                    "{}-byte buffers: a receive ring needs at least {MAX_FRAME}",
+                    buf.len()
+                )));
+            }
             ring.write(i, RxDescRead::new(buf.iova().get()));
             bufs.push(buf);
         }
@@ -95,61 +103,73 @@ impl RxQueue {
     }
 
     /// Receives up to `max` frames into `out`; returns how many.
+    ///
+    /// Per frame: one status load, one fresh buffer from `cache` written
+    /// into the slot, the old one pushed as a [`Packet`]; per burst: one
+    /// reservation in `out`, the counters and one RDT write. Frames the
+    /// device marks bad (an error bit, no EOP, a length over [`MAX_FRAME`])
+    /// leave through [`RxQueue::drop_piece`], off the common path.
     #[inline]
     pub fn burst(&mut self, cache: &mut PoolCache, out: &mut Vec<Packet>, max: usize) -> usize {
+        // The device owns fewer descriptors than the ring has: no burst
+        // delivers more, so this reservation is the burst's only one.
+        out.reserve(max.min(self.bufs.len()));
+        let mut index = self.index;
         let mut received = 0;
-        let mut consumed = false;
+        let mut bytes = 0;
+        // Every buffer comes from the port's one pool, in one region: one
+        // IOVA offset (DmaBuf::iova is the pointer plus it) serves them all.
+        let b = &self.bufs[0];
+        let offset = b.iova().get().wrapping_sub(b.as_ptr() as u64);
         while received < max {
-            let slot = self.index.next();
+            let slot = index.next();
             let st = RxStatus::from_qword(self.ring.status_qword(slot));
-            if !st.done() {
-                break;
-            }
-            // The rest of the write-back and the frame are read only after
-            // DD was seen.
-            fence(Ordering::Acquire);
-            let len = st.length as usize;
-            let bad = self.discarding || !st.end_of_packet() || st.frame_error() || len > MAX_FRAME;
-            if bad {
-                // Drop the frame (or this piece of it) and give the same
-                // buffer back to the device.
-                self.discarding = !st.end_of_packet();
-                self.counters.errors += u64::from(st.end_of_packet());
-                self.recycle(slot);
-                consumed = true;
+            if !st.done_and_good() || self.discarding {
+                if !st.done() {
+                    break;
+                }
+                // The rest of the write-back is read only after DD was seen.
+                fence(Ordering::Acquire);
+                self.drop_piece(slot, st);
+                index.advance();
                 continue;
             }
+            // The frame is read only after DD was seen.
+            fence(Ordering::Acquire);
             let Ok(fresh) = cache.alloc() else {
                 // Leave the frame in the ring rather than leave a hole.
                 self.counters.no_buffer += 1;
                 break;
             };
-            self.ring.write(slot, RxDescRead::new(fresh.iova().get()));
+            self.ring.write(slot, RxDescRead::new((fresh.as_ptr() as u64).wrapping_add(offset)));
             let buf = std::mem::replace(&mut self.bufs[slot as usize], fresh);
-            self.index.advance();
-            consumed = true;
-            match Packet::new(buf, len) {
-                Ok(p) => {
-                    out.push(p);
-                    received += 1;
-                    self.counters.packets += 1;
-                    self.counters.bytes += len as u64;
-                }
-                // Cannot happen (len was checked), but never panic on it.
-                Err(_) => self.counters.errors += 1,
-            }
+            index.advance();
+            // `done_and_good` bounds the length by MAX_FRAME, and `new`
+            // checked that the pool's buffers hold that much.
+            out.push(Packet::received(buf, st.length));
+            received += 1;
+            bytes += u64::from(st.length);
         }
-        if consumed {
+        self.counters.packets += received as u64;
+        self.counters.bytes += bytes;
+        if index.next() != self.index.next() {
+            self.index = index;
             fence(Ordering::Release);
             self.regs.write32(regs::rdt(self.queue), self.index.tail() as u32);
         }
         received
     }
 
-    fn recycle(&mut self, slot: u16) {
+    /// Drops a frame (or this piece of one) the device marked bad, or a
+    /// piece of a frame being dropped, and gives the same buffer back to
+    /// the device in `slot`.
+    #[cold]
+    #[inline(never)]
+    fn drop_piece(&mut self, slot: u16, st: RxStatus) {
+        self.discarding = !st.end_of_packet();
+        self.counters.errors += u64::from(st.end_of_packet());
         let iova = self.bufs[slot as usize].iova().get();
         self.ring.write(slot, RxDescRead::new(iova));
-        self.index.advance();
     }
 
     /// Turns the queue off (before a reset).
@@ -289,5 +309,17 @@ mod tests {
         let ring = DescRing::new(&region, 0, 16).unwrap();
         let e = RxQueue::new(0, Mmio::simulated(regs::REGS_LEN), ring, &mut cache).err().unwrap();
         assert!(e.to_string().contains("ran out after 8"), "{e}");
+    }
+
+    #[test]
+    fn buffers_shorter_than_a_frame_are_refused() {
+        // Bursts wrap frames of up to MAX_FRAME bytes without looking at
+        // the buffer again: the ring's pool must hold that much.
+        let pool = fastlane_framework::BufferPool::new_unmapped(1024, 32, PageSize::Small).unwrap();
+        let mut cache = pool.cache(32);
+        let region = DmaRegion::new_unmapped(4096, PageSize::Small).unwrap();
+        let ring = DescRing::new(&region, 0, 16).unwrap();
+        let e = RxQueue::new(0, Mmio::simulated(regs::REGS_LEN), ring, &mut cache).err().unwrap();
+        assert!(e.to_string().contains("1024-byte buffers"), "{e}");
     }
 }

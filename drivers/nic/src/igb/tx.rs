@@ -12,8 +12,8 @@ use super::desc::{tx_done, TxDescRead};
 use super::dma::DescRing;
 use super::regs::{self, dctl};
 use super::ring::{Ring, TxIndex};
-use super::{check_frame, wait_for};
-use crate::{NicError, Packet, Result};
+use super::{check_frame, wait_for, MIN_TX_FRAME};
+use crate::{NicError, Packet, Result, MAX_FRAME};
 
 /// Transmit thresholds: prefetch at 8, host 1, write back each descriptor
 /// (WTHRESH 1, what the 82576 wants with DD polling).
@@ -104,17 +104,13 @@ impl TxQueue {
             if !tx_done(self.ring.status_qword(last)) {
                 break;
             }
-            let first = self.index.clean();
-            for k in 0..count {
-                let slot = self.index.ring().add(first, k) as usize;
-                if let Some(buf) = self.bufs[slot].take() {
-                    // A buffer of another pool comes back in the error and
-                    // goes home to its own pool when that is dropped.
-                    let _ = cache.free(buf);
-                }
-            }
-            self.index.complete(count);
-            total += count as usize;
+            // The batch may wrap: two contiguous parts of the ring.
+            let (first, count) = (self.index.clean() as usize, count as usize);
+            let run = count.min(self.bufs.len() - first);
+            free_run(cache, &mut self.bufs[first..first + run]);
+            free_run(cache, &mut self.bufs[..count - run]);
+            self.index.complete(count as u16);
+            total += count;
         }
         self.counters.done += total as u64;
         total
@@ -124,26 +120,42 @@ impl TxQueue {
     /// room and they pass [`TxQueue::check`] (a foreign buffer or a bad
     /// frame stops the burst and stays first); writes the tail once.
     /// Returns how many it took.
+    ///
+    /// One pass checks each packet and writes its descriptor (into slots
+    /// software owns until the tail moves); a second moves the buffers,
+    /// a contiguous part of the ring at a time.
     #[inline]
     pub fn burst(&mut self, cache: &mut PoolCache, pkts: &mut Vec<Packet>) -> usize {
         self.reclaim(cache);
         let room = (self.index.free() as usize).min(pkts.len());
-        let n = pkts[..room].iter().take_while(|p| self.check(p).is_ok()).count();
-        if n == 0 {
+        let ring = self.index.ring();
+        let first = self.index.tail();
+        let mut n = 0;
+        let mut bytes = 0;
+        for pkt in &pkts[..room] {
+            let len = pkt.len();
+            if pkt.buf().domain() != self.domain || !(MIN_TX_FRAME..=MAX_FRAME).contains(&len) {
+                break;
+            }
+            self.ring.write(ring.add(first, n), TxDescRead::frame(pkt.iova().get(), len as u16));
+            n += 1;
+            bytes += len as u64;
+        }
+        if n == 0 || self.index.reserve(n).is_none() {
             return 0;
         }
-        let Some(first) = self.index.reserve(n as u16) else {
-            return 0;
-        };
-        let ring = self.index.ring();
-        for (k, pkt) in pkts.drain(..n).enumerate() {
-            let slot = ring.add(first, k as u16);
-            let len = pkt.len();
-            self.ring.write(slot, TxDescRead::frame(pkt.iova().get(), len as u16));
-            self.bufs[slot as usize] = Some(pkt.into_buf());
-            self.counters.bytes += len as u64;
+        let n = n as usize;
+        let first = first as usize;
+        let run = n.min(self.bufs.len() - first);
+        let mut taken = pkts.drain(..n);
+        for (slot, pkt) in self.bufs[first..first + run].iter_mut().zip(&mut taken) {
+            *slot = Some(pkt.into_buf());
+        }
+        for (slot, pkt) in self.bufs[..n - run].iter_mut().zip(taken) {
+            *slot = Some(pkt.into_buf());
         }
         self.counters.packets += n as u64;
+        self.counters.bytes += bytes;
         // Descriptors must be in memory before the device sees the tail.
         fence(Ordering::Release);
         self.regs.write32(regs::tdt(self.queue), self.index.tail() as u32);
@@ -160,6 +172,18 @@ impl TxQueue {
     pub fn leak(&mut self) {
         std::mem::forget(std::mem::take(&mut self.bufs));
         self.ring.leak();
+    }
+}
+
+/// Gives the buffers of finished slots back to the cache (a buffer of
+/// another pool comes back in the error and goes home to its own pool when
+/// that is dropped).
+#[inline(always)]
+fn free_run(cache: &mut PoolCache, slots: &mut [Option<DmaBuf>]) {
+    for slot in slots {
+        if let Some(buf) = slot.take() {
+            let _ = cache.free(buf);
+        }
     }
 }
 
