@@ -754,7 +754,7 @@ mod tests {
         f.cdw10 = 7;
         f.cdw11 = 7 | 7 << 16;
         assert_eq!(a.command(&sub, &f, &[], &mut out), Outcome::ok(1 | 1 << 16));
-        f.cdw11 = 0 | 0 << 16;
+        f.cdw11 = 0;
         assert_eq!(a.command(&sub, &f, &[], &mut out), Outcome::ok(0));
         assert_eq!(a.shared.io_queues.load(Ordering::Acquire), 1);
         // Keep alive timer.

@@ -11,5 +11,7 @@
 //! unit-tested; nothing a peer sends becomes a panic.
 
 pub mod admin;
+pub mod conn;
 pub mod nvme;
 pub mod pdu;
+pub mod worker;

@@ -1,7 +1,161 @@
 #![forbid(unsafe_code)]
-//! `nvmf-tcp`: the NVMe/TCP target binary (transport in progress).
+//! `nvmf-tcp`: an NVMe/TCP target exporting namespaces of an NVMe
+//! controller driven by fastlane's userspace driver.
+//!
+//! ```text
+//! nvmf-tcp --listen 127.0.0.1:4420 --nqn nqn.2026-01.io.fastlane:nvme \
+//!          --device 0000:00:04.0 --io-queues 2 --queue-depth 128
+//! ```
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use fastlane_framework::{BufferPool, PageSize, Vfio};
+use fastlane_nvme::{Controller, Options};
+use fastlane_nvmf_tcp::admin::{Config, NsInfo, Subsystem};
+use fastlane_nvmf_tcp::worker::Worker;
+
+/// NVMe-over-TCP target served by fastlane's userspace NVMe driver.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:4420")]
+    listen: SocketAddr,
+    /// Subsystem NQN.
+    #[arg(long, default_value = "nqn.2026-01.io.fastlane:nvme")]
+    nqn: String,
+    /// PCI address of the NVMe controller (bound to vfio-pci).
+    #[arg(long, default_value = "0000:00:04.0")]
+    device: String,
+    /// Namespace ids to export, comma separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    namespaces: Vec<u32>,
+    /// Host NQN allowed to connect (repeatable); none or "any": any host.
+    #[arg(long = "allow-host")]
+    allow_host: Vec<String>,
+    /// I/O queues per controller; one worker thread and one device queue
+    /// pair each.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    io_queues: u16,
+    /// Entries of one I/O queue a host may ask for (CAP.MQES + 1).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(2..=1024))]
+    queue_depth: u16,
+    /// Offer header and data digests (CRC32C) to hosts that ask.
+    #[arg(long)]
+    digests: bool,
+    /// Largest transfer of one command in KiB (MDTS; a power of two).
+    #[arg(long, default_value_t = 128)]
+    max_transfer_kib: usize,
+    /// Buffers per worker (default: 2 x queue depth).
+    #[arg(long)]
+    buffers: Option<u32>,
+    /// Stop (cleanly: device queues deleted, controller shut down) when
+    /// standard input reaches end of file.
+    #[arg(long)]
+    until_stdin_closes: bool,
+}
 
 fn main() {
-    eprintln!("nvmf-tcp: transport not built yet");
-    std::process::exit(2);
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        eprintln!("nvmf-tcp: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mt = args.max_transfer_kib * 1024;
+    if !mt.is_power_of_two() || !(4096..=(1 << 21)).contains(&mt) {
+        return Err("--max-transfer-kib: a power of two from 4 to 2048".into());
+    }
+    let vfio = Vfio::new()?;
+    let options = Options { io_queues: args.io_queues, ..Options::default() };
+    let ctrl = Controller::open(&vfio, &args.device, options)?;
+    let info = ctrl.info();
+    let namespaces: Vec<NsInfo> = ctrl
+        .namespaces()
+        .iter()
+        .filter(|n| args.namespaces.is_empty() || args.namespaces.contains(&n.id))
+        .map(|n| NsInfo { id: n.id, blocks: n.blocks, block_size: n.block_size })
+        .collect();
+    if namespaces.is_empty() {
+        return Err(format!("no namespace to export (asked {:?})", args.namespaces).into());
+    }
+    let allowed: Vec<String> = args.allow_host.iter().filter(|h| h.as_str() != "any").cloned().collect();
+    let local = args.listen;
+    let cfg = Config {
+        nqn: args.nqn.clone(),
+        allowed_hosts: allowed,
+        namespaces: namespaces.clone(),
+        serial: info.serial.trim().to_string(),
+        model: "fastlane nvmf-tcp".into(),
+        firmware: info.firmware.trim().to_string(),
+        max_io_queues: args.io_queues,
+        queue_depth: args.queue_depth,
+        max_transfer: mt.min(info.max_transfer.next_power_of_two().max(4096) * 64),
+        in_capsule: 8192,
+        volatile_write_cache: info.raw.has_volatile_write_cache(),
+        write_zeroes: info.supports_write_zeroes,
+        dsm: info.supports_dsm,
+        traddr: local.ip().to_string(),
+        trsvcid: local.port().to_string(),
+    };
+    let sub = Arc::new(Subsystem::new(cfg));
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = args.buffers.unwrap_or(2 * args.queue_depth as u32);
+    let mut senders = Vec::new();
+    let mut threads = Vec::new();
+    for i in 0..args.io_queues {
+        let qp = ctrl.create_qpair((2 * args.queue_depth).min(1024))?;
+        let pool = BufferPool::new(&vfio, mt, count, PageSize::Huge2M)?;
+        let (tx, rx) = mpsc::channel();
+        senders.push(tx);
+        let w = Worker { sub: sub.clone(), qp, pool, incoming: rx, stop: stop.clone(), digests: args.digests };
+        threads.push(std::thread::Builder::new().name(format!("nvmf-q{i}")).spawn(move || w.run())?);
+    }
+    let listener = TcpListener::bind(args.listen)?;
+    listener.set_nonblocking(true)?;
+    eprintln!(
+        "nvmf-tcp: listening on {} for {} (namespaces {:?}, {} I/O queues of {}, max transfer {} KiB{})",
+        listener.local_addr()?,
+        args.nqn,
+        namespaces.iter().map(|n| n.id).collect::<Vec<_>>(),
+        args.io_queues,
+        args.queue_depth,
+        mt / 1024,
+        if args.digests { ", digests offered" } else { "" }
+    );
+    if args.until_stdin_closes {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 256];
+            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let mut next = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((sock, peer)) => {
+                log::info!("connection from {peer}");
+                let _ = senders[next % senders.len()].send(sock);
+                next += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => log::warn!("accept: {e}"),
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(ctrl);
+    eprintln!("nvmf-tcp: stopped");
+    Ok(())
 }

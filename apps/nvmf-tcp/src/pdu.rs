@@ -355,15 +355,18 @@ pub fn parse_header(bytes: &[u8], layout: &Layout) -> Result<Pdu, PduError> {
     })
 }
 
+/// A parsed PDU: its header, its data and the bytes it took.
+pub type Parsed<'a> = (Pdu, &'a [u8], usize);
+
 /// Parses one whole PDU from `bytes` (tests, fuzzing, the test client).
 /// Returns the header, the data and the bytes used; `Ok(None)` when more
 /// bytes are needed.
-pub fn parse_pdu<'a>(
-    bytes: &'a [u8],
+pub fn parse_pdu(
+    bytes: &[u8],
     dir: Direction,
     digests: Digests,
     max_data: usize,
-) -> Result<Option<(Pdu, &'a [u8], usize)>, PduError> {
+) -> Result<Option<Parsed<'_>>, PduError> {
     if bytes.len() < 8 {
         return Ok(None);
     }
