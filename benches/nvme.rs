@@ -1,37 +1,37 @@
 //! The NVMe driver's own CPU cost per 4 KiB read (submit + completion
 //! handling), against the in-process controller model (`fastlane::nvme::sim`)
-//! serving the queues in memory on the other core.
+//! run synchronously on the driver's own thread and core, so no other core
+//! writes the queue memory and the time measured is the driver's.
 //!
-//! Setup: the model (`store_data: false`, 4 KiB blocks) runs on CPU 1, the
-//! driver thread on CPU 0 (pinned with `sched_setaffinity` when the machine
-//! has two CPUs; the model thread inherits CPU 1 from the thread that starts
-//! it). One queue pair of depth 64; a batch is [`QD`] = 32 one-block reads
-//! (`qp.read` x 32, one `qp.submit()`), then `qp.poll` until all 32 are back.
-//! Buffers are recycled through a `Vec`, so no pool work is timed.
+//! Setup: the model (`store_data: false`, 4 KiB blocks, SGLs reported as
+//! QEMU's controller does) is brought up on its own thread, then switched
+//! to synchronous mode ([`SimController::set_synchronous`]) once the queue
+//! pair exists. One queue pair of depth 64; a batch is [`QD`] = 32
+//! one-block reads (`qp.read` x 32, one `qp.submit()`), then the model runs
+//! one pass (`sim.process()`: it executes the 32 reads and posts their
+//! completions), then `qp.poll` hands the 32 back. Buffers are recycled
+//! through a `Vec`, so no pool work is timed.
 //!
 //! What is measured:
 //! - `wall`: criterion, and a plain loop for the table: elapsed time per I/O
-//!   of whole batches. It includes waiting for the model (which zero-fills
-//!   every 4 KiB buffer on its core), so it is the model's speed as much as
-//!   the driver's.
-//! - `driver`: the driver thread's time *inside* driver calls that did work:
-//!   a TSC read before and after the 32 `read`s + `submit`, and around every
-//!   `poll`; polls that returned completions count, empty polls (the thread
-//!   spinning while the model works) do not. The cost of a back-to-back TSC
-//!   pair is subtracted per bracket, a poll bracket over ~100 us (the thread
-//!   was preempted) is dropped, and ticks are converted to ns with a
-//!   calibration against `Instant`. This includes the cache misses the driver
-//!   takes on queue memory the other core touched (SQ slots, CQ entries,
-//!   doorbells), which a real device causes too.
+//!   of whole batches, driver and model together.
+//! - `driver`: the time *inside* driver calls: a TSC read before and after
+//!   the 32 `read`s + `submit`, and around the `poll`, the model's pass
+//!   outside both. The cost of a back-to-back TSC pair is subtracted per
+//!   bracket, a bracket over ~100 us (the thread was preempted) is dropped,
+//!   and ticks are converted to ns with a calibration against `Instant`.
+//!   The model touched the CQ and the buffers last, on the same core: the
+//!   driver takes no cross-core cache misses here (a real device causes
+//!   some, in its own time).
 //! - `floor`: what any driver must do per I/O at the least: a volatile
 //!   write of a 64-byte `SubmissionEntry` into a ring slot plus a 16-byte
 //!   `CompletionEntry` read, in a warm ring of 1024 slots, through framework
 //!   `DmaArray`s (bounds-checked, as the driver's queues are).
 //! - instructions per I/O: `benches/callgrind.sh` runs this binary with
 //!   `--callgrind` (I/O count from `FASTLANE_BENCH_ITERS`) under callgrind.
-//!   In that mode the thread waits (outside the driver) until the model has
-//!   executed a batch before polling, so polls find completions and the
-//!   inclusive cost of `cg_submit` + `cg_poll` is the driver's count.
+//!   The model's pass (`cg_model`) runs between them, so polls find
+//!   completions and the inclusive cost of `cg_submit` + `cg_poll` is the
+//!   driver's count.
 //!
 //! After criterion, `cargo bench --bench nvme` prints a Markdown table of
 //! these, timed in the same run (median of 5), with the issue's target of
@@ -65,25 +65,12 @@ const TARGET_NS: f64 = 60.0;
 const SPDK_NS: f64 = 1e9 / 13.85e6;
 
 // ---------------------------------------------------------------------------
-// Pinning and ticks.
-
-/// Pins the calling thread to `cpu`; false if that failed.
-fn pin(cpu: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside
-    // it; sched_setaffinity(0, ..) affects only the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The driver against the model.
 
 /// Model, controller, queue pair and buffers. Fields drop in declaration
-/// order: the queue pair and the controller talk to the model while they
-/// shut down, so the model goes last.
+/// order after [`Rig`]'s `Drop` put the model back on its thread: the
+/// queue pair and the controller talk to the model while they shut down,
+/// so the model goes last.
 struct Rig {
     qp: IoQueuePair,
     bufs: Vec<DmaBuf>,
@@ -92,32 +79,24 @@ struct Rig {
     sim: SimController,
     /// Next LBA to read.
     lba: u64,
-    /// CPUs of the machine (before pinning).
-    cpus: usize,
-    /// Whether model and driver run pinned on CPUs 1 and 0.
-    pinned: bool,
 }
 
 impl Rig {
     fn new() -> Rig {
-        // The model thread inherits the affinity of the thread starting it.
-        // (Decide before pinning: available_parallelism follows the mask.)
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let pinned = cpus >= 2 && pin(1);
         let cfg = SimConfig {
             namespace_blocks: NS_BLOCKS,
             lba_size: BLOCK,
             store_data: false,
+            sgls: 1,
             ..SimConfig::default()
         };
-        let (sim, mmio) = SimController::start(cfg);
-        if pinned && !pin(0) {
-            panic!("pinned the model to CPU 1 but cannot move the driver thread to CPU 0");
-        }
+        let (mut sim, mmio) = SimController::start(cfg);
         let ctrl = Controller::with_registers(mmio, Options::default()).expect("driver bring-up");
         let pool = BufferPool::new_unmapped(BLOCK as usize, 2 * QD as u32, PageSize::Small).expect("buffer pool");
         let bufs = (0..QD).map(|_| pool.alloc().expect("buffer")).collect();
         let qp = ctrl.create_qpair(DEPTH).expect("queue pair");
+        assert!(qp.uses_sgl(), "the model reports SGLs, as QEMU does");
+        sim.set_synchronous(true);
         Rig {
             qp,
             bufs,
@@ -125,8 +104,6 @@ impl Rig {
             _ctrl: ctrl,
             sim,
             lba: 0,
-            cpus,
-            pinned,
         }
     }
 
@@ -134,34 +111,38 @@ impl Rig {
     #[inline]
     fn batch(&mut self) {
         cg_submit(&mut self.qp, &mut self.bufs, &mut self.lba);
-        while self.bufs.len() < QD {
-            cg_poll(&mut self.qp, &mut self.bufs);
-        }
+        cg_model(&mut self.sim);
+        let n = cg_poll(&mut self.qp, &mut self.bufs);
+        assert_eq!(n, QD, "one model pass completes the batch");
     }
 
-    /// One batch, adding the ticks spent in driver calls that did work to
-    /// `acc`.
+    /// One batch, adding the ticks spent in the driver's calls to `acc`.
     #[inline]
     fn batch_accounted(&mut self, acc: &mut Account) {
         let a = ticks();
         cg_submit(&mut self.qp, &mut self.bufs, &mut self.lba);
         let b = ticks();
-        acc.busy += b - a;
-        acc.brackets += 1;
-        while self.bufs.len() < QD {
-            let a = ticks();
-            let n = cg_poll(&mut self.qp, &mut self.bufs);
-            let b = ticks();
-            if n > 0 && b - a > PREEMPTED_TICKS {
+        cg_model(&mut self.sim);
+        let c = ticks();
+        let n = cg_poll(&mut self.qp, &mut self.bufs);
+        let d = ticks();
+        assert_eq!(n, QD, "one model pass completes the batch");
+        for t in [b - a, d - c] {
+            if t > PREEMPTED_TICKS {
                 acc.preempted += 1;
-            } else if n > 0 {
-                acc.busy += b - a;
-                acc.brackets += 1;
             } else {
-                acc.empty_polls += 1;
+                acc.busy += t;
+                acc.brackets += 1;
             }
         }
         acc.ios += QD as u64;
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        // Queue deletion and shutdown wait for the model: its thread again.
+        self.sim.set_synchronous(false);
     }
 }
 
@@ -174,8 +155,13 @@ struct Account {
     busy: u64,
     preempted: u64,
     brackets: u64,
-    empty_polls: u64,
     ios: u64,
+}
+
+/// One pass of the model (not driver work).
+#[inline(never)]
+fn cg_model(sim: &mut SimController) {
+    sim.process();
 }
 
 /// Submits [`QD`] one-block reads and rings the doorbell once.
@@ -294,7 +280,6 @@ fn table(rig: &mut Rig) {
         }
         start.elapsed().as_nanos() as f64 / (BATCHES * QD) as f64
     });
-    let mut empty_per_batch = 0.0;
     let mut brackets_per_batch = 0.0;
     let mut preempted = 0;
     let driver = median5(|| {
@@ -302,7 +287,6 @@ fn table(rig: &mut Rig) {
         for _ in 0..BATCHES {
             rig.batch_accounted(&mut acc);
         }
-        empty_per_batch = acc.empty_polls as f64 / BATCHES as f64;
         brackets_per_batch = acc.brackets as f64 / BATCHES as f64;
         preempted = acc.preempted;
         (acc.busy as f64 - pair * acc.brackets as f64) * ns_per_tick / acc.ios as f64
@@ -318,10 +302,9 @@ fn table(rig: &mut Rig) {
     let verdict = if driver < TARGET_NS { "met" } else { "not met" };
     println!();
     println!(
-        "NVMe driver cost per 4 KiB read, QD {QD}, {} CPUs, {}, {:.3} ns/tick, timer pair {:.1} ticks; \
+        "NVMe driver cost per 4 KiB read, QD {QD}, model run synchronously on the driver's thread, \
+         SGL data pointers, {:.3} ns/tick, timer pair {:.1} ticks; \
          model executed {} reads, {} SQ / {} CQ doorbell changes:",
-        rig.cpus,
-        if rig.pinned { "driver pinned to CPU 0, model to CPU 1" } else { "not pinned" },
         ns_per_tick,
         pair,
         sim.io[fastlane::nvme::spec::nvm_opcode::READ as usize],
@@ -331,9 +314,9 @@ fn table(rig: &mut Rig) {
     println!();
     println!("| measurement | ns per I/O | vs floor |");
     println!("|---|---:|---:|");
-    println!("| wall: batch of {QD} reads + polls until done (includes waiting for the model) | {wall:.1} | {:.1}x |", wall / floor_ns);
+    println!("| wall: batch of {QD} reads, one model pass, one poll (driver and model) | {wall:.1} | {:.1}x |", wall / floor_ns);
     println!(
-        "| driver: time inside `read`/`submit` and polls that returned completions ({brackets_per_batch:.1} brackets, {empty_per_batch:.0} empty polls per batch not counted, {preempted} preempted polls dropped) | {driver:.1} | {:.1}x |",
+        "| driver: time inside `read`/`submit` and `poll` ({brackets_per_batch:.1} brackets per batch, {preempted} preempted brackets dropped) | {driver:.1} | {:.1}x |",
         driver / floor_ns
     );
     println!("| floor: `write_volatile` of a 64-byte SQE + read of a 16-byte CQE | {floor_ns:.2} | 1.0x |");
@@ -352,8 +335,7 @@ fn table(rig: &mut Rig) {
 
 /// `--callgrind`: a fixed number of I/Os (`FASTLANE_BENCH_ITERS`, default
 /// 100000, rounded to batches) and as many floor I/Os, for counting
-/// instructions. Before each poll the thread waits, outside the driver,
-/// until the model executed the batch.
+/// instructions. The model's pass (`cg_model`) runs between submit and poll.
 fn callgrind_mode() {
     let ios: usize = std::env::var("FASTLANE_BENCH_ITERS")
         .ok()
@@ -362,28 +344,11 @@ fn callgrind_mode() {
     let batches = ios.div_ceil(QD);
     let mut rig = Rig::new();
     let mut floor = Floor::new();
-    let mut empty = 0u64;
-    let base = rig.sim.stats().io_total();
-    for i in 0..batches {
-        cg_submit(&mut rig.qp, &mut rig.bufs, &mut rig.lba);
-        cg_wait(&rig.sim, base + ((i + 1) * QD) as u64);
-        while rig.bufs.len() < QD {
-            if cg_poll(&mut rig.qp, &mut rig.bufs) == 0 {
-                empty += 1;
-                std::thread::yield_now();
-            }
-        }
+    for _ in 0..batches {
+        rig.batch();
     }
     black_box(floor.cg_floor(batches * QD));
-    println!("callgrind mode: {} I/Os in {batches} batches of {QD}, {empty} empty polls", batches * QD);
-}
-
-/// Waits until the model executed `io_total` I/O commands (not driver work).
-#[inline(never)]
-fn cg_wait(sim: &SimController, io_total: u64) {
-    while sim.stats().io_total() < io_total {
-        std::thread::yield_now();
-    }
+    println!("callgrind mode: {} I/Os in {batches} batches of {QD}, 0 empty polls", batches * QD);
 }
 
 fn main() {

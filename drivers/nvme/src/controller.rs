@@ -15,7 +15,7 @@ use crate::qpair::IoQueuePair;
 use crate::ring::{Layout, Ring, Shadow};
 use crate::spec::{
     self, active_ns_ids, admin_opcode, feature, reg, Cap, Cc, CompletionEntry, Csts,
-    IdentifyController, IdentifyNamespace, NumQueues, Shutdown, ShutdownStatus, SglSupport,
+    IdentifyController, IdentifyNamespace, NumQueues, SglSupport, Shutdown, ShutdownStatus,
     SubmissionEntry, Version,
 };
 

@@ -72,7 +72,10 @@ impl NvmeError {
     /// The device is open already in this container (or held by another
     /// process): the framework's `Busy`.
     pub fn is_busy(&self) -> bool {
-        matches!(self, NvmeError::Framework(fastlane_framework::Error::Busy(_)))
+        matches!(
+            self,
+            NvmeError::Framework(fastlane_framework::Error::Busy(_))
+        )
     }
 }
 

@@ -90,7 +90,9 @@ pub const fn max_transfer(page_size: usize, offset: usize, list_capacity: usize)
 /// spanned. On error nothing meaningful has been written.
 pub fn build(data: u64, len: usize, page_size: usize, list: PrpList<'_>) -> Result<Prps, PrpError> {
     let PrpList { iova, entries } = list;
-    build_into(data, len, page_size, iova, entries.len(), |i, v| entries[i] = v)
+    build_into(data, len, page_size, iova, entries.len(), |i, v| {
+        entries[i] = v
+    })
 }
 
 /// [`build`] for a list page the caller writes itself (DMA memory reached

@@ -372,7 +372,11 @@ impl IoQueuePair {
                 }
                 Err(_) => {
                     self.stats.unknown_cids += 1;
-                    log::warn!("queue {}: completion for cid {}, not in flight", self.qid, c.cid);
+                    log::warn!(
+                        "queue {}: completion for cid {}, not in flight",
+                        self.qid,
+                        c.cid
+                    );
                 }
             }
         }
@@ -530,7 +534,9 @@ impl IoQueuePair {
         // blocks * block_size < 2^64: no overflow.
         let bytes = blocks as usize * ns.block_size as usize;
         if blocks == 0
-            || lba.checked_add(blocks as u64).is_none_or(|end| end > ns.blocks)
+            || lba
+                .checked_add(blocks as u64)
+                .is_none_or(|end| end > ns.blocks)
             || bytes > buf.len()
             || buf.domain() != self.domain
         {
@@ -570,7 +576,13 @@ impl IoQueuePair {
     /// the range meets their alignment, PRPs (in the slot's list page)
     /// otherwise.
     #[inline(always)]
-    fn data_pointer(&self, cmd: &mut SubmissionEntry, cid: u16, data: u64, bytes: usize) -> Result<()> {
+    fn data_pointer(
+        &self,
+        cmd: &mut SubmissionEntry,
+        cid: u16,
+        data: u64,
+        bytes: usize,
+    ) -> Result<()> {
         if self.sgl.fits(data, bytes) {
             cmd.cdw0 |= PSDT_SGL_MPTR_CONTIG;
             // SGL Data Block descriptor: address; length, reserved bytes
@@ -594,10 +606,20 @@ impl IoQueuePair {
 
     /// Why a read or write was refused, with its buffer.
     #[cold]
-    fn rw_refusal(&self, ns: Namespace, lba: u64, blocks: u32, bytes: usize, buf: DmaBuf) -> Rejected {
+    fn rw_refusal(
+        &self,
+        ns: Namespace,
+        lba: u64,
+        blocks: u32,
+        bytes: usize,
+        buf: DmaBuf,
+    ) -> Rejected {
         let e = if blocks == 0 {
             NvmeError::InvalidArgument("0 blocks: a read or write moves at least one".into())
-        } else if lba.checked_add(blocks as u64).is_none_or(|end| end > ns.blocks) {
+        } else if lba
+            .checked_add(blocks as u64)
+            .is_none_or(|end| end > ns.blocks)
+        {
             NvmeError::LbaOutOfRange {
                 lba,
                 blocks,
@@ -681,13 +703,8 @@ impl IoQueuePair {
             };
             let first = i * chunk_blocks;
             let n = chunk_blocks.min(blocks as usize - first);
-            let mut cmd = SubmissionEntry::rw_command(
-                opcode,
-                cid,
-                ns.id,
-                lba + first as u64,
-                (n - 1) as u16,
-            );
+            let mut cmd =
+                SubmissionEntry::rw_command(opcode, cid, ns.id, lba + first as u64, (n - 1) as u16);
             let at = data.wrapping_add((first * bs) as u64);
             let filled = self.data_pointer(&mut cmd, cid, at, n * bs);
             let Some(sq_slot) = filled.is_ok().then(|| self.ring.sq.push_slot()).flatten() else {

@@ -108,6 +108,10 @@ impl SqRing {
     /// any of it.
     #[inline]
     pub fn check_head(&self, sq_head: u16) -> Result<(), QueueError> {
+        // The usual report: everything submitted was fetched.
+        if sq_head == self.tail {
+            return Ok(());
+        }
         if sq_head >= self.size
             || self.distance(self.head, sq_head) > self.distance(self.head, self.tail)
         {
@@ -280,10 +284,7 @@ impl<T> CidTable<T> {
         cid: u16,
         retire: impl FnOnce(&mut T) -> bool,
     ) -> Result<Option<T>, UnknownCid> {
-        let slot = self
-            .slots
-            .get_mut(cid as usize)
-            .ok_or(UnknownCid { cid })?;
+        let slot = self.slots.get_mut(cid as usize).ok_or(UnknownCid { cid })?;
         let token = slot.as_mut().ok_or(UnknownCid { cid })?;
         if !retire(token) {
             return Ok(None);

@@ -42,9 +42,9 @@ use fastlane_framework::Mmio;
 
 use crate::spec::{
     admin_opcode, cns, cq_head_doorbell, feature, nvm_opcode, reg, sq_tail_doorbell, Cc,
-    CompletionEntry, Csts, DsmRange, IdentifyController, IdentifyNamespace, SubmissionEntry,
-    DSM_AD, IDENTIFY_DATA_SIZE, OACS_DOORBELL_BUFFER_CONFIG, ONCS_DSM, ONCS_WRITE_ZEROES,
-    SglDescriptor, SglSupport, SGL_SUBTYPE_ADDRESS, SGL_TYPE_DATA_BLOCK,
+    CompletionEntry, Csts, DsmRange, IdentifyController, IdentifyNamespace, SglDescriptor,
+    SglSupport, SubmissionEntry, DSM_AD, IDENTIFY_DATA_SIZE, OACS_DOORBELL_BUFFER_CONFIG, ONCS_DSM,
+    ONCS_WRITE_ZEROES, SGL_SUBTYPE_ADDRESS, SGL_TYPE_DATA_BLOCK,
 };
 
 /// What the simulated controller and its one namespace look like.
@@ -795,7 +795,10 @@ impl Model {
             };
             sq.head = (head + 1) % sq.size;
             let sq_head = sq.head;
-            let entry = match self.dma.read_obj::<SubmissionEntry>(base + head as u64 * 64) {
+            let entry = match self
+                .dma
+                .read_obj::<SubmissionEntry>(base + head as u64 * 64)
+            {
                 Ok(e) => e,
                 Err(f) => {
                     // A controller that cannot fetch its queue is broken:
@@ -820,7 +823,8 @@ impl Model {
             let mut cid = entry.cid();
             if qid != 0 {
                 if self.shared.hold.load(Ordering::Relaxed) {
-                    self.held.push((cqid, cqe(dw0, sq_head as u16, qid, entry.cid(), status)));
+                    self.held
+                        .push((cqid, cqe(dw0, sq_head as u16, qid, entry.cid(), status)));
                     bump(&self.shared.held);
                     continue;
                 }
@@ -892,7 +896,9 @@ impl Model {
                 bump(&self.shared.injected);
                 posted = true;
             }
-            self.shared.inject_pending.store(!q.is_empty(), Ordering::SeqCst);
+            self.shared
+                .inject_pending
+                .store(!q.is_empty(), Ordering::SeqCst);
         }
         posted
     }
@@ -995,7 +1001,8 @@ impl Model {
             _ => return Err(status::INVALID_FIELD),
         }
         self.map_prps(e.prp1, e.prp2, IDENTIFY_DATA_SIZE)?;
-        copy_to_host(&mut self.dma, &self.segs, &self.scratch).map_err(|f| transfer_error(&self.shared, f))?;
+        copy_to_host(&mut self.dma, &self.segs, &self.scratch)
+            .map_err(|f| transfer_error(&self.shared, f))?;
         Ok(0)
     }
 
@@ -1196,7 +1203,9 @@ impl Model {
         }
         self.map_prps(e.prp1, e.prp2, len)?;
         for &(addr, n) in &self.segs {
-            self.dma.fill(addr, n, 0).map_err(|f| transfer_error(&self.shared, f))?;
+            self.dma
+                .fill(addr, n, 0)
+                .map_err(|f| transfer_error(&self.shared, f))?;
         }
         Ok(0)
     }
@@ -1316,7 +1325,8 @@ impl Model {
         self.map_prps(e.prp1, e.prp2, len)?;
         self.scratch.clear();
         self.scratch.resize(len, 0);
-        copy_from_host(&mut self.dma, &self.segs, &mut self.scratch).map_err(|f| transfer_error(&self.shared, f))?;
+        copy_from_host(&mut self.dma, &self.segs, &mut self.scratch)
+            .map_err(|f| transfer_error(&self.shared, f))?;
         let ranges: Vec<DsmRange> = self
             .scratch
             .chunks_exact(16)
@@ -2052,6 +2062,67 @@ mod tests {
     }
 
     #[test]
+    fn inline_sgl_data_blocks() {
+        use crate::spec::SglDescriptor;
+        let mut h = Host::new(SimConfig {
+            sgls: 0b01,
+            ..SimConfig::default()
+        });
+        h.enable();
+        h.create_io_queues();
+        let len = 5 * 4096 + 512; // 41 blocks, any alignment
+        let data = pattern(len, 9);
+        h.mem.write(DATA + 0x104, &data).unwrap();
+        let sgl = |h: &Host, at: usize, n: usize| SglDescriptor::data_block(h.iova(at), n as u32);
+        let w = SubmissionEntry::write(1, 100, 40, 0, 0).with_sgl(sgl(&h, DATA + 0x104, len));
+        assert_eq!(w.psdt(), 1);
+        assert_eq!(h.cmd(1, w), Ok(0));
+        let r = SubmissionEntry::read(1, 100, 40, 0, 0).with_sgl(sgl(&h, DATA2 + 2, len));
+        assert_eq!(h.cmd(1, r), Ok(0));
+        assert!(h.bytes(DATA2 + 2, len) == data);
+        // Length other than the transfer's, a segment descriptor, an
+        // unmapped address, PSDT 10b, and an admin command with an SGL.
+        let r = SubmissionEntry::read(1, 100, 40, 0, 0).with_sgl(sgl(&h, DATA2, len - 512));
+        assert_eq!(h.cmd(1, r), Err(st(sct::GENERIC, 0x0F)));
+        let mut seg = sgl(&h, DATA2, len);
+        seg.identifier = 0x20;
+        let r = SubmissionEntry::read(1, 100, 40, 0, 0).with_sgl(seg);
+        assert_eq!(h.cmd(1, r), Err(st(sct::GENERIC, 0x11)));
+        let wild = SglDescriptor::data_block(0x10, len as u32);
+        let r = SubmissionEntry::read(1, 100, 40, 0, 0).with_sgl(wild);
+        assert_eq!(h.cmd(1, r), Err(st(sct::GENERIC, 0x04)));
+        let mut r = SubmissionEntry::read(1, 100, 40, 0, 0).with_sgl(sgl(&h, DATA2, len));
+        r.cdw0 ^= 0b11 << 14;
+        assert_eq!(h.cmd(1, r), Err(st(sct::GENERIC, 0x02)));
+        let id = SubmissionEntry::identify_controller(0).with_sgl(sgl(&h, DATA2, 4096));
+        assert_eq!(h.cmd(0, id), Err(st(sct::GENERIC, 0x02)));
+        assert_eq!(h.sim.stats().sgl_commands, 5);
+
+        // Dword alignment and granularity (SGLS 10b).
+        let mut h = Host::new(SimConfig {
+            sgls: 0b10,
+            ..SimConfig::default()
+        });
+        h.enable();
+        h.create_io_queues();
+        let r = SubmissionEntry::read(1, 0, 7, 0, 0).with_sgl(sgl(&h, DATA2 + 4, 4096));
+        assert_eq!(h.cmd(1, r), Ok(0));
+        let r = SubmissionEntry::read(1, 0, 7, 0, 0).with_sgl(sgl(&h, DATA2 + 2, 4096));
+        assert_eq!(h.cmd(1, r), Err(st(sct::GENERIC, 0x1E)));
+
+        // No SGL support: PSDT 01b is an invalid field.
+        let mut h = Host::new(SimConfig::default());
+        h.enable();
+        h.create_io_queues();
+        let r = SubmissionEntry::read(1, 0, 7, 0, 0).with_sgl(sgl(&h, DATA2, 4096));
+        assert_eq!(h.cmd(1, r), Err(st(sct::GENERIC, 0x02)));
+        let r = SubmissionEntry::read(1, 0, 7, h.iova(DATA2), 0);
+        assert_eq!(h.cmd(1, r), Ok(0));
+        let s = h.sim.stats();
+        assert_eq!((s.sgl_commands, s.prp_commands), (0, 1));
+    }
+
+    #[test]
     fn chained_prp_list() {
         let mut h = Host::new(SimConfig::default());
         h.enable();
@@ -2141,7 +2212,10 @@ mod tests {
         // A PRP list outside every region.
         let r = SubmissionEntry::read(1, 0, 31, h.iova(DATA), addr);
         assert_eq!(h.cmd(1, r), Err(st(sct::GENERIC, 0x04)));
-        assert!(outside.iter().all(|&b| b == 0), "the model wrote heap memory");
+        assert!(
+            outside.iter().all(|&b| b == 0),
+            "the model wrote heap memory"
+        );
         assert!(h.sim.stats().dma_faults >= 3);
         // The controller goes on working.
         let r = SubmissionEntry::read(1, 0, 7, h.iova(DATA), 0);

@@ -719,7 +719,11 @@ fn lost_completion_is_caught_under_steady_traffic() {
 
 /// Polls until `cond` holds (or panics after PATIENCE), handing any
 /// completion to `got`.
-fn poll_until(qp: &mut IoQueuePair, got: &mut Vec<Completion>, mut cond: impl FnMut(&IoQueuePair) -> bool) {
+fn poll_until(
+    qp: &mut IoQueuePair,
+    got: &mut Vec<Completion>,
+    mut cond: impl FnMut(&IoQueuePair) -> bool,
+) {
     let deadline = Instant::now() + PATIENCE;
     while !cond(qp) {
         assert!(Instant::now() < deadline, "stuck: {:?}", qp.stats());
@@ -731,7 +735,11 @@ fn poll_until(qp: &mut IoQueuePair, got: &mut Vec<Completion>, mut cond: impl Fn
 fn wait_model(sim: &SimController, cond: impl Fn(&fastlane_nvme::sim::SimStats) -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !cond(&sim.stats()) {
-        assert!(Instant::now() < deadline, "model stuck: {:?}", sim.stats().injected_completions);
+        assert!(
+            Instant::now() < deadline,
+            "model stuck: {:?}",
+            sim.stats().injected_completions
+        );
         std::thread::yield_now();
     }
 }
@@ -764,11 +772,23 @@ fn malformed_completions_finish_nothing() {
         ..CompletionEntry::default()
     };
     let bad = [
-        CompletionEntry { sq_id: qid + 1, ..genuine },
-        CompletionEntry { sq_head: 5, ..genuine },
-        CompletionEntry { sq_head: 200, ..genuine },
+        CompletionEntry {
+            sq_id: qid + 1,
+            ..genuine
+        },
+        CompletionEntry {
+            sq_head: 5,
+            ..genuine
+        },
+        CompletionEntry {
+            sq_head: 200,
+            ..genuine
+        },
         CompletionEntry { cid: 3, ..genuine },
-        CompletionEntry { cid: u16::MAX, ..genuine },
+        CompletionEntry {
+            cid: u16::MAX,
+            ..genuine
+        },
     ];
     for e in bad {
         sim.inject_completion(qid, e);
@@ -780,8 +800,15 @@ fn malformed_completions_finish_nothing() {
         s.malformed + s.unknown_cids == 5
     });
     let s = qp.stats();
-    assert_eq!((s.malformed, s.unknown_cids, s.completed), (3, 2, 0), "{s:?}");
-    assert!(got.is_empty(), "a malformed completion finished a command: {got:?}");
+    assert_eq!(
+        (s.malformed, s.unknown_cids, s.completed),
+        (3, 2, 0),
+        "{s:?}"
+    );
+    assert!(
+        got.is_empty(),
+        "a malformed completion finished a command: {got:?}"
+    );
     assert_eq!(qp.outstanding(), 1, "the command is still outstanding");
     assert_eq!(pool.available(), 3, "its buffer is still the device's");
 
@@ -835,17 +862,33 @@ fn admin_commands_with_addresses_are_refused() {
     let mut fused = SubmissionEntry::identify_controller(0);
     fused.cdw0 |= 1 << 14; // PSDT: SGL
     let cases = [
-        ("Set Features - Host Memory Buffer", hmb, admin_opcode::SET_FEATURES),
+        (
+            "Set Features - Host Memory Buffer",
+            hmb,
+            admin_opcode::SET_FEATURES,
+        ),
         ("nonzero metadata pointer", mptr, admin_opcode::IDENTIFY),
         ("caller-written PRP1", prp, admin_opcode::IDENTIFY),
-        ("Create I/O CQ", SubmissionEntry::create_io_cq(3, 16, target), admin_opcode::CREATE_IO_CQ),
-        ("Create I/O CQ at 0", SubmissionEntry::create_io_cq(3, 16, 0), admin_opcode::CREATE_IO_CQ),
+        (
+            "Create I/O CQ",
+            SubmissionEntry::create_io_cq(3, 16, target),
+            admin_opcode::CREATE_IO_CQ,
+        ),
+        (
+            "Create I/O CQ at 0",
+            SubmissionEntry::create_io_cq(3, 16, 0),
+            admin_opcode::CREATE_IO_CQ,
+        ),
         (
             "Create I/O SQ",
             SubmissionEntry::create_io_sq(3, 16, 0, 3, fastlane_nvme::spec::QueuePriority::Low),
             admin_opcode::CREATE_IO_SQ,
         ),
-        ("Delete I/O SQ", SubmissionEntry::delete_io_sq(1), admin_opcode::DELETE_IO_SQ),
+        (
+            "Delete I/O SQ",
+            SubmissionEntry::delete_io_sq(1),
+            admin_opcode::DELETE_IO_SQ,
+        ),
         (
             "Doorbell Buffer Config",
             SubmissionEntry::doorbell_buffer_config(0, 0),
@@ -856,7 +899,11 @@ fn admin_commands_with_addresses_are_refused() {
             SubmissionEntry::new(admin_opcode::NAMESPACE_ATTACHMENT, 1),
             admin_opcode::NAMESPACE_ATTACHMENT,
         ),
-        ("Get Log Page over 4 KiB", long_log, admin_opcode::GET_LOG_PAGE),
+        (
+            "Get Log Page over 4 KiB",
+            long_log,
+            admin_opcode::GET_LOG_PAGE,
+        ),
         ("SGL data pointer", fused, admin_opcode::IDENTIFY),
     ];
     for (what, cmd, opcode) in cases {
@@ -874,7 +921,11 @@ fn admin_commands_with_addresses_are_refused() {
             other => panic!("{what}: accepted by admin_command_buf: {other:?}"),
         }
     }
-    assert_eq!(sim.stats().admin, admin_before, "a refused command reached the device");
+    assert_eq!(
+        sim.stats().admin,
+        admin_before,
+        "a refused command reached the device"
+    );
 
     // What the safe API is for still works.
     let mut raw = vec![0u8; 4096];
@@ -889,9 +940,15 @@ fn admin_commands_with_addresses_are_refused() {
     let ns = fastlane_nvme::spec::IdentifyNamespace::from_bytes(&ns).unwrap();
     assert_eq!(ns.nsze, 1 << 16);
     let mut log = vec![0xFFu8; 512];
-    ctrl.admin_command(SubmissionEntry::get_log_page(0x02, u32::MAX, 128), Some(&mut log))
-        .unwrap();
-    assert!(log.iter().all(|&b| b == 0), "the model's SMART log is zeroes");
+    ctrl.admin_command(
+        SubmissionEntry::get_log_page(0x02, u32::MAX, 128),
+        Some(&mut log),
+    )
+    .unwrap();
+    assert!(
+        log.iter().all(|&b| b == 0),
+        "the model's SMART log is zeroes"
+    );
     let wc = SubmissionEntry::set_features(feature::VOLATILE_WRITE_CACHE, 0, false);
     ctrl.admin_command(wc, None).unwrap();
     let s = sim.stats();
@@ -900,7 +957,11 @@ fn admin_commands_with_addresses_are_refused() {
         2
     );
     assert_eq!(s.admin[admin_opcode::GET_LOG_PAGE as usize], 1);
-    assert_eq!(s.admin[admin_opcode::SET_FEATURES as usize] - admin_before[admin_opcode::SET_FEATURES as usize], 1);
+    assert_eq!(
+        s.admin[admin_opcode::SET_FEATURES as usize]
+            - admin_before[admin_opcode::SET_FEATURES as usize],
+        1
+    );
     drop(buf);
 }
 
@@ -910,10 +971,7 @@ fn admin_commands_with_addresses_are_refused() {
 use fastlane_nvme::DataPointer;
 
 fn with_sgls(sgls: u32) -> SimConfig {
-    SimConfig {
-        sgls,
-        ..small()
-    }
+    SimConfig { sgls, ..small() }
 }
 
 /// Every size from one block to MDTS, written and read back verified, in
@@ -921,7 +979,13 @@ fn with_sgls(sgls: u32) -> SimConfig {
 #[test]
 fn sgl_and_prp_every_size_one_block_to_mdts() {
     for (sgls, lba_size) in [(0b01, 512u32), (0b01, 4096), (0b10, 4096)] {
-        let (sim, ctrl) = start(SimConfig { lba_size, ..with_sgls(sgls) }, Options::default());
+        let (sim, ctrl) = start(
+            SimConfig {
+                lba_size,
+                ..with_sgls(sgls)
+            },
+            Options::default(),
+        );
         let ns = ctrl.namespaces()[0];
         assert_eq!(ns.block_size, lba_size);
         let max_blocks = (ctrl.info().max_transfer / lba_size as usize) as u32;
@@ -930,13 +994,20 @@ fn sgl_and_prp_every_size_one_block_to_mdts() {
         let mut qp = ctrl.create_qpair(32).unwrap();
         let list = extents(1, sizes.len(), &sizes);
         let mut seen = sim.stats();
-        for (seed, mode) in [(1u64, DataPointer::Auto), (2, DataPointer::Prp), (3, DataPointer::Sgl)] {
+        for (seed, mode) in [
+            (1u64, DataPointer::Auto),
+            (2, DataPointer::Prp),
+            (3, DataPointer::Sgl),
+        ] {
             qp.set_data_pointer(mode).unwrap();
             assert_eq!(qp.uses_sgl(), mode != DataPointer::Prp);
             let out = write_then_verify(&mut qp, &pool, ns, &list, seed + sgls as u64, &mut |_| ());
             assert_eq!((out.writes, out.reads), (list.len(), list.len()));
             let s = sim.stats();
-            let (prp, sgl) = (s.prp_commands - seen.prp_commands, s.sgl_commands - seen.sgl_commands);
+            let (prp, sgl) = (
+                s.prp_commands - seen.prp_commands,
+                s.sgl_commands - seen.sgl_commands,
+            );
             let n = 2 * list.len() as u64;
             if mode == DataPointer::Prp {
                 assert_eq!((prp, sgl), (n, 0), "sgls {sgls:#b} {mode:?}");
@@ -945,7 +1016,10 @@ fn sgl_and_prp_every_size_one_block_to_mdts() {
             }
             seen = s;
         }
-        assert_eq!(ctrl.info().sgl, fastlane_nvme::spec::SglSupport::from_sgls(sgls));
+        assert_eq!(
+            ctrl.info().sgl,
+            fastlane_nvme::spec::SglSupport::from_sgls(sgls)
+        );
     }
 }
 
@@ -954,7 +1028,13 @@ fn sgl_and_prp_every_size_one_block_to_mdts() {
 /// reads and writes exactly that range through SimDma).
 #[test]
 fn one_buffer_is_one_descriptor() {
-    let (sim, ctrl) = start(SimConfig { mdts: 0, ..with_sgls(1) }, Options::default());
+    let (sim, ctrl) = start(
+        SimConfig {
+            mdts: 0,
+            ..with_sgls(1)
+        },
+        Options::default(),
+    );
     let ns = ctrl.namespaces()[0];
     let len = 2 << 20; // 512 pages of 4 KiB, the largest command
     assert_eq!(ctrl.info().max_transfer, len);
@@ -976,7 +1056,10 @@ fn controller_without_sgls_uses_prps() {
     let pool = BufferPool::new_unmapped(ctrl.info().max_transfer, 8, PageSize::Small).unwrap();
     let mut qp = ctrl.create_qpair(8).unwrap();
     assert!(!qp.uses_sgl());
-    assert!(matches!(qp.set_data_pointer(DataPointer::Sgl), Err(NvmeError::InvalidArgument(_))));
+    assert!(matches!(
+        qp.set_data_pointer(DataPointer::Sgl),
+        Err(NvmeError::InvalidArgument(_))
+    ));
     let list = extents(0, 20, &[1, 8, 9, 256]);
     write_then_verify(&mut qp, &pool, ns, &list, 5, &mut |_| ());
     let s = sim.stats();
@@ -985,8 +1068,14 @@ fn controller_without_sgls_uses_prps() {
     drop(ctrl);
     drop(sim);
     let (sim, mmio) = SimController::start(with_sgls(0));
-    let forced = Options { data_pointer: DataPointer::Sgl, ..Options::default() };
-    assert!(matches!(Controller::with_registers(mmio, forced), Err(NvmeError::InvalidArgument(_))));
+    let forced = Options {
+        data_pointer: DataPointer::Sgl,
+        ..Options::default()
+    };
+    assert!(matches!(
+        Controller::with_registers(mmio, forced),
+        Err(NvmeError::InvalidArgument(_))
+    ));
     drop(sim);
 }
 
@@ -996,21 +1085,44 @@ fn controller_without_sgls_uses_prps() {
 #[test]
 fn requests_above_mdts_are_split_and_complete_once() {
     for mode in [DataPointer::Sgl, DataPointer::Prp] {
-        let (sim, ctrl) = start(with_sgls(1), Options { data_pointer: mode, ..Options::default() });
+        let (sim, ctrl) = start(
+            with_sgls(1),
+            Options {
+                data_pointer: mode,
+                ..Options::default()
+            },
+        );
         let ns = ctrl.namespaces()[0];
         let max = ctrl.info().max_transfer; // 128 KiB
         let max_blocks = (max / 512) as u32;
         let pool = BufferPool::new_unmapped(4 * max, 8, PageSize::Small).unwrap();
         let mut qp = ctrl.create_qpair(16).unwrap();
-        let sizes = [2 * max_blocks, 4 * max_blocks, 2 * max_blocks + 1, 3 * max_blocks - 7, max_blocks + 1];
+        let sizes = [
+            2 * max_blocks,
+            4 * max_blocks,
+            2 * max_blocks + 1,
+            3 * max_blocks - 7,
+            max_blocks + 1,
+        ];
         let list = extents(11, 10, &sizes);
         let before = sim.stats();
         let out = write_then_verify(&mut qp, &pool, ns, &list, 77, &mut |_| ());
         assert_eq!((out.writes, out.reads), (10, 10), "{mode:?}");
-        let commands: u64 = list.iter().map(|&(_, b)| b.div_ceil(max_blocks) as u64).sum();
+        let commands: u64 = list
+            .iter()
+            .map(|&(_, b)| b.div_ceil(max_blocks) as u64)
+            .sum();
         let s = sim.stats();
-        assert_eq!(s.io[1] - before.io[1], commands, "writes the model executed ({mode:?})");
-        assert_eq!(s.io[2] - before.io[2], commands, "reads the model executed ({mode:?})");
+        assert_eq!(
+            s.io[1] - before.io[1],
+            commands,
+            "writes the model executed ({mode:?})"
+        );
+        assert_eq!(
+            s.io[2] - before.io[2],
+            commands,
+            "reads the model executed ({mode:?})"
+        );
         let st = qp.stats();
         assert_eq!(st.completed, 20, "one completion per request ({mode:?})");
         assert_eq!(st.submitted, 2 * commands);
@@ -1030,14 +1142,27 @@ fn split_requests_take_all_slots_or_none() {
     let pool = BufferPool::new_unmapped(5 * ctrl.info().max_transfer, 4, PageSize::Small).unwrap();
     let mut qp = ctrl.create_qpair(5).unwrap(); // 4 commands in flight
     sim.hold_completions(true);
-    qp.read(1, 0, 2 * max_blocks, pool.alloc().unwrap(), 1).unwrap();
+    qp.read(1, 0, 2 * max_blocks, pool.alloc().unwrap(), 1)
+        .unwrap();
     qp.read(1, 0, max_blocks, pool.alloc().unwrap(), 2).unwrap();
     assert_eq!(qp.outstanding(), 3);
-    let r = qp.read(1, 0, 2 * max_blocks, pool.alloc().unwrap(), 3).unwrap_err();
-    assert!(matches!(r.error, NvmeError::QueueFull) && r.buf.is_some(), "{}", r.error);
+    let r = qp
+        .read(1, 0, 2 * max_blocks, pool.alloc().unwrap(), 3)
+        .unwrap_err();
+    assert!(
+        matches!(r.error, NvmeError::QueueFull) && r.buf.is_some(),
+        "{}",
+        r.error
+    );
     drop(r);
-    let r = qp.read(1, 0, 4 * max_blocks + 1, pool.alloc().unwrap(), 4).unwrap_err();
-    assert!(matches!(r.error, NvmeError::TooLarge { .. }) && r.buf.is_some(), "{}", r.error);
+    let r = qp
+        .read(1, 0, 4 * max_blocks + 1, pool.alloc().unwrap(), 4)
+        .unwrap_err();
+    assert!(
+        matches!(r.error, NvmeError::TooLarge { .. }) && r.buf.is_some(),
+        "{}",
+        r.error
+    );
     drop(r);
     assert_eq!(qp.outstanding(), 3, "refused requests submit nothing");
     qp.submit();
@@ -1063,14 +1188,21 @@ fn split_request_error_fails_once_after_all_parts() {
     // The model executes the three commands (cids 0, 1, 2) but posts no
     // completion; the test posts them one at a time.
     sim.drop_next_completions(3);
-    qp.read(1, 0, 3 * max_blocks, pool.alloc().unwrap(), 42).unwrap();
+    qp.read(1, 0, 3 * max_blocks, pool.alloc().unwrap(), 42)
+        .unwrap();
     qp.submit();
     let deadline = Instant::now() + PATIENCE;
     while sim.stats().dropped_completions < 3 {
         assert!(Instant::now() < deadline);
         std::thread::yield_now();
     }
-    let entry = |cid: u16, sc: u16| CompletionEntry { sq_head: 3, sq_id: qid, cid, status: sc << 1, ..Default::default() };
+    let entry = |cid: u16, sc: u16| CompletionEntry {
+        sq_head: 3,
+        sq_id: qid,
+        cid,
+        status: sc << 1,
+        ..Default::default()
+    };
     let settle = |qp: &mut IoQueuePair, injected: u64| -> Vec<Completion> {
         let mut got = Vec::new();
         let deadline = Instant::now() + PATIENCE;
@@ -1087,7 +1219,10 @@ fn split_request_error_fails_once_after_all_parts() {
     // succeeds: the head is still outstanding, nothing finishes.
     sim.inject_completion(qid, entry(1, 0x04));
     sim.inject_completion(qid, entry(2, 0));
-    assert!(settle(&mut qp, 2).is_empty(), "finished before its head completed");
+    assert!(
+        settle(&mut qp, 2).is_empty(),
+        "finished before its head completed"
+    );
     assert_eq!(qp.outstanding(), 1);
     // The head succeeds: the request ends once, with the child's error.
     sim.inject_completion(qid, entry(0, 0));
@@ -1096,7 +1231,11 @@ fn split_request_error_fails_once_after_all_parts() {
     let c = &got[0];
     assert_eq!(c.tag, 42);
     assert!(c.buf.is_some());
-    assert!(matches!(&c.result, Err(NvmeError::Status(s)) if s.sc == 0x04), "{:?}", c.result);
+    assert!(
+        matches!(&c.result, Err(NvmeError::Status(s)) if s.sc == 0x04),
+        "{:?}",
+        c.result
+    );
     // Repeats finish nothing more.
     sim.inject_completion(qid, entry(0, 0));
     sim.inject_completion(qid, entry(2, 0));
@@ -1106,23 +1245,34 @@ fn split_request_error_fails_once_after_all_parts() {
 
     // The head's own completion first, with an error; children after.
     sim.drop_next_completions(3);
-    qp.read(1, 0, 3 * max_blocks, pool.alloc().unwrap(), 43).unwrap();
+    qp.read(1, 0, 3 * max_blocks, pool.alloc().unwrap(), 43)
+        .unwrap();
     qp.submit();
     while sim.stats().dropped_completions < 6 {
         assert!(Instant::now() < deadline);
         std::thread::yield_now();
     }
-    let entry2 = |cid: u16, sc: u16| CompletionEntry { sq_head: 6, ..entry(cid, sc) };
+    let entry2 = |cid: u16, sc: u16| CompletionEntry {
+        sq_head: 6,
+        ..entry(cid, sc)
+    };
     // Command ids come back in LIFO order: find them from what is in flight.
     sim.inject_completion(qid, entry2(0, 0x80));
     assert!(settle(&mut qp, 6).is_empty());
     sim.inject_completion(qid, entry2(0, 0));
-    assert!(settle(&mut qp, 7).is_empty(), "a repeated head completion finishes nothing");
+    assert!(
+        settle(&mut qp, 7).is_empty(),
+        "a repeated head completion finishes nothing"
+    );
     sim.inject_completion(qid, entry2(1, 0));
     sim.inject_completion(qid, entry2(2, 0));
     let got = settle(&mut qp, 9);
     assert_eq!(got.len(), 1);
-    assert!(matches!(&got[0].result, Err(NvmeError::Status(s)) if s.sc == 0x80), "{:?}", got[0].result);
+    assert!(
+        matches!(&got[0].result, Err(NvmeError::Status(s)) if s.sc == 0x80),
+        "{:?}",
+        got[0].result
+    );
     assert_eq!(qp.stats().unknown_cids, 3);
 }
 
@@ -1139,14 +1289,23 @@ fn queue_sizes() {
     assert_eq!(QueueSize::Minimal.entries(2, 2048), 2);
     assert_eq!(QueueSize::Maximum.entries(2, 2048), 2048);
     for size in [QueueSize::Spare, QueueSize::Minimal, QueueSize::Maximum] {
-        let (sim, ctrl) = start(small(), Options { queue_size: size, ..Options::default() });
+        let (sim, ctrl) = start(
+            small(),
+            Options {
+                queue_size: size,
+                ..Options::default()
+            },
+        );
         let ns = ctrl.namespaces()[0];
         let pool = BufferPool::new_unmapped(4096, 8, PageSize::Small).unwrap();
         let mut qp = ctrl.create_qpair(2).unwrap();
         assert_eq!(qp.capacity(), 1);
         let list = extents(0, 50, &[1, 8]);
         let out = write_then_verify(&mut qp, &pool, ns, &list, 3, &mut |_| ());
-        assert!(out.queue_full > 0, "{size:?}: one command in flight at a time");
+        assert!(
+            out.queue_full > 0,
+            "{size:?}: one command in flight at a time"
+        );
         assert_eq!((out.writes, out.reads), (50, 50));
         drop(qp);
         drop(ctrl);

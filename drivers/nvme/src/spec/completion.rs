@@ -97,10 +97,13 @@ impl Status {
         self.0 & (1 << 15) != 0
     }
     /// SCT 0, SC 0: Successful Completion.
+    #[inline(always)]
     pub const fn is_success(self) -> bool {
-        self.sct() == 0 && self.sc() == 0
+        // SC is bits 8:1, SCT bits 11:9 of the status word: one mask.
+        self.0 & 0x0FFE == 0
     }
     /// `Ok` on success, otherwise the decoded error.
+    #[inline(always)]
     pub const fn result(self) -> Result<(), NvmeStatus> {
         if self.is_success() {
             Ok(())

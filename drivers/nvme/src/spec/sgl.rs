@@ -100,7 +100,11 @@ impl SglDescriptor {
         SglDescriptor {
             address: dptr1,
             length: dptr2 as u32,
-            reserved: [(dptr2 >> 32) as u8, (dptr2 >> 40) as u8, (dptr2 >> 48) as u8],
+            reserved: [
+                (dptr2 >> 32) as u8,
+                (dptr2 >> 40) as u8,
+                (dptr2 >> 48) as u8,
+            ],
             identifier: (dptr2 >> 56) as u8,
         }
     }
@@ -125,7 +129,11 @@ mod tests {
         let bytes = bytemuck::bytes_of(&d);
         assert_eq!(&bytes[..8], &0x1234_5678_9abc_def0u64.to_le_bytes());
         assert_eq!(&bytes[8..12], &0x2_0000u32.to_le_bytes());
-        assert_eq!(&bytes[12..16], &[0, 0, 0, 0], "reserved, then identifier 00h");
+        assert_eq!(
+            &bytes[12..16],
+            &[0, 0, 0, 0],
+            "reserved, then identifier 00h"
+        );
         let (d1, d2) = d.to_dptr();
         let words: [u64; 2] = bytemuck::cast(d);
         assert_eq!([d1, d2], words, "DPTR halves are the descriptor's bytes");
