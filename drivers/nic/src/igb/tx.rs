@@ -132,12 +132,16 @@ impl TxQueue {
         let first = self.index.tail();
         let mut n = 0;
         let mut bytes = 0;
+        let domain = self.domain;
         for pkt in &pkts[..room] {
             let len = pkt.len();
-            if pkt.buf().domain() != self.domain || !(MIN_TX_FRAME..=MAX_FRAME).contains(&len) {
+            // The address first: it and the domain come from the same
+            // region, read once.
+            let iova = pkt.iova().get();
+            if pkt.buf().domain() != domain || !(MIN_TX_FRAME..=MAX_FRAME).contains(&len) {
                 break;
             }
-            self.ring.write(ring.add(first, n), TxDescRead::frame(pkt.iova().get(), len as u16));
+            self.ring.write(ring.add(first, n), TxDescRead::frame(iova, len as u16));
             n += 1;
             bytes += len as u64;
         }
