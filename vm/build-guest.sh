@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest's binaries statically (the guest has no libc) into
-# .cache/guest-bin/: every `guest_*` test target and the examples.
+# .cache/guest-bin/: every `guest_*` test target, the examples and the
+# nvmf-tcp target.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -9,6 +10,8 @@ rm -rf "$out"; mkdir -p "$out"
 export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
 target=x86_64-unknown-linux-gnu
 cargo build --release --target "$target" --examples
+# The NVMe/TCP target (apps/nvmf-tcp), for tests/guest_nvmf.rs.
+cargo build --release --target "$target" -p fastlane-nvmf-tcp --bin nvmf-tcp
 cargo test --release --features guest --target "$target" --no-run --message-format=json \
     | python3 -c '
 import json, shutil, sys
@@ -22,4 +25,5 @@ for ex in "$repo"/examples/*.rs; do
     n="$(basename "$ex" .rs)"
     cp "target/$target/release/examples/$n" "$out/$n"
 done
+cp "target/$target/release/nvmf-tcp" "$out/nvmf-tcp"
 ls "$out"

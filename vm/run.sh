@@ -59,7 +59,8 @@ FASTLANE_IGB1=0000:02:00.0 FASTLANE_VIRTIO=0000:00:05.0 FASTLANE_IN_GUEST=1;
 vfio-pci is loaded, no hugepages are reserved, no device is bound;
 /usr/bin/hugepages.sh is the repo's hugepages.sh; the kernel nvme driver and
 its dependencies are in /lib/modules-extra/ (insmod them in the order listed
-in /lib/modules-extra/ORDER).
+in /lib/modules-extra/ORDER); NVMe over Fabrics (nvme-fabrics, nvme-tcp, nvmet,
+nvmet-tcp, crc32c) with their dependencies in /lib/modules-fabrics/ (same).
 
 Exit codes: the guest script's rc; 124 timeout; 125 no result marker (guest
 crashed or QEMU failed); 2 usage error.
@@ -149,11 +150,14 @@ mod_order() {           # name... -> names in load order
 
 boot_mods="$(seen=(); mod_order irqbypass vfio vfio_iommu_type1 vfio-pci-core vfio-pci)"
 extra_mods="$(seen=(); mod_order nvme-core nvme nvme-keyring)"
+# NVMe over Fabrics with TCP: the kernel initiator and target (and crc32c
+# for digests), for the nvmf-tcp target's tests and benchmarks.
+fabrics_mods="$(seen=(); mod_order crc32c_generic nvme-fabrics nvme-tcp nvmet nvmet-tcp)"
 
 # --- initramfs --------------------------------------------------------------
 root="$cache/initramfs-root"
 rm -rf "$root"
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,opt,mnt/huge,lib/modules-boot,lib/modules-extra}
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,opt,mnt/huge,lib/modules-boot,lib/modules-extra,lib/modules-fabrics}
 [ -z "$peers_root" ] || cp -a "$peers_root/." "$root/"
 if [ -n "$spdk" ]; then
     mkdir -p "$root/usr/local/bin" "$root/usr/local/lib" "$root/var/tmp"
@@ -171,6 +175,8 @@ for m in $boot_mods; do cp "$(mod_ko "$m")" "$root/lib/modules-boot/$m.ko"; done
 for m in $extra_mods; do cp "$(mod_ko "$m")" "$root/lib/modules-extra/$m.ko"; done
 echo "$boot_mods" > "$root/lib/modules-boot/ORDER"
 echo "$extra_mods" > "$root/lib/modules-extra/ORDER"
+for m in $fabrics_mods; do cp "$(mod_ko "$m")" "$root/lib/modules-fabrics/$m.ko"; done
+echo "$fabrics_mods" > "$root/lib/modules-fabrics/ORDER"
 for f in "${bins[@]}"; do install -m 755 "$f" "$root/bin/$(basename "$f")"; done
 for f in "${files[@]}"; do cp "$f" "$root/opt/$(basename "$f")"; done
 [ -f "$repo/hugepages.sh" ] && install -m 755 "$repo/hugepages.sh" "$root/usr/bin/hugepages.sh"
