@@ -291,3 +291,20 @@ fn two_hosts_keep_alive_bad_peers_and_restart() {
     let _ = fs::remove_file("/tmp/nvmf-k");
     let _ = fs::remove_file("/tmp/nvmf-back");
 }
+
+#[test]
+fn kernel_initiator_with_header_and_data_digests() {
+    setup();
+    let target = Target::start(&["--digests"]);
+    let inst = kernel_connect(",hdr_digest,data_digest");
+    let dev = block_device(inst);
+    let data = pattern(40960, 2048, 512, 3);
+    fs::write("/tmp/nvmf-d", &data).unwrap();
+    dd(&format!("if=/tmp/nvmf-d of=/dev/{dev} bs=128k seek=160 oflag=direct conv=notrunc"));
+    dd(&format!("if=/dev/{dev} of=/tmp/nvmf-back bs=128k skip=160 count=8 iflag=direct"));
+    assert!(fs::read("/tmp/nvmf-back").unwrap() == data, "read back with digests differs");
+    kernel_disconnect(inst);
+    assert!(target.stop());
+    let _ = fs::remove_file("/tmp/nvmf-d");
+    let _ = fs::remove_file("/tmp/nvmf-back");
+}
