@@ -479,6 +479,57 @@ impl PoolCache {
         Ok(())
     }
 
+    /// At least `n` buffers in the stash if the pool has them (refilling
+    /// from the shared queue when short); returns how many are there. A
+    /// receive loop calls it once per burst, then [`PoolCache::take`].
+    #[inline]
+    pub fn ensure(&mut self, n: usize) -> usize {
+        if self.local.len() < n {
+            self.refill(n - self.local.len() + self.size / 2);
+        }
+        self.local.len()
+    }
+
+    /// One buffer from the stash, never refilling (see [`PoolCache::ensure`]).
+    #[inline(always)]
+    pub fn take(&mut self) -> Option<DmaBuf> {
+        let i = self.local.pop()?;
+        Some(self.pool.make(i))
+    }
+
+    /// `iova - va` of every buffer of the pool: a driver reads it once per
+    /// burst instead of per buffer.
+    #[inline(always)]
+    pub fn iova_offset(&self) -> u64 {
+        self.pool.inner().region.iova_offset()
+    }
+
+    /// The pool's id (as [`DmaBuf::pool_id`]).
+    pub fn pool_id(&self) -> u64 {
+        self.pool.id()
+    }
+
+    /// Returns every buffer `bufs` yields: this pool's into the stash,
+    /// another pool's home to that pool, without an
+    /// error value. For reclaiming a run of transmitted buffers; the stash
+    /// never grows past its size (it spills half, as [`PoolCache::free`]).
+    #[inline]
+    pub fn free_all(&mut self, bufs: impl Iterator<Item = DmaBuf>) {
+        let mine = self.pool.handle.inner;
+        for buf in bufs {
+            if buf.pool == mine {
+                if self.local.len() >= self.size {
+                    self.spill(self.size / 2);
+                }
+                self.local.push(buf.index);
+                // In the stash now; its drop would push it to the queue.
+                std::mem::forget(buf);
+            } else {
+                drop(buf);
+            }
+        }
+    }
+
     /// Returns a buffer to the local stash (spilling half when full).
     #[inline]
     pub fn free(&mut self, buf: DmaBuf) -> Result<(), PoolError> {
@@ -706,6 +757,28 @@ mod tests {
         assert_eq!(&got, b"hdr:payload!");
         assert!(b.read_from_fd(2040, 9, c.as_fd()).is_err(), "past the end");
         assert!(b.write_to_fd(b"", usize::MAX, 2, c.as_fd()).is_err(), "offset overflow");
+    }
+
+    #[test]
+    fn ensure_take_and_free_all_keep_every_buffer() {
+        let (p, q) = (pool(64), pool(4));
+        let mut c = p.cache(16);
+        assert!(c.ensure(10) >= 10);
+        let mut v: Vec<DmaBuf> = (0..10).map(|_| c.take().unwrap()).collect();
+        assert!(v.iter().all(|b| b.pool_id() == c.pool_id()));
+        assert_eq!(v[0].iova().get(), v[0].as_ptr() as u64 + c.iova_offset());
+        v.push(q.alloc().unwrap()); // a stranger goes home, not into c
+        c.free_all(v.drain(..));
+        assert_eq!(q.available(), 4);
+        let mut all = Vec::new();
+        while c.ensure(1) > 0 {
+            all.push(c.take().unwrap());
+        }
+        assert_eq!(all.len(), 64, "every buffer reachable again");
+        assert!(c.take().is_none());
+        c.free_all(all.into_iter());
+        drop(c);
+        assert_eq!(p.available(), 64);
     }
 
     #[test]
