@@ -67,6 +67,23 @@ impl<T: Pod> DescRing<T> {
         self.descs.read_field::<u64>(i as usize, STATUS_QWORD_OFFSET)
     }
 
+    /// Stores `f(k)` into descriptors `at..at + n` (a part of the ring
+    /// between its wrap points), with one bounds check for the run; false
+    /// (and nothing written) for a run past the end.
+    #[inline(always)]
+    pub fn write_run(&self, at: usize, n: usize, f: impl FnMut(usize) -> T) -> bool {
+        self.descs.write_run(at, n, f).is_ok()
+    }
+
+    /// Calls `f(k, qword)` with the status quadword of descriptors
+    /// `at + k`, `k` in `0..n`, until `f` returns false; one bounds check
+    /// for the run. Returns how many `f` accepted (0 for a run past the
+    /// end, after calling `f` for none).
+    #[inline(always)]
+    pub fn status_run(&self, at: usize, n: usize, f: impl FnMut(usize, u64) -> bool) -> usize {
+        self.descs.read_field_run::<u64>(at, n, STATUS_QWORD_OFFSET, f).unwrap_or(0)
+    }
+
     /// Keeps the ring's memory mapped for good: for a device that might
     /// still write it.
     pub fn leak(&self) {

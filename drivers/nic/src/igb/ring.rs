@@ -74,9 +74,16 @@ impl RxIndex {
     }
 
     /// Marks `next` consumed and refilled.
-    #[inline(always)]
+    #[cfg(test)]
     pub fn advance(&mut self) {
         self.next = self.ring.add(self.next, 1);
+    }
+
+    /// Marks every slot up to `next` consumed and refilled (a burst's
+    /// worth of [`RxIndex::advance`]).
+    #[inline(always)]
+    pub fn set_next(&mut self, next: u16) {
+        self.next = next & self.ring.mask;
     }
 
     /// The value for the tail register (RDT): the last consumed slot.

@@ -104,60 +104,112 @@ impl RxQueue {
 
     /// Receives up to `max` frames into `out`; returns how many.
     ///
-    /// Per frame: one status load, one fresh buffer from `cache` written
-    /// into the slot, the old one pushed as a [`Packet`]; per burst: one
-    /// reservation in `out`, the counters and one RDT write. Frames the
-    /// device marks bad (an error bit, no EOP, a length over [`MAX_FRAME`])
-    /// leave through [`RxQueue::drop_piece`], off the common path.
+    /// Per burst: one refill of `cache` (for the whole burst), one
+    /// reservation in `out`, the pool's IOVA offset, the counters and one
+    /// RDT write. Per part of the ring between wrap points: one bounds
+    /// check for the status reads and one for the descriptor writes. Per
+    /// frame: one status load and test, one buffer from the stash swapped
+    /// into the slot, the old one pushed as a [`Packet`], one descriptor
+    /// store. Frames the device marks bad (an error bit, no EOP, a length
+    /// over [`MAX_FRAME`]) leave through [`RxQueue::drop_piece`], off the
+    /// common path. At most `size - 1` slots are looked at per burst,
+    /// whatever the device writes.
     #[inline]
     pub fn burst(&mut self, cache: &mut PoolCache, out: &mut Vec<Packet>, max: usize) -> usize {
+        let size = self.bufs.len();
         // The device owns fewer descriptors than the ring has: no burst
-        // delivers more, so this reservation is the burst's only one.
-        out.reserve(max.min(self.bufs.len()));
-        let mut index = self.index;
-        let mut received = 0;
-        let mut bytes = 0;
+        // delivers more.
+        let want = max.min(size - 1);
+        let have = cache.ensure(want);
+        let mut left = want.min(have);
+        out.reserve(left);
         // Every buffer comes from the port's one pool, in one region: one
         // IOVA offset (DmaBuf::iova is the pointer plus it) serves them all.
-        let b = &self.bufs[0];
-        let offset = b.iova().get().wrapping_sub(b.as_ptr() as u64);
-        while received < max {
-            let slot = index.next();
-            let st = RxStatus::from_qword(self.ring.status_qword(slot));
-            if !st.done_and_good() || self.discarding {
-                if !st.done() {
+        let offset = cache.iova_offset();
+        let mut pos = self.index.next() as usize;
+        let mut slots = size - 1;
+        let mut received = 0;
+        let mut bytes = 0;
+        while left > 0 && slots > 0 {
+            let mut stop = None;
+            if !self.discarding {
+                let run = left.min(slots).min(size - pos);
+                let bufs = &mut self.bufs[pos..pos + run];
+                let took = self.ring.status_run(pos, run, |k, q| {
+                    let st = RxStatus::from_qword(q);
+                    if !st.done_and_good() {
+                        stop = Some(st);
+                        return false;
+                    }
+                    // `ensure` put `left` buffers in the stash.
+                    let Some(fresh) = cache.take() else {
+                        return false;
+                    };
+                    let buf = std::mem::replace(&mut bufs[k], fresh);
+                    // `done_and_good` bounds the length by MAX_FRAME, and
+                    // `new` checked that the pool's buffers hold that much.
+                    out.push(Packet::received(buf, st.length));
+                    bytes += u64::from(st.length);
+                    true
+                });
+                // The frames are read only after their DD was seen.
+                fence(Ordering::Acquire);
+                // The slots get their fresh buffers (the run was checked
+                // by `status_run`, so this writes them all).
+                let bufs = &self.bufs[pos..pos + took];
+                self.ring.write_run(pos, took, |k| RxDescRead::new((bufs[k].as_ptr() as u64).wrapping_add(offset)));
+                received += took;
+                left -= took;
+                slots -= took;
+                pos += took;
+                if pos == size {
+                    pos = 0;
+                }
+                if took == run {
+                    continue;
+                }
+                if stop.is_none() {
+                    // The stash ran dry after all (`ensure` said otherwise).
                     break;
                 }
-                // The rest of the write-back is read only after DD was seen.
-                fence(Ordering::Acquire);
-                self.drop_piece(slot, st);
-                index.advance();
-                continue;
             }
-            // The frame is read only after DD was seen.
-            fence(Ordering::Acquire);
-            let Ok(fresh) = cache.alloc() else {
-                // Leave the frame in the ring rather than leave a hole.
-                self.counters.no_buffer += 1;
-                break;
+            // A bad descriptor, a piece of a frame being dropped, or not done.
+            let st = match stop {
+                Some(st) => st,
+                None => RxStatus::from_qword(self.ring.status_qword(pos as u16)),
             };
-            self.ring.write(slot, RxDescRead::new((fresh.as_ptr() as u64).wrapping_add(offset)));
-            let buf = std::mem::replace(&mut self.bufs[slot as usize], fresh);
-            index.advance();
-            // `done_and_good` bounds the length by MAX_FRAME, and `new`
-            // checked that the pool's buffers hold that much.
-            out.push(Packet::received(buf, st.length));
-            received += 1;
-            bytes += u64::from(st.length);
+            if !st.done() {
+                break;
+            }
+            fence(Ordering::Acquire);
+            self.drop_piece(pos as u16, st);
+            slots -= 1;
+            pos += 1;
+            if pos == size {
+                pos = 0;
+            }
+        }
+        if left == 0 && have < want && slots > 0 {
+            // Short of buffers: a frame left in the ring rather than a hole.
+            self.no_buffer(pos);
         }
         self.counters.packets += received as u64;
         self.counters.bytes += bytes;
-        if index.next() != self.index.next() {
-            self.index = index;
+        if pos != self.index.next() as usize {
+            self.index.set_next(pos as u16);
             fence(Ordering::Release);
             self.regs.write32(regs::rdt(self.queue), self.index.tail() as u32);
         }
         received
+    }
+
+    /// Counts a burst cut short by the pool when a frame was waiting.
+    #[cold]
+    #[inline(never)]
+    fn no_buffer(&mut self, pos: usize) {
+        if RxStatus::from_qword(self.ring.status_qword(pos as u16)).done() {
+            self.counters.no_buffer += 1;
+        }
     }
 
     /// Drops a frame (or this piece of one) the device marked bad, or a
@@ -274,6 +326,66 @@ mod tests {
         assert_eq!(out[0].to_vec(), frame(4, 64));
         assert_eq!(q.counters.errors, 2);
         assert_eq!(dev.regs.read32(regs::rdt(0)), 3);
+    }
+
+    #[test]
+    fn bad_descriptors_in_the_middle_of_a_run_and_across_the_wrap() {
+        let (mut q, mut dev, pool, mut cache) = setup(16, 64);
+        let mut out = Vec::new();
+        // Move the ring's start to slot 12, so that the next 15 wrap.
+        for s in 0..12u8 {
+            deliver(&mut dev, &frame(s, 60), rx::DD | rx::EOP);
+        }
+        assert_eq!(q.burst(&mut cache, &mut out, 32), 12);
+        out.clear();
+        let good = rx::DD | rx::EOP;
+        let plan = [
+            (1, good),
+            (2, good | (1 << 24)), // CRC error in the middle of a run
+            (3, good),
+            (4, rx::DD), // a frame in three pieces, across the wrap
+            (5, rx::DD),
+            (6, good),
+            (7, good),
+            (8, good),
+        ];
+        for (s, st) in plan {
+            assert!(deliver(&mut dev, &frame(s, 70), st));
+        }
+        let mut long = frame(9, 70);
+        long.resize(MAX_FRAME + 1, 0); // longer than any frame
+        assert!(deliver(&mut dev, &long, good));
+        assert!(deliver(&mut dev, &frame(10, 70), good));
+        assert_eq!(q.burst(&mut cache, &mut out, 32), 5);
+        let seqs: Vec<u8> = out.iter().map(|p| p.to_vec()[0]).collect();
+        assert_eq!(seqs, [1, 3, 7, 8, 10]);
+        assert_eq!(q.counters.errors, 3, "CRC, the split frame, the long one");
+        assert_eq!(dev.regs.read32(regs::rdt(0)), 5, "10 slots consumed from 12");
+        // Every slot got a buffer back, none handed out twice.
+        let mut iovas: Vec<u64> = (0..16).map(|i| q.ring.read(i).pkt_addr).collect();
+        iovas.extend(out.iter().map(|p| p.iova().get()));
+        iovas.sort_unstable();
+        iovas.dedup();
+        assert_eq!(iovas.len(), 16 + 5);
+        drop((out, q, cache));
+        assert_eq!(pool.pool().available(), 64);
+    }
+
+    #[test]
+    fn a_device_writing_done_everywhere_cannot_keep_a_burst_going() {
+        let (mut q, _dev, _pool, mut cache) = setup(16, 64);
+        // Written-back descriptors with a frame error in every slot, also
+        // those the device does not own: each burst looks at 15 at most.
+        let bad = RxDescWb { status_error: rx::DD | rx::EOP | (1 << 24), length: 60, ..Default::default() };
+        let mut out = Vec::new();
+        for round in 1..=3 {
+            for i in 0..16 {
+                q.ring.write(i, bytemuck::cast(bad));
+            }
+            assert_eq!(q.burst(&mut cache, &mut out, 64), 0);
+            assert_eq!(q.counters.errors, 15 * round);
+        }
+        assert!(out.is_empty());
     }
 
     #[test]
