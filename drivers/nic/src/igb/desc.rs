@@ -33,15 +33,19 @@ pub struct RxDescWb {
 }
 
 /// Transmit data descriptor, read format (advanced, DTYP = data).
+///
+/// Two quadwords, so that a descriptor is stored as two plain 64-bit
+/// stores (a three-field struct goes through the stack as a volatile copy):
+/// the address, then `cmd_type_len` (low half) and `olinfo_status` (high
+/// half), as [`TxDescRead::cmd_type_len`] and [`TxDescRead::olinfo_status`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct TxDescRead {
     /// Data buffer address (IOVA).
     pub buffer_addr: u64,
-    /// Length (bits 0-15), descriptor type (20-23), command (24-31).
-    pub cmd_type_len: u32,
-    /// Payload length (bits 14-31), options and the DD status bit (bit 0).
-    pub olinfo_status: u32,
+    /// Length (bits 0-15), descriptor type (20-23), command (24-31); then
+    /// payload length (bits 46-63), options and the DD status bit (bit 32).
+    pub cmd_olinfo: u64,
 }
 
 /// Transmit descriptor, write-back format.
@@ -158,16 +162,22 @@ impl TxDescRead {
     /// insert FCS, report status.
     #[inline(always)]
     pub const fn frame(iova: u64, len: u16) -> TxDescRead {
+        let cmd_type_len = len as u32 | tx::DTYP_DATA | tx::DCMD_DEXT | tx::DCMD_EOP | tx::DCMD_IFCS | tx::DCMD_RS;
+        let olinfo_status = (len as u32) << tx::PAYLEN_SHIFT;
         TxDescRead {
             buffer_addr: iova,
-            cmd_type_len: len as u32
-                | tx::DTYP_DATA
-                | tx::DCMD_DEXT
-                | tx::DCMD_EOP
-                | tx::DCMD_IFCS
-                | tx::DCMD_RS,
-            olinfo_status: (len as u32) << tx::PAYLEN_SHIFT,
+            cmd_olinfo: cmd_type_len as u64 | (olinfo_status as u64) << 32,
         }
+    }
+
+    /// Length, descriptor type and command.
+    pub const fn cmd_type_len(&self) -> u32 {
+        self.cmd_olinfo as u32
+    }
+
+    /// Payload length, options and the DD status bit.
+    pub const fn olinfo_status(&self) -> u32 {
+        (self.cmd_olinfo >> 32) as u32
     }
 }
 
@@ -214,14 +224,17 @@ mod tests {
     #[test]
     fn tx_frame_descriptor_fields() {
         let d = TxDescRead::frame(0x1000, 60);
-        assert_eq!(d.cmd_type_len & 0xffff, 60);
-        assert_eq!(d.cmd_type_len >> 20 & 0xf, 3, "advanced data descriptor");
+        assert_eq!(d.cmd_type_len() & 0xffff, 60);
+        assert_eq!(d.cmd_type_len() >> 20 & 0xf, 3, "advanced data descriptor");
         for bit in [tx::DCMD_EOP, tx::DCMD_IFCS, tx::DCMD_RS, tx::DCMD_DEXT] {
-            assert_ne!(d.cmd_type_len & bit, 0);
+            assert_ne!(d.cmd_type_len() & bit, 0);
         }
-        assert_eq!(d.olinfo_status >> tx::PAYLEN_SHIFT, 60);
-        assert_eq!(d.olinfo_status & tx::STA_DD, 0, "a new descriptor is not done");
+        assert_eq!(d.olinfo_status() >> tx::PAYLEN_SHIFT, 60);
+        assert_eq!(d.olinfo_status() & tx::STA_DD, 0, "a new descriptor is not done");
         let b = bytemuck::bytes_of(&d);
+        assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), 0x1000);
+        assert_eq!(u32::from_le_bytes(b[8..12].try_into().unwrap()), d.cmd_type_len(), "bytes 8..12");
+        assert_eq!(u32::from_le_bytes(b[12..16].try_into().unwrap()), d.olinfo_status(), "bytes 12..16");
         let q = u64::from_le_bytes(b[8..16].try_into().unwrap());
         assert!(!tx_done(q));
         let wb = TxDescWb { status: tx::STA_DD, ..Default::default() };

@@ -171,14 +171,14 @@ impl SimIgb {
                 break;
             };
             let want = tx::DTYP_DATA | tx::DCMD_DEXT | tx::DCMD_EOP;
-            let len = d.cmd_type_len & 0xffff;
-            if d.cmd_type_len & want == want && (1..=MAX_FRAME as u32).contains(&len) && d.buffer_addr != 0 {
+            let len = d.cmd_type_len() & 0xffff;
+            if d.cmd_type_len() & want == want && (1..=MAX_FRAME as u32).contains(&len) && d.buffer_addr != 0 {
                 self.stats.tx_frames += 1;
                 self.stats.tx_bytes += u64::from(len);
             } else {
                 self.stats.tx_malformed += 1;
             }
-            if d.cmd_type_len & tx::DCMD_RS != 0 {
+            if d.cmd_type_len() & tx::DCMD_RS != 0 {
                 let wb = TxDescWb {
                     status: tx::STA_DD,
                     ..TxDescWb::default()
