@@ -23,7 +23,7 @@ pub mod spec;
 mod tx;
 pub mod virtqueue;
 
-use fastlane_framework::{DmaBuf, PoolCache, PoolError};
+use fastlane_framework::{DmaBuf, PoolCache};
 
 pub use net::{negotiate, queue_size, VirtioNet};
 pub use rx::RX_HEADROOM;
@@ -32,7 +32,5 @@ pub use tx::{check_frame, check_packet, MIN_TX_FRAME};
 /// Gives a buffer back: to the port's cache when it is from that pool,
 /// otherwise to its own pool.
 fn release(cache: &mut PoolCache, buf: DmaBuf) {
-    if let Err(PoolError::WrongPool { buf, .. }) = cache.free(buf) {
-        drop(buf);
-    }
+    cache.free_all(std::iter::once(buf));
 }

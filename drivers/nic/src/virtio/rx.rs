@@ -53,11 +53,14 @@ impl RxQueue {
     }
 
     /// Posts buffers from `cache` until the ring is full or the pool is dry,
-    /// then tells the device (once). Returns how many it posted.
+    /// then tells the device (once). Returns how many it posted. The stash
+    /// is filled once for the whole refill (`ensure`), then each buffer is
+    /// a `take`, with no refill call in the loop.
     pub fn refill(&mut self, cache: &mut PoolCache) -> usize {
         let mut n = 0;
+        cache.ensure(self.vq.free_descs());
         while self.vq.free_descs() > 0 {
-            let Ok(buf) = cache.alloc() else { break };
+            let Some(buf) = cache.take() else { break };
             self.post(buf, cache);
             n += 1;
         }
