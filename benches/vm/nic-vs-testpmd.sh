@@ -9,6 +9,14 @@
 #   rx  ours: rxcount on port 1         testpmd: --forward-mode=rxonly on port 1
 #       with the same load in both: our pktgen sending on port 0 (vCPU 0)
 #
+#   fwd ours: fwd on ports 0 and 1      testpmd: --forward-mode=io on ports 0 and 1
+#       (both directions; the rate is the sum of the frames sent on both
+#       ports), with our pktgen sending on the virtio-net port (vCPU 0)
+#       as the load. All three ports are on one QEMU hub, so a forwarded
+#       frame comes back to the other port and is forwarded again: the
+#       frames in flight only grow until rings overflow, and the rate is
+#       what the forwarder manages, the same loop for both tools.
+#
 # for 60- and 1514-byte frames (64 and 1518 bytes on the wire with the CRC).
 # Rates are per-second samples (pktgen/rxcount progress lines, testpmd's
 # --stats-period 1 Tx-pps/Rx-pps); a run's rate is the median of its samples
@@ -20,7 +28,7 @@
 #   BENCH_ROUNDS=2 BENCH_TIME=4 benches/vm/nic-vs-testpmd.sh
 #
 # Environment: BENCH_ROUNDS (3), BENCH_TIME (seconds per run, 5),
-# BENCH_SIZES ("60 1514"), BENCH_MODES ("tx rx"), FASTLANE_VM_CACHE.
+# BENCH_SIZES ("60 1514"), BENCH_MODES ("tx rx fwd"), FASTLANE_VM_CACHE.
 # Results: .cache/bench/nic-vs-testpmd/<time>/{console.log,results.md}
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -30,20 +38,20 @@ cd "$repo"
 rounds="${BENCH_ROUNDS:-3}"
 secs="${BENCH_TIME:-5}"
 sizes="${BENCH_SIZES:-60 1514}"
-modes="${BENCH_MODES:-tx rx}"
+modes="${BENCH_MODES:-tx rx fwd}"
 case "$rounds$secs" in *[!0-9]*) echo "nic-vs-testpmd: BENCH_ROUNDS and BENCH_TIME are whole numbers" >&2; exit 2 ;; esac
 out="$repo/.cache/bench/nic-vs-testpmd/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 log() { echo "nic-vs-testpmd: $*" >&2; }
 
 target=x86_64-unknown-linux-gnu
-for ex in pktgen rxcount; do
+for ex in pktgen rxcount fwd; do
     [ -f "examples/$ex.rs" ] || { log "examples/$ex.rs does not exist yet"; exit 1; }
 done
-log "building pktgen and rxcount (static)"
+log "building pktgen, rxcount and fwd (static)"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --quiet --target "$target" --example pktgen --example rxcount
-for ex in pktgen rxcount; do cp "target/$target/release/examples/$ex" "$out/$ex"; done
+    cargo build --release --quiet --target "$target" --example pktgen --example rxcount --example fwd
+for ex in pktgen rxcount fwd; do cp "target/$target/release/examples/$ex" "$out/$ex"; done
 built="working tree at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . && git diff --quiet HEAD -- examples || echo ' + local changes')"
 
 cat > "$out/guest.sh" <<'GUEST'
@@ -52,9 +60,9 @@ cat > "$out/guest.sh" <<'GUEST'
 # the per-second rates.
 set -u
 T="$BENCH_TIME"
-P0="$FASTLANE_IGB0" P1="$FASTLANE_IGB1"
+P0="$FASTLANE_IGB0" P1="$FASTLANE_IGB1" V="$FASTLANE_VIRTIO"
 hugepages.sh setup 256 >/dev/null || exit 1
-hugepages.sh bind "$P0" "$P1" >/dev/null || exit 1
+hugepages.sh bind "$P0" "$P1" "$V" >/dev/null || exit 1
 TESTPMD="dpdk-testpmd -l 0-1 -n 1 --iova-mode=va"
 TP_OPTS="--total-num-mbufs=16384 --stats-period 1 --nb-cores=1"
 
@@ -62,6 +70,12 @@ TP_OPTS="--total-num-mbufs=16384 --stats-period 1 --nb-cores=1"
 ours_rates() { sed -n 's/^ *[0-9.]* s  *\([0-9][0-9]*\) pkt\/s.*/\1/p' "$1" | paste -sd, -; }
 # testpmd's "Tx-pps:   123456   Tx-bps: ..." (DIR Tx or Rx).
 tp_rates() { sed -n "s/.*$2-pps: *\([0-9][0-9]*\).*/\1/p" "$1" | paste -sd, -; }
+# fwd's "   1.0 s  A->B   123 pkt/s (0 dropped)  B->A   456 pkt/s (0 dropped)": the sum.
+fwd_rates() { sed -n 's/^ *[0-9.]* s  *A->B  *\([0-9][0-9]*\) pkt\/s.*B->A  *\([0-9][0-9]*\) pkt\/s.*/\1 \2/p' "$1" |
+    awk '{ printf "%s%d", sep, $1 + $2; sep = "," }'; }
+# testpmd with two ports prints one block per port per period: Tx-pps of
+# ports 0 and 1 summed per period.
+tp_fwd_rates() { awk '/Tx-pps:/ { s += $2; n++; if (n % 2 == 0) { printf "%s%d", sep, s; sep = ","; s = 0 } }' "$1"; }
 blocks() { n="$(grep -c 'Throughput (since last show)' "$1" 2>/dev/null)"; echo "${n:-0}"; }
 
 # tp_start LOG ARGS...: testpmd in the background (pid in $tp); tp_wait N: until
@@ -97,6 +111,30 @@ for size in $(echo "$BENCH_SIZES" | tr , ' '); do
         tp_wait $((T + 1)) || rc=1
         tp_stop
         marker testpmd tx "$size" $r $rc "$(tp_rates /tmp/tp Tx)"
+      elif [ "$mode" = fwd ]; then
+        rc=0
+        taskset 2 /bin/fwd --ports "$P0,$P1" --time $((T + 3)) > /tmp/ours 2>&1 &
+        fw=$!
+        i=0
+        while ! grep -q '^fwd:' /tmp/ours 2>/dev/null && kill -0 $fw 2>/dev/null && [ $i -lt 300 ]; do
+            sleep 0.1; i=$((i + 1))
+        done
+        sleep 1
+        taskset 1 /bin/pktgen --device "$V" --size "$size" --time "$T" > /tmp/gen 2>&1 || rc=1
+        wait $fw || rc=1
+        [ $rc = 0 ] || { tail -5 /tmp/ours; tail -5 /tmp/gen; }
+        marker ours fwd "$size" $r $rc "$(fwd_rates /tmp/ours)" "$(ours_rates /tmp/gen)"
+
+        rc=0
+        tp_start /tmp/tp -a "$P0" -a "$P1" -- $TP_OPTS --forward-mode=io
+        if tp_wait 2; then
+            taskset 1 /bin/pktgen --device "$V" --size "$size" --time "$T" > /tmp/gen 2>&1 || rc=1
+            tp_wait $(($(blocks /tmp/tp) + 2)) || rc=1
+        else
+            rc=1
+        fi
+        tp_stop
+        marker testpmd fwd "$size" $r $rc "$(tp_fwd_rates /tmp/tp)" "$(ours_rates /tmp/gen)"
       else
         # Receiver first; the generator starts when it is up.
         rc=0
@@ -134,7 +172,7 @@ GUEST
 log "booting the guest ($rounds rounds, sizes $sizes, modes $modes, ${secs}s per run)"
 set +e
 FASTLANE_GUEST_ENV="BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_SIZES=${sizes// /,} BENCH_MODES=${modes// /,}" \
-    "$repo/vm/run.sh" --peers --mem 2G --timeout 1500 --bin "$out/pktgen" --bin "$out/rxcount" \
+    "$repo/vm/run.sh" --peers --mem 2G --timeout 1500 --bin "$out/pktgen" --bin "$out/rxcount" --bin "$out/fwd" \
     --script "$out/guest.sh" > "$out/console.log"
 rc=$?
 set -e
@@ -177,7 +215,8 @@ for mode, size in seen:
     t = [r for r in runs if (r["mode"], r["size"], r["tool"]) == (mode, size, "testpmd")]
     op, tp = med([r["pps"] for r in o]), med([r["pps"] for r in t])
     load = "-" if mode == "tx" else f"{med([r['gen'] for r in o]):,.0f} / {med([r['gen'] for r in t]):,.0f}"
-    what = {"tx": "tx (pktgen vs txonly)", "rx": "rx (rxcount vs rxonly)"}[mode]
+    what = {"tx": "tx (pktgen vs txonly)", "rx": "rx (rxcount vs rxonly)",
+            "fwd": "io forwarding, both directions (fwd vs io)"}[mode]
     print(f"| {what} | {size} B | {op:,.0f} | {tp:,.0f} | {op / tp:.2f} | {load} | {len(o)}+{len(t)} |")
 print("\nEvery run (per-second samples):\n")
 print("| mode | frame | round | tool | pps | samples | generator samples |")
