@@ -68,7 +68,7 @@ pub use addr::{DmaDomain, Iova, UncheckedDma};
 pub use dma::{Claim, DmaArray};
 pub use error::{Error, Result};
 pub use hugepage::PageSize;
-pub use mmio::Mmio;
+pub use mmio::{Mmio, Reg32};
 pub use pci::{PciAddress, PciDevice};
 pub use pool::{BufferPool, DmaBuf, PoolCache, PoolError};
 pub use region::DmaRegion;
