@@ -336,35 +336,48 @@ impl IoQueuePair {
         self.ring.ring_sq();
         let mut consumed = false;
         while n < max {
-            let Some(c) = self.ring.pop() else {
+            // An I/O completion is its second quadword (DW0/DW1 carry
+            // nothing for the commands of this queue): one load.
+            let Some(c) = self.ring.pop_word() else {
                 break;
             };
             consumed = true;
             // Validate the whole entry before trusting any of it: a
             // malformed completion finishes nothing and hands nothing back;
             // the command it names stays outstanding (its timeout applies).
-            if c.sq_id != self.qid || self.ring.sq.check_head(c.sq_head).is_err() {
+            if c.sq_id() != self.qid || self.ring.sq.check_head(c.sq_head()).is_err() {
                 self.stats.malformed += 1;
-                log::warn!("queue {}: malformed completion {c:?}", self.qid);
+                log::warn!(
+                    "queue {}: malformed completion (sq_id {}, sq_head {}, cid {}, status {:#x})",
+                    self.qid,
+                    c.sq_id(),
+                    c.sq_head(),
+                    c.cid(),
+                    c.status()
+                );
                 continue;
             }
             // A single command (group 0) is finished by its completion; the
-            // commands of a split request go through `complete_part`.
-            let status = c.status();
-            match self.slots.complete_if(c.cid, |s| s.group == 0) {
-                Ok(Some(slot)) => {
-                    self.ring.sq.set_checked_head(c.sq_head);
+            // commands of a split request go through `complete_part`. The
+            // tag and buffer come out of the slot in place.
+            let status = Status(c.status());
+            match self
+                .slots
+                .complete_with(c.cid(), |s| (s.group == 0).then(|| (s.tag, s.buf.take())))
+            {
+                Ok(Some((tag, buf))) => {
+                    self.ring.sq.set_checked_head(c.sq_head());
                     n += 1;
                     self.stats.completed += 1;
                     f(Completion {
-                        tag: slot.tag,
-                        buf: slot.buf,
+                        tag,
+                        buf,
                         result: status.result().map_err(NvmeError::Status),
                     });
                 }
                 Ok(None) => {
-                    self.ring.sq.set_checked_head(c.sq_head);
-                    if let Some(done) = self.complete_part(c.cid, status) {
+                    self.ring.sq.set_checked_head(c.sq_head());
+                    if let Some(done) = self.complete_part(c.cid(), status) {
                         n += 1;
                         self.stats.completed += 1;
                         f(done);
@@ -375,7 +388,7 @@ impl IoQueuePair {
                     log::warn!(
                         "queue {}: completion for cid {}, not in flight",
                         self.qid,
-                        c.cid
+                        c.cid()
                     );
                 }
             }
@@ -533,19 +546,22 @@ impl IoQueuePair {
         };
         // blocks * block_size < 2^64: no overflow.
         let bytes = blocks as usize * ns.block_size as usize;
-        if blocks == 0
-            || lba
-                .checked_add(blocks as u64)
-                .is_none_or(|end| end > ns.blocks)
-            || bytes > buf.len()
-            || buf.domain() != self.domain
-        {
-            return Err(self.rw_refusal(ns, lba, blocks, bytes, buf));
-        }
+        // The domain check (foreign buffers are refused) and the IOVA in one.
+        let data = match buf.iova_in(self.domain) {
+            Some(iova)
+                if blocks != 0
+                    && lba
+                        .checked_add(blocks as u64)
+                        .is_some_and(|end| end <= ns.blocks)
+                    && bytes <= buf.len() =>
+            {
+                iova.get()
+            }
+            _ => return Err(self.rw_refusal(ns, lba, blocks, bytes, buf)),
+        };
         if bytes > self.max_transfer {
             return self.rw_split(opcode, ns, lba, blocks, buf, tag);
         }
-        let data = buf.iova().get();
         let slot = Slot {
             tag,
             buf: Some(buf),
@@ -558,38 +574,32 @@ impl IoQueuePair {
             Ok(cid) => cid,
             Err(slot) => return Err(Rejected::new(NvmeError::QueueFull, slot.buf)),
         };
-        // bytes <= max_transfer <= 2 MiB: at most 4096 blocks, NLB fits.
-        let mut cmd = SubmissionEntry::rw_command(opcode, cid, nsid, lba, (blocks - 1) as u16);
-        if let Err(e) = self.data_pointer(&mut cmd, cid, data, bytes) {
-            return Err(self.unwind(Some(cid), e));
-        }
+        let dptr = match self.data_pointer(cid, data, bytes) {
+            Ok(d) => d,
+            Err(e) => return Err(self.unwind(Some(cid), e)),
+        };
         let Some(sq_slot) = self.ring.sq.push_slot() else {
             return Err(self.unwind(Some(cid), NvmeError::QueueFull));
         };
-        self.ring.write_sq(sq_slot, &cmd);
+        // bytes <= max_transfer <= 2 MiB: at most 4096 blocks, NLB fits.
+        let words = rw_words(opcode, cid, nsid, lba, (blocks - 1) as u16, dptr);
+        self.ring.write_sq_words(sq_slot, words);
         self.stats.submitted += 1;
         Ok(())
     }
 
-    /// Fills the data pointer of `cmd` (command slot `cid`) for `bytes` at
-    /// IOVA `data`: one SGL Data Block descriptor when SGLs are in use and
-    /// the range meets their alignment, PRPs (in the slot's list page)
-    /// otherwise.
+    /// The data pointer of command slot `cid` for `bytes` at IOVA `data`:
+    /// one SGL Data Block descriptor when SGLs are in use and the range
+    /// meets their alignment, PRPs (in the slot's list page) otherwise.
     #[inline(always)]
-    fn data_pointer(
-        &self,
-        cmd: &mut SubmissionEntry,
-        cid: u16,
-        data: u64,
-        bytes: usize,
-    ) -> Result<()> {
+    fn data_pointer(&self, cid: u16, data: u64, bytes: usize) -> Result<DataPtr> {
         if self.sgl.fits(data, bytes) {
-            cmd.cdw0 |= PSDT_SGL_MPTR_CONTIG;
             // SGL Data Block descriptor: address; length, reserved bytes
             // and identifier 00h (Data Block, Address) in the second half.
-            cmd.prp1 = data;
-            cmd.prp2 = bytes as u64;
-            return Ok(());
+            return Ok(DataPtr {
+                psdt: PSDT_SGL_MPTR_CONTIG,
+                dptr: [data, bytes as u64],
+            });
         }
         // cid < depth - 1, and the extra area holds depth pages.
         let base = cid as usize * WORDS_PER_PAGE;
@@ -599,9 +609,10 @@ impl IoQueuePair {
         let p = prp::build_4k(data, bytes, list.iova_of(base).get(), |i, v| {
             list.write(base + i, v)
         })?;
-        cmd.prp1 = p.prp1;
-        cmd.prp2 = p.prp2;
-        Ok(())
+        Ok(DataPtr {
+            psdt: 0,
+            dptr: [p.prp1, p.prp2],
+        })
     }
 
     /// Why a read or write was refused, with its buffer.
@@ -703,15 +714,16 @@ impl IoQueuePair {
             };
             let first = i * chunk_blocks;
             let n = chunk_blocks.min(blocks as usize - first);
-            let mut cmd =
-                SubmissionEntry::rw_command(opcode, cid, ns.id, lba + first as u64, (n - 1) as u16);
             let at = data.wrapping_add((first * bs) as u64);
-            let filled = self.data_pointer(&mut cmd, cid, at, n * bs);
-            let Some(sq_slot) = filled.is_ok().then(|| self.ring.sq.push_slot()).flatten() else {
-                let e = filled.err().unwrap_or(NvmeError::QueueFull);
-                return Err(self.unwind_split(&cids, i, e));
+            let dptr = match self.data_pointer(cid, at, n * bs) {
+                Ok(d) => d,
+                Err(e) => return Err(self.unwind_split(&cids, i, e)),
             };
-            self.ring.write_sq(sq_slot, &cmd);
+            let Some(sq_slot) = self.ring.sq.push_slot() else {
+                return Err(self.unwind_split(&cids, i, NvmeError::QueueFull));
+            };
+            let words = rw_words(opcode, cid, ns.id, lba + first as u64, (n - 1) as u16, dptr);
+            self.ring.write_sq_words(sq_slot, words);
         }
         self.stats.submitted += parts as u64;
         Ok(())
@@ -893,6 +905,33 @@ fn sgl_mode(support: SglSupport, mode: DataPointer) -> SglSupport {
     }
 }
 
+/// A read or write's data pointer: PSDT bits for CDW0 and the two words
+/// of DPTR (PRP1/PRP2, or one SGL descriptor).
+#[derive(Clone, Copy, Debug)]
+struct DataPtr {
+    psdt: u32,
+    dptr: [u64; 2],
+}
+
+/// The whole submission entry of a read or write (`opcode`, command id
+/// `cid`, `nlb + 1` blocks at `slba`), as the eight words written into the
+/// SQ slot: the layout of [`SubmissionEntry::rw_command`] with the data
+/// pointer in place, every other field zero.
+#[inline(always)]
+fn rw_words(opcode: u8, cid: u16, nsid: u32, slba: u64, nlb: u16, d: DataPtr) -> [u64; 8] {
+    let cdw0 = opcode as u32 | d.psdt | (cid as u32) << 16;
+    [
+        cdw0 as u64 | (nsid as u64) << 32,
+        0, // CDW2, CDW3
+        0, // MPTR
+        d.dptr[0],
+        d.dptr[1],
+        slba,       // CDW10, CDW11
+        nlb as u64, // CDW12, CDW13
+        0,          // CDW14, CDW15
+    ]
+}
+
 /// 64-bit words in one 4 KiB slot page.
 const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;
 
@@ -958,5 +997,31 @@ impl Drop for IoQueuePair {
             }
         }
         admin.release_qid(self.qid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words written into the SQ are exactly the entry the spec
+    /// constructors build: SGL and PRP data pointers, reads and writes, with
+    /// the high bits of every field set.
+    #[test]
+    fn rw_words_match_the_submission_entry() {
+        let cases = [
+            (nvm_opcode::READ, 0u16, 1u32, 0u64, 0u16, PSDT_SGL_MPTR_CONTIG, [0x1000, 4096]),
+            (nvm_opcode::WRITE, 0xFFFE, u32::MAX, u64::MAX, u16::MAX, 0, [u64::MAX, 0xdead_beef_0000]),
+            (nvm_opcode::READ, 62, 7, 0x1_2345_6789, 3, 0, [0x20_0000, 0]),
+        ];
+        for (opcode, cid, nsid, slba, nlb, psdt, dptr) in cases {
+            let mut e = SubmissionEntry::rw_command(opcode, cid, nsid, slba, nlb);
+            e.cdw0 |= psdt;
+            e.prp1 = dptr[0];
+            e.prp2 = dptr[1];
+            let want: [u64; 8] = bytemuck::cast(e);
+            let got = rw_words(opcode, cid, nsid, slba, nlb, DataPtr { psdt, dptr });
+            assert_eq!(got, want, "opcode {opcode} cid {cid}");
+        }
     }
 }

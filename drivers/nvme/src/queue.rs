@@ -294,6 +294,27 @@ impl<T> CidTable<T> {
         Ok(token)
     }
 
+    /// Lets `take` look at the token of in-flight `cid`; when it returns
+    /// `Some`, retires `cid` (what `take` left of the token is dropped)
+    /// and returns that, otherwise the command stays in flight
+    /// (`Ok(None)`). Errors if `cid` is not in flight. For taking a part
+    /// of the token out in place, without moving all of it.
+    #[inline(always)]
+    pub fn complete_with<R>(
+        &mut self,
+        cid: u16,
+        take: impl FnOnce(&mut T) -> Option<R>,
+    ) -> Result<Option<R>, UnknownCid> {
+        let slot = self.slots.get_mut(cid as usize).ok_or(UnknownCid { cid })?;
+        let token = slot.as_mut().ok_or(UnknownCid { cid })?;
+        let Some(r) = take(token) else {
+            return Ok(None);
+        };
+        *slot = None;
+        self.free.push(cid);
+        Ok(Some(r))
+    }
+
     /// Ids [`Self::alloc`] can still issue.
     pub fn free(&self) -> usize {
         self.free.len()

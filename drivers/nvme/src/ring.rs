@@ -10,7 +10,7 @@
 use std::mem::offset_of;
 use std::sync::atomic::{fence, Ordering};
 
-use fastlane_framework::{DmaArray, DmaRegion, Mmio};
+use fastlane_framework::{DmaArray, DmaRegion, Mmio, Reg32};
 
 use crate::error::Result;
 use crate::queue::{CqRing, SqRing};
@@ -20,6 +20,38 @@ const SQE: usize = std::mem::size_of::<SubmissionEntry>();
 const CQE: usize = std::mem::size_of::<CompletionEntry>();
 /// Byte offset of the Phase Tag / Status word inside a completion entry.
 const STATUS: usize = offset_of!(CompletionEntry, status);
+/// Byte offset of a completion's second quadword (SQ head, SQ id, CID,
+/// status), the part an I/O completion is made of.
+const CQE_HI: usize = offset_of!(CompletionEntry, sq_head);
+/// 64-bit words in one completion entry.
+const CQE_WORDS: usize = CQE / 8;
+/// 64-bit words in one submission entry.
+pub(crate) const SQE_WORDS: usize = SQE / 8;
+
+/// The second quadword of a completion entry, read in one load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CqWord(pub u64);
+
+impl CqWord {
+    #[inline(always)]
+    pub fn sq_head(self) -> u16 {
+        self.0 as u16
+    }
+    #[inline(always)]
+    pub fn sq_id(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+    #[inline(always)]
+    pub fn cid(self) -> u16 {
+        (self.0 >> 32) as u16
+    }
+    /// Phase Tag (bit 0) and Status Field (bits 15:1).
+    #[inline(always)]
+    pub fn status(self) -> u16 {
+        (self.0 >> 48) as u16
+    }
+}
+const _: () = assert!(CQE_HI == 8 && STATUS == 14);
 
 /// Queue memory layout inside one region: SQ at 0, CQ at the next 4 KiB
 /// boundary, then `extra` bytes for the caller (PRP list pages, identify data).
@@ -76,11 +108,14 @@ pub(crate) struct Ring {
     pub region: DmaRegion,
     pub sq: SqRing,
     pub cq: CqRing,
-    regs: Mmio,
-    sq_db: usize,
-    cq_db: usize,
-    sq_mem: DmaArray<SubmissionEntry>,
-    cq_mem: DmaArray<CompletionEntry>,
+    /// The SQ Tail and CQ Head doorbell registers (checked once, when made).
+    sq_db: Reg32,
+    cq_db: Reg32,
+    /// The SQ as 64-bit words, [`SQE_WORDS`] per entry: an entry is written
+    /// as one run of word stores with one bounds check.
+    sq_mem: DmaArray<u64>,
+    /// The CQ as 64-bit words, two per entry (the second holds the phase).
+    cq_mem: DmaArray<u64>,
     /// The caller's extra space, as 64-bit words (PRP lists, DSM ranges,
     /// identify data).
     pub extra: DmaArray<u64>,
@@ -104,23 +139,24 @@ impl Ring {
         regs: Mmio,
     ) -> Result<Ring> {
         let n = entries as usize;
-        let (sq_db, cq_db) = (sq_tail_doorbell(qid, dstrd), cq_head_doorbell(qid, dstrd));
-        // Checked once here; every doorbell write goes to these offsets.
-        if sq_db.max(cq_db) + 4 > regs.len() {
+        // Checked once here; every doorbell write goes to these registers.
+        let (Some(sq_db), Some(cq_db)) = (
+            regs.reg32(sq_tail_doorbell(qid, dstrd)),
+            regs.reg32(cq_head_doorbell(qid, dstrd)),
+        ) else {
             return Err(crate::NvmeError::Malformed(
                 "BAR0 too small for this queue's doorbells",
             ));
-        }
+        };
         let ring = Ring {
             sq: SqRing::new(entries)?,
             cq: CqRing::new(entries)?,
             sq_db,
             cq_db,
-            sq_mem: region.carve(0, n)?,
-            cq_mem: region.carve(layout.cq_off, n)?,
+            sq_mem: region.carve(0, n * SQE_WORDS)?,
+            cq_mem: region.carve(layout.cq_off, n * CQE_WORDS)?,
             extra: region.carve(layout.extra_off, layout.extra / 8)?,
             region,
-            regs,
             unrung: 0,
             shadow: None,
             shadow_sq: 0,
@@ -133,8 +169,8 @@ impl Ring {
 
     /// Zeroes the queues so no stale phase tag looks new (after a reset).
     pub fn clear(&self) {
-        self.sq_mem.fill(SubmissionEntry::default());
-        self.cq_mem.fill(CompletionEntry::default());
+        self.sq_mem.fill(0);
+        self.cq_mem.fill(0);
         if let Some(sh) = &self.shadow {
             sh.clear();
         }
@@ -188,9 +224,7 @@ impl Ring {
         let Some(slot) = self.sq.push_slot() else {
             return false;
         };
-        // The device reads this slot only after the tail doorbell moves past it.
-        self.sq_mem.write(slot as usize, *cmd);
-        self.unrung += 1;
+        self.write_sq(slot, cmd);
         true
     }
 
@@ -198,8 +232,22 @@ impl Ring {
     /// out.
     #[inline(always)]
     pub fn write_sq(&mut self, slot: u16, cmd: &SubmissionEntry) {
-        // The device reads this slot only after the tail doorbell moves past it.
-        self.sq_mem.write(slot as usize, *cmd);
+        self.write_sq_words(slot, bytemuck::cast(*cmd));
+    }
+
+    /// Writes the entry `words` (all of it: nothing of an older command
+    /// stays) into SQ slot `slot`, which [`SqRing::push_slot`] handed out:
+    /// eight word stores, one bounds check.
+    #[inline(always)]
+    pub fn write_sq_words(&mut self, slot: u16, words: [u64; SQE_WORDS]) {
+        // The device reads this slot only after the tail doorbell moves
+        // past it. `slot` < entries (push_slot), so the run is in bounds;
+        // were it not, nothing would be written and the doorbell would
+        // expose a zeroed or older entry, which the CID table rejects.
+        let r = self
+            .sq_mem
+            .write_run(slot as usize * SQE_WORDS, SQE_WORDS, |k| words[k]);
+        debug_assert!(r.is_ok());
         self.unrung += 1;
     }
 
@@ -223,7 +271,7 @@ impl Ring {
                     return;
                 }
             }
-            self.regs.write32(self.sq_db, tail as u32);
+            self.sq_db.write(tail as u32);
             self.mmio_writes += 1;
         }
     }
@@ -231,17 +279,34 @@ impl Ring {
     /// The next new completion, consumed; the CQ doorbell is left to `ring_cq`.
     #[inline]
     pub fn pop(&mut self) -> Option<CompletionEntry> {
-        let head = self.cq.head() as usize;
-        // The status word first; the rest only once its phase says the
-        // device finished writing the entry.
-        let status = self.cq_mem.read_field::<u16>(head, STATUS);
-        if !self.cq.is_new(status) {
+        let head = self.cq.head() as usize * CQE_WORDS;
+        // The word with the status first; the rest only once its phase
+        // says the device finished writing the entry.
+        let hi = self.cq_mem.read(head + 1);
+        if !self.cq.is_new(CqWord(hi).status()) {
             return None;
         }
         fence(Ordering::Acquire);
-        let entry = self.cq_mem.read(head);
+        let lo = self.cq_mem.read(head);
         self.cq.advance();
-        Some(entry)
+        Some(bytemuck::cast([lo, hi]))
+    }
+
+    /// The second quadword (SQ head, SQ id, CID, status) of the next new
+    /// completion, consumed; the CQ doorbell is left to `ring_cq`. One
+    /// load: the phase tag and the fields it vouches for come from the same
+    /// single-copy-atomic 8-byte read, so they belong to one entry (the
+    /// device makes an entry's fields visible no later than its phase).
+    #[inline(always)]
+    pub fn pop_word(&mut self) -> Option<CqWord> {
+        let w = CqWord(self.cq_mem.read(self.cq.head() as usize * CQE_WORDS + 1));
+        if !self.cq.is_new(w.status()) {
+            return None;
+        }
+        // What the device wrote before the entry (read data) is seen after.
+        fence(Ordering::Acquire);
+        self.cq.advance();
+        Some(w)
     }
 
     /// Tells the device how far completions were consumed.
@@ -253,7 +318,7 @@ impl Ring {
                 return;
             }
         }
-        self.regs.write32(self.cq_db, head as u32);
+        self.cq_db.write(head as u32);
         self.mmio_writes += 1;
     }
 
