@@ -109,6 +109,9 @@ pub struct IoQueuePair {
     /// How data buffers are described: SGL support level in use, or
     /// `SglSupport::None` for PRPs.
     sgl: SglSupport,
+    /// [`Self::sgl`] as a mask: a data block at `addr` of `len` bytes
+    /// (never 0) gets an SGL descriptor iff `(addr | len) & mask == 0`.
+    sgl_mask: u64,
     /// Buffers must be mapped in this domain (the controller's container).
     domain: DmaDomain,
     /// Poll calls, to read the clock only every CLOCK_EVERY of them.
@@ -161,6 +164,7 @@ impl IoQueuePair {
             namespaces: inner.namespaces.clone(),
             max_transfer: inner.info.max_transfer,
             sgl: sgl_mode(inner.info.sgl, inner.options.data_pointer),
+            sgl_mask: sgl_mask(sgl_mode(inner.info.sgl, inner.options.data_pointer)),
             domain: inner.mem.domain(),
             inner,
             ring,
@@ -247,6 +251,7 @@ impl IoQueuePair {
             ));
         }
         self.sgl = sgl_mode(support, mode);
+        self.sgl_mask = sgl_mask(self.sgl);
         Ok(())
     }
 
@@ -369,11 +374,21 @@ impl IoQueuePair {
                     self.ring.sq.set_checked_head(c.sq_head());
                     n += 1;
                     self.stats.completed += 1;
-                    f(Completion {
-                        tag,
-                        buf,
-                        result: status.result().map_err(NvmeError::Status),
-                    });
+                    // Success built apart from the error: the usual
+                    // completion carries no error bytes to move.
+                    if status.is_success() {
+                        f(Completion {
+                            tag,
+                            buf,
+                            result: Ok(()),
+                        });
+                    } else {
+                        f(Completion {
+                            tag,
+                            buf,
+                            result: status_error(status),
+                        });
+                    }
                 }
                 Ok(None) => {
                     self.ring.sq.set_checked_head(c.sq_head());
@@ -593,7 +608,12 @@ impl IoQueuePair {
     /// meets their alignment, PRPs (in the slot's list page) otherwise.
     #[inline(always)]
     fn data_pointer(&self, cid: u16, data: u64, bytes: usize) -> Result<DataPtr> {
-        if self.sgl.fits(data, bytes) {
+        // `self.sgl.fits(data, bytes)` in one test (bytes > 0).
+        debug_assert_eq!(
+            (data | bytes as u64) & self.sgl_mask == 0,
+            self.sgl.fits(data, bytes)
+        );
+        if (data | bytes as u64) & self.sgl_mask == 0 {
             // SGL Data Block descriptor: address; length, reserved bytes
             // and identifier 00h (Data Block, Address) in the second half.
             return Ok(DataPtr {
@@ -896,6 +916,16 @@ const _: () = {
 /// bits of the head's slot).
 const PENDING_MAX: usize = group::PENDING as usize + 1;
 
+/// The alignment mask of [`IoQueuePair::sgl_mask`] for `sgl`: all ones
+/// without SGLs (nothing fits: a transfer is never 0 bytes).
+fn sgl_mask(sgl: SglSupport) -> u64 {
+    match sgl {
+        SglSupport::None => u64::MAX,
+        SglSupport::Any => 0,
+        SglSupport::DwordAligned => 0b11,
+    }
+}
+
 /// The SGL support level a queue pair uses for `mode` on a controller with
 /// `support` (`None`: PRPs).
 fn sgl_mode(support: SglSupport, mode: DataPointer) -> SglSupport {
@@ -903,6 +933,13 @@ fn sgl_mode(support: SglSupport, mode: DataPointer) -> SglSupport {
         DataPointer::Prp => SglSupport::None,
         DataPointer::Auto | DataPointer::Sgl => support,
     }
+}
+
+/// A failed command's status as the error a completion carries.
+#[cold]
+#[inline(never)]
+fn status_error(status: Status) -> Result<()> {
+    status.result().map_err(NvmeError::Status)
 }
 
 /// A read or write's data pointer: PSDT bits for CDW0 and the two words

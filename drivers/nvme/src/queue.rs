@@ -112,9 +112,14 @@ impl SqRing {
         if sq_head == self.tail {
             return Ok(());
         }
-        if sq_head >= self.size
-            || self.distance(self.head, sq_head) > self.distance(self.head, self.tail)
-        {
+        // Inside the circular range [head, tail] (which excludes sizes and
+        // up when the range does not wrap, as tail < size).
+        let inside = if self.head <= self.tail {
+            sq_head >= self.head && sq_head <= self.tail
+        } else {
+            (sq_head >= self.head && sq_head < self.size) || sq_head <= self.tail
+        };
+        if !inside {
             return Err(QueueError::InvalidSqHead {
                 sq_head,
                 head: self.head,
@@ -243,7 +248,35 @@ pub struct UnknownCid {
 #[derive(Debug)]
 pub struct CidTable<T> {
     slots: Vec<Option<T>>,
-    free: Vec<u16>,
+    free: FreeIds,
+}
+
+/// The stack of free command ids: a fixed array as large as the table, so
+/// pushing never grows it (and the hot path makes no call).
+#[derive(Debug)]
+struct FreeIds {
+    ids: Box<[u16]>,
+    len: usize,
+}
+
+impl FreeIds {
+    #[inline(always)]
+    fn pop(&mut self) -> Option<u16> {
+        let i = self.len.checked_sub(1)?;
+        let id = *self.ids.get(i)?;
+        self.len = i;
+        Some(id)
+    }
+
+    /// Pushes a retired id; every id is pushed at most once per pop, so
+    /// there is always room (an id beyond it would be dropped).
+    #[inline(always)]
+    fn push(&mut self, id: u16) {
+        if let Some(slot) = self.ids.get_mut(self.len) {
+            *slot = id;
+            self.len += 1;
+        }
+    }
 }
 
 impl<T> CidTable<T> {
@@ -252,7 +285,10 @@ impl<T> CidTable<T> {
     pub fn new(capacity: u16) -> Self {
         let slots = (0..capacity).map(|_| None).collect();
         // Popped from the end: id 0 first.
-        let free = (0..capacity).rev().collect();
+        let free = FreeIds {
+            ids: (0..capacity).rev().collect(),
+            len: capacity as usize,
+        };
         CidTable { slots, free }
     }
 
@@ -269,9 +305,16 @@ impl<T> CidTable<T> {
         let Some(cid) = self.free.pop() else {
             return Err(token);
         };
-        // cid < capacity == slots.len(): the table issued it.
-        self.slots[cid as usize] = Some(token);
-        Ok(cid)
+        // cid < capacity == slots.len(): the table issued it, so the slot
+        // exists (no panic path, which would keep the token on the stack
+        // for unwinding).
+        match self.slots.get_mut(cid as usize) {
+            Some(slot) => {
+                *slot = Some(token);
+                Ok(cid)
+            }
+            None => Err(token),
+        }
     }
 
     /// Looks at the token of in-flight `cid` with `retire`; when it says
@@ -317,7 +360,7 @@ impl<T> CidTable<T> {
 
     /// Ids [`Self::alloc`] can still issue.
     pub fn free(&self) -> usize {
-        self.free.len()
+        self.free.len
     }
 
     /// Retire `cid` and return its token; errors if `cid` is not in flight.
@@ -343,7 +386,7 @@ impl<T> CidTable<T> {
 
     /// Commands in flight.
     pub fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.slots.len() - self.free.len
     }
     /// Number of CIDs this table issues.
     pub fn capacity(&self) -> usize {
@@ -355,7 +398,7 @@ impl<T> CidTable<T> {
     }
     /// [`Self::alloc`] would return `None`.
     pub fn is_full(&self) -> bool {
-        self.free.is_empty()
+        self.free.len == 0
     }
 
     /// Retire every command in flight (controller reset, queue deletion),
@@ -437,6 +480,26 @@ mod tests {
         // Going backwards is not.
         assert!(sq.update_head(2).is_err());
         assert_eq!(sq.head(), 3);
+    }
+
+    #[test]
+    fn check_head_accepts_exactly_the_circular_range() {
+        for size in 2..8u16 {
+            for head in 0..size {
+                for len in 0..size {
+                    let tail = (head + len) % size;
+                    let sq = SqRing { tail, head, size };
+                    for sq_head in (0..size + 3).chain([u16::MAX]) {
+                        let want = sq_head < size && (sq_head + size - head) % size <= len;
+                        assert_eq!(
+                            sq.check_head(sq_head).is_ok(),
+                            want,
+                            "size {size} head {head} tail {tail} sq_head {sq_head}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
