@@ -149,10 +149,9 @@ diag() {
     echo "DIAG $1 $(awk '/^cpu[0-9]/ { printf "%s=%d/%d ", $1, $2 + $3 + $4 + $7 + $8 + $9, $5 + $6 }' /proc/stat)"
     echo "DIAG $1 $(awk '$1 ~ /^(LOC|RES|CAL|TLB):$/ { printf "%s%s,%s ", $1, $2, $3 }' /proc/interrupts)"
     echo "DIAG $1 $(awk '$1 ~ /^(NET_RX|NET_TX|TIMER|SCHED|RCU):$/ { printf "%s%s,%s ", $1, $2, $3 }' /proc/softirqs)"
-    for t in /proc/[0-9]*/task/[0-9]*; do
-        st="$(cat "$t/stat" 2>/dev/null)" || continue
-        case "$st" in *"(nvmf"*|*"(fio"*|*"(kworker"*|*"(ksoftirqd"*) ;; *) continue ;; esac
-        echo "$st" | awk '{ sub(/^[0-9]+ /, ""); n = $1; sub(/^\([^)]*\) /, ""); if ($12 + $13 > 0) printf "DIAG T %s state=%s cpu=%s utime=%s stime=%s\n", n, $1, $37, $12, $13 }'
+    for t in /proc/${TPID:-none}/task/[0-9]* /proc/$pid/task/[0-9]*; do
+        [ -e "$t/stat" ] || continue
+        awk '{ sub(/^[0-9]+ /, ""); n = $1; sub(/^\([^)]*\) /, ""); printf "DIAG T %s state=%s cpu=%s utime=%s stime=%s\n", n, $1, $37, $12, $13 }' "$t/stat"
     done
 }
 

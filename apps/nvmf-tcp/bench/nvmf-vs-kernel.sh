@@ -30,7 +30,10 @@
 # BENCH_TARGET_ARGS (extra nvmf-tcp arguments, default "--io-queues 2"),
 # BENCH_CONNECT_EXTRA (appended to the initiator's connect options for both
 # targets, e.g. ",nr_io_queues=1"), BENCH_DIAG (1: DIAG lines in the console
-# log: per-vCPU time, interrupts, threads). Takes /tmp/fastlane-vm.lock itself.
+# log: per-vCPU time, interrupts, threads), BENCH_SOURCE (head: build the
+# last commit from a snapshot, default; tree: the working tree),
+# BENCH_NVMF_BIN (measure this static nvmf-tcp binary instead). Takes
+# /tmp/fastlane-vm.lock itself.
 # Results: .cache/bench/nvmf-vs-kernel/<time>/{console.log,results.md}
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -56,14 +59,32 @@ log() { echo "nvmf-vs-kernel: $*" >&2; }
 
 # --- the target, static (the guest has no libc of its own for it) -----------
 triple=x86_64-unknown-linux-gnu
-log "building nvmf-tcp"
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --quiet --target "$triple" -p fastlane-nvmf-tcp
-cp "$repo/target/$triple/release/nvmf-tcp" "$out/nvmf-tcp"
-built="$(git rev-parse --short HEAD)"
-git diff --quiet HEAD -- apps/nvmf-tcp/src apps/nvmf-tcp/Cargo.toml drivers/nvme framework Cargo.lock \
-    || built="$built + local changes"
-log "nvmf-tcp: commit $built"
+build() {   # source dir, target dir
+    (cd "$1" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_TARGET_DIR="$2" \
+        cargo build --release --quiet --target "$triple" -p fastlane-nvmf-tcp) > "$out/build.log" 2>&1 \
+        || { tail -30 "$out/build.log" >&2; log "build failed (whole log: $out/build.log)"; exit 1; }
+    cp "$2/$triple/release/nvmf-tcp" "$out/nvmf-tcp"
+}
+if [ -n "${BENCH_NVMF_BIN:-}" ]; then
+    cp "$BENCH_NVMF_BIN" "$out/nvmf-tcp"
+    built="binary $BENCH_NVMF_BIN"
+elif [ "${BENCH_SOURCE:-head}" = tree ]; then
+    log "building nvmf-tcp from the working tree"
+    build "$repo" "$repo/target"
+    built="working tree at $(git rev-parse --short HEAD)"
+    git diff --quiet HEAD -- apps/nvmf-tcp/src apps/nvmf-tcp/Cargo.toml drivers/nvme framework Cargo.lock \
+        || built="$built + local changes"
+else
+    # The last commit, whatever others have half-edited in the working tree.
+    commit="$(git rev-parse --short HEAD)"
+    log "building nvmf-tcp from commit $commit"
+    snap="$repo/.cache/bench/nvmf-head-src"
+    rm -rf "$snap"; mkdir -p "$snap"
+    git archive HEAD | tar -x -C "$snap"
+    build "$snap" "$repo/.cache/bench/nvmf-head-target"
+    built="at commit $commit"
+fi
+log "nvmf-tcp: $built"
 
 # --- one boot --------------------------------------------------------------------
 guest_time=$(( rounds * 2 * 3 * (secs + 15) + 240 ))
@@ -120,7 +141,7 @@ def med(xs):
 cases = ["randread4k_qd1", "randread4k_qd32", "seqread128k_qd32"]
 label = {"randread4k_qd1": "4 KiB rand read QD1", "randread4k_qd32": "4 KiB rand read QD32",
          "seqread128k_qd32": "128 KiB seq read QD32"}
-print(f"nvmf-tcp at commit {built} ({targs or 'defaults'}) against nvmet-tcp; client: Linux nvme-tcp over loopback"
+print(f"nvmf-tcp {built} ({targs or 'defaults'}) against nvmet-tcp; client: Linux nvme-tcp over loopback"
       f"{' (' + cextra + ')' if cextra else ''}, Debian fio 3.33 io_uring --direct=1. Backend: {backend}.")
 print("Medians over the rounds. CPU: non-idle guest CPU time (2 vCPUs: target, initiator and fio) per I/O,")
 print("steady state inside each fio run.\n")
