@@ -11,7 +11,8 @@
 # BENCH_ROUNDS, BENCH_CASES (names below, comma separated),
 # BENCH_TARGET_ARGS (extra arguments for nvmf-tcp, comma separated),
 # BENCH_CONNECT_EXTRA (appended to the initiator's connect options for both
-# targets, e.g. ",nr_io_queues=1").
+# targets, e.g. ",nr_io_queues=1"), BENCH_TARGET_CPUS (taskset list for
+# nvmf-tcp), BENCH_FIO_CPUS (fio --cpus_allowed, both targets).
 set -u
 N="$FASTLANE_NVME"
 T="$BENCH_TIME"
@@ -93,7 +94,8 @@ start_ours() {
     hugepages.sh bind "$N" >/dev/null || return 1
     rm -f /tmp/tgt.in /tmp/tgt.err; mkfifo /tmp/tgt.in
     # Stops cleanly when its stdin (the fifo, held open by fd 4) closes.
-    /bin/nvmf-tcp --listen 127.0.0.1:4420 --nqn "$NQN_OURS" --device "$N" --until-stdin-closes $TARGET_ARGS \
+    pin=""; [ -z "${BENCH_TARGET_CPUS:-}" ] || pin="taskset -c $BENCH_TARGET_CPUS"
+    $pin /bin/nvmf-tcp --listen 127.0.0.1:4420 --nqn "$NQN_OURS" --device "$N" --until-stdin-closes $TARGET_ARGS \
         < /tmp/tgt.in 2> /tmp/tgt.err &
     TPID=$!
     exec 4> /tmp/tgt.in
@@ -161,7 +163,8 @@ measure() {
     rm -f /tmp/fio.json /tmp/fio.err
     c0="$(cpu)"; u0="$(uptime_s)"
     fio --name=x --filename="$DEV" --direct=1 --ioengine=io_uring --time_based --runtime="$T" \
-        --norandommap --randrepeat=0 --output-format=json --output=/tmp/fio.json "$@" 2> /tmp/fio.err &
+        --norandommap --randrepeat=0 --output-format=json --output=/tmp/fio.json \
+        ${BENCH_FIO_CPUS:+--cpus_allowed=$BENCH_FIO_CPUS} "$@" 2> /tmp/fio.err &
     pid=$!
     w0="- -" w1="- -" uw0=- uw1=- inside=0
     while kill -0 $pid 2>/dev/null; do

@@ -32,7 +32,9 @@
 # targets, e.g. ",nr_io_queues=1"), BENCH_DIAG (1: DIAG lines in the console
 # log: per-vCPU time, interrupts, threads), BENCH_SOURCE (head: build the
 # last commit from a snapshot, default; tree: the working tree),
-# BENCH_NVMF_BIN (measure this static nvmf-tcp binary instead). Takes
+# BENCH_NVMF_BIN (measure this static nvmf-tcp binary instead),
+# BENCH_TARGET_CPUS (guest CPUs for nvmf-tcp, taskset list, e.g. 0),
+# BENCH_FIO_CPUS (fio --cpus_allowed, for both targets, e.g. 1). Takes
 # /tmp/fastlane-vm.lock itself.
 # Results: .cache/bench/nvmf-vs-kernel/<time>/{console.log,results.md}
 set -euo pipefail
@@ -94,7 +96,7 @@ log "booting the guest: backend $backend, $rounds rounds x cases ($cases) x 2 ta
 for try in 1 2 3; do
     set +e
     FASTLANE_NVME_DRIVE="$drive" \
-    FASTLANE_GUEST_ENV="BENCH_BACKEND=$backend BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_CASES=${cases// /,} BENCH_TARGET_ARGS=${target_args// /,} BENCH_CONNECT_EXTRA=$connect_extra BENCH_DIAG=${BENCH_DIAG:-}" \
+    FASTLANE_GUEST_ENV="BENCH_BACKEND=$backend BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_CASES=${cases// /,} BENCH_TARGET_ARGS=${target_args// /,} BENCH_CONNECT_EXTRA=$connect_extra BENCH_DIAG=${BENCH_DIAG:-} BENCH_TARGET_CPUS=${BENCH_TARGET_CPUS:-} BENCH_FIO_CPUS=${BENCH_FIO_CPUS:-}" \
         flock /tmp/fastlane-vm.lock "$repo/vm/run.sh" --peers --mem 2G --timeout "$guest_time" \
         --bin "$out/nvmf-tcp" --script "$here/guest-nvmf-vs-kernel.sh" > "$out/console.log"
     rc=$?
@@ -107,7 +109,7 @@ grep -a -o 'BENCH target=.*\|BENCH backend=.*' "$out/console.log" | cut -c1-140 
 [ "$rc" = 0 ] || { log "guest failed (rc $rc), see $out/console.log"; tail -40 "$out/console.log" >&2; exit 1; }
 
 # --- table -------------------------------------------------------------------------
-python3 - "$out" "$built" "$backend" "$target_args" "$connect_extra" > "$out/results.md" <<'PY'
+python3 - "$out" "$built" "$backend" "$target_args" "$connect_extra" "${BENCH_TARGET_CPUS:-}" "${BENCH_FIO_CPUS:-}" > "$out/results.md" <<'PY'
 import json, re, statistics, sys
 out, built, backend, targs, cextra = sys.argv[1:6]
 nan = float("nan")
@@ -141,7 +143,8 @@ def med(xs):
 cases = ["randread4k_qd1", "randread4k_qd32", "seqread128k_qd32"]
 label = {"randread4k_qd1": "4 KiB rand read QD1", "randread4k_qd32": "4 KiB rand read QD32",
          "seqread128k_qd32": "128 KiB seq read QD32"}
-print(f"nvmf-tcp {built} ({targs or 'defaults'}) against nvmet-tcp; client: Linux nvme-tcp over loopback"
+pins = " ".join(f"{k}={v}" for k, v in (("nvmf-tcp on CPUs", sys.argv[6]), ("fio on CPUs", sys.argv[7])) if v)
+print(f"nvmf-tcp {built} ({targs or 'defaults'}{'; ' + pins if pins else ''}) against nvmet-tcp; client: Linux nvme-tcp over loopback"
       f"{' (' + cextra + ')' if cextra else ''}, Debian fio 3.33 io_uring --direct=1. Backend: {backend}.")
 print("Medians over the rounds. CPU: non-idle guest CPU time (2 vCPUs: target, initiator and fio) per I/O,")
 print("steady state inside each fio run.\n")
