@@ -17,12 +17,14 @@ compile_error!("fastlane-nvme declares NVMe structures with native integers: lit
 mod command;
 mod completion;
 mod identify;
+mod log;
 mod regs;
 mod sgl;
 
 pub use command::*;
 pub use completion::*;
 pub use identify::*;
+pub use log::*;
 pub use regs::*;
 pub use sgl::*;
 
