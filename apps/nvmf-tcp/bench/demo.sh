@@ -15,10 +15,11 @@ repo="$(cd "$here/../../.." && pwd)"
 cd "$repo"
 triple=x86_64-unknown-linux-gnu
 echo "demo: building nvmf-tcp (static)" >&2
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --quiet --target "$triple" -p fastlane-nvmf-tcp
 bin="$repo/.cache/demo-bin"
 mkdir -p "$bin"
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --quiet --target "$triple" -p fastlane-nvmf-tcp > "$bin/build.log" 2>&1 \
+    || { tail -30 "$bin/build.log" >&2; echo "demo: build failed ($bin/build.log)" >&2; exit 1; }
 cp "target/$triple/release/nvmf-tcp" "$bin/nvmf-tcp"
 script="$repo/.cache/nvmf-demo-guest.sh"
 cat > "$script" <<'GUEST'
