@@ -4,11 +4,13 @@
 //!
 //! `nvme.rs` is also compiled into `drivers/nvme/tests/proptest.rs`, so CI
 //! runs those bodies on random bytes without a fuzzer; the framework and
-//! NIC bodies run as tests of this package (`cargo test` in `fuzz/`).
+//! NIC and NVMe/TCP bodies run as tests of this package (`cargo test` in
+//! `fuzz/`).
 
 pub mod framework;
 pub mod nic;
 pub mod nvme;
+pub mod nvmf;
 
 /// Reads the input front to back; past the end every value is zero, so any
 /// input, even an empty one, is a complete test case.
@@ -62,6 +64,11 @@ mod tests {
         #[test]
         fn virtio_used_ring(data in prop::collection::vec(any::<u8>(), 0..600)) {
             crate::nic::virtio_used_ring(&data);
+        }
+
+        #[test]
+        fn nvmf_pdu_stream(data in prop::collection::vec(any::<u8>(), 0..600)) {
+            crate::nvmf::pdu_stream(&data);
         }
 
         #[test]
