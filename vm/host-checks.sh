@@ -2,8 +2,8 @@
 # Host-side checks beyond `cargo test` (part of vm/test.sh):
 #   1. clippy on every crate and target, warnings denied (the lint policy in
 #      the workspace Cargo.toml; missing docs stay warnings);
-#   2. the drivers contain no `unsafe` (they forbid it; this catches a
-#      removed `forbid` too);
+#   2. the drivers and apps contain no `unsafe` (they forbid it; this
+#      catches a removed `forbid` too);
 #   3. loom: every interleaving of the buffer pool's lifetime protocol;
 #   4. AddressSanitizer and ThreadSanitizer (nightly, std rebuilt with the
 #      sanitizer for TSan) over the framework's tests, which include the
@@ -17,12 +17,12 @@ target=x86_64-unknown-linux-gnu
 echo "=== clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings -A missing_docs
 
-echo "=== no unsafe in the drivers"
-for c in drivers/nvme drivers/nic; do
+echo "=== no unsafe in the drivers and apps"
+for c in drivers/nvme drivers/nic apps/nvmf-tcp; do
     grep -q '^#!\[forbid(unsafe_code)\]' "$c/src/lib.rs" || { echo "$c does not forbid unsafe_code"; exit 1; }
 done
-if grep -rnw --include='*.rs' 'unsafe' drivers/ | grep -v '^\S*:\s*//' | grep -v 'forbid(unsafe_code)'; then
-    echo "unsafe found in drivers/"; exit 1
+if grep -rnw --include='*.rs' 'unsafe' drivers/ apps/ | grep -v '^\S*:\s*//' | grep -v 'forbid(unsafe_code)'; then
+    echo "unsafe found in drivers/ or apps/"; exit 1
 fi
 
 echo "=== loom: pool lifetime protocol"
