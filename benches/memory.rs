@@ -25,6 +25,8 @@
 //!
 //! 2 MiB hugepages are used when the system has them, 4 KiB pages otherwise;
 //! the bench prints which.
+// criterion_group!/criterion_main! generate undocumented public items.
+#![allow(missing_docs)]
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -34,6 +34,8 @@
 //! of 5 runs) with the target of 15 ns per packet per direction as a
 //! measurement, not an assertion. `cargo test --all-targets` runs each
 //! benchmark once and skips the table.
+// criterion_group!/criterion_main! generate undocumented public items.
+#![allow(missing_docs)]
 
 mod common;
 

@@ -37,6 +37,8 @@
 //! these, timed in the same run (median of 5), with the target of
 //! 60 ns of driver CPU per I/O as a measurement, not an assertion.
 //! `cargo test --all-targets` runs each benchmark once and skips the table.
+// criterion_group!/criterion_main! generate undocumented public items.
+#![allow(missing_docs)]
 
 mod common;
 

@@ -148,6 +148,7 @@ impl Default for Options {
 /// An active namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Namespace {
+    /// Namespace id (NSID).
     pub id: u32,
     /// Size in logical blocks (NSZE).
     pub blocks: u64,
@@ -158,21 +159,31 @@ pub struct Namespace {
 /// What Identify Controller said, in readable form.
 #[derive(Clone, Debug)]
 pub struct ControllerInfo {
+    /// PCI vendor id (VID).
     pub vendor_id: u16,
+    /// Serial number (SN).
     pub serial: String,
+    /// Model number (MN).
     pub model: String,
+    /// Firmware revision (FR).
     pub firmware: String,
+    /// NVMe version (VS).
     pub version: Version,
     /// Largest transfer of one command in bytes (MDTS, capped at
     /// [`MAX_COMMAND_BYTES`]). Larger reads and writes are split into
     /// commands of at most this size.
     pub max_transfer: usize,
+    /// Entries a queue may have (CAP.MQES + 1).
     pub max_queue_entries: u32,
+    /// I/O queue pairs the controller granted (Number of Queues).
     pub io_queues: u16,
+    /// Write Zeroes is supported (ONCS).
     pub supports_write_zeroes: bool,
+    /// Dataset Management is supported (ONCS).
     pub supports_dsm: bool,
     /// SGL support for NVM commands (Identify Controller SGLS bits 1:0).
     pub sgl: SglSupport,
+    /// The whole Identify Controller data structure.
     pub raw: Box<IdentifyController>,
 }
 

@@ -12,46 +12,87 @@ use crate::spec::NvmeStatus;
 /// Errors of the NVMe driver.
 #[derive(Debug, thiserror::Error)]
 pub enum NvmeError {
+    /// A framework error (VFIO, memory, device access).
     #[error(transparent)]
     Framework(#[from] fastlane_framework::Error),
+    /// The device is not an NVMe controller.
     #[error("{addr} is not an NVMe controller (class code {class:06x}, expected 010802)")]
-    NotNvme { addr: String, class: u32 },
+    NotNvme {
+        /// The device.
+        addr: String,
+        /// Its class code.
+        class: u32,
+    },
+    /// CAP.CSS lacks the NVM command set.
     #[error("the controller does not support the NVM command set")]
     NoNvmCommandSet,
+    /// The device completed the command with an error status.
     #[error("command failed: {0}")]
     Status(#[from] NvmeStatus),
+    /// The device did not answer in time.
     #[error("{what} timed out after {after:?}")]
-    Timeout { what: &'static str, after: Duration },
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// How long.
+        after: Duration,
+    },
+    /// CSTS.CFS is set.
     #[error("controller fatal status (CSTS.CFS); reset the controller")]
     ControllerFatal,
+    /// A reset ended the command before it completed.
     #[error("the controller was reset; the command was not completed")]
     Reset,
+    /// No free slot in the queue pair.
     #[error("queue full: poll completions, then submit again")]
     QueueFull,
+    /// No active namespace with that id.
     #[error("namespace {0} does not exist")]
     InvalidNamespace(u32),
+    /// The blocks lie outside the namespace.
     #[error("blocks {lba}..{lba}+{blocks} outside the namespace of {capacity} blocks")]
     LbaOutOfRange {
+        /// First block asked for.
         lba: u64,
+        /// Blocks asked for.
         blocks: u32,
+        /// Blocks in the namespace.
         capacity: u64,
     },
+    /// The buffer cannot hold the transfer.
     #[error("the transfer needs {need} bytes but the buffer has {have}")]
-    BufferTooSmall { need: usize, have: usize },
+    BufferTooSmall {
+        /// Bytes the transfer needs.
+        need: usize,
+        /// Bytes in the buffer.
+        have: usize,
+    },
+    /// The transfer needs more commands than the queue pair holds.
     #[error(
         "transfer of {bytes} bytes exceeds the controller's maximum of {max} (MDTS); split it"
     )]
-    TooLarge { bytes: usize, max: usize },
+    TooLarge {
+        /// Bytes asked for.
+        bytes: usize,
+        /// The largest the queue pair can carry.
+        max: usize,
+    },
+    /// The caller asked for something impossible.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A PRP list could not be built.
     #[error("PRP: {0}")]
     Prp(#[from] PrpError),
+    /// Queue bookkeeping refused the operation.
     #[error("queue: {0}")]
     Queue(#[from] QueueError),
+    /// Every I/O queue the controller granted is in use.
     #[error("no I/O queue left: the controller granted {0}")]
     NoQueuesLeft(u16),
+    /// The buffer belongs to another VFIO container, or to none.
     #[error("the buffer is not mapped in this controller's VFIO container (allocate it from a pool of the same Vfio)")]
     ForeignBuffer,
+    /// The device wrote something impossible.
     #[error("malformed data from the device: {0}")]
     Malformed(&'static str),
     /// The safe admin API refused a command it cannot vouch for: one that
@@ -84,8 +125,10 @@ impl NvmeError {
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 pub struct Rejected {
+    /// Why it was refused.
     #[source]
     pub error: NvmeError,
+    /// The buffer, back with the caller.
     pub buf: Option<DmaBuf>,
 }
 

@@ -28,20 +28,39 @@ pub enum PrpError {
     ZeroLength,
     /// PRP1's offset must be dword aligned.
     #[error("data buffer IOVA {iova:#x} is not dword aligned")]
-    Misaligned { iova: u64 },
+    Misaligned {
+        /// The buffer's IOVA.
+        iova: u64,
+    },
     /// A PRP list pointer must be qword aligned.
     #[error("PRP list IOVA {iova:#x} is not qword aligned")]
-    ListMisaligned { iova: u64 },
+    ListMisaligned {
+        /// The list's IOVA.
+        iova: u64,
+    },
     /// Page size must be a power of two in 4 KiB..=128 MiB.
     #[error("memory page size {page_size} is invalid")]
-    InvalidPageSize { page_size: usize },
+    InvalidPageSize {
+        /// The page size given.
+        page_size: usize,
+    },
     /// The buffer's last byte lies beyond the 64-bit IOVA space.
     #[error("data buffer at {iova:#x} of {len} bytes wraps the IOVA space")]
-    AddressOverflow { iova: u64, len: usize },
+    AddressOverflow {
+        /// The buffer's IOVA.
+        iova: u64,
+        /// Its length.
+        len: usize,
+    },
     /// The buffer needs more pages than PRP1 plus one list page describe;
     /// `max` is the largest length at this buffer's page offset.
     #[error("data buffer of {len} bytes needs a chained PRP list (max {max} bytes)")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The buffer's length.
+        len: usize,
+        /// The largest length possible here.
+        max: usize,
+    },
 }
 
 /// A preallocated PRP list page: its IOVA and the CPU view of its entries.
@@ -49,7 +68,9 @@ pub enum PrpError {
 /// no more than `entries.len()`.
 #[derive(Debug)]
 pub struct PrpList<'a> {
+    /// Bus address of the list page.
     pub iova: u64,
+    /// Its entries, as the CPU writes them.
     pub entries: &'a mut [u64],
 }
 
@@ -72,7 +93,9 @@ impl PrpList<'_> {
 /// The data pointer fields of a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Prps {
+    /// PRP Entry 1: the first data page.
     pub prp1: u64,
+    /// PRP Entry 2: the second page, or the list pointer.
     pub prp2: u64,
     /// List entries written (0 when PRP2 is not a list pointer).
     pub list_len: usize,

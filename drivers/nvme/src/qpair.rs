@@ -51,7 +51,9 @@ pub struct Completion {
 /// Counters of one queue pair.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct QpairStats {
+    /// Commands submitted.
     pub submitted: u64,
+    /// Commands completed (their callback ran).
     pub completed: u64,
     /// Completions naming a command id that is not outstanding (never
     /// issued, or completed already). They finish nothing.
@@ -59,8 +61,11 @@ pub struct QpairStats {
     /// Completions for another SQ or with an impossible SQ head. They
     /// finish nothing: the command they name stays outstanding.
     pub malformed: u64,
+    /// Commands that timed out.
     pub timeouts: u64,
+    /// Abort commands sent for timed-out commands.
     pub aborts_sent: u64,
+    /// Controller resets this queue pair went through.
     pub resets_seen: u64,
     /// Doorbell register writes (fewer than batches with shadow doorbells).
     pub doorbell_writes: u64,

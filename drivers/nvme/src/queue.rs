@@ -17,16 +17,23 @@ use crate::spec::CompletionEntry;
 pub enum QueueError {
     /// Queues hold at least 2 entries.
     #[error("queue size {size} is invalid (at least 2 entries)")]
-    InvalidSize { size: u16 },
+    InvalidSize {
+        /// The size asked for.
+        size: u16,
+    },
     /// A completion reported an SQ Head Pointer outside the entries
     /// submitted and not yet consumed.
     #[error(
         "completion reported sq_head {sq_head}, outside [{head}, {tail}] of a {size}-entry queue"
     )]
     InvalidSqHead {
+        /// The SQ head the completion reported.
         sq_head: u16,
+        /// The driver's SQ head.
         head: u16,
+        /// The driver's SQ tail.
         tail: u16,
+        /// Entries in the queue.
         size: u16,
     },
 }
@@ -234,6 +241,7 @@ impl CqRing {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 #[error("completion for command id {cid}, which is not in flight")]
 pub struct UnknownCid {
+    /// The command id reported.
     pub cid: u16,
 }
 
