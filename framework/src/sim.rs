@@ -87,7 +87,8 @@ impl SimDma {
         Ok(())
     }
 
-    /// One `T` at `addr`, in one volatile load when aligned.
+    /// One `T` at `addr`, copied out (any alignment: a buggy driver may
+    /// hand a model any address).
     pub fn read_obj<T: Pod>(&mut self, addr: u64) -> Result<T, SimFault> {
         let (r, off) = self.region(addr, size_of::<T>())?;
         // SAFETY: inside the live region; read_unaligned copes with any
