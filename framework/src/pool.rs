@@ -542,6 +542,39 @@ impl PoolCache {
         }
     }
 
+    /// Empties `slots`, returning each buffer in them: this pool's into the
+    /// stash, another pool's home to that pool. The transmit-reclaim form
+    /// of [`PoolCache::free_all`]: the room in the stash is worked out once
+    /// per run instead of once per buffer, which keeps the loop to a few
+    /// instructions per buffer.
+    #[inline]
+    pub fn free_slots(&mut self, slots: &mut [Option<DmaBuf>]) {
+        let mine = self.pool.handle.inner;
+        let mut rest = slots;
+        while !rest.is_empty() {
+            let room = self.size.saturating_sub(self.local.len());
+            if room == 0 {
+                self.spill(self.size / 2);
+                continue;
+            }
+            let n = room.min(rest.len());
+            let (now, later) = std::mem::take(&mut rest).split_at_mut(n);
+            self.local.extend(now.iter_mut().filter_map(|slot| match slot.take() {
+                Some(buf) if buf.pool == mine => {
+                    let index = buf.index;
+                    // In the stash now; its drop would push it to the queue.
+                    std::mem::forget(buf);
+                    Some(index)
+                }
+                other => {
+                    drop(other);
+                    None
+                }
+            }));
+            rest = later;
+        }
+    }
+
     /// Returns a buffer to the local stash (spilling half when full).
     #[inline]
     pub fn free(&mut self, buf: DmaBuf) -> Result<(), PoolError> {
@@ -791,6 +824,26 @@ mod tests {
         c.free_all(all.into_iter());
         drop(c);
         assert_eq!(p.available(), 64);
+    }
+
+    #[test]
+    fn free_slots_empties_every_slot_and_sends_strangers_home() {
+        let (p, q) = (pool(100), pool(4));
+        let mut c = p.cache(8); // 100 buffers through a stash of 8: spills many times
+        let mut slots: Vec<Option<DmaBuf>> = (0..100).map(|_| Some(p.alloc().unwrap())).collect();
+        slots[3] = None;
+        slots[50] = Some(q.alloc().unwrap());
+        let mine = p.alloc().unwrap(); // slots 3 and 50 lost theirs: 98 of p in slots
+        assert_eq!(p.available(), 1);
+        c.free_slots(&mut slots);
+        assert!(slots.iter().all(Option::is_none));
+        assert_eq!(q.available(), 4, "the stranger went home");
+        assert!(c.cached() <= 8, "the stash never outgrows its size");
+        drop((mine, c));
+        assert_eq!(p.available(), 100);
+        let mut c = p.cache(8);
+        c.free_slots(&mut []);
+        assert_eq!(c.cached(), 0);
     }
 
     #[test]
