@@ -20,9 +20,13 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"].startswith("guest_"):
         shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
 ' "$out"
-for ex in "$repo"/examples/*.rs; do
+# An example is examples/NAME.rs or examples/NAME/main.rs (cargo's two forms).
+for ex in "$repo"/examples/*.rs "$repo"/examples/*/main.rs; do
     [ -e "$ex" ] || continue
-    n="$(basename "$ex" .rs)"
+    case "$ex" in
+        */main.rs) n="$(basename "$(dirname "$ex")")" ;;
+        *) n="$(basename "$ex" .rs)" ;;
+    esac
     cp "target/$target/release/examples/$n" "$out/$n"
 done
 cp "target/$target/release/nvmf-tcp" "$out/nvmf-tcp"
