@@ -21,6 +21,8 @@ use fastlane_framework::{BufferPool, DmaBuf, DmaDomain, PciDevice, PoolError, Vf
 
 pub mod igb;
 pub mod packet;
+/// Ethernet, ARP, IPv4, ICMP and UDP headers, checksums and parsers for the tools.
+pub mod proto;
 pub mod virtio;
 
 pub use packet::{Packet, PacketPool};
