@@ -5,9 +5,17 @@
 //! transmit queue (CapsuleResp, R2T, C2HData whose data goes from the DMA
 //! buffer to the socket with `writev`, no copy).
 //!
-//! Data of reads and writes moves between the socket and pool buffers with
-//! [`DmaBuf::read_from_fd`] / [`DmaBuf::write_to_fd`]; command slots and
-//! the transmit ring are allocated once per connection.
+//! Syscalls are what a target costs (most of all under emulation), so
+//! headers come in through a small stage: one `recv` takes every command
+//! capsule that has arrived, and what is queued to send goes out gathered
+//! in one `writev` per pass (the responses, then one C2HData header and its
+//! data straight from the DMA buffer). Data of reads and writes moves
+//! between the socket and pool buffers with [`DmaBuf::read_from_fd`] /
+//! [`DmaBuf::write_to_fd`]; only write data that arrived in the same `recv`
+//! as headers before it is copied from the stage, and the stage reads
+//! headers exactly (no look-ahead) once a connection carries write data.
+//! Command slots, the stage and the transmit ring are allocated once per
+//! connection.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -28,7 +36,59 @@ use crate::pdu::{
 /// Room for the largest header plus its digest.
 const HDR_BUF: usize = pdu::MAX_HLEN + DIGEST_LEN;
 /// PDUs handled per call of [`Conn::poll_rx`] before others get a turn.
-const RX_BUDGET: usize = 32;
+const RX_BUDGET: usize = 64;
+/// Receive stage: room for 56 command capsules (72 bytes each).
+const STAGE: usize = 4096;
+/// Bytes gathered into one `writev` before the data (responses, headers).
+const GATHER: usize = 8192;
+
+/// Bytes received ahead of the state machine, and whether the socket had
+/// nothing more (a short read or `EAGAIN`: wait for the next edge).
+struct Stage {
+    buf: Box<[u8; STAGE]>,
+    at: usize,
+    end: usize,
+    drained: bool,
+}
+
+impl Stage {
+    fn buffered(&self) -> usize {
+        self.end - self.at
+    }
+
+    /// Up to `out.len()` bytes: from the stage, else from one `recv` of up
+    /// to `ahead` bytes (at least `out.len()`). Ok(None): nothing now.
+    fn take(&mut self, sock: &TcpStream, out: &mut [u8], ahead: bool) -> io::Result<Option<usize>> {
+        if out.is_empty() {
+            return Ok(Some(0));
+        }
+        if self.at == self.end {
+            if self.drained {
+                return Ok(None);
+            }
+            let want = if ahead { STAGE } else { out.len().min(STAGE) };
+            self.at = 0;
+            self.end = 0;
+            match (&mut &*sock).read(&mut self.buf[..want]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    self.end = n;
+                    self.drained = n < want;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    return Ok(None);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Some(0)),
+                Err(e) => return Err(e),
+            }
+        }
+        let n = out.len().min(self.buffered());
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(Some(n))
+    }
+}
 
 /// Where a command slot is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +122,17 @@ struct Slot {
 
 impl Slot {
     fn free() -> Slot {
-        Slot { state: SlotState::Free, cid: 0, opcode: 0, nsid: 0, lba: 0, nlb: 0, len: 0, got: 0, buf: None }
+        Slot {
+            state: SlotState::Free,
+            cid: 0,
+            opcode: 0,
+            nsid: 0,
+            lba: 0,
+            nlb: 0,
+            len: 0,
+            got: 0,
+            buf: None,
+        }
     }
 }
 
@@ -91,9 +161,14 @@ enum Tx {
     Small { bytes: [u8; 64], len: u8 },
     /// Bytes built on the admin path.
     Owned(Vec<u8>),
-    /// C2HData: `head`, then `len` bytes of a slot's buffer, then `tail`
-    /// (data digest and the CapsuleResp).
-    Data { slot: u16, head: [u8; 32], head_len: u8, len: u32, tail: [u8; 64], tail_len: u8 },
+    /// C2HData: `head`, then `len` bytes of a slot's buffer (the data
+    /// digest and the CapsuleResp follow as a `Small`).
+    Data {
+        slot: u16,
+        head: [u8; 32],
+        head_len: u8,
+        len: u32,
+    },
 }
 
 /// What a connection needs from its worker.
@@ -129,6 +204,10 @@ pub struct Conn {
     hdr: [u8; HDR_BUF],
     hdr_have: usize,
     hdr_need: usize,
+    stage: Stage,
+    /// Whether the last PDU carried data (then headers are read exactly,
+    /// so write data does not land in the stage).
+    data_stream: bool,
     /// The PDU being received: its layout and, for a capsule, its command.
     layout: Option<pdu::Layout>,
     cmd: Option<Sqe>,
@@ -145,6 +224,10 @@ pub struct Conn {
     pending: VecDeque<u16>,
     tx: VecDeque<Tx>,
     tx_sent: usize,
+    /// The socket took less than offered (wait for room).
+    tx_blocked: bool,
+    /// Gathered bytes of one `writev` (allocated once).
+    gather: Vec<u8>,
     /// Bytes copied to compute digests over DMA buffers.
     crc_buf: Box<[u8; 4096]>,
 }
@@ -168,6 +251,13 @@ impl Conn {
             hdr: [0; HDR_BUF],
             hdr_have: 0,
             hdr_need: 8,
+            stage: Stage {
+                buf: Box::new([0; STAGE]),
+                at: 0,
+                end: 0,
+                drained: false,
+            },
+            data_stream: false,
             layout: None,
             cmd: None,
             ddgst: [0; DIGEST_LEN],
@@ -181,14 +271,37 @@ impl Conn {
             pending: VecDeque::new(),
             tx: VecDeque::with_capacity(64),
             tx_sent: 0,
+            tx_blocked: false,
+            gather: Vec::with_capacity(GATHER + 64),
             crc_buf: Box::new([0; 4096]),
         })
     }
 
-    /// Whether the connection has something the device or the socket must
-    /// still do (the worker keeps spinning while any has).
-    pub fn busy(&self) -> bool {
-        !self.tx.is_empty() || !self.pending.is_empty()
+    /// Bytes received but not handled yet (handle them without waiting
+    /// for the socket).
+    pub fn rx_buffered(&self) -> bool {
+        self.stage.buffered() > 0
+    }
+
+    /// Whether the last [`Conn::poll_rx`] saw the socket empty (then only
+    /// a new readiness edge brings more).
+    pub fn rx_drained(&self) -> bool {
+        self.stage.drained
+    }
+
+    /// Something is queued to send.
+    pub fn has_tx(&self) -> bool {
+        !self.tx.is_empty()
+    }
+
+    /// The socket had no room for what is queued.
+    pub fn tx_blocked(&self) -> bool {
+        self.tx_blocked
+    }
+
+    /// Commands wait for a buffer or device queue room.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// The controller this connection belongs to, if connected.
@@ -246,9 +359,11 @@ impl Conn {
 
     // ---------------------------------------------------------------- rx
 
-    /// Receives and handles what the socket has, up to a budget.
-    /// Returns whether anything happened.
-    pub fn poll_rx(&mut self, ctx: &mut Ctx<'_>) -> bool {
+    /// Handles what the stage holds and, if the socket is `readable`,
+    /// what it has (one `recv` when it holds less than a stage), up to a
+    /// budget. Returns whether anything happened.
+    pub fn poll_rx(&mut self, ctx: &mut Ctx<'_>, readable: bool) -> bool {
+        self.stage.drained = !readable;
         let mut progress = false;
         let mut pdus = 0;
         while self.phase == Phase::AwaitIcReq || self.phase == Phase::Ready {
@@ -280,7 +395,12 @@ impl Conn {
     fn rx_step(&mut self, ctx: &mut Ctx<'_>) -> io::Result<bool> {
         match self.rx {
             Rx::Header => {
-                let n = read_some(&mut self.sock, &mut self.hdr[self.hdr_have..self.hdr_need])?;
+                let ahead = !self.data_stream;
+                let n = self.stage.take(
+                    &self.sock,
+                    &mut self.hdr[self.hdr_have..self.hdr_need],
+                    ahead,
+                )?;
                 let Some(n) = n else { return Ok(false) };
                 self.hdr_have += n;
                 if self.hdr_have < self.hdr_need {
@@ -308,10 +428,17 @@ impl Conn {
             }
             Rx::Pad { left } => {
                 let mut junk = [0u8; 256];
-                let Some(n) = read_some(&mut self.sock, &mut junk[..left.min(256)])? else {
+                let Some(n) = self
+                    .stage
+                    .take(&self.sock, &mut junk[..left.min(256)], false)?
+                else {
                     return Ok(false);
                 };
-                self.rx = if n == left { self.data_state() } else { Rx::Pad { left: left - n } };
+                self.rx = if n == left {
+                    self.data_state()
+                } else {
+                    Rx::Pad { left: left - n }
+                };
                 if n == left {
                     self.maybe_pdu_done(ctx);
                 }
@@ -321,11 +448,13 @@ impl Conn {
                 let n = match dest {
                     Dest::Scratch => {
                         let at = self.scratch_len;
-                        read_some(&mut self.sock, &mut self.scratch[at..at + left])?
+                        self.stage
+                            .take(&self.sock, &mut self.scratch[at..at + left], false)?
                     }
                     Dest::Discard => {
                         let mut junk = [0u8; 4096];
-                        read_some(&mut self.sock, &mut junk[..left.min(4096)])?
+                        self.stage
+                            .take(&self.sock, &mut junk[..left.min(4096)], false)?
                     }
                     Dest::Slot(s) => {
                         let slot = &mut self.slots[s as usize];
@@ -333,12 +462,30 @@ impl Conn {
                         let Some(buf) = slot.buf.as_mut() else {
                             return Err(io::Error::other("receiving into a slot without a buffer"));
                         };
-                        match buf.read_from_fd(off, left, self.sock.as_fd()) {
-                            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                            Ok(n) => Some(n),
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(0),
-                            Err(e) => return Err(e),
+                        let st = &mut self.stage;
+                        if st.buffered() > 0 {
+                            // Arrived with the header: copy it from the stage.
+                            let k = left.min(st.buffered());
+                            buf.write(off, &st.buf[st.at..st.at + k])
+                                .map_err(io::Error::other)?;
+                            st.at += k;
+                            Some(k)
+                        } else if st.drained {
+                            None
+                        } else {
+                            match buf.read_from_fd(off, left, self.sock.as_fd()) {
+                                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                                Ok(n) => {
+                                    st.drained = n < left;
+                                    Some(n)
+                                }
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                    st.drained = true;
+                                    None
+                                }
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(0),
+                                Err(e) => return Err(e),
+                            }
                         }
                     }
                 };
@@ -359,12 +506,18 @@ impl Conn {
                     };
                     self.maybe_pdu_done(ctx);
                 } else {
-                    self.rx = Rx::Data { dest, left: left - n };
+                    self.rx = Rx::Data {
+                        dest,
+                        left: left - n,
+                    };
                 }
                 Ok(true)
             }
             Rx::DataDigest { have } => {
-                let Some(n) = read_some(&mut self.sock, &mut self.ddgst[have..])? else {
+                let Some(n) = self
+                    .stage
+                    .take(&self.sock, &mut self.ddgst[have..], false)?
+                else {
                     return Ok(false);
                 };
                 if have + n < DIGEST_LEN {
@@ -376,7 +529,11 @@ impl Conn {
                     // Data digest error: the command fails (transport spec
                     // 7.4.6.1: a Transient Transport Error), or the
                     // connection ends.
-                    self.fatal(PduError { fes: fes::HEADER_DIGEST_ERROR, fei: 0, what: "data digest mismatch" });
+                    self.fatal(PduError {
+                        fes: fes::HEADER_DIGEST_ERROR,
+                        fei: 0,
+                        what: "data digest mismatch",
+                    });
                     return Ok(true);
                 }
                 self.maybe_pdu_done(ctx);
@@ -422,7 +579,10 @@ impl Conn {
     }
 
     fn data_state(&self) -> Rx {
-        Rx::Data { dest: self.data_dest(), left: self.layout.map_or(0, |l| l.data_len) }
+        Rx::Data {
+            dest: self.data_dest(),
+            left: self.layout.map_or(0, |l| l.data_len),
+        }
     }
 
     fn data_dest(&self) -> Dest {
@@ -439,13 +599,22 @@ impl Conn {
         self.crc = 0;
         self.scratch_len = 0;
         self.pending_dest = Dest::Discard;
+        self.data_stream = layout.data_len > 0;
         match pdu {
             Pdu::IcReq(req) => return self.icreq(&req, ctx),
             _ if self.phase == Phase::AwaitIcReq => {
-                return self.fatal(PduError { fes: fes::PDU_SEQUENCE_ERROR, fei: 0, what: "PDU before ICReq" })
+                return self.fatal(PduError {
+                    fes: fes::PDU_SEQUENCE_ERROR,
+                    fei: 0,
+                    what: "PDU before ICReq",
+                })
             }
             Pdu::TermReq(t) => {
-                log::warn!("host terminated the connection (qid {}): status {:#x}", self.qid, t.fes);
+                log::warn!(
+                    "host terminated the connection (qid {}): status {:#x}",
+                    self.qid,
+                    t.fes
+                );
                 self.phase = Phase::Closed;
                 return;
             }
@@ -458,10 +627,18 @@ impl Conn {
                 Err(e) => return self.fatal(e),
             },
             _ => {
-                return self.fatal(PduError { fes: fes::INVALID_HEADER_FIELD, fei: 0, what: "unexpected PDU type" })
+                return self.fatal(PduError {
+                    fes: fes::INVALID_HEADER_FIELD,
+                    fei: 0,
+                    what: "unexpected PDU type",
+                })
             }
         }
-        self.rx = if layout.pad > 0 { Rx::Pad { left: layout.pad } } else { self.data_state() };
+        self.rx = if layout.pad > 0 {
+            Rx::Pad { left: layout.pad }
+        } else {
+            self.data_state()
+        };
         if layout.pad == 0 {
             self.maybe_pdu_done(ctx);
         }
@@ -473,7 +650,10 @@ impl Conn {
         let done = match self.rx {
             Rx::Header => true,
             Rx::Data { left: 0, .. } => {
-                if self.layout.is_some_and(|l| l.ddgst_len > 0 && l.data_len > 0) {
+                if self
+                    .layout
+                    .is_some_and(|l| l.ddgst_len > 0 && l.data_len > 0)
+                {
                     self.rx = Rx::DataDigest { have: 0 };
                     false
                 } else {
@@ -503,19 +683,35 @@ impl Conn {
 
     fn icreq(&mut self, req: &IcPdu, ctx: &mut Ctx<'_>) {
         if self.phase != Phase::AwaitIcReq {
-            return self.fatal(PduError { fes: fes::PDU_SEQUENCE_ERROR, fei: 0, what: "second ICReq" });
+            return self.fatal(PduError {
+                fes: fes::PDU_SEQUENCE_ERROR,
+                fei: 0,
+                what: "second ICReq",
+            });
         }
         if req.pfv != 0 {
-            return self.fatal(PduError { fes: fes::INVALID_HEADER_FIELD, fei: 8, what: "PFV not 0" });
+            return self.fatal(PduError {
+                fes: fes::INVALID_HEADER_FIELD,
+                fei: 8,
+                what: "PFV not 0",
+            });
         }
         if req.hpda_cpda != 0 {
             // We place C2HData right after the header: only HPDA 0.
-            return self.fatal(PduError { fes: fes::UNSUPPORTED_PARAMETER, fei: 10, what: "HPDA not 0" });
+            return self.fatal(PduError {
+                fes: fes::UNSUPPORTED_PARAMETER,
+                fei: 10,
+                what: "HPDA not 0",
+            });
         }
         let dgst = if ctx.digests_allowed { req.dgst & 3 } else { 0 };
         let resp = IcPdu::resp(dgst, ctx.sub.cfg.max_transfer as u32);
-        self.tx.push_back(Tx::Owned(bytemuck::bytes_of(&resp).to_vec()));
-        self.digests = Digests { header: dgst & 1 != 0, data: dgst & 2 != 0 };
+        self.tx
+            .push_back(Tx::Owned(bytemuck::bytes_of(&resp).to_vec()));
+        self.digests = Digests {
+            header: dgst & 1 != 0,
+            data: dgst & 2 != 0,
+        };
         self.phase = Phase::Ready;
         self.hdr_have = 0;
         self.hdr_need = 8;
@@ -530,9 +726,14 @@ impl Conn {
         if data_len == 0 {
             return Dest::Discard;
         }
-        let io_write = matches!(self.queue, Some(Queue::Io { .. })) && sqe.opcode == io_opcode::WRITE;
+        let io_write =
+            matches!(self.queue, Some(Queue::Io { .. })) && sqe.opcode == io_opcode::WRITE;
         if !io_write {
-            return if data_len <= self.scratch.len() { Dest::Scratch } else { Dest::Discard };
+            return if data_len <= self.scratch.len() {
+                Dest::Scratch
+            } else {
+                Dest::Discard
+            };
         }
         // In-capsule write data straight into the command's buffer.
         match self.start_write(sqe, data_len, ctx) {
@@ -543,13 +744,24 @@ impl Conn {
 
     /// An H2CData PDU: which slot its data belongs to.
     fn h2c_dest(&mut self, d: &DataHdr) -> Result<Dest, PduError> {
-        let bad = |fei, what| PduError { fes: fes::INVALID_HEADER_FIELD, fei, what };
-        let slot = self.slots.get_mut(d.ttag as usize).ok_or(bad(10, "unknown TTAG"))?;
+        let bad = |fei, what| PduError {
+            fes: fes::INVALID_HEADER_FIELD,
+            fei,
+            what,
+        };
+        let slot = self
+            .slots
+            .get_mut(d.ttag as usize)
+            .ok_or(bad(10, "unknown TTAG"))?;
         if slot.state != SlotState::AwaitData || slot.cid != d.cccid {
             return Err(bad(8, "H2CData for no outstanding R2T"));
         }
         if d.datao != slot.got || d.datal.checked_add(d.datao).is_none_or(|e| e > slot.len) {
-            return Err(PduError { fes: fes::DATA_OUT_OF_RANGE, fei: 12, what: "H2CData outside the R2T" });
+            return Err(PduError {
+                fes: fes::DATA_OUT_OF_RANGE,
+                fei: 12,
+                what: "H2CData outside the R2T",
+            });
         }
         if self.layout.is_some_and(|l| l.data_len != d.datal as usize) {
             return Err(bad(16, "DATAL does not match PLEN"));
@@ -595,13 +807,20 @@ impl Conn {
     }
 
     fn admin(&mut self, sqe: &Sqe, data_len: usize, ctx: &mut Ctx<'_>) {
-        let Some(Queue::Admin(a)) = &mut self.queue else { return };
+        let Some(Queue::Admin(a)) = &mut self.queue else {
+            return;
+        };
         let data = &self.scratch[..self.scratch_len.min(data_len)];
         let out = a.command(ctx.sub, sqe, data, &mut self.admin_out);
-        let shutting = a.shutting_down() && !a.aers.is_empty() && sqe.opcode == admin_opcode::FABRICS;
+        let shutting =
+            a.shutting_down() && !a.aers.is_empty() && sqe.opcode == admin_opcode::FABRICS;
         match out {
             Outcome::Held => {}
-            Outcome::Done { status, result, data } => {
+            Outcome::Done {
+                status,
+                result,
+                data,
+            } => {
                 let n = data.min(sqe.sgl.length as usize);
                 if n > 0 && status.is_success() {
                     self.send_owned_data(sqe.cid, n, result);
@@ -653,7 +872,14 @@ impl Conn {
     fn resp_bytes(&self, cid: u16, status: Status, result: u64, out: &mut [u8]) -> usize {
         let r = CapsuleResp {
             hdr: common(pdu_type::CAPSULE_RESP, 24, 0, 0, self.digests),
-            cqe: Cqe { dw0: result as u32, dw1: (result >> 32) as u32, sqhd: self.sqhd, sqid: self.qid, cid, status: status.field() },
+            cqe: Cqe {
+                dw0: result as u32,
+                dw1: (result >> 32) as u32,
+                sqhd: self.sqhd,
+                sqid: self.qid,
+                cid,
+                status: status.field(),
+            },
         };
         pdu::put_header(&r, self.digests, out)
     }
@@ -666,7 +892,12 @@ impl Conn {
     }
 
     fn ns_block_size(&self, ctx: &Ctx<'_>, nsid: u32) -> Option<(u32, u64)> {
-        ctx.sub.cfg.namespaces.iter().find(|n| n.id == nsid).map(|n| (n.block_size, n.blocks))
+        ctx.sub
+            .cfg
+            .namespaces
+            .iter()
+            .find(|n| n.id == nsid)
+            .map(|n| (n.block_size, n.blocks))
     }
 
     /// Takes a slot for command `sqe` (None: none free).
@@ -697,9 +928,15 @@ impl Conn {
     /// Checks a read or write: its length in bytes, or the status to
     /// complete it with.
     fn rw_len(&self, sqe: &Sqe, ctx: &Ctx<'_>) -> Result<u32, Status> {
-        let (bs, blocks) = self.ns_block_size(ctx, sqe.nsid).ok_or(Status::INVALID_NAMESPACE)?;
+        let (bs, blocks) = self
+            .ns_block_size(ctx, sqe.nsid)
+            .ok_or(Status::INVALID_NAMESPACE)?;
         let len = sqe.nlb() as u64 * bs as u64;
-        if sqe.slba().checked_add(sqe.nlb() as u64).is_none_or(|e| e > blocks) {
+        if sqe
+            .slba()
+            .checked_add(sqe.nlb() as u64)
+            .is_none_or(|e| e > blocks)
+        {
             return Err(Status::LBA_OUT_OF_RANGE);
         }
         if len > ctx.sub.cfg.max_transfer as u64 {
@@ -722,8 +959,14 @@ impl Conn {
             Ok(l) => l,
             Err(st) => return refuse(self, st),
         };
-        let want_id = if data_len > 0 { sgl_id::IN_CAPSULE } else { sgl_id::TRANSPORT };
-        if sqe.sgl.id != want_id || (data_len > 0 && (data_len != len as usize || sqe.sgl.addr != 0)) {
+        let want_id = if data_len > 0 {
+            sgl_id::IN_CAPSULE
+        } else {
+            sgl_id::TRANSPORT
+        };
+        if sqe.sgl.id != want_id
+            || (data_len > 0 && (data_len != len as usize || sqe.sgl.addr != 0))
+        {
             return refuse(self, Status::SGL_TYPE_INVALID);
         }
         let Some(s) = self.take_slot(sqe, len) else {
@@ -732,13 +975,24 @@ impl Conn {
         match ctx.pool.alloc() {
             Ok(b) => {
                 self.slots[s as usize].buf = Some(b);
-                self.slots[s as usize].state = if data_len > 0 { SlotState::Receiving } else { SlotState::AwaitData };
+                self.slots[s as usize].state = if data_len > 0 {
+                    SlotState::Receiving
+                } else {
+                    SlotState::AwaitData
+                };
             }
             Err(_) => {
                 if data_len > 0 {
                     // No buffer to receive into now: refuse, retryable.
                     self.release(s);
-                    self.respond(sqe.cid, Status { dnr: false, ..Status::INTERNAL }, 0);
+                    self.respond(
+                        sqe.cid,
+                        Status {
+                            dnr: false,
+                            ..Status::INTERNAL
+                        },
+                        0,
+                    );
                     return None;
                 }
                 self.pending.push_back(s);
@@ -853,7 +1107,10 @@ impl Conn {
                 }
             }
         }
-        if slot.opcode == io_opcode::WRITE && slot.state == SlotState::Pending && slot.got < slot.len {
+        if slot.opcode == io_opcode::WRITE
+            && slot.state == SlotState::Pending
+            && slot.got < slot.len
+        {
             // Got its buffer only now: ask for the data.
             slot.state = SlotState::AwaitData;
             return self.send_r2t(s);
@@ -867,11 +1124,17 @@ impl Conn {
             (io_opcode::WRITE, Some(b)) => ctx.qp.write(slot.nsid, slot.lba, blocks, b, tag),
             (io_opcode::FLUSH, _) => ctx.qp.flush(slot.nsid, tag),
             (io_opcode::WRITE_ZEROES, _) => ctx.qp.write_zeroes(slot.nsid, slot.lba, slot.nlb, tag),
-            (_, buf) => Err(Rejected { error: NvmeError::InvalidArgument("no buffer or opcode".into()), buf }),
+            (_, buf) => Err(Rejected {
+                error: NvmeError::InvalidArgument("no buffer or opcode".into()),
+                buf,
+            }),
         };
         match r {
             Ok(()) => slot.state = SlotState::Device,
-            Err(Rejected { error: NvmeError::QueueFull, buf }) => {
+            Err(Rejected {
+                error: NvmeError::QueueFull,
+                buf,
+            }) => {
                 slot.buf = buf;
                 slot.state = SlotState::Pending;
                 self.pending.push_back(s);
@@ -885,18 +1148,25 @@ impl Conn {
     }
 
     /// Retries commands that waited for a buffer or device queue room.
-    pub fn retry_pending(&mut self, ctx: &mut Ctx<'_>) {
-        for _ in 0..self.pending.len() {
-            let Some(s) = self.pending.pop_front() else { break };
+    /// Returns whether any got further.
+    pub fn retry_pending(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let before = self.pending.len();
+        for _ in 0..before {
+            let Some(s) = self.pending.pop_front() else {
+                break;
+            };
             if self.slots[s as usize].state == SlotState::Pending {
                 self.submit_slot(s, ctx);
             }
         }
+        self.pending.len() < before
     }
 
     /// A device completion for slot `s` (from the tag).
     pub fn complete(&mut self, s: u16, buf: Option<DmaBuf>, result: Result<(), NvmeError>) {
-        let Some(slot) = self.slots.get_mut(s as usize) else { return };
+        let Some(slot) = self.slots.get_mut(s as usize) else {
+            return;
+        };
         if slot.state != SlotState::Device {
             return;
         }
@@ -925,7 +1195,16 @@ impl Conn {
                     tl = 4;
                 }
                 tl += self.resp_bytes(cid, Status::SUCCESS, 0, &mut tail[tl..]);
-                self.tx.push_back(Tx::Data { slot: s, head, head_len, len, tail, tail_len: tl as u8 });
+                self.tx.push_back(Tx::Data {
+                    slot: s,
+                    head,
+                    head_len,
+                    len,
+                });
+                self.tx.push_back(Tx::Small {
+                    bytes: tail,
+                    len: tl as u8,
+                });
             }
             r => {
                 self.release(s);
@@ -956,48 +1235,69 @@ impl Conn {
 
     // ---------------------------------------------------------------- tx
 
-    /// Sends what is queued until the socket would block. Returns whether
+    /// Sends what is queued until the socket would block: each `writev`
+    /// gathers the queued small PDUs (responses, R2Ts, the previous
+    /// C2HData's response) and the next C2HData header, then that
+    /// C2HData's data straight from its DMA buffer. Returns whether
     /// anything was sent.
     pub fn poll_tx(&mut self) -> bool {
         let mut progress = false;
-        while let Some(item) = self.tx.front() {
-            let r = match item {
-                Tx::Small { bytes, len } => (&self.sock).write(&bytes[self.tx_sent..*len as usize]).map(|n| (n, *len as usize)),
-                Tx::Owned(v) => (&self.sock).write(&v[self.tx_sent..]).map(|n| (n, v.len())),
-                Tx::Data { slot, head, head_len, len, tail, tail_len } => {
-                    let (hl, dl, tl) = (*head_len as usize, *len as usize, *tail_len as usize);
-                    let total = hl + dl + tl;
-                    let sent = self.tx_sent;
-                    let r = if sent < hl + dl {
-                        match self.slots[*slot as usize].buf.as_ref() {
-                            Some(buf) => {
-                                let (h, off) = if sent < hl { (&head[sent..hl], 0) } else { (&head[..0], sent - hl) };
-                                buf.write_to_fd(h, off, dl - off, self.sock.as_fd())
-                            }
-                            None => Err(io::Error::other("C2HData without a buffer")),
+        self.tx_blocked = false;
+        while !self.tx.is_empty() {
+            self.gather.clear();
+            // (slot, offset in its buffer, bytes) of the data after `gather`.
+            let mut data = None;
+            for (k, item) in self.tx.iter().enumerate() {
+                let skip = if k == 0 { self.tx_sent } else { 0 };
+                match item {
+                    Tx::Small { bytes, len } => {
+                        if k > 0 && self.gather.len() + bytes.len() > GATHER {
+                            break;
                         }
-                    } else {
-                        (&self.sock).write(&tail[sent - hl - dl..tl])
-                    };
-                    r.map(|n| (n, total))
+                        self.gather.extend_from_slice(&bytes[skip..*len as usize]);
+                    }
+                    Tx::Owned(v) => {
+                        if k > 0 && self.gather.len() + v.len() > GATHER {
+                            break;
+                        }
+                        self.gather.extend_from_slice(&v[skip..]);
+                    }
+                    Tx::Data {
+                        slot,
+                        head,
+                        head_len,
+                        len,
+                    } => {
+                        let hl = *head_len as usize;
+                        let off = skip.saturating_sub(hl);
+                        self.gather.extend_from_slice(&head[skip.min(hl)..hl]);
+                        data = Some((*slot, off, (*len as usize).saturating_sub(off)));
+                        break;
+                    }
                 }
+            }
+            let r = match data {
+                Some((s, off, n)) => {
+                    match self.slots.get(s as usize).and_then(|sl| sl.buf.as_ref()) {
+                        Some(buf) => buf.write_to_fd(&self.gather, off, n, self.sock.as_fd()),
+                        None => Err(io::Error::other("C2HData without a buffer")),
+                    }
+                }
+                None => (&self.sock).write(&self.gather),
             };
             match r {
-                Ok((0, _)) => {
+                Ok(0) => {
                     self.phase = Phase::Closed;
                     break;
                 }
-                Ok((n, total)) => {
+                Ok(n) => {
                     progress = true;
-                    self.tx_sent += n;
-                    if self.tx_sent >= total {
-                        self.tx_sent = 0;
-                        if let Some(Tx::Data { slot, .. }) = self.tx.pop_front() {
-                            self.release(slot);
-                        }
-                    }
+                    self.advance_tx(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.tx_blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::info!("connection (qid {}): send: {e}", self.qid);
@@ -1010,6 +1310,29 @@ impl Conn {
             self.phase = Phase::Closed;
         }
         progress
+    }
+
+    /// Drops `n` sent bytes off the front of the queue (a C2HData's slot
+    /// is free once its data is sent).
+    fn advance_tx(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.tx.front() else { break };
+            let total = match front {
+                Tx::Small { len, .. } => *len as usize,
+                Tx::Owned(v) => v.len(),
+                Tx::Data { head_len, len, .. } => *head_len as usize + *len as usize,
+            };
+            let rest = total.saturating_sub(self.tx_sent);
+            if n < rest {
+                self.tx_sent += n;
+                return;
+            }
+            n -= rest;
+            self.tx_sent = 0;
+            if let Some(Tx::Data { slot, .. }) = self.tx.pop_front() {
+                self.release(slot);
+            }
+        }
     }
 
     /// The socket, for readiness polling.
@@ -1028,34 +1351,34 @@ fn ctx_in_capsule(c: &Conn) -> usize {
 fn ctx_max_transfer(c: &Conn) -> usize {
     // H2CData never carries more than the R2T asked for; h2c_dest checks
     // it against the slot. Bound the PDU by the largest slot.
-    c.slots.iter().map(|s| s.len as usize).max().unwrap_or(0).max(1)
+    c.slots
+        .iter()
+        .map(|s| s.len as usize)
+        .max()
+        .unwrap_or(0)
+        .max(1)
 }
 
 /// The NVMe status a host sees for a driver error.
 pub fn status_of(e: &NvmeError) -> Status {
     match e {
-        NvmeError::Status(s) => Status { sct: s.sct, sc: s.sc, dnr: s.dnr },
+        NvmeError::Status(s) => Status {
+            sct: s.sct,
+            sc: s.sc,
+            dnr: s.dnr,
+        },
         NvmeError::LbaOutOfRange { .. } => Status::LBA_OUT_OF_RANGE,
         NvmeError::InvalidNamespace(_) => Status::INVALID_NAMESPACE,
-        NvmeError::InvalidArgument(_) | NvmeError::TooLarge { .. } | NvmeError::BufferTooSmall { .. } => {
-            Status::INVALID_FIELD
-        }
-        NvmeError::Timeout { .. } | NvmeError::Reset => Status { dnr: false, ..Status::ABORT_SQ_DELETION },
-        _ => Status { dnr: false, ..Status::INTERNAL },
+        NvmeError::InvalidArgument(_)
+        | NvmeError::TooLarge { .. }
+        | NvmeError::BufferTooSmall { .. } => Status::INVALID_FIELD,
+        NvmeError::Timeout { .. } | NvmeError::Reset => Status {
+            dnr: false,
+            ..Status::ABORT_SQ_DELETION
+        },
+        _ => Status {
+            dnr: false,
+            ..Status::INTERNAL
+        },
     }
 }
-
-/// `read` that maps "nothing now" to None and end of stream to an error.
-fn read_some(sock: &mut TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    if buf.is_empty() {
-        return Ok(Some(0));
-    }
-    match sock.read(buf) {
-        Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
-        Ok(n) => Ok(Some(n)),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(0)),
-        Err(e) => Err(e),
-    }
-}
-

@@ -9,8 +9,8 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,8 @@ use clap::Parser;
 use fastlane_framework::{BufferPool, PageSize, Vfio};
 use fastlane_nvme::{Controller, Options};
 use fastlane_nvmf_tcp::admin::{Config, NsInfo, Subsystem};
-use fastlane_nvmf_tcp::worker::Worker;
+use fastlane_nvmf_tcp::worker::{inbox, Tuning, Worker};
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 /// NVMe-over-TCP target served by fastlane's userspace NVMe driver.
 #[derive(Parser, Debug)]
@@ -55,6 +56,15 @@ struct Args {
     /// Buffers per worker (default: 2 x queue depth).
     #[arg(long)]
     buffers: Option<u32>,
+    /// Microseconds a worker keeps polling after its last progress before
+    /// it sleeps in epoll_wait (longer: lower latency between commands,
+    /// more CPU).
+    #[arg(long, default_value_t = 50)]
+    idle_spin_us: u64,
+    /// Microseconds a worker naps in epoll_wait between completion-queue
+    /// polls while commands are on the device (0: poll without pause).
+    #[arg(long, default_value_t = 0)]
+    device_nap_us: u64,
     /// Stop (cleanly: device queues deleted, controller shut down) when
     /// standard input reaches end of file.
     #[arg(long)]
@@ -76,19 +86,31 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--max-transfer-kib: a power of two from 4 to 2048".into());
     }
     let vfio = Vfio::new()?;
-    let options = Options { io_queues: args.io_queues, ..Options::default() };
+    let options = Options {
+        io_queues: args.io_queues,
+        ..Options::default()
+    };
     let ctrl = Controller::open(&vfio, &args.device, options)?;
     let info = ctrl.info();
     let namespaces: Vec<NsInfo> = ctrl
         .namespaces()
         .iter()
         .filter(|n| args.namespaces.is_empty() || args.namespaces.contains(&n.id))
-        .map(|n| NsInfo { id: n.id, blocks: n.blocks, block_size: n.block_size })
+        .map(|n| NsInfo {
+            id: n.id,
+            blocks: n.blocks,
+            block_size: n.block_size,
+        })
         .collect();
     if namespaces.is_empty() {
         return Err(format!("no namespace to export (asked {:?})", args.namespaces).into());
     }
-    let allowed: Vec<String> = args.allow_host.iter().filter(|h| h.as_str() != "any").cloned().collect();
+    let allowed: Vec<String> = args
+        .allow_host
+        .iter()
+        .filter(|h| h.as_str() != "any")
+        .cloned()
+        .collect();
     let local = args.listen;
     let cfg = Config {
         nqn: args.nqn.clone(),
@@ -115,10 +137,25 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..args.io_queues {
         let qp = ctrl.create_qpair((2 * args.queue_depth).min(1024))?;
         let pool = BufferPool::new(&vfio, mt, count, PageSize::Huge2M)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = inbox()?;
         senders.push(tx);
-        let w = Worker { sub: sub.clone(), qp, pool, incoming: rx, stop: stop.clone(), digests: args.digests };
-        threads.push(std::thread::Builder::new().name(format!("nvmf-q{i}")).spawn(move || w.run())?);
+        let tuning = Tuning {
+            digests: args.digests,
+            idle_spin: Duration::from_micros(args.idle_spin_us),
+            device_nap: Duration::from_micros(args.device_nap_us),
+        };
+        let w = Worker::new(sub.clone(), qp, pool, rx, stop.clone(), tuning);
+        let stop = stop.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("nvmf-q{i}"))
+                .spawn(move || {
+                    if let Err(e) = w.run() {
+                        eprintln!("nvmf-tcp: worker {i}: {e}");
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                })?,
+        );
     }
     let listener = TcpListener::bind(args.listen)?;
     listener.set_nonblocking(true)?;
@@ -140,16 +177,30 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             stop.store(true, Ordering::Relaxed);
         });
     }
+    // Accept as soon as a connection arrives (sleeping in poll(2)); the
+    // timeout only bounds how late `stop` is seen.
     let mut next = 0usize;
+    let wait = Timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((sock, peer)) => {
                 log::info!("connection from {peer}");
-                let _ = senders[next % senders.len()].send(sock);
+                if let Err(e) = senders[next % senders.len()].send(sock) {
+                    log::warn!("connection from {peer}: worker gone: {e}");
+                }
                 next += 1;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
-            Err(e) => log::warn!("accept: {e}"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::from_borrowed_fd(listener.as_fd(), PollFlags::IN)];
+                let _ = rustix::event::poll(&mut fds, Some(&wait));
+            }
+            Err(e) => {
+                log::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
     for t in threads {

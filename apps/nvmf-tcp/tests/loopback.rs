@@ -7,7 +7,7 @@ mod client;
 use std::io::Write;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use fastlane_framework::{BufferPool, PageSize};
 use fastlane_nvme::sim::{SimConfig, SimController};
 use fastlane_nvme::{Controller, Options};
 use fastlane_nvmf_tcp::admin::{Config, NsInfo, Subsystem};
-use fastlane_nvmf_tcp::worker::Worker;
+use fastlane_nvmf_tcp::worker::{inbox, Tuning, Worker};
 
 const NQN: &str = "nqn.2026-01.io.fastlane:test";
 const BS: u32 = 512;
@@ -41,11 +41,22 @@ impl Drop for Target {
 
 fn start(allowed: Vec<String>, digests: bool, buffers: u32) -> Target {
     let (sim, mmio) = SimController::start(SimConfig::default());
-    let ctrl = Controller::with_registers(mmio, Options { io_queues: 2, ..Options::default() }).unwrap();
+    let ctrl = Controller::with_registers(
+        mmio,
+        Options {
+            io_queues: 2,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     let ns: Vec<NsInfo> = ctrl
         .namespaces()
         .iter()
-        .map(|n| NsInfo { id: n.id, blocks: n.blocks, block_size: n.block_size })
+        .map(|n| NsInfo {
+            id: n.id,
+            blocks: n.blocks,
+            block_size: n.block_size,
+        })
         .collect();
     let sub = Arc::new(Subsystem::new(Config {
         nqn: NQN.into(),
@@ -70,10 +81,14 @@ fn start(allowed: Vec<String>, digests: bool, buffers: u32) -> Target {
     for _ in 0..2 {
         let qp = ctrl.create_qpair(64).unwrap();
         let pool = BufferPool::new_unmapped(128 << 10, buffers, PageSize::Small).unwrap();
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = inbox().unwrap();
         senders.push(tx);
-        let w = Worker { sub: sub.clone(), qp, pool, incoming: rx, stop: stop.clone(), digests };
-        threads.push(std::thread::spawn(move || w.run()));
+        let tuning = Tuning {
+            digests,
+            ..Tuning::default()
+        };
+        let w = Worker::new(sub.clone(), qp, pool, rx, stop.clone(), tuning);
+        threads.push(std::thread::spawn(move || w.run().unwrap()));
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
@@ -91,13 +106,22 @@ fn start(allowed: Vec<String>, digests: bool, buffers: u32) -> Target {
             }
         }
     }));
-    Target { addr, stop, threads, sub, _ctrl: ctrl, _sim: sim }
+    Target {
+        addr,
+        stop,
+        threads,
+        sub,
+        _ctrl: ctrl,
+        _sim: sim,
+    }
 }
 
 /// Admin queue, Number of Queues 2, and I/O queue `qid`.
 fn io_queue(t: &Target, host: &str, digests: (bool, bool)) -> (Client, Client) {
     let mut a = Client::admin_queue(&t.addr, NQN, host, 0).unwrap();
-    let (c, _) = a.exec(Cmd::new(0x09, 0).cdw(10, 7).cdw(11, 1 | 1 << 16), &[]).unwrap();
+    let (c, _) = a
+        .exec(Cmd::new(0x09, 0).cdw(10, 7).cdw(11, 1 | 1 << 16), &[])
+        .unwrap();
     assert!(c.ok());
     let mut q = Client::connect(&t.addr, digests).unwrap();
     let c = q.fabrics_connect(1, 31, a.cntlid, NQN, host, 0).unwrap();
@@ -127,7 +151,9 @@ fn identify_write_read_flush_zeroes_dsm() {
     assert!(c.ok() && back == big);
     assert!(q.exec(Cmd::new(0x00, 1), &[]).unwrap().0.ok());
     // Write Zeroes over 8 blocks of the big range, then read them.
-    let (c, _) = q.exec(Cmd::new(0x08, 1).cdw(10, 1000).cdw(12, 7), &[]).unwrap();
+    let (c, _) = q
+        .exec(Cmd::new(0x08, 1).cdw(10, 1000).cdw(12, 7), &[])
+        .unwrap();
     assert!(c.ok());
     let (_, back) = q.read(1, 1000, 16, BS).unwrap();
     assert!(back[..4096].iter().all(|&b| b == 0) && back[4096..] == big[4096..8192]);
@@ -135,7 +161,15 @@ fn identify_write_read_flush_zeroes_dsm() {
     let mut r = [0u8; 16];
     r[4..8].copy_from_slice(&8u32.to_le_bytes());
     r[8..16].copy_from_slice(&2000u64.to_le_bytes());
-    let (c, _) = q.exec(Cmd::new(0x09, 1).sgl(0, 16, 0x01).cdw(10, 0).cdw(11, 1 << 2), &r).unwrap();
+    let (c, _) = q
+        .exec(
+            Cmd::new(0x09, 1)
+                .sgl(0, 16, 0x01)
+                .cdw(10, 0)
+                .cdw(11, 1 << 2),
+            &r,
+        )
+        .unwrap();
     assert!(c.ok(), "{c:?}");
     // Errors: out of range, bad namespace, unknown opcode, too large.
     let (c, _) = q.read(1, (1 << 20) - 1, 2, BS).unwrap();
@@ -148,7 +182,16 @@ fn identify_write_read_flush_zeroes_dsm() {
     assert_eq!(c.sc(), 0x02);
     // Pipelined: 16 reads in flight, answered by cid.
     let cids: Vec<u16> = (0..16)
-        .map(|i| q.send_cmd(Cmd::new(0x02, 1).sgl(0, 4096, 0x5A).cdw(10, 1000 + 8 * i).cdw(12, 7), &[]).unwrap())
+        .map(|i| {
+            q.send_cmd(
+                Cmd::new(0x02, 1)
+                    .sgl(0, 4096, 0x5A)
+                    .cdw(10, 1000 + 8 * i)
+                    .cdw(12, 7),
+                &[],
+            )
+            .unwrap()
+        })
         .collect();
     let mut seen = Vec::new();
     for _ in 0..16 {
@@ -201,15 +244,27 @@ fn digests_end_to_end() {
 fn discovery_and_host_allow_list() {
     let t = start(vec!["nqn.good".into()], false, 16);
     let mut d = Client::admin_queue(&t.addr, DISCOVERY_NQN, "nqn.anyone", 0).unwrap();
-    let (c, log) = d.exec(Cmd::new(0x02, 0).sgl(0, 2048, 0x5A).cdw(10, 0x70 | (511 << 16)), &[]).unwrap();
+    let (c, log) = d
+        .exec(
+            Cmd::new(0x02, 0)
+                .sgl(0, 2048, 0x5A)
+                .cdw(10, 0x70 | (511 << 16)),
+            &[],
+        )
+        .unwrap();
     assert!(c.ok());
     assert_eq!(u64::from_le_bytes(log[8..16].try_into().unwrap()), 1);
     assert_eq!(&log[1024 + 256..1024 + 256 + NQN.len()], NQN.as_bytes());
     let mut bad = Client::connect(&t.addr, (false, false)).unwrap();
-    let c = bad.fabrics_connect(0, 31, 0xFFFF, NQN, "nqn.bad", 0).unwrap();
+    let c = bad
+        .fabrics_connect(0, 31, 0xFFFF, NQN, "nqn.bad", 0)
+        .unwrap();
     assert_eq!((c.sct(), c.sc()), (1, 0x84));
     let mut good = Client::connect(&t.addr, (false, false)).unwrap();
-    assert!(good.fabrics_connect(0, 31, 0xFFFF, NQN, "nqn.good", 0).unwrap().ok());
+    assert!(good
+        .fabrics_connect(0, 31, 0xFFFF, NQN, "nqn.good", 0)
+        .unwrap()
+        .ok());
 }
 
 #[test]
@@ -234,11 +289,16 @@ fn bad_peers_are_cut_off_and_others_keep_working() {
     assert!(w.closed_within(Duration::from_secs(5)));
     // Truncated PDU, then the host vanishes.
     let mut v = Client::connect(&t.addr, (false, false)).unwrap();
-    v.raw().write_all(&[4, 0, 72, 0, 72, 0, 0, 0, 1, 2, 3]).unwrap();
+    v.raw()
+        .write_all(&[4, 0, 72, 0, 72, 0, 0, 0, 1, 2, 3])
+        .unwrap();
     drop(v);
     // A host vanishing mid-transfer: R2T answered with half the data.
     let (_a2, mut m) = io_queue(&t, "nqn.host.vanish", (false, false));
-    let cmd = Cmd::new(0x01, 1).sgl(0, 65536, 0x5A).cdw(10, 4000).cdw(12, 127);
+    let cmd = Cmd::new(0x01, 1)
+        .sgl(0, 65536, 0x5A)
+        .cdw(10, 4000)
+        .cdw(12, 127);
     let cid = m.send_cmd(cmd, &[]).unwrap();
     let r2t = m.recv().unwrap();
     assert_eq!(r2t.ty, 9);
@@ -256,15 +316,24 @@ fn bad_peers_are_cut_off_and_others_keep_working() {
     assert_eq!(u.recv().unwrap().ty, 3);
     // Too many queues, twice the same queue.
     let mut a4 = Client::admin_queue(&t.addr, NQN, "nqn.host.many", 0).unwrap();
-    a4.exec(Cmd::new(0x09, 0).cdw(10, 7).cdw(11, 0), &[]).unwrap();
+    a4.exec(Cmd::new(0x09, 0).cdw(10, 7).cdw(11, 0), &[])
+        .unwrap();
     let mut q2 = Client::connect(&t.addr, (false, false)).unwrap();
-    let c = q2.fabrics_connect(2, 31, a4.cntlid, NQN, "nqn.host.many", 0).unwrap();
+    let c = q2
+        .fabrics_connect(2, 31, a4.cntlid, NQN, "nqn.host.many", 0)
+        .unwrap();
     assert_eq!((c.sct(), c.sc()), (1, 0x82));
     assert_eq!(c.dw0 >> 16, 42);
     let mut q1 = Client::connect(&t.addr, (false, false)).unwrap();
-    assert!(q1.fabrics_connect(1, 31, a4.cntlid, NQN, "nqn.host.many", 0).unwrap().ok());
+    assert!(q1
+        .fabrics_connect(1, 31, a4.cntlid, NQN, "nqn.host.many", 0)
+        .unwrap()
+        .ok());
     let mut q1b = Client::connect(&t.addr, (false, false)).unwrap();
-    assert!(!q1b.fabrics_connect(1, 31, a4.cntlid, NQN, "nqn.host.many", 0).unwrap().ok());
+    assert!(!q1b
+        .fabrics_connect(1, 31, a4.cntlid, NQN, "nqn.host.many", 0)
+        .unwrap()
+        .ok());
 
     // The good host still works, with all its data.
     let (c, back) = q.read(1, 0, 8, BS).unwrap();
@@ -277,7 +346,10 @@ fn keep_alive_expiry_closes_the_controller() {
     let t = start(vec![], false, 16);
     let mut a = Client::admin_queue(&t.addr, NQN, "nqn.host.ka", 400).unwrap();
     let mut q = Client::connect(&t.addr, (false, false)).unwrap();
-    assert!(q.fabrics_connect(1, 31, a.cntlid, NQN, "nqn.host.ka", 0).unwrap().ok());
+    assert!(q
+        .fabrics_connect(1, 31, a.cntlid, NQN, "nqn.host.ka", 0)
+        .unwrap()
+        .ok());
     // Keep alives keep it: 4 x 200 ms.
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(200));
@@ -298,7 +370,14 @@ fn buffer_shortage_waits_instead_of_failing() {
     let data = pattern(0, 256, BS as usize, 4);
     assert!(q.write(1, 0, &data, BS, false).unwrap().ok());
     for i in 0..16u32 {
-        q.send_cmd(Cmd::new(0x02, 1).sgl(0, 65536, 0x5A).cdw(10, 0).cdw(12, 127), &[]).unwrap();
+        q.send_cmd(
+            Cmd::new(0x02, 1)
+                .sgl(0, 65536, 0x5A)
+                .cdw(10, 0)
+                .cdw(12, 127),
+            &[],
+        )
+        .unwrap();
         let _ = i;
     }
     let mut ok = 0;

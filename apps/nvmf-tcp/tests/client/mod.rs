@@ -15,7 +15,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -94,7 +98,13 @@ impl Client {
         let sock = TcpStream::connect(addr)?;
         sock.set_nodelay(true)?;
         sock.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut c = Client { sock, hd: false, dd: false, cntlid: 0, next_cid: 1 };
+        let mut c = Client {
+            sock,
+            hd: false,
+            dd: false,
+            cntlid: 0,
+            next_cid: 1,
+        };
         let mut ic = [0u8; 128];
         ic[0] = 0; // ICReq
         ic[2] = 128;
@@ -141,11 +151,22 @@ impl Client {
         }
         let header = all[..hlen].to_vec();
         let dd = if flags & 2 != 0 { 4 } else { 0 };
-        let data = if pdo > 0 && pdo + dd <= plen { all[pdo..plen - dd].to_vec() } else if ty == 3 { all[hlen..].to_vec() } else { vec![] };
+        let data = if pdo > 0 && pdo + dd <= plen {
+            all[pdo..plen - dd].to_vec()
+        } else if ty == 3 {
+            all[hlen..].to_vec()
+        } else {
+            vec![]
+        };
         if dd != 0 && crc32c(&data).to_le_bytes() != all[plen - 4..plen] {
             return Err(io::Error::other("data digest mismatch"));
         }
-        Ok(Pdu { ty, flags, header, data })
+        Ok(Pdu {
+            ty,
+            flags,
+            header,
+            data,
+        })
     }
 
     fn header(&self, ty: u8, hlen: usize, data_len: usize, extra: u8) -> Vec<u8> {
@@ -184,7 +205,14 @@ impl Client {
     }
 
     /// Sends H2CData.
-    pub fn send_h2c(&mut self, cccid: u16, ttag: u16, datao: u32, data: &[u8], last: bool) -> io::Result<()> {
+    pub fn send_h2c(
+        &mut self,
+        cccid: u16,
+        ttag: u16,
+        datao: u32,
+        data: &[u8],
+        last: bool,
+    ) -> io::Result<()> {
         let mut h = self.header(6, 24, data.len(), if last { 4 } else { 0 });
         h[8..10].copy_from_slice(&cccid.to_le_bytes());
         h[10..12].copy_from_slice(&ttag.to_le_bytes());
@@ -212,7 +240,10 @@ impl Client {
                         status: u16::from_le_bytes(h[22..24].try_into().unwrap()),
                     };
                     if cqe.cid != cid {
-                        return Err(io::Error::other(format!("response for cid {} while waiting for {cid}", cqe.cid)));
+                        return Err(io::Error::other(format!(
+                            "response for cid {} while waiting for {cid}",
+                            cqe.cid
+                        )));
                     }
                     return Ok((cqe, data));
                 }
@@ -237,7 +268,12 @@ impl Client {
                         self.send_h2c(cccid, ttag, (r2to + half) as u32, &chunk[half..], true)?;
                     }
                 }
-                3 => return Err(io::Error::other(format!("C2HTermReq {:?}", &p.header[8..12]))),
+                3 => {
+                    return Err(io::Error::other(format!(
+                        "C2HTermReq {:?}",
+                        &p.header[8..12]
+                    )))
+                }
                 t => return Err(io::Error::other(format!("unexpected PDU type {t}"))),
             }
         }
@@ -250,7 +286,15 @@ impl Client {
     }
 
     /// Fabrics Connect.
-    pub fn fabrics_connect(&mut self, qid: u16, sqsize: u16, cntlid: u16, subnqn: &str, hostnqn: &str, kato_ms: u32) -> io::Result<Cqe> {
+    pub fn fabrics_connect(
+        &mut self,
+        qid: u16,
+        sqsize: u16,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+        kato_ms: u32,
+    ) -> io::Result<Cqe> {
         let mut d = vec![0u8; 1024];
         d[16..18].copy_from_slice(&cntlid.to_le_bytes());
         d[256..256 + subnqn.len()].copy_from_slice(subnqn.as_bytes());
@@ -269,7 +313,9 @@ impl Client {
 
     /// Property Set CC = EN with 64/16-byte entries, and wait for RDY.
     pub fn enable(&mut self) -> io::Result<()> {
-        let cmd = Cmd::new(0x7F, 0x00).cdw(11, 0x14).cdw(12, 1 | 6 << 16 | 4 << 20);
+        let cmd = Cmd::new(0x7F, 0x00)
+            .cdw(11, 0x14)
+            .cdw(12, 1 | 6 << 16 | 4 << 20);
         let (c, _) = self.exec(cmd, &[])?;
         let (csts, _) = self.exec(Cmd::new(0x7F, 0x04).cdw(11, 0x1C), &[])?;
         if !c.ok() || csts.dw0 & 1 == 0 {
@@ -279,7 +325,12 @@ impl Client {
     }
 
     /// Admin queue: connect, enable. Returns the cntlid.
-    pub fn admin_queue(addr: &str, subnqn: &str, hostnqn: &str, kato_ms: u32) -> io::Result<Client> {
+    pub fn admin_queue(
+        addr: &str,
+        subnqn: &str,
+        hostnqn: &str,
+        kato_ms: u32,
+    ) -> io::Result<Client> {
         let mut c = Client::connect(addr, (false, false))?;
         let cqe = c.fabrics_connect(0, 31, 0xFFFF, subnqn, hostnqn, kato_ms)?;
         if !cqe.ok() {
@@ -303,7 +354,14 @@ impl Client {
     }
 
     /// Write `data` at `lba`: in-capsule when `inline`, else by R2T.
-    pub fn write(&mut self, nsid: u32, lba: u64, data: &[u8], bs: u32, inline: bool) -> io::Result<Cqe> {
+    pub fn write(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        data: &[u8],
+        bs: u32,
+        inline: bool,
+    ) -> io::Result<Cqe> {
         let nlb = data.len() as u32 / bs;
         let cmd = Cmd::new(0x01, nsid)
             .sgl(0, data.len() as u32, if inline { 0x01 } else { 0x5A })
@@ -323,7 +381,12 @@ impl Client {
             match self.sock.read(&mut b) {
                 Ok(0) => return true,
                 Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => return false,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
                 Err(_) => return true,
             }
         }
