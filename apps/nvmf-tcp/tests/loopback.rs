@@ -392,3 +392,110 @@ fn buffer_shortage_waits_instead_of_failing() {
         }
     }
 }
+
+/// 15 in-capsule writes, each after a read capsule, as one stream (30
+/// commands: within the queue's 31): `chunk`
+/// bytes per `write` (0: all at once). Checks every response and the data.
+fn pipelined_stream(q: &mut Client, chunk: usize, seed: u64) {
+    let old = pattern(3000, 8, BS as usize, seed ^ 0xFF);
+    assert!(q.write(1, 3000, &old, BS, false).unwrap().ok());
+    let mut stream = Vec::new();
+    let mut reads = Vec::new();
+    let mut writes = Vec::new();
+    for k in 0..15u64 {
+        let read = Cmd::new(0x02, 1)
+            .sgl(0, 8 * BS, 0x5A)
+            .cdw(10, 3000)
+            .cdw(12, 7);
+        let (cid, b) = q.capsule(read, &[]);
+        reads.push(cid);
+        stream.extend_from_slice(&b);
+        let lba = 4000 + k * 8;
+        let data = pattern(lba, 8, BS as usize, seed);
+        let write = Cmd::new(0x01, 1)
+            .sgl(0, 8 * BS, 0x01)
+            .cdw(10, lba as u32)
+            .cdw(12, 7);
+        let (cid, b) = q.capsule(write, &data);
+        writes.push(cid);
+        stream.extend_from_slice(&b);
+    }
+    if chunk == 0 {
+        q.raw().write_all(&stream).unwrap();
+    } else {
+        for c in stream.chunks(chunk) {
+            q.raw().write_all(c).unwrap();
+        }
+    }
+    let got = q.responses(30).unwrap();
+    for cid in &reads {
+        let (status, data) = &got[cid];
+        assert_eq!(*status >> 1, 0, "read cid {cid}");
+        assert!(*data == old, "read cid {cid}: data");
+    }
+    for cid in &writes {
+        assert_eq!(got[cid].0 >> 1, 0, "write cid {cid}");
+    }
+    for k in 0..15u64 {
+        let lba = 4000 + k * 8;
+        let (c, back) = q.read(1, lba, 8, BS).unwrap();
+        assert!(
+            c.ok() && back == pattern(lba, 8, BS as usize, seed),
+            "write {k} read back"
+        );
+    }
+}
+
+#[test]
+fn pipelined_capsules_in_one_write_and_trickled_bytes() {
+    // Many PDUs per recv (headers and in-capsule write data arrive in the
+    // stage together), then the same stream 7 bytes at a time (PDUs split
+    // at every boundary, short reads), then with digests.
+    let t = start(vec![], true, 64);
+    let (_a, mut q) = io_queue(&t, "nqn.host.pipe", (false, false));
+    pipelined_stream(&mut q, 0, 11);
+    pipelined_stream(&mut q, 7, 12);
+    let (_a2, mut d) = io_queue(&t, "nqn.host.pipe-dgst", (true, true));
+    assert!(d.hd && d.dd);
+    pipelined_stream(&mut d, 0, 13);
+    pipelined_stream(&mut d, 61, 14);
+}
+
+#[test]
+fn host_that_stops_reading_does_not_stall_others() {
+    // One host queues 31 reads of 128 KiB and reads nothing for a while:
+    // the target's socket fills and that connection waits for room while
+    // another host's I/O goes on; then every response arrives.
+    let t = start(vec![], false, 64);
+    let (_a, mut slow) = io_queue(&t, "nqn.host.slow", (false, false));
+    let (_b, mut fast) = io_queue(&t, "nqn.host.fast", (false, false));
+    let data = pattern(0, 256, BS as usize, 21);
+    assert!(slow.write(1, 0, &data, BS, false).unwrap().ok());
+    let mut stream = Vec::new();
+    let mut cids = Vec::new();
+    for _ in 0..31 {
+        let (cid, b) = slow.capsule(
+            Cmd::new(0x02, 1)
+                .sgl(0, 256 * BS, 0x5A)
+                .cdw(10, 0)
+                .cdw(12, 255),
+            &[],
+        );
+        cids.push(cid);
+        stream.extend_from_slice(&b);
+    }
+    slow.raw().write_all(&stream).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for k in 0..8u64 {
+        let d = pattern(5000 + k * 16, 16, BS as usize, 22);
+        assert!(fast.write(1, 5000 + k * 16, &d, BS, true).unwrap().ok());
+        let (c, back) = fast.read(1, 5000 + k * 16, 16, BS).unwrap();
+        assert!(c.ok() && back == d);
+    }
+    let got = slow.responses(31).unwrap();
+    for cid in cids {
+        let (status, d) = &got[&cid];
+        assert_eq!(*status >> 1, 0);
+        assert!(*d == data, "cid {cid}: data");
+    }
+}

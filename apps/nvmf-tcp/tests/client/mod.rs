@@ -5,6 +5,7 @@
 //! purpose: raw bytes go out through [`Client::raw`].
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -193,15 +194,45 @@ impl Client {
         h
     }
 
-    /// Sends a command capsule (with in-capsule `data`); returns its cid.
-    pub fn send_cmd(&mut self, mut cmd: Cmd, data: &[u8]) -> io::Result<u16> {
+    /// The bytes of a command capsule (with in-capsule `data`), for
+    /// sending several at once; returns its cid too.
+    pub fn capsule(&mut self, mut cmd: Cmd, data: &[u8]) -> (u16, Vec<u8>) {
         let cid = self.cid();
         cmd.0[2..4].copy_from_slice(&cid.to_le_bytes());
         let mut h = self.header(4, 72, data.len(), 0);
         h[8..72].copy_from_slice(&cmd.0);
-        let b = self.finish(h, data);
+        (cid, self.finish(h, data))
+    }
+
+    /// Sends a command capsule (with in-capsule `data`); returns its cid.
+    pub fn send_cmd(&mut self, cmd: Cmd, data: &[u8]) -> io::Result<u16> {
+        let (cid, b) = self.capsule(cmd, data);
         self.sock.write_all(&b)?;
         Ok(cid)
+    }
+
+    /// Collects the responses to `n` commands in any order: status field
+    /// and C2HData bytes by cid.
+    pub fn responses(&mut self, n: usize) -> io::Result<HashMap<u16, (u16, Vec<u8>)>> {
+        let mut data: HashMap<u16, Vec<u8>> = HashMap::new();
+        let mut done = HashMap::new();
+        while done.len() < n {
+            let p = self.recv()?;
+            let cid = u16::from_le_bytes([p.header[8], p.header[9]]);
+            match p.ty {
+                7 => data.entry(cid).or_default().extend_from_slice(&p.data),
+                5 => {
+                    let cid = u16::from_le_bytes([p.header[20], p.header[21]]);
+                    let status = u16::from_le_bytes([p.header[22], p.header[23]]);
+                    let d = data.remove(&cid).unwrap_or_default();
+                    if done.insert(cid, (status, d)).is_some() {
+                        return Err(io::Error::other(format!("two responses for cid {cid}")));
+                    }
+                }
+                t => return Err(io::Error::other(format!("unexpected PDU type {t}"))),
+            }
+        }
+        Ok(done)
     }
 
     /// Sends H2CData.
