@@ -5,7 +5,8 @@
 //! pure submission/completion ring and command-id logic, `prp` builds PRP
 //! entries and lists from IOVAs, `ring` puts a queue pair in DMA memory,
 //! `controller` brings the device up and owns the admin queue, `qpair` is
-//! the per-thread I/O path. `sim` (cargo feature `sim`) is an in-process
+//! the per-thread I/O path, `aio` puts async/await on it and `executor`
+//! runs the tasks of one thread. `sim` (cargo feature `sim`) is an in-process
 //! controller model for tests and benchmarks.
 //!
 //! The crate has no `unsafe` code: every access to memory the device shares
@@ -31,8 +32,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod aio;
 pub mod controller;
 pub mod error;
+pub mod executor;
 pub mod pattern;
 pub mod prp;
 pub mod qpair;
@@ -42,8 +45,10 @@ mod ring;
 pub mod sim;
 pub mod spec;
 
+pub use aio::{AioStats, AsyncQueue, Io};
 pub use controller::{
     Controller, ControllerInfo, DataPointer, Namespace, Options, QueueSize, MAX_COMMAND_BYTES,
 };
 pub use error::{NvmeError, Rejected, Result};
+pub use executor::{block_on, ExecutorFull, LocalExecutor};
 pub use qpair::{Completion, IoQueuePair, QpairStats};

@@ -14,9 +14,9 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use fastlane_framework::{DmaArray, DmaBuf, DmaDomain};
+use fastlane_framework::{DmaArray, DmaBuf, DmaDomain, Interrupt};
 
 use crate::controller::{Admin, DataPointer, Inner, Namespace, PAGE_SIZE};
 use crate::error::{NvmeError, Rejected, Result};
@@ -125,6 +125,8 @@ pub struct IoQueuePair {
     epoch: u32,
     epoch_started: Instant,
     stats: QpairStats,
+    /// This pair's MSI-X vector, with [`crate::Options::interrupts`].
+    irq: Option<Interrupt>,
 }
 
 impl IoQueuePair {
@@ -171,6 +173,7 @@ impl IoQueuePair {
             sgl: sgl_mode(inner.info.sgl, inner.options.data_pointer),
             sgl_mask: sgl_mask(sgl_mode(inner.info.sgl, inner.options.data_pointer)),
             domain: inner.mem.domain(),
+            irq: inner.interrupt_for(qid),
             inner,
             ring,
             qid,
@@ -193,6 +196,45 @@ impl IoQueuePair {
     /// Commands that can be outstanding at once (depth - 1).
     pub fn capacity(&self) -> usize {
         self.slots.capacity()
+    }
+
+    /// Bytes one read or write command carries at most; above it a
+    /// request is split ([`Self::read`]).
+    pub fn max_transfer(&self) -> usize {
+        self.max_transfer
+    }
+
+    /// The namespaces this queue pair reads and writes.
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+
+    /// Sleeps until this pair's completion queue has something to poll or
+    /// `timeout` passes (`None`: no limit); returns whether it has. For a
+    /// thread that found nothing to do: it polls while busy and blocks here
+    /// when idle (hybrid). Needs [`crate::Options::interrupts`], else
+    /// [`NvmeError::InvalidArgument`]. Returns at once when a completion
+    /// is already waiting; a completion that lands while it goes to sleep
+    /// still wakes it (the signal is cleared before the queue is checked).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<bool> {
+        let Some(irq) = &self.irq else {
+            return Err(NvmeError::InvalidArgument(
+                "waiting needs interrupts: open the controller with Options::interrupts".into(),
+            ));
+        };
+        irq.clear();
+        if self.ring.cq_ready() || !self.orphans.is_empty() {
+            return Ok(true);
+        }
+        if !irq.wait(timeout)? {
+            return Ok(self.ring.cq_ready());
+        }
+        Ok(true)
+    }
+
+    /// Whether [`Self::wait`] can sleep: the pair has an interrupt vector.
+    pub fn has_interrupt(&self) -> bool {
+        self.irq.is_some()
     }
 
     /// Commands submitted and not yet completed.
@@ -1001,11 +1043,11 @@ fn create_queues(
     qid: u16,
     depth: u16,
 ) -> Result<()> {
-    admin.execute(
-        &inner.regs,
-        inner.cap,
-        SubmissionEntry::create_io_cq(qid, depth, ring.cq_iova()),
-    )?;
+    let mut cq = SubmissionEntry::create_io_cq(qid, depth, ring.cq_iova());
+    if let Some(irq) = inner.interrupt_for(qid) {
+        cq = cq.with_interrupt_vector(irq.vector());
+    }
+    admin.execute(&inner.regs, inner.cap, cq)?;
     let sq = SubmissionEntry::create_io_sq(qid, depth, ring.sq_iova(), qid, QueuePriority::Medium);
     if let Err(e) = admin.execute(&inner.regs, inner.cap, sq) {
         let _ = admin.execute(&inner.regs, inner.cap, SubmissionEntry::delete_io_cq(qid));
@@ -1052,8 +1094,24 @@ mod tests {
     #[test]
     fn rw_words_match_the_submission_entry() {
         let cases = [
-            (nvm_opcode::READ, 0u16, 1u32, 0u64, 0u16, PSDT_SGL_MPTR_CONTIG, [0x1000, 4096]),
-            (nvm_opcode::WRITE, 0xFFFE, u32::MAX, u64::MAX, u16::MAX, 0, [u64::MAX, 0xdead_beef_0000]),
+            (
+                nvm_opcode::READ,
+                0u16,
+                1u32,
+                0u64,
+                0u16,
+                PSDT_SGL_MPTR_CONTIG,
+                [0x1000, 4096],
+            ),
+            (
+                nvm_opcode::WRITE,
+                0xFFFE,
+                u32::MAX,
+                u64::MAX,
+                u16::MAX,
+                0,
+                [u64::MAX, 0xdead_beef_0000],
+            ),
             (nvm_opcode::READ, 62, 7, 0x1_2345_6789, 3, 0, [0x20_0000, 0]),
         ];
         for (opcode, cid, nsid, slba, nlb, psdt, dptr) in cases {

@@ -1,0 +1,555 @@
+//! Async reads and writes on one queue pair, for thread-per-core programs:
+//! many tasks on one thread share an [`AsyncQueue`]; `aq.read(..).await`
+//! resolves to the buffer and the result. The thread's idle loop calls
+//! [`AsyncQueue::poll`], which rings the doorbell for everything the tasks
+//! submitted since, and wakes the tasks whose commands completed (with
+//! [`crate::executor::LocalExecutor`], or any executor whose tasks stay on
+//! this thread).
+//!
+//! Built on [`IoQueuePair`]'s callback path: a command's tag names a slot of
+//! a table fixed at the queue pair's capacity (result, buffer and waker),
+//! so nothing is allocated per I/O. When every command slot is taken, a
+//! new request waits (in arrival order, `Pending`) until completions free
+//! enough of them. A future dropped before its command completed leaves the
+//! buffer with the queue pair until the device is done with it; the
+//! completion then drops it (back to its pool) and frees the slot, so a
+//! later command never sees the old result.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use fastlane_framework::DmaBuf;
+
+use crate::error::{NvmeError, Result};
+use crate::qpair::{Completion, IoQueuePair, QpairStats};
+
+/// Counters of an [`AsyncQueue`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AioStats {
+    /// Requests handed to the queue pair.
+    pub submitted: u64,
+    /// Requests whose completion reached their future.
+    pub completed: u64,
+    /// Requests that had to wait for free command slots.
+    pub waited: u64,
+    /// Completions of requests whose future had been dropped (their buffer
+    /// went back to its pool).
+    pub abandoned: u64,
+    /// Completions naming no request in flight (finish nothing).
+    pub stale: u64,
+}
+
+/// What a slot of the request table holds.
+enum State {
+    Free,
+    /// Submitted; the waker of the task awaiting it.
+    InFlight(Option<Waker>),
+    /// Completed, not yet taken by its future.
+    Done(Option<DmaBuf>, Result<()>),
+    /// Submitted, and its future was dropped.
+    Abandoned,
+}
+
+struct Slot {
+    state: State,
+    /// Bumped at every use: in the tag, so a completion names one use.
+    generation: u32,
+    /// Command slots of the queue pair the request holds.
+    commands: usize,
+}
+
+/// A request waiting for command slots (`waker: None`: its future was
+/// dropped).
+struct Waiter {
+    waker: Option<Waker>,
+    need: usize,
+}
+
+struct Inner {
+    qp: IoQueuePair,
+    slots: Box<[Slot]>,
+    /// Free request slots.
+    free: Vec<u32>,
+    /// Command slots of the queue pair not held by a request.
+    permits: usize,
+    /// Permits promised to woken waiters that have not taken them yet.
+    granted: usize,
+    /// Waiters in arrival order; `waiters[i]` has ticket `first_ticket + i`.
+    waiters: VecDeque<Waiter>,
+    first_ticket: u64,
+    /// Wakes to run once the table is no longer borrowed.
+    to_wake: Vec<Waker>,
+    /// The first namespace and its read/write command size in blocks (the
+    /// usual case, without a search).
+    ns1: (u32, u64),
+    stats: AioStats,
+}
+
+/// A queue pair shared by the tasks of one thread. See the module docs.
+pub struct AsyncQueue {
+    inner: RefCell<Inner>,
+}
+
+/// A read or a write not yet handed to the queue pair.
+struct Request {
+    write: bool,
+    nsid: u32,
+    lba: u64,
+    blocks: u32,
+    buf: DmaBuf,
+    need: usize,
+}
+
+enum IoState {
+    Start(Request),
+    /// Waiting for command slots with this ticket.
+    Queued(Request, u64),
+    InFlight {
+        slot: u32,
+        generation: u32,
+    },
+    Finished,
+}
+
+/// The future of [`AsyncQueue::read`] / [`AsyncQueue::write`]: resolves to
+/// the buffer and the command's result (a refused submission, e.g. an LBA
+/// out of range, resolves at once with its error). Dropping it before then
+/// cancels nothing on the device: see the module docs.
+#[must_use = "a future does nothing unless awaited"]
+pub struct Io<'q> {
+    q: &'q AsyncQueue,
+    state: IoState,
+}
+
+impl AsyncQueue {
+    /// Wraps `qp`; its capacity is the number of commands in flight.
+    pub fn new(qp: IoQueuePair) -> AsyncQueue {
+        let capacity = qp.capacity();
+        let ns1 = qp.namespaces().first().map_or((0, 1), |ns| {
+            (ns.id, chunk_blocks(qp.max_transfer(), ns.block_size))
+        });
+        let slots = (0..capacity)
+            .map(|_| Slot {
+                state: State::Free,
+                generation: 0,
+                commands: 0,
+            })
+            .collect();
+        AsyncQueue {
+            inner: RefCell::new(Inner {
+                qp,
+                slots,
+                free: (0..capacity as u32).rev().collect(),
+                permits: capacity,
+                granted: 0,
+                waiters: VecDeque::with_capacity(capacity),
+                first_ticket: 0,
+                to_wake: Vec::with_capacity(capacity),
+                ns1,
+                stats: AioStats::default(),
+            }),
+        }
+    }
+
+    /// Reads `blocks` blocks at `lba` of namespace `nsid` into `buf`.
+    pub fn read(&self, nsid: u32, lba: u64, blocks: u32, buf: DmaBuf) -> Io<'_> {
+        self.io(false, nsid, lba, blocks, buf)
+    }
+
+    /// Writes `blocks` blocks from `buf` at `lba` of namespace `nsid`.
+    pub fn write(&self, nsid: u32, lba: u64, blocks: u32, buf: DmaBuf) -> Io<'_> {
+        self.io(true, nsid, lba, blocks, buf)
+    }
+
+    fn io(&self, write: bool, nsid: u32, lba: u64, blocks: u32, buf: DmaBuf) -> Io<'_> {
+        let need = self.inner.borrow().commands_for(nsid, blocks);
+        Io {
+            q: self,
+            state: IoState::Start(Request {
+                write,
+                nsid,
+                lba,
+                blocks,
+                buf,
+                need,
+            }),
+        }
+    }
+
+    /// Rings the doorbell, hands up to `max` completions to their futures
+    /// and wakes their tasks. Returns how many completed. Call it from the
+    /// thread's idle loop.
+    pub fn poll(&self, max: usize) -> usize {
+        let n = {
+            let mut g = self.inner.borrow_mut();
+            let Inner {
+                qp,
+                slots,
+                free,
+                to_wake,
+                stats,
+                ..
+            } = &mut *g;
+            let mut released = 0;
+            let n = qp.poll(max, |c| {
+                deliver(slots, free, to_wake, stats, &mut released, c)
+            });
+            if released > 0 {
+                g.release(released);
+            }
+            n
+        };
+        self.wake_pending();
+        n
+    }
+
+    /// Rings the doorbell for what was submitted since (the next
+    /// [`Self::poll`] does it too).
+    pub fn submit(&self) {
+        self.inner.borrow_mut().qp.submit();
+    }
+
+    /// Requests submitted whose completion has not been polled yet
+    /// (including those of dropped futures).
+    pub fn outstanding(&self) -> usize {
+        self.inner.borrow().qp.outstanding()
+    }
+
+    /// Requests waiting for command slots.
+    pub fn waiting(&self) -> usize {
+        let g = self.inner.borrow();
+        g.waiters.iter().filter(|w| w.waker.is_some()).count()
+    }
+
+    /// Commands that can be in flight at once.
+    pub fn capacity(&self) -> usize {
+        self.inner.borrow().slots.len()
+    }
+
+    /// This layer's counters.
+    pub fn stats(&self) -> AioStats {
+        self.inner.borrow().stats
+    }
+
+    /// The queue pair's counters.
+    pub fn qpair_stats(&self) -> QpairStats {
+        self.inner.borrow().qp.stats()
+    }
+
+    /// Runs the wakes queued while the table was borrowed (a waker may run
+    /// code that uses this queue).
+    fn wake_pending(&self) {
+        loop {
+            let Some(w) = self.inner.borrow_mut().to_wake.pop() else {
+                return;
+            };
+            w.wake();
+        }
+    }
+}
+
+/// A completion from the queue pair: to its future, or, for a dropped one,
+/// the buffer back to its pool and the slot free (`released` counts the
+/// command slots freed).
+#[inline]
+fn deliver(
+    slots: &mut [Slot],
+    free: &mut Vec<u32>,
+    to_wake: &mut Vec<Waker>,
+    stats: &mut AioStats,
+    released: &mut usize,
+    c: Completion,
+) {
+    let (index, generation) = ((c.tag & u32::MAX as u64) as usize, (c.tag >> 32) as u32);
+    let Some(slot) = slots.get_mut(index).filter(|s| s.generation == generation) else {
+        stats.stale += 1;
+        return;
+    };
+    match std::mem::replace(&mut slot.state, State::Free) {
+        State::InFlight(waker) => {
+            slot.state = State::Done(c.buf, c.result);
+            if let Some(w) = waker {
+                to_wake.push(w);
+            }
+        }
+        State::Abandoned => {
+            stats.abandoned += 1;
+            *released += slot.commands;
+            free.push(index as u32);
+            // `c.buf` drops here: back to its pool.
+        }
+        other => {
+            slot.state = other;
+            stats.stale += 1;
+        }
+    }
+}
+
+impl Inner {
+    /// Command slots a read or write of `blocks` blocks takes (more than
+    /// one when the queue pair splits it above the maximum transfer).
+    #[inline]
+    fn commands_for(&self, nsid: u32, blocks: u32) -> usize {
+        let chunk = if nsid == self.ns1.0 {
+            self.ns1.1
+        } else {
+            match self.qp.namespaces().iter().find(|n| n.id == nsid) {
+                Some(ns) => chunk_blocks(self.qp.max_transfer(), ns.block_size),
+                // Refused at submission.
+                None => 1,
+            }
+        };
+        // A request above what the queue pair holds waits for all of it,
+        // then is refused (TooLarge).
+        ((blocks as u64).div_ceil(chunk).max(1) as usize).min(self.slots.len())
+    }
+
+    /// Gives back the command slots of a finished request and wakes the
+    /// waiters they now cover.
+    fn release(&mut self, commands: usize) {
+        self.permits += commands;
+        self.grant();
+    }
+
+    /// Wakes waiters, in order, while the permits not yet promised cover
+    /// the first one. Afterwards either nobody waits or the first waiter
+    /// needs more than is free: a new request may go ahead only if nobody
+    /// waits.
+    fn grant(&mut self) {
+        while let Some(w) = self.waiters.front() {
+            if w.waker.is_some() && self.permits.saturating_sub(self.granted) < w.need {
+                return;
+            }
+            let Some(w) = self.waiters.pop_front() else {
+                return;
+            };
+            self.first_ticket += 1;
+            if let Some(waker) = w.waker {
+                self.granted += w.need;
+                self.to_wake.push(waker);
+            }
+        }
+    }
+
+    /// Whether a request needing `need` commands may be submitted now
+    /// (`granted`: it holds a promise from [`Self::grant`]).
+    #[inline]
+    fn may_submit(&self, need: usize, granted: bool) -> bool {
+        granted || (self.waiters.is_empty() && self.permits.saturating_sub(self.granted) >= need)
+    }
+
+    /// Submits `req` in a free slot; `Err` gives the request's end when the
+    /// queue pair refused it.
+    #[inline]
+    fn submit(
+        &mut self,
+        req: Request,
+        waker: &Waker,
+    ) -> std::result::Result<(u32, u32), (DmaBuf, NvmeError)> {
+        let Some(index) = self.free.pop() else {
+            // Cannot happen: each request holds at least one of the
+            // permits, and there are as many slots as permits.
+            return Err((req.buf, NvmeError::QueueFull));
+        };
+        let need = req.need;
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        let generation = slot.generation;
+        let tag = (generation as u64) << 32 | index as u64;
+        let r = if req.write {
+            self.qp.write(req.nsid, req.lba, req.blocks, req.buf, tag)
+        } else {
+            self.qp.read(req.nsid, req.lba, req.blocks, req.buf, tag)
+        };
+        match r {
+            Ok(()) => {
+                slot.state = State::InFlight(Some(waker.clone()));
+                slot.commands = need;
+                self.permits -= need;
+                self.stats.submitted += 1;
+                Ok((index, generation))
+            }
+            Err(rej) => {
+                self.free.push(index);
+                match rej.buf {
+                    Some(buf) => Err((buf, rej.error)),
+                    None => buffer_lost(),
+                }
+            }
+        }
+    }
+
+    /// Takes the result of a completed request and frees its slot; `None`
+    /// while it is in flight (the waker is updated then).
+    #[inline]
+    fn take(&mut self, index: u32, waker: &Waker) -> Option<(DmaBuf, Result<()>)> {
+        let slot = &mut self.slots[index as usize];
+        if let State::InFlight(w) = &mut slot.state {
+            if !w.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *w = Some(waker.clone());
+            }
+            return None;
+        }
+        match std::mem::replace(&mut slot.state, State::Free) {
+            State::Done(buf, result) => {
+                let commands = slot.commands;
+                self.free.push(index);
+                self.stats.completed += 1;
+                self.release(commands);
+                match buf {
+                    Some(buf) => Some((buf, result)),
+                    None => buffer_lost(),
+                }
+            }
+            other => {
+                slot.state = other;
+                None
+            }
+        }
+    }
+
+    /// The future of the request in `index` is gone.
+    fn abandon(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        match std::mem::replace(&mut slot.state, State::Abandoned) {
+            State::InFlight(_) => {}
+            State::Done(buf, _) => {
+                // Completed but never taken: the buffer goes back now.
+                drop(buf);
+                slot.state = State::Free;
+                let commands = slot.commands;
+                self.free.push(index);
+                self.release(commands);
+            }
+            other => slot.state = other,
+        }
+    }
+}
+
+/// The queue pair hands back the buffer of every read and write it takes
+/// or refuses (`Completion::buf` / `Rejected::buf` are `Some` for them);
+/// this is that contract broken, a bug in this crate.
+#[cold]
+fn buffer_lost() -> ! {
+    panic!("the queue pair lost the buffer of a read or write (driver bug)")
+}
+
+/// Blocks per command of the queue pair's splits (as `rw_split` cuts).
+fn chunk_blocks(max_transfer: usize, block_size: u32) -> u64 {
+    (max_transfer as u64 / block_size.max(1) as u64).max(1)
+}
+
+impl Future for Io<'_> {
+    type Output = (DmaBuf, Result<()>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let q = this.q;
+        let out = {
+            let mut g = q.inner.borrow_mut();
+            match std::mem::replace(&mut this.state, IoState::Finished) {
+                IoState::Start(req) => this.state_after_start(&mut g, req, false, cx),
+                IoState::Queued(req, ticket) => {
+                    if ticket < g.first_ticket {
+                        // Woken by `grant`: the permits are promised to us.
+                        g.granted -= req.need;
+                        this.state_after_start(&mut g, req, true, cx)
+                    } else {
+                        // Still waiting: keep the newest waker.
+                        let at = (ticket - g.first_ticket) as usize;
+                        if let Some(w) = g.waiters.get_mut(at) {
+                            if !w.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                                w.waker = Some(cx.waker().clone());
+                            }
+                        }
+                        this.state = IoState::Queued(req, ticket);
+                        Poll::Pending
+                    }
+                }
+                IoState::InFlight { slot, generation } => match g.take(slot, cx.waker()) {
+                    Some(done) => Poll::Ready(done),
+                    None => {
+                        this.state = IoState::InFlight { slot, generation };
+                        Poll::Pending
+                    }
+                },
+                // Polled after it resolved: the buffer went with the result.
+                IoState::Finished => Poll::Pending,
+            }
+        };
+        q.wake_pending();
+        out
+    }
+}
+
+impl Io<'_> {
+    /// Submits `req` if it may go now, else queues it (`Pending`).
+    #[inline]
+    fn state_after_start(
+        &mut self,
+        g: &mut Inner,
+        req: Request,
+        granted: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<(DmaBuf, Result<()>)> {
+        if !g.may_submit(req.need, granted) {
+            let ticket = g.first_ticket + g.waiters.len() as u64;
+            g.waiters.push_back(Waiter {
+                waker: Some(cx.waker().clone()),
+                need: req.need,
+            });
+            g.stats.waited += 1;
+            self.state = IoState::Queued(req, ticket);
+            return Poll::Pending;
+        }
+        match g.submit(req, cx.waker()) {
+            Ok((slot, generation)) => {
+                self.state = IoState::InFlight { slot, generation };
+                Poll::Pending
+            }
+            Err((buf, e)) => {
+                if granted {
+                    // The promise goes on to the next waiter.
+                    g.grant();
+                }
+                Poll::Ready((buf, Err(e)))
+            }
+        }
+    }
+}
+
+impl Drop for Io<'_> {
+    fn drop(&mut self) {
+        let state = std::mem::replace(&mut self.state, IoState::Finished);
+        if matches!(state, IoState::Start(_) | IoState::Finished) {
+            return;
+        }
+        {
+            let mut g = self.q.inner.borrow_mut();
+            match state {
+                IoState::Queued(req, ticket) => {
+                    if ticket < g.first_ticket {
+                        // Woken but never ran: pass the promise on.
+                        g.granted -= req.need;
+                    } else {
+                        let at = (ticket - g.first_ticket) as usize;
+                        if let Some(w) = g.waiters.get_mut(at) {
+                            w.waker = None;
+                        }
+                    }
+                    g.grant();
+                }
+                IoState::InFlight { slot, generation } => {
+                    if g.slots[slot as usize].generation == generation {
+                        g.abandon(slot);
+                    }
+                }
+                IoState::Start(_) | IoState::Finished => {}
+            }
+        }
+        self.q.wake_pending();
+    }
+}
