@@ -1,9 +1,13 @@
-//! Packet generator: transmits frames on one port as fast as it can and
-//! prints the rate every second.
+//! Packet generator: transmits frames on one port as fast as it can (or at
+//! `--rate`) and prints the rate every second. Frames are raw (a private
+//! EtherType and a sequence number) or, with `--ip`, `--udp` or `--flows`,
+//! IPv4/UDP with correct checksums and a sequence number per flow.
 //!
 //! ```text
 //! sudo ./hugepages.sh setup && sudo ./hugepages.sh bind 0000:01:00.0
 //! cargo run --release --example pktgen -- --device 0000:01:00.0 --size 60 --time 10
+//! cargo run --release --example pktgen -- --device 0000:01:00.0 --dst-mac 52:54:00:12:34:56 \
+//!     --ip 10.0.0.2,10.0.0.1 --udp 5000,9000 --flows 8 --rate 10000 --count 100000
 //! ```
 
 mod common;
@@ -11,8 +15,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::{args, Tick, Ticker};
+use common::{args, net, Tick, Ticker};
 use fastlane::framework::{PciAddress, Vfio};
+use fastlane::nic::proto::{self, UDP_OFFSET, UDP_PAYLOAD_OFFSET};
 use fastlane::nic::{NicConfig, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
 
 /// Transmits frames as fast as the port takes them and prints packets/s and
@@ -20,8 +25,11 @@ use fastlane::nic::{NicConfig, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
 #[derive(Parser)]
 #[command(
     name = "pktgen",
-    after_help = "Frames go from 02:00:00:00:00:01 to 02:00:00:00:00:02 with EtherType 0x88B5\n\
+    after_help = "Raw frames go from 02:00:00:00:00:01 to 02:00:00:00:00:02 with EtherType 0x88B5\n\
                   (local experimental) and a 64-bit sequence number after the header.\n\
+                  With --ip, --udp or --flows: IPv4/UDP frames (IP and UDP checksums computed), from the\n\
+                  port's MAC unless --src-mac; flow i uses source port SPORT+i, and the UDP payload starts\n\
+                  with the flow's own 64-bit sequence number (big-endian, from 0); flows take turns.\n\
                   Ports: Intel igb or virtio-net."
 )]
 struct Cli {
@@ -43,9 +51,40 @@ struct Cli {
     #[arg(long, value_name = "N", default_value = "32", allow_hyphen_values = true,
           value_parser = |s: &str| args::int_in::<usize>(s, 1, 512))]
     burst: usize,
+    /// Destination MAC [default: 02:00:00:00:00:02]
+    #[arg(long, value_name = "MAC", value_parser = net::mac)]
+    dst_mac: Option<[u8; 6]>,
+    /// Source MAC [default: raw 02:00:00:00:00:01, UDP the port's own]
+    #[arg(long, value_name = "MAC", value_parser = net::mac)]
+    src_mac: Option<[u8; 6]>,
+    /// IPv4/UDP frames between these addresses [default: 198.18.0.1,198.18.0.2]
+    #[arg(long, value_name = "SRC,DST", value_parser = net::ip_pair)]
+    ip: Option<([u8; 4], [u8; 4])>,
+    /// IPv4/UDP frames between these ports [default: 9,9]
+    #[arg(long, value_name = "SPORT,DPORT", value_parser = net::udp_ports)]
+    udp: Option<(u16, u16)>,
+    /// IPv4/UDP flows, source ports SPORT..SPORT+N-1 (RSS spreads them)
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<u16>(s, 1, net::MAX_FLOWS.into()))]
+    flows: Option<u16>,
+    /// Packets per second at most [default: as fast as the port takes them]
+    #[arg(long, value_name = "PPS", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<u64>(s, 1, net::MAX_RATE))]
+    rate: Option<u64>,
     /// End with a JSON summary line
     #[arg(long)]
     json: bool,
+}
+
+/// The IPv4/UDP frames to make (`--ip`, `--udp`, `--flows`).
+struct UdpSpec {
+    dst_mac: Option<[u8; 6]>,
+    src_mac: Option<[u8; 6]>,
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flows: u16,
 }
 
 /// Destination and source of the generated frames: locally administered.
@@ -71,6 +110,9 @@ struct Opts {
     size: usize,
     limit: Limit,
     burst: usize,
+    rate: Option<u64>,
+    udp: Option<UdpSpec>,
+    raw_macs: ([u8; 6], [u8; 6]),
     json: bool,
 }
 
@@ -80,32 +122,148 @@ fn parse() -> Opts {
         (Some(n), _) => Limit::Count(n),
         (None, t) => Limit::Time(t.unwrap_or(Duration::from_secs(10))),
     };
-    Opts { device: cli.device, size: cli.size, limit, burst: cli.burst, json: cli.json }
+    let udp = (cli.ip.is_some() || cli.udp.is_some() || cli.flows.is_some()).then(|| {
+        let (src, dst) = cli.ip.unwrap_or(([198, 18, 0, 1], [198, 18, 0, 2]));
+        let (sport, dport) = cli.udp.unwrap_or((9, 9));
+        UdpSpec {
+            dst_mac: cli.dst_mac,
+            src_mac: cli.src_mac,
+            src,
+            dst,
+            sport,
+            dport,
+            flows: cli.flows.unwrap_or(1),
+        }
+    });
+    if let Some(u) = &udp {
+        if let Err(e) = net::check_flows(u.sport, u.flows) {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '--flows <N>': {e}\n"),
+            )
+            .exit();
+        }
+    }
+    Opts {
+        device: cli.device,
+        size: cli.size,
+        limit,
+        burst: cli.burst,
+        rate: cli.rate,
+        udp,
+        raw_macs: (cli.dst_mac.unwrap_or(DST), cli.src_mac.unwrap_or(SRC)),
+        json: cli.json,
+    }
 }
 
-/// Writes the frame header and padding into every buffer of `pool` once;
-/// afterwards only the sequence number changes.
-fn prefill(pool: &PacketPool, size: usize) -> fastlane::nic::Result<()> {
-    let mut frame = vec![0u8; size];
-    frame[..6].copy_from_slice(&DST);
-    frame[6..12].copy_from_slice(&SRC);
-    frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
-    for (i, b) in frame.iter_mut().enumerate().skip(SEQ_OFFSET + 8) {
-        *b = i as u8;
-    }
+/// The frame every buffer starts with: raw, or IPv4/UDP with sequence
+/// number 0 and the first flow's source port.
+fn template(o: &Opts, port_mac: [u8; 6]) -> Result<Vec<u8>, proto::ProtoError> {
+    let Some(u) = &o.udp else {
+        let mut frame = vec![0u8; o.size];
+        frame[..6].copy_from_slice(&o.raw_macs.0);
+        frame[6..12].copy_from_slice(&o.raw_macs.1);
+        frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
+        for (i, b) in frame.iter_mut().enumerate().skip(SEQ_OFFSET + 8) {
+            *b = i as u8;
+        }
+        return Ok(frame);
+    };
+    // size >= MIN_FRAME (60) > UDP_PAYLOAD_OFFSET + 8 (50): room for the sequence number.
+    let payload: Vec<u8> = (UDP_PAYLOAD_OFFSET..o.size)
+        .map(|i| {
+            if i < UDP_PAYLOAD_OFFSET + 8 {
+                0
+            } else {
+                i as u8
+            }
+        })
+        .collect();
+    let mut frame = Vec::with_capacity(o.size);
+    let dst_mac = u.dst_mac.unwrap_or(DST);
+    let src_mac = u.src_mac.unwrap_or(port_mac);
+    proto::build_udp(
+        &mut frame, dst_mac, src_mac, u.src, u.dst, u.sport, u.dport, &payload,
+    )?;
+    Ok(frame)
+}
+
+/// Writes `frame` into every buffer of `pool` once; afterwards only the
+/// sequence number (and for UDP the source port and checksum) changes.
+fn prefill(pool: &PacketPool, frame: &[u8]) -> fastlane::nic::Result<()> {
     let mut all = Vec::with_capacity(pool.pool().capacity() as usize);
     while let Ok(mut p) = pool.alloc() {
-        p.write(&frame)?;
+        p.write(frame)?;
         all.push(p);
     }
     Ok(())
+}
+
+/// Per-packet part of an IPv4/UDP frame: the UDP header (source port and
+/// checksum vary by flow and sequence number) and the sequence number,
+/// 16 bytes from [`UDP_OFFSET`], written with one copy.
+struct UdpStamp {
+    /// The header as built (source port of flow 0, checksum over seq 0).
+    hdr: [u8; 8],
+    /// One's complement sum of pseudo-header, header and payload with the
+    /// source port, checksum and sequence number taken as zero.
+    base_sum: u64,
+    sport: u16,
+    flows: u64,
+}
+
+impl UdpStamp {
+    fn new(frame: &[u8], u: &UdpSpec) -> Result<UdpStamp, Box<dyn std::error::Error>> {
+        let f = proto::parse_udp_frame(frame)?;
+        let mut seg = f.udp.segment.to_vec();
+        seg[0..2].fill(0);
+        seg[6..8].fill(0);
+        seg[8..16].fill(0);
+        let len = u16::try_from(seg.len())?;
+        let base_sum = proto::checksum_add(
+            proto::pseudo_header_sum(u.src, u.dst, proto::IPPROTO_UDP, len),
+            &seg,
+        );
+        let mut hdr = [0u8; 8];
+        hdr.copy_from_slice(&frame[UDP_OFFSET..UDP_OFFSET + 8]);
+        Ok(UdpStamp {
+            hdr,
+            base_sum,
+            sport: u.sport,
+            flows: u64::from(u.flows),
+        })
+    }
+
+    /// The 16 bytes for packet number `n`: flow `n % flows`, that flow's
+    /// sequence number `n / flows`.
+    #[inline]
+    fn stamp(&self, n: u64) -> [u8; 16] {
+        // flow < flows <= MAX_FLOWS, and sport + flows - 1 <= 65535 (checked).
+        let sport = self.sport + (n % self.flows) as u16;
+        let seq = (n / self.flows).to_be_bytes();
+        let sum = proto::checksum_add(self.base_sum + u64::from(sport), &seq);
+        let c = match proto::checksum_fold(sum) {
+            0 => 0xffff,
+            c => c,
+        };
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.hdr);
+        out[0..2].copy_from_slice(&sport.to_be_bytes());
+        out[6..8].copy_from_slice(&c.to_be_bytes());
+        out[8..].copy_from_slice(&seq);
+        out
+    }
 }
 
 fn rate_line(label: &str, packets: u64, secs: f64, size: usize) -> (f64, f64, f64) {
     let pps = packets as f64 / secs;
     let bps = pps * (size * 8) as f64;
     let wire = pps * ((size + WIRE_OVERHEAD) * 8) as f64;
-    println!("{label} {pps:>12.0} pkt/s {:>9.2} Mbit/s ({:.2} Mbit/s on the wire)", bps / 1e6, wire / 1e6);
+    println!(
+        "{label} {pps:>12.0} pkt/s {:>9.2} Mbit/s ({:.2} Mbit/s on the wire)",
+        bps / 1e6,
+        wire / 1e6
+    );
     (pps, bps, wire)
 }
 
@@ -114,18 +272,42 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
     // Every buffer gets the frame before the port takes some for its
     // receive ring; frames then cycle between the cache below and the pool.
     let pool = PacketPool::new(&vfio, 4096)?;
-    prefill(&pool, o.size)?;
+    // The port's MAC is the default UDP source: open first, then fill the
+    // buffers the port did not take for its receive ring.
     let mut port = common::open_port(&vfio, o.device, &pool, &NicConfig::default())?;
+    let frame = template(o, port.mac_address())?;
+    prefill(&pool, &frame)?;
+    let stamp = match &o.udp {
+        Some(u) => Some(UdpStamp::new(&frame, u)?),
+        None => None,
+    };
+    let pacer = o.rate.map(net::Pacer::new);
     // Frames come from this cache; sent buffers go back to the pool.
     let mut cache = pool.cache(2 * o.burst);
     println!(
-        "pktgen: {} mac {:02x?} link {:?}, {}-byte frames, burst {}",
+        "pktgen: {} mac {} link {:?}, {}-byte frames, burst {}",
         o.device,
-        port.mac_address(),
+        net::fmt_mac(&port.mac_address()),
         port.link_status(),
         o.size,
         o.burst
     );
+    if let Some(u) = &o.udp {
+        println!(
+            "pktgen: IPv4/UDP {} -> {}, {}:{}..{} -> {}:{}, {} flow(s){}",
+            net::fmt_mac(&frame[6..12].try_into()?),
+            net::fmt_mac(&frame[..6].try_into()?),
+            std::net::Ipv4Addr::from(u.src),
+            u.sport,
+            u32::from(u.sport) + u32::from(u.flows) - 1,
+            std::net::Ipv4Addr::from(u.dst),
+            u.dport,
+            u.flows,
+            o.rate
+                .map(|r| format!(", at most {r} pkt/s"))
+                .unwrap_or_default()
+        );
+    }
     let mut batch: Vec<Packet> = Vec::with_capacity(o.burst);
     let (mut made, mut sent, mut last_sent) = (0u64, 0u64, 0u64);
     let run_time = match o.limit {
@@ -154,11 +336,18 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
         if remaining == 0 && batch.is_empty() {
             break;
         }
-        let want = (o.burst - batch.len()).min(remaining.min(o.burst as u64) as usize);
+        let mut want = (o.burst - batch.len()).min(remaining.min(o.burst as u64) as usize);
+        if let Some(p) = &pacer {
+            // usize: at most o.burst.
+            want = p.allowed(Duration::from_secs_f64(ticker.elapsed()), made, want as u64) as usize;
+        }
         for _ in 0..want {
             let Ok(buf) = cache.alloc() else { break };
             let mut p = Packet::new(buf, o.size)?;
-            p.buf_mut().write(SEQ_OFFSET, &made.to_be_bytes())?;
+            match &stamp {
+                Some(s) => p.buf_mut().write(UDP_OFFSET, &s.stamp(made))?,
+                None => p.buf_mut().write(SEQ_OFFSET, &made.to_be_bytes())?,
+            }
             batch.push(p);
             made += 1;
         }
@@ -170,7 +359,10 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
         port.tx_burst(&mut batch);
     }
     let stats = port.stats();
-    println!("total: {sent} frames in {secs:.2} s; device counted {} sent, {} bytes", stats.tx_packets, stats.tx_bytes);
+    println!(
+        "total: {sent} frames in {secs:.2} s; device counted {} sent, {} bytes",
+        stats.tx_packets, stats.tx_bytes
+    );
     let (pps, bps, wire) = rate_line("average", sent, secs, o.size);
     if o.json {
         println!(

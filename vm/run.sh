@@ -60,7 +60,9 @@ vfio-pci is loaded, no hugepages are reserved, no device is bound;
 /usr/bin/hugepages.sh is the repo's hugepages.sh; the kernel nvme driver and
 its dependencies are in /lib/modules-extra/ (insmod them in the order listed
 in /lib/modules-extra/ORDER); NVMe over Fabrics (nvme-fabrics, nvme-tcp, nvmet,
-nvmet-tcp, crc32c) with their dependencies in /lib/modules-fabrics/ (same).
+nvmet-tcp, crc32c) with their dependencies in /lib/modules-fabrics/ (same);
+the kernel's igb NIC driver with its dependencies in /lib/modules-net/ (same;
+loading it binds every igb port not bound to vfio-pci).
 
 Exit codes: the guest script's rc; 124 timeout; 125 no result marker (guest
 crashed or QEMU failed); 2 usage error.
@@ -153,11 +155,14 @@ extra_mods="$(seen=(); mod_order nvme-core nvme nvme-keyring)"
 # NVMe over Fabrics with TCP: the kernel initiator and target (and crc32c
 # for digests), for the nvmf-tcp target's tests and benchmarks.
 fabrics_mods="$(seen=(); mod_order crc32c_generic nvme-fabrics nvme-tcp nvmet nvmet-tcp)"
+# The kernel's own igb driver (dca, i2c-algo-bit), so a guest test can put
+# one igb port on the kernel's network stack as a peer.
+net_mods="$(seen=(); mod_order igb)"
 
 # --- initramfs --------------------------------------------------------------
 root="$cache/initramfs-root"
 rm -rf "$root"
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,opt,mnt/huge,lib/modules-boot,lib/modules-extra,lib/modules-fabrics}
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,opt,mnt/huge,lib/modules-boot,lib/modules-extra,lib/modules-fabrics,lib/modules-net}
 [ -z "$peers_root" ] || cp -a "$peers_root/." "$root/"
 if [ -n "$spdk" ]; then
     mkdir -p "$root/usr/local/bin" "$root/usr/local/lib" "$root/var/tmp"
@@ -177,6 +182,8 @@ echo "$boot_mods" > "$root/lib/modules-boot/ORDER"
 echo "$extra_mods" > "$root/lib/modules-extra/ORDER"
 for m in $fabrics_mods; do cp "$(mod_ko "$m")" "$root/lib/modules-fabrics/$m.ko"; done
 echo "$fabrics_mods" > "$root/lib/modules-fabrics/ORDER"
+for m in $net_mods; do cp "$(mod_ko "$m")" "$root/lib/modules-net/$m.ko"; done
+echo "$net_mods" > "$root/lib/modules-net/ORDER"
 for f in "${bins[@]}"; do install -m 755 "$f" "$root/bin/$(basename "$f")"; done
 for f in "${files[@]}"; do cp "$f" "$root/opt/$(basename "$f")"; done
 [ -f "$repo/hugepages.sh" ] && install -m 755 "$repo/hugepages.sh" "$root/usr/bin/hugepages.sh"

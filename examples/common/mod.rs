@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod args;
+pub mod net;
 
 use std::process::Command;
 
@@ -76,8 +77,62 @@ pub fn run_in_guest(example: &str, args: &[String]) -> ! {
 
 /// Opens the NIC at `addr` with the driver its PCI id calls for (igb or
 /// virtio-net, through [`fastlane::nic::open`]).
-pub fn open_port(vfio: &Vfio, addr: PciAddress, pool: &PacketPool, cfg: &NicConfig) -> nic::Result<Box<dyn Nic>> {
+pub fn open_port(
+    vfio: &Vfio,
+    addr: PciAddress,
+    pool: &PacketPool,
+    cfg: &NicConfig,
+) -> nic::Result<Box<dyn Nic>> {
     nic::open(vfio, &addr.to_string(), pool, cfg)
+}
+
+/// Opens the NIC at `addr` with up to `queues` queue pairs, one [`Nic`]
+/// per queue, queue 0 first: igb through [`fastlane::nic::igb::Igb::open_multi`]
+/// (RSS spreads IPv4 flows over the queues), any other supported NIC
+/// through [`fastlane::nic::open`] with its one queue pair.
+pub fn open_queues(
+    vfio: &Vfio,
+    addr: PciAddress,
+    pool: &PacketPool,
+    cfg: &NicConfig,
+    queues: u16,
+) -> nic::Result<Vec<Box<dyn Nic>>> {
+    if queues > 1 && pci_driver(addr) == Some(nic::Driver::Igb) {
+        let cfg = NicConfig {
+            queues,
+            ..cfg.clone()
+        };
+        let qs = nic::igb::Igb::open_multi(vfio, &addr.to_string(), pool, &cfg)?;
+        return Ok(qs
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn Nic>)
+            .collect());
+    }
+    Ok(vec![open_port(vfio, addr, pool, cfg)?])
+}
+
+/// The driver a device's PCI id calls for, read from sysfs (without
+/// opening it); `None` when unknown.
+pub fn pci_driver(addr: PciAddress) -> Option<nic::Driver> {
+    let id = |f: &str| {
+        let s = std::fs::read_to_string(addr.sysfs_path().join(f)).ok()?;
+        u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok()
+    };
+    nic::Driver::for_id(id("vendor")?, id("device")?)
+}
+
+/// Set once standard input reaches its end (or fails): for tools a test
+/// stops by closing their stdin, so that they still print their totals.
+pub fn stdin_closed() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = flag.clone();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+        f.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    flag
 }
 
 /// Gives the buffers of `pkts` back through `cache` (cheaper than dropping
@@ -114,7 +169,13 @@ impl Ticker {
     /// `time`: how long the run lasts (`None`: until the caller stops).
     pub fn new(every: u32, time: Option<std::time::Duration>) -> Ticker {
         let now = std::time::Instant::now();
-        Ticker { start: now, tick: now, calls: 0, every: every.max(1), time }
+        Ticker {
+            start: now,
+            tick: now,
+            calls: 0,
+            every: every.max(1),
+            time,
+        }
     }
 
     /// Call once per loop round.
@@ -131,7 +192,10 @@ impl Ticker {
         if now - self.tick >= std::time::Duration::from_secs(1) {
             let secs = (now - self.tick).as_secs_f64();
             self.tick = now;
-            return Tick::Report { secs, at: (now - self.start).as_secs_f64() };
+            return Tick::Report {
+                secs,
+                at: (now - self.start).as_secs_f64(),
+            };
         }
         Tick::Quiet
     }

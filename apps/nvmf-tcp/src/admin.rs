@@ -15,8 +15,8 @@ use std::time::Instant;
 use bytemuck::Zeroable;
 
 use crate::nvme::{
-    admin_opcode, fctype, nqn_str, prop, put_str, ConnectData, Sqe, Status, CONNECT_CNTLID_OFFSET,
-    CONNECT_HOSTNQN_OFFSET, CONNECT_SUBNQN_OFFSET,
+    admin_opcode, fctype, feature, nqn_str, prop, put_str, CommandFields, ConnectData, Sqe, Status,
+    CONNECT_CNTLID_OFFSET, CONNECT_HOSTNQN_OFFSET, CONNECT_SUBNQN_OFFSET,
 };
 
 /// The well-known discovery subsystem NQN.
@@ -84,7 +84,12 @@ pub struct CtrlShared {
 impl CtrlShared {
     /// Frees I/O queue `qid` (its connection closed).
     pub fn release_qid(&self, qid: u16) {
-        if let Some(b) = self.qids.lock().unwrap_or_else(|e| e.into_inner()).get_mut(qid as usize) {
+        if let Some(b) = self
+            .qids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(qid as usize)
+        {
             *b = false;
         }
     }
@@ -133,7 +138,10 @@ impl Subsystem {
     pub fn new(cfg: Config) -> Subsystem {
         Subsystem {
             cfg,
-            ctrls: Mutex::new(Registry { next: 1, map: HashMap::new() }),
+            ctrls: Mutex::new(Registry {
+                next: 1,
+                map: HashMap::new(),
+            }),
             start: Instant::now(),
         }
     }
@@ -159,10 +167,16 @@ impl Subsystem {
         let sqsize = (sqe.cdw11 & 0xFFFF) as u16;
         let kato = sqe.cdw12;
         if recfmt != 0 {
-            return Err(Refused { status: Status::CONNECT_INCOMPATIBLE_FORMAT, dw0: 0 });
+            return Err(Refused {
+                status: Status::CONNECT_INCOMPATIBLE_FORMAT,
+                dw0: 0,
+            });
         }
         if data.len() < size_of::<ConnectData>() {
-            return Err(Refused { status: Status::SGL_DATA_LENGTH_INVALID, dw0: 0 });
+            return Err(Refused {
+                status: Status::SGL_DATA_LENGTH_INVALID,
+                dw0: 0,
+            });
         }
         let d: ConnectData = bytemuck::pod_read_unaligned(&data[..size_of::<ConnectData>()]);
         let subnqn = nqn_str(&d.subnqn).ok_or(invalid_param(true, CONNECT_SUBNQN_OFFSET))?;
@@ -178,10 +192,17 @@ impl Subsystem {
             && !self.cfg.allowed_hosts.is_empty()
             && !self.cfg.allowed_hosts.iter().any(|h| h == hostnqn)
         {
-            return Err(Refused { status: Status::CONNECT_INVALID_HOST, dw0: 0 });
+            return Err(Refused {
+                status: Status::CONNECT_INVALID_HOST,
+                dw0: 0,
+            });
         }
         // SQSIZE is 0's based and at least 1.
-        let max = if qid == 0 { ADMIN_QUEUE_MAX } else { self.cfg.queue_depth };
+        let max = if qid == 0 {
+            ADMIN_QUEUE_MAX
+        } else {
+            self.cfg.queue_depth
+        };
         if sqsize == 0 || sqsize >= max {
             return Err(invalid_param(false, 44));
         }
@@ -194,7 +215,10 @@ impl Subsystem {
             let cntlid = (0..0xFFEFu16)
                 .map(|i| ((reg.next as u32 - 1 + i as u32) % 0xFFEF + 1) as u16)
                 .find(|c| !reg.map.contains_key(c))
-                .ok_or(Refused { status: Status::CONNECT_CONTROLLER_BUSY, dw0: 0 })?;
+                .ok_or(Refused {
+                    status: Status::CONNECT_CONTROLLER_BUSY,
+                    dw0: 0,
+                })?;
             reg.next = cntlid % 0xFFEF + 1;
             let shared = Arc::new(CtrlShared {
                 cntlid,
@@ -227,12 +251,20 @@ impl Subsystem {
         let mut qids = ctrl.qids.lock().unwrap_or_else(|e| e.into_inner());
         match qids.get_mut(qid as usize) {
             Some(b) if !*b => *b = true,
-            Some(_) => return Err(Refused { status: Status::COMMAND_SEQUENCE_ERROR, dw0: 0 }),
+            Some(_) => {
+                return Err(Refused {
+                    status: Status::COMMAND_SEQUENCE_ERROR,
+                    dw0: 0,
+                })
+            }
             None => return Err(invalid_param(false, 42)),
         }
         drop(qids);
         Ok(Connected {
-            queue: Queue::Io { ctrl: ctrl.clone(), qid },
+            queue: Queue::Io {
+                ctrl: ctrl.clone(),
+                qid,
+            },
             entries: sqsize + 1,
             dw0: ctrl.cntlid as u32,
         })
@@ -253,20 +285,36 @@ pub enum Outcome {
     /// Complete now with `status`, `result` (DW0, and DW1 in the high
     /// half), and `data` bytes of the output
     /// buffer to send to the host first.
-    Done { status: Status, result: u64, data: usize },
+    Done {
+        status: Status,
+        result: u64,
+        data: usize,
+    },
     /// Held (an Asynchronous Event Request): completed at shutdown.
     Held,
 }
 
 impl Outcome {
     fn ok(dw0: u32) -> Outcome {
-        Outcome::Done { status: Status::SUCCESS, result: dw0 as u64, data: 0 }
+        Outcome::Done {
+            status: Status::SUCCESS,
+            result: dw0 as u64,
+            data: 0,
+        }
     }
     fn data(n: usize) -> Outcome {
-        Outcome::Done { status: Status::SUCCESS, result: 0, data: n }
+        Outcome::Done {
+            status: Status::SUCCESS,
+            result: 0,
+            data: n,
+        }
     }
     fn err(status: Status) -> Outcome {
-        Outcome::Done { status, result: 0, data: 0 }
+        Outcome::Done {
+            status,
+            result: 0,
+            data: 0,
+        }
     }
 }
 
@@ -280,23 +328,17 @@ pub struct AdminCtrl {
     features: [u32; 32],
 }
 
-mod feature {
-    pub const ARBITRATION: u8 = 0x01;
-    pub const POWER_MANAGEMENT: u8 = 0x02;
-    pub const TEMPERATURE_THRESHOLD: u8 = 0x04;
-    pub const VOLATILE_WRITE_CACHE: u8 = 0x06;
-    pub const NUMBER_OF_QUEUES: u8 = 0x07;
-    pub const INTERRUPT_COALESCING: u8 = 0x08;
-    pub const WRITE_ATOMICITY: u8 = 0x0A;
-    pub const ASYNC_EVENT_CONFIG: u8 = 0x0B;
-    pub const KEEP_ALIVE_TIMER: u8 = 0x0F;
-}
-
 impl AdminCtrl {
     fn new(shared: Arc<CtrlShared>) -> AdminCtrl {
         let mut features = [0u32; 32];
         features[feature::TEMPERATURE_THRESHOLD as usize] = 343; // 70 C
-        AdminCtrl { shared, cc: 0, csts: 0, aers: Vec::with_capacity(AER_LIMIT), features }
+        AdminCtrl {
+            shared,
+            cc: 0,
+            csts: 0,
+            aers: Vec::with_capacity(AER_LIMIT),
+            features,
+        }
     }
 
     /// Whether the keep-alive timer expired at `now_ms` (with half a
@@ -314,19 +356,27 @@ impl AdminCtrl {
 
     /// Handles one admin-queue command. `data_in` is its in-capsule data;
     /// controller-to-host data goes into `out` (cleared first).
-    pub fn command(&mut self, sub: &Subsystem, sqe: &Sqe, data_in: &[u8], out: &mut Vec<u8>) -> Outcome {
+    pub fn command(
+        &mut self,
+        sub: &Subsystem,
+        sqe: &Sqe,
+        data_in: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         out.clear();
-        match sqe.opcode {
+        match sqe.opcode() {
             admin_opcode::FABRICS => self.fabrics(sub, sqe),
             admin_opcode::KEEP_ALIVE => {
-                self.shared.last_keep_alive.store(sub.now_ms(), Ordering::Relaxed);
+                self.shared
+                    .last_keep_alive
+                    .store(sub.now_ms(), Ordering::Relaxed);
                 Outcome::ok(0)
             }
             admin_opcode::ASYNC_EVENT_REQUEST => {
                 if self.aers.len() >= AER_LIMIT {
                     Outcome::err(Status::AER_LIMIT_EXCEEDED)
                 } else {
-                    self.aers.push(sqe.cid);
+                    self.aers.push(sqe.cid());
                     Outcome::Held
                 }
             }
@@ -351,7 +401,11 @@ impl AdminCtrl {
                     (prop::CSTS, false) => self.csts as u64,
                     _ => return Outcome::err(Status::INVALID_FIELD),
                 };
-                Outcome::Done { status: Status::SUCCESS, result: v, data: 0 }
+                Outcome::Done {
+                    status: Status::SUCCESS,
+                    result: v,
+                    data: 0,
+                }
             }
             fctype::PROPERTY_SET => {
                 if sqe.cdw11 != prop::CC || eight {
@@ -400,7 +454,13 @@ impl AdminCtrl {
             },
             0x02 if !self.shared.discovery => {
                 let mut i = 0;
-                let mut ids: Vec<u32> = sub.cfg.namespaces.iter().map(|n| n.id).filter(|&id| id > sqe.nsid).collect();
+                let mut ids: Vec<u32> = sub
+                    .cfg
+                    .namespaces
+                    .iter()
+                    .map(|n| n.id)
+                    .filter(|&id| id > sqe.nsid)
+                    .collect();
                 ids.sort_unstable();
                 for id in ids.into_iter().take(1024) {
                     out[i..i + 4].copy_from_slice(&id.to_le_bytes());
@@ -440,7 +500,11 @@ impl AdminCtrl {
         put_str(&mut out[64..72], &c.firmware, b' ');
         out[72] = 6; // RAB
         out[76] = if disc { 0 } else { 1 << 1 }; // CMIC: several controllers
-        out[77] = if disc { 0 } else { (c.max_transfer / 4096).trailing_zeros() as u8 }; // MDTS
+        out[77] = if disc {
+            0
+        } else {
+            (c.max_transfer / 4096).trailing_zeros() as u8
+        }; // MDTS
         out[78..80].copy_from_slice(&self.shared.cntlid.to_le_bytes());
         out[80..84].copy_from_slice(&0x0001_0300u32.to_le_bytes()); // VER 1.3
         out[111] = if disc { 2 } else { 1 }; // CNTRLTYPE
@@ -452,21 +516,37 @@ impl AdminCtrl {
         out[512] = 0x66; // SQES
         out[513] = 0x44; // CQES
         out[514..516].copy_from_slice(&c.queue_depth.to_le_bytes()); // MAXCMD
-        let nn = if disc { 0 } else { c.namespaces.iter().map(|n| n.id).max().unwrap_or(0) };
+        let nn = if disc {
+            0
+        } else {
+            c.namespaces.iter().map(|n| n.id).max().unwrap_or(0)
+        };
         out[516..520].copy_from_slice(&nn.to_le_bytes());
-        let oncs: u16 = if disc { 0 } else { (c.dsm as u16) << 2 | (c.write_zeroes as u16) << 3 };
+        let oncs: u16 = if disc {
+            0
+        } else {
+            (c.dsm as u16) << 2 | (c.write_zeroes as u16) << 3
+        };
         out[520..522].copy_from_slice(&oncs.to_le_bytes());
-        out[525] = if c.volatile_write_cache && !disc { 1 } else { 0 }; // VWC
-        // SGLS: SGLs supported (no alignment), offsets in in-capsule data.
+        out[525] = if c.volatile_write_cache && !disc {
+            1
+        } else {
+            0
+        }; // VWC
+           // SGLS: SGLs supported (no alignment), offsets in in-capsule data.
         out[536..540].copy_from_slice(&(1u32 | 1 << 20).to_le_bytes());
-        put_str(&mut out[768..1024], if disc { DISCOVERY_NQN } else { &c.nqn }, 0);
+        put_str(
+            &mut out[768..1024],
+            if disc { DISCOVERY_NQN } else { &c.nqn },
+            0,
+        );
         let ioccsz = ((64 + c.in_capsule) / 16) as u32;
         out[1792..1796].copy_from_slice(&ioccsz.to_le_bytes()); // IOCCSZ
         out[1796..1800].copy_from_slice(&1u32.to_le_bytes()); // IORCSZ: 16 bytes
         out[1800..1802].copy_from_slice(&0u16.to_le_bytes()); // ICDOFF
         out[1802] = 0; // FCATT: dynamic controller model
         out[1803] = 0; // MSDBD
-        // Power state 0: 25 W max (MP in 0.01 W).
+                       // Power state 0: 25 W max (MP in 0.01 W).
         out[2048..2050].copy_from_slice(&2500u16.to_le_bytes());
     }
 
@@ -476,9 +556,9 @@ impl AdminCtrl {
         let len = numd * 4;
         let offset = sqe.cdw12 as u64 | (sqe.cdw13 as u64) << 32;
         let page: Vec<u8> = match lid {
-            0x01 => vec![0; 64],                                   // Error Information: empty
-            0x02 if !self.shared.discovery => smart_log(),         // SMART / Health
-            0x03 if !self.shared.discovery => vec![0; 512],        // Firmware Slot
+            0x01 => vec![0; 64],                            // Error Information: empty
+            0x02 if !self.shared.discovery => smart_log(),  // SMART / Health
+            0x03 if !self.shared.discovery => vec![0; 512], // Firmware Slot
             0x70 if self.shared.discovery => discovery_log(&sub.cfg),
             _ => return Outcome::err(Status::INVALID_LOG_PAGE),
         };
@@ -518,10 +598,14 @@ impl AdminCtrl {
             }
             feature::KEEP_ALIVE_TIMER => {
                 self.shared.kato_ms.store(v, Ordering::Relaxed);
-                self.shared.last_keep_alive.store(sub.now_ms(), Ordering::Relaxed);
+                self.shared
+                    .last_keep_alive
+                    .store(sub.now_ms(), Ordering::Relaxed);
                 Outcome::ok(0)
             }
-            feature::VOLATILE_WRITE_CACHE if !sub.cfg.volatile_write_cache => Outcome::err(Status::INVALID_FIELD),
+            feature::VOLATILE_WRITE_CACHE if !sub.cfg.volatile_write_cache => {
+                Outcome::err(Status::INVALID_FIELD)
+            }
             feature::ARBITRATION
             | feature::POWER_MANAGEMENT
             | feature::TEMPERATURE_THRESHOLD
@@ -622,7 +706,11 @@ mod tests {
         Config {
             nqn: "nqn.2026-01.io.fastlane:test".into(),
             allowed_hosts: vec![],
-            namespaces: vec![NsInfo { id: 1, blocks: 1 << 19, block_size: 512 }],
+            namespaces: vec![NsInfo {
+                id: 1,
+                blocks: 1 << 19,
+                block_size: 512,
+            }],
             serial: "fastlane0001".into(),
             model: "fastlane nvmf-tcp".into(),
             firmware: "1.0".into(),
@@ -638,9 +726,15 @@ mod tests {
         }
     }
 
-    fn connect_cmd(qid: u16, sqsize: u16, cntlid: u16, subnqn: &str, hostnqn: &str) -> (Sqe, Vec<u8>) {
+    fn connect_cmd(
+        qid: u16,
+        sqsize: u16,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+    ) -> (Sqe, Vec<u8>) {
         let mut s = sqe();
-        s.opcode = admin_opcode::FABRICS;
+        s.cdw0 = admin_opcode::FABRICS as u32;
         s.nsid = fctype::CONNECT as u32;
         s.cdw10 = (qid as u32) << 16;
         s.cdw11 = sqsize as u32;
@@ -663,7 +757,7 @@ mod tests {
 
     fn prop_set(a: &mut AdminCtrl, sub: &Subsystem, off: u32, v: u32) -> Outcome {
         let mut s = sqe();
-        s.opcode = admin_opcode::FABRICS;
+        s.cdw0 = admin_opcode::FABRICS as u32;
         s.nsid = fctype::PROPERTY_SET as u32;
         s.cdw11 = off;
         s.cdw12 = v;
@@ -680,7 +774,10 @@ mod tests {
         let (s, d) = connect_cmd(1, 127, c1, &sub.cfg.nqn, "nqn.host1");
         assert!(sub.connect(&s, &d).is_ok());
         // Same queue twice.
-        assert_eq!(sub.connect(&s, &d).err().unwrap().status, Status::COMMAND_SEQUENCE_ERROR);
+        assert_eq!(
+            sub.connect(&s, &d).err().unwrap().status,
+            Status::COMMAND_SEQUENCE_ERROR
+        );
         a.shared.release_qid(1);
         assert!(sub.connect(&s, &d).is_ok());
         // Too many queues, too deep, wrong host, wrong controller.
@@ -704,11 +801,20 @@ mod tests {
         c.allowed_hosts = vec!["nqn.good".into()];
         let sub = Subsystem::new(c);
         let (s, d) = connect_cmd(0, 31, 0xFFFF, &sub.cfg.nqn, "nqn.bad");
-        assert_eq!(sub.connect(&s, &d).err().unwrap().status, Status::CONNECT_INVALID_HOST);
+        assert_eq!(
+            sub.connect(&s, &d).err().unwrap().status,
+            Status::CONNECT_INVALID_HOST
+        );
         let (s, d) = connect_cmd(0, 31, 0xFFFF, "nqn.other", "nqn.good");
-        assert_eq!(sub.connect(&s, &d).err().unwrap(), invalid_param(true, CONNECT_SUBNQN_OFFSET));
+        assert_eq!(
+            sub.connect(&s, &d).err().unwrap(),
+            invalid_param(true, CONNECT_SUBNQN_OFFSET)
+        );
         let (s, d) = connect_cmd(0, 31, 0xFFFF, &sub.cfg.nqn, "nqn.good");
-        assert_eq!(sub.connect(&s, &d[..100]).err().unwrap().status, Status::SGL_DATA_LENGTH_INVALID);
+        assert_eq!(
+            sub.connect(&s, &d[..100]).err().unwrap().status,
+            Status::SGL_DATA_LENGTH_INVALID
+        );
         assert!(sub.connect(&s, &d).is_ok());
         // Discovery is open to any host.
         let (s, d) = connect_cmd(0, 31, 0xFFFF, DISCOVERY_NQN, "nqn.bad");
@@ -721,15 +827,24 @@ mod tests {
         let (mut a, cntlid) = admin(&sub, "nqn.h");
         let mut out = Vec::new();
         let mut id = sqe();
-        id.opcode = admin_opcode::IDENTIFY;
+        id.cdw0 = admin_opcode::IDENTIFY as u32;
         id.cdw10 = 1;
         // Not enabled yet.
-        assert_eq!(a.command(&sub, &id, &[], &mut out), Outcome::err(Status::COMMAND_SEQUENCE_ERROR));
-        assert_eq!(prop_set(&mut a, &sub, prop::CC, 1 | 6 << 16 | 4 << 20), Outcome::ok(0));
+        assert_eq!(
+            a.command(&sub, &id, &[], &mut out),
+            Outcome::err(Status::COMMAND_SEQUENCE_ERROR)
+        );
+        assert_eq!(
+            prop_set(&mut a, &sub, prop::CC, 1 | 6 << 16 | 4 << 20),
+            Outcome::ok(0)
+        );
         assert_eq!(a.csts & 1, 1);
         assert_eq!(a.command(&sub, &id, &[], &mut out), Outcome::data(4096));
         assert_eq!(u16::from_le_bytes([out[78], out[79]]), cntlid);
-        assert_eq!(u32::from_le_bytes(out[1792..1796].try_into().unwrap()), (64 + 8192) / 16);
+        assert_eq!(
+            u32::from_le_bytes(out[1792..1796].try_into().unwrap()),
+            (64 + 8192) / 16
+        );
         assert_eq!(out[77], 5); // 128 KiB
         assert_eq!(nqn_str(&out[768..1024]), Some(sub.cfg.nqn.as_str()));
         // Namespace, list, descriptors.
@@ -739,7 +854,10 @@ mod tests {
         assert_eq!(u64::from_le_bytes(out[0..8].try_into().unwrap()), 1 << 19);
         assert_eq!(out[130], 9);
         id.nsid = 2;
-        assert_eq!(a.command(&sub, &id, &[], &mut out), Outcome::err(Status::INVALID_NAMESPACE));
+        assert_eq!(
+            a.command(&sub, &id, &[], &mut out),
+            Outcome::err(Status::INVALID_NAMESPACE)
+        );
         id.cdw10 = 2;
         id.nsid = 0;
         a.command(&sub, &id, &[], &mut out);
@@ -750,7 +868,7 @@ mod tests {
         assert_eq!((out[0], out[1]), (2, 16));
         // Number of queues: asks 8, gets 2.
         let mut f = sqe();
-        f.opcode = admin_opcode::SET_FEATURES;
+        f.cdw0 = admin_opcode::SET_FEATURES as u32;
         f.cdw10 = 7;
         f.cdw11 = 7 | 7 << 16;
         assert_eq!(a.command(&sub, &f, &[], &mut out), Outcome::ok(1 | 1 << 16));
@@ -761,27 +879,36 @@ mod tests {
         f.cdw10 = 0x0F;
         f.cdw11 = 1000;
         a.command(&sub, &f, &[], &mut out);
-        f.opcode = admin_opcode::GET_FEATURES;
+        f.cdw0 = admin_opcode::GET_FEATURES as u32;
         assert_eq!(a.command(&sub, &f, &[], &mut out), Outcome::ok(1000));
         let now = sub.now_ms();
         assert!(!a.keep_alive_expired(now));
         assert!(a.keep_alive_expired(now + 1600));
         // AERs held up to the limit.
         let mut aer = sqe();
-        aer.opcode = admin_opcode::ASYNC_EVENT_REQUEST;
+        aer.cdw0 = admin_opcode::ASYNC_EVENT_REQUEST as u32;
         for _ in 0..AER_LIMIT {
             assert_eq!(a.command(&sub, &aer, &[], &mut out), Outcome::Held);
         }
-        assert_eq!(a.command(&sub, &aer, &[], &mut out), Outcome::err(Status::AER_LIMIT_EXCEEDED));
+        assert_eq!(
+            a.command(&sub, &aer, &[], &mut out),
+            Outcome::err(Status::AER_LIMIT_EXCEEDED)
+        );
         // Unknown opcode, SMART, bad log page.
         let mut x = sqe();
-        x.opcode = 0xC5;
-        assert_eq!(a.command(&sub, &x, &[], &mut out), Outcome::err(Status::INVALID_OPCODE));
-        x.opcode = admin_opcode::GET_LOG_PAGE;
+        x.cdw0 = 0xC5;
+        assert_eq!(
+            a.command(&sub, &x, &[], &mut out),
+            Outcome::err(Status::INVALID_OPCODE)
+        );
+        x.cdw0 = admin_opcode::GET_LOG_PAGE as u32;
         x.cdw10 = 2 | 127 << 16;
         assert_eq!(a.command(&sub, &x, &[], &mut out), Outcome::data(512));
         x.cdw10 = 0x70 | 255 << 16;
-        assert_eq!(a.command(&sub, &x, &[], &mut out), Outcome::err(Status::INVALID_LOG_PAGE));
+        assert_eq!(
+            a.command(&sub, &x, &[], &mut out),
+            Outcome::err(Status::INVALID_LOG_PAGE)
+        );
         // Shutdown.
         prop_set(&mut a, &sub, prop::CC, 1 | 6 << 16 | 4 << 20 | 1 << 14);
         assert_eq!(a.csts >> 2 & 3, 2);
@@ -792,18 +919,27 @@ mod tests {
     fn property_get_cap_and_discovery_log() {
         let sub = Subsystem::new(cfg());
         let (s, d) = connect_cmd(0, 31, 0xFFFF, DISCOVERY_NQN, "nqn.h");
-        let Queue::Admin(mut a) = sub.connect(&s, &d).unwrap().queue else { panic!() };
+        let Queue::Admin(mut a) = sub.connect(&s, &d).unwrap().queue else {
+            panic!()
+        };
         let mut g = sqe();
-        g.opcode = admin_opcode::FABRICS;
+        g.cdw0 = admin_opcode::FABRICS as u32;
         g.nsid = fctype::PROPERTY_GET as u32;
         g.cdw10 = 1;
         g.cdw11 = prop::CAP;
         let mut out = Vec::new();
         let cap = 127 | 1 << 16 | 15 << 24 | 1 << 37;
-        assert_eq!(a.command(&sub, &g, &[], &mut out), Outcome::Done { status: Status::SUCCESS, result: cap, data: 0 });
+        assert_eq!(
+            a.command(&sub, &g, &[], &mut out),
+            Outcome::Done {
+                status: Status::SUCCESS,
+                result: cap,
+                data: 0
+            }
+        );
         prop_set(&mut a, &sub, prop::CC, 1);
         let mut x = sqe();
-        x.opcode = admin_opcode::GET_LOG_PAGE;
+        x.cdw0 = admin_opcode::GET_LOG_PAGE as u32;
         x.cdw10 = 0x70 | (1024 / 4 - 1) << 16;
         assert_eq!(a.command(&sub, &x, &[], &mut out), Outcome::data(1024));
         assert_eq!(u64::from_le_bytes(out[8..16].try_into().unwrap()), 1);
@@ -814,8 +950,11 @@ mod tests {
         assert_eq!(nqn_str(&out[256..512]), Some(sub.cfg.nqn.as_str()));
         // A discovery controller has no namespaces.
         let mut id = sqe();
-        id.opcode = admin_opcode::IDENTIFY;
+        id.cdw0 = admin_opcode::IDENTIFY as u32;
         id.nsid = 1;
-        assert_eq!(a.command(&sub, &id, &[], &mut out), Outcome::err(Status::INVALID_FIELD));
+        assert_eq!(
+            a.command(&sub, &id, &[], &mut out),
+            Outcome::err(Status::INVALID_FIELD)
+        );
     }
 }

@@ -27,7 +27,7 @@ use fastlane_framework::{BufferPool, DmaBuf};
 use fastlane_nvme::{IoQueuePair, NvmeError, Rejected};
 
 use crate::admin::{Outcome, Queue, Subsystem};
-use crate::nvme::{admin_opcode, fctype, io_opcode, sgl_id, Cqe, Sqe, Status};
+use crate::nvme::{admin_opcode, fctype, io_opcode, sgl_id, CommandFields, Cqe, Sqe, Status};
 use crate::pdu::{
     self, check_header, common, fes, flags, parse_header, pdu_type, CapsuleResp, CommonHeader,
     DataHdr, Digests, Direction, IcPdu, Pdu, PduError, R2t, TermReq, DIGEST_LEN,
@@ -727,7 +727,7 @@ impl Conn {
             return Dest::Discard;
         }
         let io_write =
-            matches!(self.queue, Some(Queue::Io { .. })) && sqe.opcode == io_opcode::WRITE;
+            matches!(self.queue, Some(Queue::Io { .. })) && sqe.opcode() == io_opcode::WRITE;
         if !io_write {
             return if data_len <= self.scratch.len() {
                 Dest::Scratch
@@ -781,8 +781,8 @@ impl Conn {
     }
 
     fn connect(&mut self, sqe: &Sqe, data_len: usize, ctx: &mut Ctx<'_>) {
-        if sqe.opcode != admin_opcode::FABRICS || sqe.fctype() != fctype::CONNECT {
-            return self.respond(sqe.cid, Status::COMMAND_SEQUENCE_ERROR, 0);
+        if sqe.opcode() != admin_opcode::FABRICS || sqe.fctype() != fctype::CONNECT {
+            return self.respond(sqe.cid(), Status::COMMAND_SEQUENCE_ERROR, 0);
         }
         let data = &self.scratch[..self.scratch_len.min(data_len)];
         match ctx.sub.connect(sqe, data) {
@@ -797,11 +797,11 @@ impl Conn {
                     self.tx = VecDeque::with_capacity(2 * c.entries as usize + 8);
                 }
                 self.queue = Some(c.queue);
-                self.respond(sqe.cid, Status::SUCCESS, c.dw0 as u64);
+                self.respond(sqe.cid(), Status::SUCCESS, c.dw0 as u64);
             }
             Err(r) => {
                 log::warn!("connect refused: {:?}", r.status);
-                self.respond(sqe.cid, r.status, r.dw0 as u64);
+                self.respond(sqe.cid(), r.status, r.dw0 as u64);
             }
         }
     }
@@ -813,7 +813,7 @@ impl Conn {
         let data = &self.scratch[..self.scratch_len.min(data_len)];
         let out = a.command(ctx.sub, sqe, data, &mut self.admin_out);
         let shutting =
-            a.shutting_down() && !a.aers.is_empty() && sqe.opcode == admin_opcode::FABRICS;
+            a.shutting_down() && !a.aers.is_empty() && sqe.opcode() == admin_opcode::FABRICS;
         match out {
             Outcome::Held => {}
             Outcome::Done {
@@ -821,11 +821,11 @@ impl Conn {
                 result,
                 data,
             } => {
-                let n = data.min(sqe.sgl.length as usize);
+                let n = data.min(sqe.sgl().length as usize);
                 if n > 0 && status.is_success() {
-                    self.send_owned_data(sqe.cid, n, result);
+                    self.send_owned_data(sqe.cid(), n, result);
                 } else {
-                    self.respond(sqe.cid, status, result);
+                    self.respond(sqe.cid(), status, result);
                 }
             }
         }
@@ -875,8 +875,8 @@ impl Conn {
             cqe: Cqe {
                 dw0: result as u32,
                 dw1: (result >> 32) as u32,
-                sqhd: self.sqhd,
-                sqid: self.qid,
+                sq_head: self.sqhd,
+                sq_id: self.qid,
                 cid,
                 status: status.field(),
             },
@@ -906,8 +906,8 @@ impl Conn {
         let slot = &mut self.slots[s as usize];
         *slot = Slot {
             state: SlotState::Pending,
-            cid: sqe.cid,
-            opcode: sqe.opcode,
+            cid: sqe.cid(),
+            opcode: sqe.opcode(),
             nsid: sqe.nsid,
             lba: sqe.slba(),
             nlb: sqe.nlb(),
@@ -942,7 +942,7 @@ impl Conn {
         if len > ctx.sub.cfg.max_transfer as u64 {
             return Err(Status::INVALID_FIELD);
         }
-        if !sqe.psdt_sgl() || sqe.sgl.length as u64 != len {
+        if !sqe.psdt_sgl() || sqe.sgl().length as u64 != len {
             return Err(Status::SGL_DATA_LENGTH_INVALID);
         }
         Ok(len as u32)
@@ -952,7 +952,7 @@ impl Conn {
     /// the slot to receive into, or None (refused, response queued).
     fn start_write(&mut self, sqe: &Sqe, data_len: usize, ctx: &mut Ctx<'_>) -> Option<u16> {
         let refuse = |c: &mut Conn, st| {
-            c.respond(sqe.cid, st, 0);
+            c.respond(sqe.cid(), st, 0);
             None
         };
         let len = match self.rw_len(sqe, ctx) {
@@ -964,8 +964,8 @@ impl Conn {
         } else {
             sgl_id::TRANSPORT
         };
-        if sqe.sgl.id != want_id
-            || (data_len > 0 && (data_len != len as usize || sqe.sgl.addr != 0))
+        if sqe.sgl().identifier != want_id
+            || (data_len > 0 && (data_len != len as usize || sqe.sgl().address != 0))
         {
             return refuse(self, Status::SGL_TYPE_INVALID);
         }
@@ -986,7 +986,7 @@ impl Conn {
                     // No buffer to receive into now: refuse, retryable.
                     self.release(s);
                     self.respond(
-                        sqe.cid,
+                        sqe.cid(),
                         Status {
                             dnr: false,
                             ..Status::INTERNAL
@@ -1002,7 +1002,7 @@ impl Conn {
     }
 
     fn io(&mut self, sqe: &Sqe, data_len: usize, ctx: &mut Ctx<'_>) {
-        match sqe.opcode {
+        match sqe.opcode() {
             io_opcode::WRITE if data_len > 0 => {
                 // Data already in the slot (Dest::Slot) or refused.
                 if let Dest::Slot(s) = self.pending_dest {
@@ -1019,41 +1019,41 @@ impl Conn {
             io_opcode::READ => {
                 let len = match self.rw_len(sqe, ctx) {
                     Ok(l) => l,
-                    Err(st) => return self.respond(sqe.cid, st, 0),
+                    Err(st) => return self.respond(sqe.cid(), st, 0),
                 };
-                if sqe.sgl.id != sgl_id::TRANSPORT {
-                    return self.respond(sqe.cid, Status::SGL_TYPE_INVALID, 0);
+                if sqe.sgl().identifier != sgl_id::TRANSPORT {
+                    return self.respond(sqe.cid(), Status::SGL_TYPE_INVALID, 0);
                 }
                 let Some(s) = self.take_slot(sqe, len) else {
-                    return self.respond(sqe.cid, Status::INTERNAL, 0);
+                    return self.respond(sqe.cid(), Status::INTERNAL, 0);
                 };
                 self.submit_slot(s, ctx);
             }
             io_opcode::FLUSH | io_opcode::WRITE_ZEROES => {
                 if self.ns_block_size(ctx, sqe.nsid).is_none() {
-                    return self.respond(sqe.cid, Status::INVALID_NAMESPACE, 0);
+                    return self.respond(sqe.cid(), Status::INVALID_NAMESPACE, 0);
                 }
                 let Some(s) = self.take_slot(sqe, 0) else {
-                    return self.respond(sqe.cid, Status::INTERNAL, 0);
+                    return self.respond(sqe.cid(), Status::INTERNAL, 0);
                 };
                 self.submit_slot(s, ctx);
             }
             io_opcode::DATASET_MANAGEMENT => self.dsm(sqe, data_len, ctx),
-            _ => self.respond(sqe.cid, Status::INVALID_OPCODE, 0),
+            _ => self.respond(sqe.cid(), Status::INVALID_OPCODE, 0),
         }
     }
 
     fn dsm(&mut self, sqe: &Sqe, data_len: usize, ctx: &mut Ctx<'_>) {
         let nr = (sqe.cdw10 & 0xFF) as usize + 1;
         if self.ns_block_size(ctx, sqe.nsid).is_none() {
-            return self.respond(sqe.cid, Status::INVALID_NAMESPACE, 0);
+            return self.respond(sqe.cid(), Status::INVALID_NAMESPACE, 0);
         }
         if data_len < nr * 16 || self.scratch_len < nr * 16 {
-            return self.respond(sqe.cid, Status::SGL_DATA_LENGTH_INVALID, 0);
+            return self.respond(sqe.cid(), Status::SGL_DATA_LENGTH_INVALID, 0);
         }
         if sqe.cdw11 & (1 << 2) == 0 || !ctx.sub.cfg.dsm {
             // Only deallocate does anything; integral hints are advice.
-            return self.respond(sqe.cid, Status::SUCCESS, 0);
+            return self.respond(sqe.cid(), Status::SUCCESS, 0);
         }
         let mut ranges = [(0u64, 0u32); 256];
         for (i, r) in ranges.iter_mut().enumerate().take(nr) {
@@ -1063,14 +1063,14 @@ impl Conn {
             *r = (slba, nlb);
         }
         let Some(s) = self.take_slot(sqe, 0) else {
-            return self.respond(sqe.cid, Status::INTERNAL, 0);
+            return self.respond(sqe.cid(), Status::INTERNAL, 0);
         };
         let tag = ctx.tag | s as u64;
         match ctx.qp.deallocate(sqe.nsid, &ranges[..nr], tag) {
             Ok(()) => self.slots[s as usize].state = SlotState::Device,
             Err(r) => {
                 self.release(s);
-                self.respond(sqe.cid, status_of(&r.error), 0);
+                self.respond(sqe.cid(), status_of(&r.error), 0);
             }
         }
     }

@@ -1,47 +1,65 @@
-//! The NVMe structures a fabrics target exchanges with a host (NVMe base
-//! specification: "Submission Queue Entry", "Completion Queue Entry",
-//! "Status Field"; NVMe over Fabrics: "Fabrics Command", "Connect"), and
-//! the SGL descriptors an NVMe/TCP host puts in a command (transport spec
-//! 3.5 "Data Transfer": in-capsule data block with offset, transport
-//! data block).
+//! The NVMe structures a fabrics target exchanges with a host. The
+//! submission and completion queue entries, SGL descriptor, opcodes and
+//! feature ids are the NVMe driver's (`fastlane_nvme::spec`: the same bytes
+//! on a PCIe queue and in a capsule). This module adds what only a fabrics
+//! controller needs: accessors for the fields a host fills (the SGL in
+//! DPTR, FCTYPE), the two admin opcodes a PCIe host never sends the
+//! driver, the SGL identifiers an NVMe/TCP host uses (transport spec 3.5
+//! "Data Transfer"), the status codes the target returns, and the Fabrics
+//! command types, properties and Connect data (NVMe over Fabrics: "Fabrics
+//! Command", "Connect").
 
 use bytemuck::{Pod, Zeroable};
+pub use fastlane_nvme::spec::{
+    feature, nvm_opcode as io_opcode, CompletionEntry as Cqe, SglDescriptor, SubmissionEntry as Sqe,
+};
 
-/// A 64-byte submission queue entry as carried in a CapsuleCmd.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-pub struct Sqe {
-    pub opcode: u8,
-    /// FUSE and PSDT (bits 7:6 = 01b or 10b: SGLs).
-    pub flags: u8,
-    pub cid: u16,
-    /// NSID; for a Fabrics command byte 0 is FCTYPE.
-    pub nsid: u32,
-    pub cdw2: u32,
-    pub cdw3: u32,
-    pub mptr: u64,
-    /// DPTR: SGL1, one SGL descriptor.
-    pub sgl: SglDesc,
-    pub cdw10: u32,
-    pub cdw11: u32,
-    pub cdw12: u32,
-    pub cdw13: u32,
-    pub cdw14: u32,
-    pub cdw15: u32,
+/// Admin opcodes: the driver's, and the two only a fabrics controller
+/// receives.
+pub mod admin_opcode {
+    pub use fastlane_nvme::spec::admin_opcode::*;
+    pub const KEEP_ALIVE: u8 = 0x18;
+    /// Fabrics commands (FCTYPE in byte 4).
+    pub const FABRICS: u8 = 0x7F;
 }
-const _: () = assert!(size_of::<Sqe>() == 64);
 
-/// An SGL descriptor (16 bytes).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct SglDesc {
-    pub addr: u64,
-    pub length: u32,
-    pub rsvd: [u8; 3],
-    /// SGL identifier: type in bits 7:4, subtype in bits 3:0.
-    pub id: u8,
+/// The fields of a command a target reads beyond the driver's accessors
+/// (`opcode()`, `cid()`, `psdt()`).
+pub trait CommandFields {
+    /// FUSE and PSDT (byte 1).
+    fn flags(&self) -> u8;
+    /// DPTR as SGL1, one SGL descriptor.
+    fn sgl(&self) -> SglDescriptor;
+    /// FCTYPE of a Fabrics command (byte 4).
+    fn fctype(&self) -> u8;
+    /// Starting LBA of a read/write command (CDW10-11).
+    fn slba(&self) -> u64;
+    /// Number of logical blocks (NLB is 0's based, CDW12 bits 15:0).
+    fn nlb(&self) -> u32;
+    /// Whether the data pointer is an SGL (PSDT 01b or 10b).
+    fn psdt_sgl(&self) -> bool;
 }
-const _: () = assert!(size_of::<SglDesc>() == 16);
+
+impl CommandFields for Sqe {
+    fn flags(&self) -> u8 {
+        (self.cdw0 >> 8) as u8
+    }
+    fn sgl(&self) -> SglDescriptor {
+        SglDescriptor::from_dptr(self.prp1, self.prp2)
+    }
+    fn fctype(&self) -> u8 {
+        (self.nsid & 0xFF) as u8
+    }
+    fn slba(&self) -> u64 {
+        self.cdw10 as u64 | (self.cdw11 as u64) << 32
+    }
+    fn nlb(&self) -> u32 {
+        (self.cdw12 & 0xFFFF) + 1
+    }
+    fn psdt_sgl(&self) -> bool {
+        self.psdt() != 0
+    }
+}
 
 /// SGL identifiers a TCP host uses.
 pub mod sgl_id {
@@ -54,20 +72,6 @@ pub mod sgl_id {
     pub const TRANSPORT_NULL: u8 = 0x50;
 }
 
-/// A 16-byte completion queue entry as carried in a CapsuleResp.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Cqe {
-    pub dw0: u32,
-    pub dw1: u32,
-    pub sqhd: u16,
-    pub sqid: u16,
-    pub cid: u16,
-    /// Phase tag (bit 0, always 0 on fabrics) and status (bits 15:1).
-    pub status: u16,
-}
-const _: () = assert!(size_of::<Cqe>() == 16);
-
 /// A completion status: Status Code Type and Status Code, DNR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status {
@@ -77,12 +81,20 @@ pub struct Status {
 }
 
 impl Status {
-    pub const SUCCESS: Status = Status { sct: 0, sc: 0, dnr: false };
+    pub const SUCCESS: Status = Status {
+        sct: 0,
+        sc: 0,
+        dnr: false,
+    };
     pub const INVALID_OPCODE: Status = Status::generic(0x01);
     pub const INVALID_FIELD: Status = Status::generic(0x02);
     pub const DATA_TRANSFER_ERROR: Status = Status::generic(0x04);
     pub const INTERNAL: Status = Status::generic(0x06);
-    pub const ABORT_SQ_DELETION: Status = Status { sct: 0, sc: 0x08, dnr: false };
+    pub const ABORT_SQ_DELETION: Status = Status {
+        sct: 0,
+        sc: 0x08,
+        dnr: false,
+    };
     pub const INVALID_NAMESPACE: Status = Status::generic(0x0B);
     pub const COMMAND_SEQUENCE_ERROR: Status = Status::generic(0x0C);
     pub const SGL_DATA_LENGTH_INVALID: Status = Status::generic(0x0F);
@@ -101,10 +113,18 @@ impl Status {
     pub const CONNECT_INVALID_HOST: Status = Status::specific(0x84);
 
     const fn generic(sc: u8) -> Status {
-        Status { sct: 0, sc, dnr: true }
+        Status {
+            sct: 0,
+            sc,
+            dnr: true,
+        }
     }
     const fn specific(sc: u8) -> Status {
-        Status { sct: 1, sc, dnr: true }
+        Status {
+            sct: 1,
+            sc,
+            dnr: true,
+        }
     }
 
     /// The CQE status field (phase 0).
@@ -112,36 +132,19 @@ impl Status {
         ((self.sc as u16) << 1) | ((self.sct as u16 & 7) << 9) | ((self.dnr as u16) << 15)
     }
 
-    /// Decodes a CQE status field.
+    /// Decodes a CQE status field (with the driver's decoder).
     pub fn from_field(f: u16) -> Status {
-        Status { sc: (f >> 1) as u8, sct: ((f >> 9) & 7) as u8, dnr: f & 0x8000 != 0 }
+        let s = fastlane_nvme::spec::Status(f);
+        Status {
+            sc: s.sc(),
+            sct: s.sct(),
+            dnr: s.dnr(),
+        }
     }
 
     pub fn is_success(self) -> bool {
         self.sct == 0 && self.sc == 0
     }
-}
-
-/// Admin command opcodes.
-pub mod admin_opcode {
-    pub const GET_LOG_PAGE: u8 = 0x02;
-    pub const IDENTIFY: u8 = 0x06;
-    pub const ABORT: u8 = 0x08;
-    pub const SET_FEATURES: u8 = 0x09;
-    pub const GET_FEATURES: u8 = 0x0A;
-    pub const ASYNC_EVENT_REQUEST: u8 = 0x0C;
-    pub const KEEP_ALIVE: u8 = 0x18;
-    /// Fabrics commands (FCTYPE in byte 4).
-    pub const FABRICS: u8 = 0x7F;
-}
-
-/// NVM command set opcodes.
-pub mod io_opcode {
-    pub const FLUSH: u8 = 0x00;
-    pub const WRITE: u8 = 0x01;
-    pub const READ: u8 = 0x02;
-    pub const WRITE_ZEROES: u8 = 0x08;
-    pub const DATASET_MANAGEMENT: u8 = 0x09;
 }
 
 /// Fabrics command types.
@@ -188,27 +191,10 @@ pub fn nqn_str(field: &[u8]) -> Option<&str> {
 /// Copies `s` into a NUL-padded NQN field (cut at the field size - 1).
 pub fn put_str(field: &mut [u8], s: &str, pad: u8) {
     field.fill(pad);
-    let n = s.len().min(field.len().saturating_sub(if pad == 0 { 1 } else { 0 }));
+    let n = s
+        .len()
+        .min(field.len().saturating_sub(if pad == 0 { 1 } else { 0 }));
     field[..n].copy_from_slice(&s.as_bytes()[..n]);
-}
-
-impl Sqe {
-    /// FCTYPE of a Fabrics command.
-    pub fn fctype(&self) -> u8 {
-        (self.nsid & 0xFF) as u8
-    }
-    /// Starting LBA of a read/write command (CDW10-11).
-    pub fn slba(&self) -> u64 {
-        self.cdw10 as u64 | (self.cdw11 as u64) << 32
-    }
-    /// Number of logical blocks (NLB is 0's based, CDW12 bits 15:0).
-    pub fn nlb(&self) -> u32 {
-        (self.cdw12 & 0xFFFF) + 1
-    }
-    /// Whether the data pointer is an SGL (PSDT 01b or 10b).
-    pub fn psdt_sgl(&self) -> bool {
-        self.flags >> 6 != 0
-    }
 }
 
 #[cfg(test)]
@@ -231,6 +217,19 @@ mod tests {
         s.cdw11 = 1;
         s.cdw12 = 7;
         assert_eq!((s.fctype(), s.slba(), s.nlb()), (1, (1 << 32) + 5, 8));
+        // Byte 1 PSDT 01b, SGL1 at bytes 24..40 as a host writes them.
+        let mut b = [0u8; 64];
+        b[1] = 0x40;
+        b[24..32].copy_from_slice(&0x1234u64.to_le_bytes());
+        b[32..36].copy_from_slice(&4096u32.to_le_bytes());
+        b[39] = sgl_id::TRANSPORT;
+        let s: Sqe = bytemuck::pod_read_unaligned(&b);
+        assert!(s.psdt_sgl() && s.flags() == 0x40);
+        let g = s.sgl();
+        assert_eq!(
+            (g.address, g.length, g.identifier),
+            (0x1234, 4096, sgl_id::TRANSPORT)
+        );
     }
 
     #[test]

@@ -252,22 +252,46 @@ pub fn check_header(
     let is_ic = matches!(ch.pdu_type, IC_REQ | IC_RESP);
     let is_term = matches!(ch.pdu_type, H2C_TERM_REQ | C2H_TERM_REQ);
     // Initialize Connection PDUs and Termination Requests carry no digests.
-    let d = if is_ic || is_term { Digests::default() } else { digests };
+    let d = if is_ic || is_term {
+        Digests::default()
+    } else {
+        digests
+    };
     let hd = d.hdgst_len();
     if (ch.flags & flags::HDGSTF != 0) != (hd != 0) {
-        return Err(PduError::header(1, "HDGSTF does not match the negotiated header digest"));
+        return Err(PduError::header(
+            1,
+            "HDGSTF does not match the negotiated header digest",
+        ));
     }
     if is_ic {
         if plen != hlen {
             return Err(PduError::header(4, "PLEN of an ICReq/ICResp must be 128"));
         }
-        return Ok(Layout { pdu_type: ch.pdu_type, header_len: hlen, pad: 0, data_len: 0, ddgst_len: 0, plen });
+        return Ok(Layout {
+            pdu_type: ch.pdu_type,
+            header_len: hlen,
+            pad: 0,
+            data_len: 0,
+            ddgst_len: 0,
+            plen,
+        });
     }
     if is_term {
         if plen < hlen || plen > hlen + TERM_DATA_MAX {
-            return Err(PduError::header(4, "PLEN of a Termination Request out of range"));
+            return Err(PduError::header(
+                4,
+                "PLEN of a Termination Request out of range",
+            ));
         }
-        return Ok(Layout { pdu_type: ch.pdu_type, header_len: hlen, pad: 0, data_len: plen - hlen, ddgst_len: 0, plen });
+        return Ok(Layout {
+            pdu_type: ch.pdu_type,
+            header_len: hlen,
+            pad: 0,
+            data_len: plen - hlen,
+            ddgst_len: 0,
+            plen,
+        });
     }
     let header_len = hlen + hd;
     if plen < header_len {
@@ -281,10 +305,20 @@ pub fn check_header(
         if matches!(ch.pdu_type, H2C_DATA | C2H_DATA) {
             return Err(PduError::header(4, "data PDU without data"));
         }
-        return Ok(Layout { pdu_type: ch.pdu_type, header_len, pad: 0, data_len: 0, ddgst_len: 0, plen });
+        return Ok(Layout {
+            pdu_type: ch.pdu_type,
+            header_len,
+            pad: 0,
+            data_len: 0,
+            ddgst_len: 0,
+            plen,
+        });
     }
     if !matches!(ch.pdu_type, CAPSULE_CMD | H2C_DATA | C2H_DATA) {
-        return Err(PduError::header(4, "PLEN longer than a PDU type without data"));
+        return Err(PduError::header(
+            4,
+            "PLEN longer than a PDU type without data",
+        ));
     }
     let pdo = ch.pdo as usize;
     if pdo < header_len {
@@ -292,7 +326,10 @@ pub fn check_header(
     }
     let dd = d.ddgst_len();
     if (ch.flags & flags::DDGSTF != 0) != (dd != 0) {
-        return Err(PduError::header(1, "DDGSTF does not match the negotiated data digest"));
+        return Err(PduError::header(
+            1,
+            "DDGSTF does not match the negotiated data digest",
+        ));
     }
     let data_len = plen
         .checked_sub(pdo + dd)
@@ -305,7 +342,14 @@ pub fn check_header(
             what: "more data than the connection allows",
         });
     }
-    Ok(Layout { pdu_type: ch.pdu_type, header_len, pad: pdo - header_len, data_len, ddgst_len: dd, plen })
+    Ok(Layout {
+        pdu_type: ch.pdu_type,
+        header_len,
+        pad: pdo - header_len,
+        data_len,
+        ddgst_len: dd,
+        plen,
+    })
 }
 
 /// A decoded PDU header.
@@ -332,7 +376,12 @@ pub fn parse_header(bytes: &[u8], layout: &Layout) -> Result<Pdu, PduError> {
     let hlen = ch.hlen as usize;
     if layout.header_len == hlen + DIGEST_LEN {
         let want = crc32c::crc32c(&bytes[..hlen]);
-        let got = u32::from_le_bytes([bytes[hlen], bytes[hlen + 1], bytes[hlen + 2], bytes[hlen + 3]]);
+        let got = u32::from_le_bytes([
+            bytes[hlen],
+            bytes[hlen + 1],
+            bytes[hlen + 2],
+            bytes[hlen + 3],
+        ]);
         if want != got {
             return Err(PduError {
                 fes: fes::HEADER_DIGEST_ERROR,
@@ -398,7 +447,11 @@ pub fn put_header<T: Pod>(h: &T, digests: Digests, out: &mut [u8]) -> usize {
     let b = bytemuck::bytes_of(h);
     out[..b.len()].copy_from_slice(b);
     let ty = b[0];
-    let has = digests.header && !matches!(ty, pdu_type::IC_REQ | pdu_type::IC_RESP | pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ);
+    let has = digests.header
+        && !matches!(
+            ty,
+            pdu_type::IC_REQ | pdu_type::IC_RESP | pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ
+        );
     if has {
         let c = crc32c::crc32c(b).to_le_bytes();
         out[b.len()..b.len() + 4].copy_from_slice(&c);
@@ -410,7 +463,13 @@ pub fn put_header<T: Pod>(h: &T, digests: Digests, out: &mut [u8]) -> usize {
 
 /// A common header for a PDU of `pdu_type`, header `hlen`, `data_len`
 /// data bytes (placed right after the header and its digest).
-pub fn common(pdu_type: u8, hlen: usize, data_len: usize, extra_flags: u8, digests: Digests) -> CommonHeader {
+pub fn common(
+    pdu_type: u8,
+    hlen: usize,
+    data_len: usize,
+    extra_flags: u8,
+    digests: Digests,
+) -> CommonHeader {
     let hd = digests.hdgst_len();
     let dd = if data_len > 0 { digests.ddgst_len() } else { 0 };
     let mut f = extra_flags;
@@ -433,7 +492,13 @@ impl IcPdu {
     /// An ICResp accepting `dgst` with MAXH2CDATA `maxdata`.
     pub fn resp(dgst: u8, maxdata: u32) -> IcPdu {
         IcPdu {
-            hdr: CommonHeader { pdu_type: pdu_type::IC_RESP, flags: 0, hlen: 128, pdo: 0, plen: 128 },
+            hdr: CommonHeader {
+                pdu_type: pdu_type::IC_RESP,
+                flags: 0,
+                hlen: 128,
+                pdo: 0,
+                plen: 128,
+            },
             pfv: 0,
             hpda_cpda: 0,
             dgst,
@@ -444,7 +509,13 @@ impl IcPdu {
     /// An ICReq asking for `dgst` (host side).
     pub fn req(dgst: u8) -> IcPdu {
         IcPdu {
-            hdr: CommonHeader { pdu_type: pdu_type::IC_REQ, flags: 0, hlen: 128, pdo: 0, plen: 128 },
+            hdr: CommonHeader {
+                pdu_type: pdu_type::IC_REQ,
+                flags: 0,
+                hlen: 128,
+                pdo: 0,
+                plen: 128,
+            },
             pfv: 0,
             hpda_cpda: 0,
             dgst,
@@ -460,7 +531,13 @@ impl TermReq {
     pub fn c2h(err: &PduError, offending: usize) -> TermReq {
         let n = offending.min(TERM_DATA_MAX);
         TermReq {
-            hdr: CommonHeader { pdu_type: pdu_type::C2H_TERM_REQ, flags: 0, hlen: 24, pdo: 0, plen: (24 + n) as u32 },
+            hdr: CommonHeader {
+                pdu_type: pdu_type::C2H_TERM_REQ,
+                flags: 0,
+                hlen: 24,
+                pdo: 0,
+                plen: (24 + n) as u32,
+            },
             fes: err.fes,
             fei: err.fei.to_le_bytes(),
             rsvd: [0; 10],
@@ -473,14 +550,22 @@ mod tests {
     use super::*;
     use crate::nvme::Sqe;
 
-    const D0: Digests = Digests { header: false, data: false };
-    const D1: Digests = Digests { header: true, data: true };
+    const D0: Digests = Digests {
+        header: false,
+        data: false,
+    };
+    const D1: Digests = Digests {
+        header: true,
+        data: true,
+    };
 
     fn capsule(data: &[u8], d: Digests) -> Vec<u8> {
         let mut sqe = Sqe::zeroed();
-        sqe.opcode = 1;
-        sqe.cid = 9;
-        let cmd = CapsuleCmd { hdr: common(pdu_type::CAPSULE_CMD, 72, data.len(), 0, d), sqe };
+        sqe.cdw0 = 1 | 9 << 16;
+        let cmd = CapsuleCmd {
+            hdr: common(pdu_type::CAPSULE_CMD, 72, data.len(), 0, d),
+            sqe,
+        };
         let mut out = vec![0; 80];
         let n = put_header(&cmd, d, &mut out);
         out.truncate(n);
@@ -495,16 +580,20 @@ mod tests {
     fn capsule_round_trip_with_and_without_digests() {
         for d in [D0, D1] {
             let b = capsule(b"hello world!", d);
-            let (pdu, data, used) = parse_pdu(&b, Direction::HostToController, d, 8192).unwrap().unwrap();
+            let (pdu, data, used) = parse_pdu(&b, Direction::HostToController, d, 8192)
+                .unwrap()
+                .unwrap();
             assert_eq!(used, b.len());
             assert_eq!(data, b"hello world!");
             match pdu {
-                Pdu::CapsuleCmd(c) => assert_eq!((c.sqe.opcode, c.sqe.cid), (1, 9)),
+                Pdu::CapsuleCmd(c) => assert_eq!((c.sqe.opcode(), c.sqe.cid()), (1, 9)),
                 other => panic!("{other:?}"),
             }
             // Every prefix is incomplete, never an error.
             for n in 0..b.len() {
-                assert!(parse_pdu(&b[..n], Direction::HostToController, d, 8192).unwrap().is_none());
+                assert!(parse_pdu(&b[..n], Direction::HostToController, d, 8192)
+                    .unwrap()
+                    .is_none());
             }
         }
     }
@@ -527,18 +616,35 @@ mod tests {
         // HLEN wrong.
         let mut x = b.clone();
         x[2] = 24;
-        assert_eq!(parse_pdu(&x, Direction::HostToController, D0, 8192).unwrap_err().fei, 2);
+        assert_eq!(
+            parse_pdu(&x, Direction::HostToController, D0, 8192)
+                .unwrap_err()
+                .fei,
+            2
+        );
         // PLEN below the header.
         let mut x = b.clone();
         x[4..8].copy_from_slice(&10u32.to_le_bytes());
-        assert_eq!(parse_pdu(&x, Direction::HostToController, D0, 8192).unwrap_err().fei, 4);
+        assert_eq!(
+            parse_pdu(&x, Direction::HostToController, D0, 8192)
+                .unwrap_err()
+                .fei,
+            4
+        );
         // PDO inside the header.
         let mut x = b.clone();
         x[3] = 8;
-        assert_eq!(parse_pdu(&x, Direction::HostToController, D0, 8192).unwrap_err().fei, 3);
+        assert_eq!(
+            parse_pdu(&x, Direction::HostToController, D0, 8192)
+                .unwrap_err()
+                .fei,
+            3
+        );
         // Too much data.
         assert_eq!(
-            parse_pdu(&b, Direction::HostToController, D0, 2).unwrap_err().fes,
+            parse_pdu(&b, Direction::HostToController, D0, 2)
+                .unwrap_err()
+                .fes,
             fes::DATA_OUT_OF_RANGE
         );
         // Digest flag without negotiated digests.
@@ -548,7 +654,12 @@ mod tests {
         // A controller-to-host type sent by a host, and an unknown type.
         let mut x = b.clone();
         x[0] = pdu_type::R2T;
-        assert_eq!(parse_pdu(&x, Direction::HostToController, D0, 8192).unwrap_err().fei, 0);
+        assert_eq!(
+            parse_pdu(&x, Direction::HostToController, D0, 8192)
+                .unwrap_err()
+                .fei,
+            0
+        );
         x[0] = 0x7f;
         assert!(parse_pdu(&x, Direction::HostToController, D0, 8192).is_err());
     }
@@ -556,15 +667,21 @@ mod tests {
     #[test]
     fn icreq_and_icresp() {
         let req = IcPdu::req(3);
-        let (pdu, data, used) = parse_pdu(bytemuck::bytes_of(&req), Direction::HostToController, D1, 0)
-            .unwrap()
-            .unwrap();
+        let (pdu, data, used) =
+            parse_pdu(bytemuck::bytes_of(&req), Direction::HostToController, D1, 0)
+                .unwrap()
+                .unwrap();
         assert!(matches!(pdu, Pdu::IcReq(r) if r.dgst == 3));
         assert!(data.is_empty() && used == 128);
         let resp = IcPdu::resp(1, 131072);
-        let (pdu, _, _) = parse_pdu(bytemuck::bytes_of(&resp), Direction::ControllerToHost, D0, 0)
-            .unwrap()
-            .unwrap();
+        let (pdu, _, _) = parse_pdu(
+            bytemuck::bytes_of(&resp),
+            Direction::ControllerToHost,
+            D0,
+            0,
+        )
+        .unwrap()
+        .unwrap();
         assert!(matches!(pdu, Pdu::IcResp(r) if r.maxr2t_maxdata == 131072));
         let mut bad = req;
         bad.hdr.plen = 129;
@@ -579,7 +696,9 @@ mod tests {
         assert_eq!(u32::from_le_bytes(t.fei), 2);
         let mut b = bytemuck::bytes_of(&t).to_vec();
         b.extend_from_slice(&[0xAA; 128]);
-        let (pdu, data, _) = parse_pdu(&b, Direction::ControllerToHost, D1, 0).unwrap().unwrap();
+        let (pdu, data, _) = parse_pdu(&b, Direction::ControllerToHost, D1, 0)
+            .unwrap()
+            .unwrap();
         assert!(matches!(pdu, Pdu::TermReq(t) if t.fes == fes::INVALID_HEADER_FIELD));
         assert_eq!(data.len(), 128);
     }
