@@ -12,9 +12,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use clap::Parser;
 use common::{args, net};
@@ -47,15 +46,8 @@ struct Cli {
     #[arg(long, value_name = "N", default_value = "32", allow_hyphen_values = true,
           value_parser = |s: &str| args::int_in::<usize>(s, 1, 512))]
     burst: usize,
-    /// Stop after this long
-    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = args::duration)]
-    time: Option<Duration>,
-    /// Stop when standard input reaches its end
-    #[arg(long)]
-    until_stdin_closes: bool,
-    /// End with a JSON summary line
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: common::RunControl,
 }
 
 /// `--ports`: an even number of different PCI addresses.
@@ -180,11 +172,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             net::fmt_mac(&dest[i])
         );
     }
-    let stop = if cli.until_stdin_closes {
-        common::stdin_closed()
-    } else {
-        Arc::new(AtomicBool::new(false))
-    };
+    let stop = cli.run.stop_flag();
     println!("l2fwd: ready");
     let start = Instant::now();
     let mut handles = Vec::new();
@@ -222,12 +210,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             ));
         }
     }
-    if let Some(t) = cli.time {
-        while start.elapsed() < t && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        stop.store(true, Ordering::Relaxed);
-    }
+    cli.run.wait(start, &stop);
     // Per port: received there (and forwarded), sent there, dropped on the way out there.
     let mut per_port = vec![Counts::default(); cli.ports.len()];
     for (a, h) in handles {
@@ -246,7 +229,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             c.rx, c.tx, c.dropped
         );
     }
-    if cli.json {
+    if cli.run.json {
         let ports: Vec<String> = per_port
             .iter()
             .map(|c| {

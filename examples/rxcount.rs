@@ -252,32 +252,34 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         list.len(),
         v.untracked_flows
     );
-    for (k, f) in list.iter().take(cli.show_flows) {
-        println!(
-            "  {:<44} {:>10} frames {:>12} bytes, seq next {} lost {} reordered {} dup {}",
-            flow_name(k),
-            f.packets,
-            f.bytes,
-            f.seq.next(),
-            f.seq.lost(),
-            f.seq.reordered,
-            f.seq.duplicates
-        );
-    }
-    if cli.json {
-        let flows_json: Vec<String> = list
-            .iter()
-            .take(cli.show_flows)
-            .map(|(k, f)| {
-                format!(
-                    "{{\"flow\":\"{}\",\"frames\":{},\"bytes\":{},\"next_seq\":{},\"lost\":{},\"reordered\":{},\"duplicates\":{}}}",
-                    flow_name(k),
+    // name, frames, bytes, next sequence number, lost, reordered, duplicates
+    let rows: Vec<(String, [u64; 6])> = list
+        .iter()
+        .take(cli.show_flows)
+        .map(|(k, f)| {
+            let s = &f.seq;
+            (
+                flow_name(k),
+                [
                     f.packets,
                     f.bytes,
-                    f.seq.next(),
-                    f.seq.lost(),
-                    f.seq.reordered,
-                    f.seq.duplicates
+                    s.next(),
+                    s.lost(),
+                    s.reordered,
+                    s.duplicates,
+                ],
+            )
+        })
+        .collect();
+    for (name, [n, b, next, lost, re, dup]) in &rows {
+        println!("  {name:<44} {n:>10} frames {b:>12} bytes, seq next {next} lost {lost} reordered {re} dup {dup}");
+    }
+    if cli.json {
+        let flows_json: Vec<String> = rows
+            .iter()
+            .map(|(name, [n, b, next, lost, re, dup])| {
+                format!(
+                    "{{\"flow\":\"{name}\",\"frames\":{n},\"bytes\":{b},\"next_seq\":{next},\"lost\":{lost},\"reordered\":{re},\"duplicates\":{dup}}}"
                 )
             })
             .collect();

@@ -13,7 +13,6 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -42,15 +41,8 @@ struct Cli {
     #[arg(long, value_name = "N", default_value = "1", allow_hyphen_values = true,
           value_parser = |s: &str| args::int_in::<u16>(s, 1, 8))]
     queues: u16,
-    /// Stop after this long
-    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = args::duration)]
-    time: Option<Duration>,
-    /// Stop when standard input reaches its end
-    #[arg(long)]
-    until_stdin_closes: bool,
-    /// End with a JSON summary line
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: common::RunControl,
 }
 
 const BURST: usize = 32;
@@ -168,11 +160,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     let queues = common::open_queues(&vfio, cli.device, &pool, &cfg, cli.queues)?;
     let mac = queues[0].mac_address();
-    let stop = if cli.until_stdin_closes {
-        common::stdin_closed()
-    } else {
-        Arc::new(AtomicBool::new(false))
-    };
+    let stop = cli.run.stop_flag();
     println!(
         "udp_echo: {} mac {} ip {} link {:?}, {} queue(s): ready",
         cli.device,
@@ -190,12 +178,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             std::thread::spawn(move || serve(q, ip, &stop))
         })
         .collect();
-    if let Some(t) = cli.time {
-        while start.elapsed() < t && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        stop.store(true, Ordering::Relaxed);
-    }
+    cli.run.wait(start, &stop);
     let mut total = Counts::default();
     let mut per_queue = Vec::new();
     for (i, h) in handles.into_iter().enumerate() {
@@ -223,7 +206,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         t.tx_dropped,
         start.elapsed().as_secs_f64()
     );
-    if cli.json {
+    if cli.run.json {
         println!(
             "{{\"tool\":\"udp_echo\",\"device\":\"{}\",\"rx\":{},\"arp\":{},\"icmp\":{},\"udp\":{},\"ignored\":{},\
              \"malformed\":{},\"bad_checksum\":{},\"tx\":{},\"tx_dropped\":{},\"rx_per_queue\":{:?}}}",

@@ -121,6 +121,44 @@ pub fn pci_driver(addr: PciAddress) -> Option<nic::Driver> {
     nic::Driver::for_id(id("vendor")?, id("device")?)
 }
 
+/// How long a service tool (udp_echo, l2fwd) runs, and its summary form.
+#[derive(clap::Args)]
+pub struct RunControl {
+    /// Stop after this long
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = args::duration)]
+    pub time: Option<std::time::Duration>,
+    /// Stop when standard input reaches its end
+    #[arg(long)]
+    pub until_stdin_closes: bool,
+    /// End with a JSON summary line
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunControl {
+    /// The flag the worker threads poll: set by [`RunControl::wait`] or
+    /// when standard input closes (with `--until-stdin-closes`).
+    pub fn stop_flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        if self.until_stdin_closes {
+            stdin_closed()
+        } else {
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
+        }
+    }
+
+    /// With `--time`: sleeps until it passed (or `stop` was set), then
+    /// sets `stop`. Without: returns at once (the workers stop on `stop`).
+    pub fn wait(&self, start: std::time::Instant, stop: &std::sync::atomic::AtomicBool) {
+        use std::sync::atomic::Ordering;
+        if let Some(t) = self.time {
+            while start.elapsed() < t && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Set once standard input reaches its end (or fails): for tools a test
 /// stops by closing their stdin, so that they still print their totals.
 pub fn stdin_closed() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
