@@ -69,5 +69,5 @@ set +e
     done
 rc=${PIPESTATUS[0]}
 # Let the stderr filter (the process substitution) finish before returning.
-wait "$!" 2>/dev/null || true
+wait 2>/dev/null || true
 exit "$rc"
