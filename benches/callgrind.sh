@@ -12,7 +12,12 @@
 # - floor: inclusive Ir of `Floor::cg_floor`, per I/O (a volatile 64-byte
 #   SQE write and a 16-byte CQE read);
 # - model: inclusive Ir of `cg_model`, per I/O (the in-process controller
-#   model's own work, not the driver's).
+#   model's own work, not the driver's);
+# - async: the same reads through `AsyncQueue` with 32 tasks on a
+#   `LocalExecutor`: inclusive Ir of `cg_async_tasks` (one executor round:
+#   each task takes its result and submits its next read, then the
+#   doorbell) and `cg_async_poll` (`AsyncQueue::poll`: completions to their
+#   slots, tasks woken), per I/O, and the difference to the callback path.
 #
 # Usage: benches/callgrind.sh            (N1=100000 N2=50000 by default)
 #        N1=200000 N2=100000 benches/callgrind.sh
@@ -38,6 +43,14 @@ pol=$(per_io "$(incl "$N1" nvme::cg_poll) - $(incl "$N2" nvme::cg_poll)")
 drv=$(per_io "$drv1 - $drv2")
 flr=$(per_io "$(incl "$N1" nvme::Floor::cg_floor) - $(incl "$N2" nvme::Floor::cg_floor)")
 mdl=$(per_io "$(incl "$N1" nvme::cg_model) - $(incl "$N2" nvme::cg_model)")
+diff_of() { echo "$(incl "$N1" "$1") - $(incl "$N2" "$1")"; }
+asub=$(per_io "$(diff_of nvme::cg_async_tasks)")
+apol=$(per_io "$(diff_of nvme::cg_async_poll)")
+adrv=$(per_io "$(diff_of nvme::cg_async_tasks) + $(diff_of nvme::cg_async_poll)")
+for v in "$asub" "$apol"; do
+    [[ "$v" != "0" && "$v" != ".0" && "$v" != "0.0" ]] || {
+        echo "an async function was not found in the annotation (inlined or renamed?)" >&2; exit 1; }
+done
 
 echo
 echo "Instructions (Ir) per 4 KiB read, callgrind, runs of $(ios "$N1") and $(ios "$N2") reads ($(( $(date +%s) - start )) s):"
@@ -48,4 +61,8 @@ echo "| driver: \`read\` + \`submit\` (cg_submit) | $sub | $(echo "scale=1; $sub
 echo "| driver: \`poll\` + callback (cg_poll) | $pol | $(echo "scale=1; $pol / $flr" | bc)x |"
 echo "| driver total | $drv | $(echo "scale=1; $drv / $flr" | bc)x |"
 echo "| floor: 64-byte SQE write + 16-byte CQE read | $flr | 1.0x |"
+echo "| async: executor round, results taken + \`read\`s submitted + doorbell (cg_async_tasks) | $asub | $(echo "scale=1; $asub / $flr" | bc)x |"
+echo "| async: \`AsyncQueue::poll\`, completions to slots + wakes (cg_async_poll) | $apol | $(echo "scale=1; $apol / $flr" | bc)x |"
+echo "| async total | $adrv | $(echo "scale=1; $adrv / $flr" | bc)x |"
+echo "| async minus callback (the async layer and executor per I/O) | $(echo "scale=1; $adrv - $drv" | bc) | |"
 echo "| model pass (cg_model, not driver work) | $mdl | $(echo "scale=1; $mdl / $flr" | bc)x |"

@@ -27,6 +27,13 @@
 //!   write of a 64-byte `SubmissionEntry` into a ring slot plus a 16-byte
 //!   `CompletionEntry` read, in a warm ring of 1024 slots, through framework
 //!   `DmaArray`s (bounds-checked, as the driver's queues are).
+//! - `async`: the same batches through `fastlane::nvme::AsyncQueue`: [`QD`]
+//!   tasks on a `LocalExecutor`, each looping `aq.read(..).await`. A round
+//!   of the executor (`cg_async_tasks`: each task takes its result and
+//!   submits its next read, then one doorbell), the model's pass, then
+//!   `aq.poll` (`cg_async_poll`: completions to their slots, tasks woken).
+//!   Against the callback path this adds the request table, the wakers and
+//!   the executor's task polls.
 //! - instructions per I/O: `benches/callgrind.sh` runs this binary with
 //!   `--callgrind` (I/O count from `FASTLANE_BENCH_ITERS`) under callgrind.
 //!   The model's pass (`cg_model`) runs between them, so polls find
@@ -42,6 +49,7 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -50,7 +58,7 @@ use criterion::{Criterion, Throughput};
 use fastlane::framework::{BufferPool, DmaArray, DmaBuf, DmaRegion, PageSize};
 use fastlane::nvme::sim::{SimConfig, SimController};
 use fastlane::nvme::spec::{CompletionEntry, SubmissionEntry};
-use fastlane::nvme::{Controller, IoQueuePair, Options};
+use fastlane::nvme::{AsyncQueue, Controller, IoQueuePair, LocalExecutor, Options};
 
 /// Reads per batch (queue depth in use).
 const QD: usize = 32;
@@ -83,21 +91,29 @@ struct Rig {
     lba: u64,
 }
 
+/// The model (on its thread), the driver brought up against it, a pool of
+/// 4 KiB buffers and a queue pair of [`DEPTH`] using SGLs.
+fn bring_up() -> (SimController, Controller, BufferPool, IoQueuePair) {
+    let cfg = SimConfig {
+        namespace_blocks: NS_BLOCKS,
+        lba_size: BLOCK,
+        store_data: false,
+        sgls: 1,
+        ..SimConfig::default()
+    };
+    let (sim, mmio) = SimController::start(cfg);
+    let ctrl = Controller::with_registers(mmio, Options::default()).expect("driver bring-up");
+    let pool = BufferPool::new_unmapped(BLOCK as usize, 2 * QD as u32, PageSize::Small)
+        .expect("buffer pool");
+    let qp = ctrl.create_qpair(DEPTH).expect("queue pair");
+    assert!(qp.uses_sgl(), "the model reports SGLs, as QEMU does");
+    (sim, ctrl, pool, qp)
+}
+
 impl Rig {
     fn new() -> Rig {
-        let cfg = SimConfig {
-            namespace_blocks: NS_BLOCKS,
-            lba_size: BLOCK,
-            store_data: false,
-            sgls: 1,
-            ..SimConfig::default()
-        };
-        let (mut sim, mmio) = SimController::start(cfg);
-        let ctrl = Controller::with_registers(mmio, Options::default()).expect("driver bring-up");
-        let pool = BufferPool::new_unmapped(BLOCK as usize, 2 * QD as u32, PageSize::Small).expect("buffer pool");
+        let (mut sim, ctrl, pool, qp) = bring_up();
         let bufs = (0..QD).map(|_| pool.alloc().expect("buffer")).collect();
-        let qp = ctrl.create_qpair(DEPTH).expect("queue pair");
-        assert!(qp.uses_sgl(), "the model reports SGLs, as QEMU does");
         sim.set_synchronous(true);
         Rig {
             qp,
@@ -129,15 +145,7 @@ impl Rig {
         let n = cg_poll(&mut self.qp, &mut self.bufs);
         let d = ticks();
         assert_eq!(n, QD, "one model pass completes the batch");
-        for t in [b - a, d - c] {
-            if t > PREEMPTED_TICKS {
-                acc.preempted += 1;
-            } else {
-                acc.busy += t;
-                acc.brackets += 1;
-            }
-        }
-        acc.ios += QD as u64;
+        acc.add([b - a, d - c], QD);
     }
 }
 
@@ -158,6 +166,26 @@ struct Account {
     preempted: u64,
     brackets: u64,
     ios: u64,
+}
+
+impl Account {
+    /// Two brackets of driver ticks around a batch of `ios` I/Os.
+    fn add(&mut self, brackets: [u64; 2], ios: usize) {
+        for t in brackets {
+            if t > PREEMPTED_TICKS {
+                self.preempted += 1;
+            } else {
+                self.busy += t;
+                self.brackets += 1;
+            }
+        }
+        self.ios += ios as u64;
+    }
+
+    /// Driver ns per I/O, the cost of a tick pair taken off each bracket.
+    fn ns_per_io(&self, ns_per_tick: f64, pair: f64) -> f64 {
+        (self.busy as f64 - pair * self.brackets as f64) * ns_per_tick / self.ios as f64
+    }
 }
 
 /// One pass of the model (not driver work).
@@ -189,6 +217,107 @@ fn cg_poll(qp: &mut IoQueuePair, bufs: &mut Vec<DmaBuf>) -> usize {
             bufs.push(b);
         }
     })
+}
+
+// ---------------------------------------------------------------------------
+// The same reads through the async layer.
+
+/// [`QD`] tasks, each looping over one-block reads on the shared queue.
+struct AsyncRig<'a> {
+    exec: LocalExecutor<'a>,
+    aq: &'a AsyncQueue,
+    sim: &'a mut SimController,
+}
+
+impl AsyncRig<'_> {
+    /// One batch: a round of the tasks (results taken, next reads
+    /// submitted, one doorbell), the model's pass, one poll.
+    #[inline]
+    fn batch(&mut self) {
+        let n = cg_async_tasks(&mut self.exec, self.aq);
+        cg_model(self.sim);
+        let c = cg_async_poll(self.aq);
+        assert_eq!(
+            (n, c),
+            (QD, QD),
+            "every task submits, one model pass completes the batch"
+        );
+    }
+
+    /// One batch, adding the ticks spent in the tasks and the poll to `acc`.
+    #[inline]
+    fn batch_accounted(&mut self, acc: &mut Account) {
+        let a = ticks();
+        let n = cg_async_tasks(&mut self.exec, self.aq);
+        let b = ticks();
+        cg_model(self.sim);
+        let c = ticks();
+        let m = cg_async_poll(self.aq);
+        let d = ticks();
+        assert_eq!(
+            (n, m),
+            (QD, QD),
+            "every task submits, one model pass completes the batch"
+        );
+        acc.add([b - a, d - c], QD);
+    }
+}
+
+/// Builds an [`AsyncRig`] (its own model and queue pair) for `f`, then
+/// shuts it down with the model back on its thread.
+fn with_async_rig<R>(f: impl FnOnce(&mut AsyncRig<'_>) -> R) -> R {
+    let (mut sim, ctrl, pool, qp) = bring_up();
+    let aq = AsyncQueue::new(qp);
+    let lba = Cell::new(0);
+    sim.set_synchronous(true);
+    let r = {
+        let mut exec = LocalExecutor::new(QD);
+        for _ in 0..QD {
+            let buf = pool.alloc().expect("buffer");
+            exec.spawn(reader(&aq, buf, &lba)).expect("task slot");
+        }
+        // The first round submits the first batch.
+        cg_async_tasks(&mut exec, &aq);
+        cg_model(&mut sim);
+        cg_async_poll(&aq);
+        f(&mut AsyncRig {
+            exec,
+            aq: &aq,
+            sim: &mut sim,
+        })
+    };
+    sim.set_synchronous(false);
+    drop(aq);
+    drop((pool, ctrl));
+    r
+}
+
+/// A task: one-block reads one after the other, the buffer reused.
+async fn reader(aq: &AsyncQueue, mut buf: DmaBuf, next: &Cell<u64>) {
+    loop {
+        let lba = next.get();
+        next.set((lba + 1) % NS_BLOCKS);
+        let (b, r) = aq.read(1, lba, 1, buf).await;
+        if let Err(e) = r {
+            panic!("read {lba} failed: {e}");
+        }
+        buf = b;
+    }
+}
+
+/// One executor round (each woken task takes its result and submits its
+/// next read), then the doorbell. Returns the tasks polled.
+#[inline(never)]
+fn cg_async_tasks(exec: &mut LocalExecutor<'_>, aq: &AsyncQueue) -> usize {
+    let n = exec.run_ready();
+    aq.submit();
+    n
+}
+
+/// One poll of the async queue: completions to their slots, tasks woken.
+#[inline(never)]
+fn cg_async_poll(aq: &AsyncQueue) -> usize {
+    aq.poll(QD)
 }
 
 // ---------------------------------------------------------------------------
@@ -235,30 +364,67 @@ impl Floor {
 // ---------------------------------------------------------------------------
 // Criterion.
 
-fn benches(rig: &mut Rig) {
-    let mut c = Criterion::default().configure_from_args();
-    let mut g = c.benchmark_group("nvme_read_4k");
-    g.throughput(Throughput::Elements(QD as u64));
-    g.bench_function("qd32_batch_wall", |b| {
+/// A way of running batches of [`QD`] reads: the callback path or the
+/// async one.
+trait Batches {
+    /// One batch, wall clock only.
+    fn batch(&mut self);
+    /// One batch, the driver's ticks added to `acc`.
+    fn batch_accounted(&mut self, acc: &mut Account);
+}
+
+impl Batches for Rig {
+    fn batch(&mut self) {
+        Rig::batch(self)
+    }
+    fn batch_accounted(&mut self, acc: &mut Account) {
+        Rig::batch_accounted(self, acc)
+    }
+}
+
+impl Batches for AsyncRig<'_> {
+    fn batch(&mut self) {
+        AsyncRig::batch(self)
+    }
+    fn batch_accounted(&mut self, acc: &mut Account) {
+        AsyncRig::batch_accounted(self, acc)
+    }
+}
+
+/// Criterion: `{name}_wall` and `{name}_driver_only` for `r`.
+fn bench_batches(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    r: &mut impl Batches,
+) {
+    g.bench_function(format!("{name}_wall"), |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
-                rig.batch();
+                r.batch();
             }
             start.elapsed()
         })
     });
-    g.bench_function("qd32_batch_driver_only", |b| {
+    g.bench_function(format!("{name}_driver_only"), |b| {
         let (ns_per_tick, pair) = tick_calibration();
         b.iter_custom(|iters| {
             let mut acc = Account::default();
             for _ in 0..iters {
-                rig.batch_accounted(&mut acc);
+                r.batch_accounted(&mut acc);
             }
             let ticks = (acc.busy as f64 - pair * acc.brackets as f64).max(0.0);
             Duration::from_nanos((ticks * ns_per_tick) as u64)
         })
     });
+}
+
+fn benches(rig: &mut Rig) {
+    let mut c = Criterion::default().configure_from_args();
+    let mut g = c.benchmark_group("nvme_read_4k");
+    g.throughput(Throughput::Elements(QD as u64));
+    bench_batches(&mut g, "qd32_batch", rig);
+    with_async_rig(|ar| bench_batches(&mut g, "qd32_batch_async", ar));
     g.bench_function("qd32_floor_sqe_write_cqe_read", |b| {
         let mut floor = Floor::new();
         b.iter(|| black_box(floor.cg_floor(QD)))
@@ -269,16 +435,27 @@ fn benches(rig: &mut Rig) {
 // ---------------------------------------------------------------------------
 // The table.
 
-fn table(rig: &mut Rig) {
-    const BATCHES: usize = 50_000;
+/// Batches for each timed figure of the table.
+const BATCHES: usize = 50_000;
+
+/// What [`measure`] found: ns per I/O.
+struct Measured {
+    wall: f64,
+    driver: f64,
+    brackets_per_batch: f64,
+    preempted: u64,
+}
+
+/// Wall and driver time per I/O of `r` (medians of 5 runs of [`BATCHES`]).
+fn measure(r: &mut impl Batches) -> Measured {
     let (ns_per_tick, pair) = tick_calibration();
     for _ in 0..1000 {
-        rig.batch();
+        r.batch();
     }
     let wall = median5(|| {
         let start = Instant::now();
         for _ in 0..BATCHES {
-            rig.batch();
+            r.batch();
         }
         start.elapsed().as_nanos() as f64 / (BATCHES * QD) as f64
     });
@@ -287,12 +464,25 @@ fn table(rig: &mut Rig) {
     let driver = median5(|| {
         let mut acc = Account::default();
         for _ in 0..BATCHES {
-            rig.batch_accounted(&mut acc);
+            r.batch_accounted(&mut acc);
         }
         brackets_per_batch = acc.brackets as f64 / BATCHES as f64;
         preempted = acc.preempted;
-        (acc.busy as f64 - pair * acc.brackets as f64) * ns_per_tick / acc.ios as f64
+        acc.ns_per_io(ns_per_tick, pair)
     });
+    Measured {
+        wall,
+        driver,
+        brackets_per_batch,
+        preempted,
+    }
+}
+
+fn table(rig: &mut Rig) {
+    let (ns_per_tick, pair) = tick_calibration();
+    let cb = measure(rig);
+    let aio = with_async_rig(|ar| measure(ar));
+    let (wall, driver) = (cb.wall, cb.driver);
     let mut floor = Floor::new();
     let floor_ns = median5(|| {
         let n = BATCHES * QD;
@@ -318,17 +508,39 @@ fn table(rig: &mut Rig) {
     println!("|---|---:|---:|");
     println!("| wall: batch of {QD} reads, one model pass, one poll (driver and model) | {wall:.1} | {:.1}x |", wall / floor_ns);
     println!(
-        "| driver: time inside `read`/`submit` and `poll` ({brackets_per_batch:.1} brackets per batch, {preempted} preempted brackets dropped) | {driver:.1} | {:.1}x |",
+        "| driver: time inside `read`/`submit` and `poll` ({:.1} brackets per batch, {} preempted brackets dropped) | {driver:.1} | {:.1}x |",
+        cb.brackets_per_batch,
+        cb.preempted,
         driver / floor_ns
     );
+    println!("| async wall: {QD} tasks awaiting `AsyncQueue::read`, one model pass, one poll | {:.1} | {:.1}x |", aio.wall, aio.wall / floor_ns);
+    println!(
+        "| async driver: executor round (results taken, reads submitted) and `AsyncQueue::poll` ({:.1} brackets per batch, {} preempted dropped) | {:.1} | {:.1}x |",
+        aio.brackets_per_batch,
+        aio.preempted,
+        aio.driver,
+        aio.driver / floor_ns
+    );
     println!("| floor: `write_volatile` of a 64-byte SQE + read of a 16-byte CQE | {floor_ns:.2} | 1.0x |");
-    println!("| target (issue) | {TARGET_NS:.0} | {:.1}x |", TARGET_NS / floor_ns);
-    println!("| SPDK single-core record, 13.85 M IOPS | {SPDK_NS:.1} | {:.1}x |", SPDK_NS / floor_ns);
+    println!(
+        "| target (issue) | {TARGET_NS:.0} | {:.1}x |",
+        TARGET_NS / floor_ns
+    );
+    println!(
+        "| SPDK single-core record, 13.85 M IOPS | {SPDK_NS:.1} | {:.1}x |",
+        SPDK_NS / floor_ns
+    );
     println!();
     println!(
         "- target of {TARGET_NS:.0} ns of driver CPU per I/O: {verdict} in this run ({driver:.1} ns measured, {:.0}% of the target); \
          instructions per I/O: `benches/callgrind.sh`.",
         100.0 * driver / TARGET_NS
+    );
+    println!(
+        "- async against callback, same run: {:.2}x the driver time ({:+.1} ns per I/O), {:.2}x the wall time.",
+        aio.driver / driver,
+        aio.driver - driver,
+        aio.wall / wall
     );
 }
 
@@ -337,7 +549,8 @@ fn table(rig: &mut Rig) {
 
 /// `--callgrind`: a fixed number of I/Os (`FASTLANE_BENCH_ITERS`, default
 /// 100000, rounded to batches) and as many floor I/Os, for counting
-/// instructions. The model's pass (`cg_model`) runs between submit and poll.
+/// instructions, then as many through the async layer. The model's pass
+/// (`cg_model`) runs between submit and poll.
 fn callgrind_mode() {
     let ios: usize = std::env::var("FASTLANE_BENCH_ITERS")
         .ok()
@@ -350,7 +563,15 @@ fn callgrind_mode() {
         rig.batch();
     }
     black_box(floor.cg_floor(batches * QD));
-    println!("callgrind mode: {} I/Os in {batches} batches of {QD}, 0 empty polls", batches * QD);
+    with_async_rig(|ar| {
+        for _ in 0..batches {
+            ar.batch();
+        }
+    });
+    println!(
+        "callgrind mode: {} I/Os in {batches} batches of {QD}, 0 empty polls",
+        batches * QD
+    );
 }
 
 fn main() {

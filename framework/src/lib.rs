@@ -9,6 +9,8 @@
 //! - [`BufferPool`] / [`DmaBuf`]: fixed-size DMA buffers that carry their IOVA.
 //! - [`Vfio`] / [`PciDevice`] / [`Mmio`]: devices through VFIO, config space,
 //!   bus mastering, BARs as volatile register blocks.
+//! - [`MsixVectors`] / [`Interrupt`]: MSI-X vectors as eventfds, for
+//!   threads that sleep when idle instead of spinning.
 //!
 //! ```no_run
 //! use fastlane_framework::{Vfio, BufferPool, PageSize};
@@ -56,6 +58,7 @@ pub mod dma;
 pub mod error;
 pub mod hugepage;
 pub mod iova;
+pub mod irq;
 pub mod mmio;
 pub mod pci;
 pub mod pool;
@@ -68,6 +71,7 @@ pub use addr::{DmaDomain, Iova, UncheckedDma};
 pub use dma::{Claim, DmaArray};
 pub use error::{Error, Result};
 pub use hugepage::PageSize;
+pub use irq::{Interrupt, MsixVectors};
 pub use mmio::{Mmio, Reg32};
 pub use pci::{PciAddress, PciDevice};
 pub use pool::{BufferPool, DmaBuf, PoolCache, PoolError};

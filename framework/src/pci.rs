@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use vfio_ioctls::{VfioDevice, VfioError, VfioRegionInfoCap};
@@ -138,6 +139,8 @@ struct DeviceInner {
     group: u32,
     config_offset: u64,
     dev: Arc<VfioDevice>,
+    /// MSI-X vectors are enabled (by a live [`crate::MsixVectors`]).
+    msix: AtomicBool,
     /// Keeps the container (and with it the mappings) alive while the device
     /// can still DMA, and frees the address for a later open.
     vfio: Vfio,
@@ -185,11 +188,27 @@ impl PciDevice {
                 group,
                 config_offset,
                 dev,
+                msix: AtomicBool::new(false),
                 vfio: vfio.clone(),
             }),
         };
         vfio.shared.group_attached()?;
         Ok(device)
+    }
+
+    /// Enables up to `wanted` MSI-X vectors (fewer if the device has
+    /// fewer), each signalling an eventfd; see [`crate::irq`]. While they
+    /// live, a second call is [`Error::Busy`].
+    pub fn enable_msix(&self, wanted: u16) -> Result<crate::MsixVectors> {
+        crate::MsixVectors::enable(self, wanted)
+    }
+
+    pub(crate) fn vfio_device(&self) -> &VfioDevice {
+        &self.inner.dev
+    }
+
+    pub(crate) fn msix_flag(&self) -> &AtomicBool {
+        &self.inner.msix
     }
 
     /// The device's PCI address.

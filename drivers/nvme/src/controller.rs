@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fastlane_framework::{
-    DmaBuf, DmaDomain, DmaRegion, Mmio, PageSize, PciDevice, UncheckedDma, Vfio,
+    DmaBuf, DmaDomain, DmaRegion, Interrupt, Mmio, MsixVectors, PageSize, PciDevice, UncheckedDma,
+    Vfio,
 };
 
 use crate::error::{NvmeError, Result};
@@ -71,6 +72,12 @@ pub struct Options {
     /// How many entries the submission and completion queues of an I/O
     /// queue pair get, beyond the commands it keeps in flight.
     pub queue_size: QueueSize,
+    /// Give every I/O completion queue an MSI-X vector (through VFIO, an
+    /// eventfd), so a thread with nothing to do can sleep in
+    /// [`IoQueuePair::wait`] instead of spinning (hybrid polling: the data
+    /// path still polls). Off by default; a controller opened with
+    /// [`Controller::with_registers`] has no vectors and refuses it.
+    pub interrupts: bool,
 }
 
 /// Entries of an I/O queue pair's submission and completion queues.
@@ -141,6 +148,7 @@ impl Default for Options {
             shadow_doorbells: false,
             data_pointer: DataPointer::Auto,
             queue_size: QueueSize::Spare,
+            interrupts: false,
         }
     }
 }
@@ -205,6 +213,9 @@ pub(crate) struct Inner {
     /// Shadow doorbell and EventIdx pages, when in use.
     pub dbbuf: Option<DmaRegion>,
     pub options: Options,
+    /// MSI-X vectors when [`Options::interrupts`]: 0 for the admin queue,
+    /// the rest shared out among I/O queues.
+    pub vectors: Option<MsixVectors>,
     _device: Option<PciDevice>,
 }
 
@@ -228,19 +239,36 @@ impl Controller {
         }
         dev.enable_dma()?;
         let regs = dev.map_bar(0)?;
-        Self::init(regs, Memory::Vfio(vfio.clone()), Some(dev), options)
+        let vectors = match options.interrupts {
+            // One for the admin queue, one per I/O queue when there are enough.
+            true => Some(dev.enable_msix(options.io_queues.saturating_add(1))?),
+            false => None,
+        };
+        Self::init(
+            regs,
+            Memory::Vfio(vfio.clone()),
+            Some(dev),
+            vectors,
+            options,
+        )
     }
 
     /// Brings up a controller whose registers are `regs` and whose memory is
     /// unmapped (IOVA == VA): for the in-process model in `sim`.
     pub fn with_registers(regs: Mmio, options: Options) -> Result<Controller> {
-        Self::init(regs, Memory::Unmapped, None, options)
+        if options.interrupts {
+            return Err(NvmeError::InvalidArgument(
+                "interrupts need a device opened through VFIO".into(),
+            ));
+        }
+        Self::init(regs, Memory::Unmapped, None, None, options)
     }
 
     fn init(
         regs: Mmio,
         mem: Memory,
         device: Option<PciDevice>,
+        vectors: Option<MsixVectors>,
         options: Options,
     ) -> Result<Controller> {
         if regs.len() < reg::DOORBELL_BASE + 8 {
@@ -279,6 +307,7 @@ impl Controller {
                     namespaces,
                     dbbuf,
                     options,
+                    vectors,
                     _device: device,
                 }),
             }),
@@ -484,6 +513,17 @@ pub fn check_safe_admin(cmd: &SubmissionEntry) -> Result<()> {
 }
 
 impl Inner {
+    /// The interrupt of I/O queue `qid`: vector `qid` when the controller
+    /// has that many, else the I/O vectors in turn (a shared vector only
+    /// wakes a waiter early).
+    pub fn interrupt_for(&self, qid: u16) -> Option<Interrupt> {
+        let v = self.vectors.as_ref()?;
+        let vector = match v.len().checked_sub(1).filter(|&n| n > 0) {
+            Some(n) => 1 + (qid.max(1) - 1) % n,
+            None => 0,
+        };
+        v.interrupt(vector)
+    }
     pub fn lock_admin(&self) -> MutexGuard<'_, Admin> {
         // State behind the lock stays consistent across a panic elsewhere.
         self.admin.lock().unwrap_or_else(|p| p.into_inner())

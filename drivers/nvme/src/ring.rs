@@ -276,6 +276,12 @@ impl Ring {
         }
     }
 
+    /// Whether a new completion waits at the head (nothing consumed).
+    pub fn cq_ready(&self) -> bool {
+        let hi = self.cq_mem.read(self.cq.head() as usize * CQE_WORDS + 1);
+        self.cq.is_new(CqWord(hi).status())
+    }
+
     /// The next new completion, consumed; the CQ doorbell is left to `ring_cq`.
     #[inline]
     pub fn pop(&mut self) -> Option<CompletionEntry> {

@@ -1312,3 +1312,20 @@ fn queue_sizes() {
         drop(sim);
     }
 }
+
+/// Interrupt mode needs MSI-X through VFIO: the model has none, so asking
+/// for it is refused at bring-up, and a queue pair without a vector refuses
+/// to sleep rather than sleeping forever.
+#[test]
+fn interrupts_need_a_vfio_device_and_wait_needs_interrupts() {
+    let (sim, mmio) = SimController::start(small());
+    let asked = Controller::with_registers(mmio, Options { interrupts: true, ..Options::default() });
+    assert!(matches!(asked, Err(NvmeError::InvalidArgument(_))));
+    drop(sim);
+    let (_sim, ctrl) = start(small(), Options::default());
+    let mut qp = ctrl.create_qpair(4).unwrap();
+    assert!(!qp.has_interrupt());
+    assert!(matches!(qp.wait(Some(Duration::ZERO)), Err(NvmeError::InvalidArgument(_))));
+    let slept = qp.poll_or_sleep(1, Duration::ZERO, Some(Duration::ZERO), |_| {});
+    assert!(matches!(slept, Err(NvmeError::InvalidArgument(_))));
+}

@@ -220,6 +220,12 @@ impl SubmissionEntry {
         e.cdw11 = 1; // PC=1, IEN=0, IV=0
         e
     }
+    /// This Create I/O Completion Queue command with interrupts enabled
+    /// (IEN=1) on MSI-X vector `vector` (IV).
+    pub const fn with_interrupt_vector(mut self, vector: u16) -> Self {
+        self.cdw11 = (self.cdw11 & 0xffff) | 0b10 | (vector as u32) << 16;
+        self
+    }
     /// Create I/O Submission Queue bound to completion queue `cqid`,
     /// physically contiguous (PC=1). `entries` is encoded 0-based.
     pub const fn create_io_sq(

@@ -91,6 +91,10 @@ mod tests {
             (cq.opcode(), cq.cdw10, cq.cdw11, cq.prp1),
             (0x05, 255 << 16 | 3, 1, 0xA000)
         );
+        // IEN (bit 1) and IV (bits 31:16), PC kept.
+        let cq = cq.with_interrupt_vector(7);
+        assert_eq!((cq.cdw10, cq.cdw11), (255 << 16 | 3, 7 << 16 | 0b11));
+        assert_eq!(cq.with_interrupt_vector(0xffff).cdw11, 0xffff << 16 | 0b11);
         let sq = SubmissionEntry::create_io_sq(3, 256, 0xB000, 3, QueuePriority::Medium);
         assert_eq!(
             (sq.opcode(), sq.cdw10, sq.cdw11),
