@@ -37,6 +37,13 @@ done
 # Quiet rings, a link down/up of IGB0 driven from the host (vm/test.sh), and
 # a 20 s verified-traffic soak over the three ports.
 have guest_nic_faults && run sh /opt/nic-soak.sh
+# The network tools against the kernel's own stack (~35 s): IGB0 moves
+# between vfio-pci and the kernel's igb driver (loaded from
+# /lib/modules-net) as each test needs, so this runs after the other NIC
+# suites. One aperture is enough: no new mapping paths.
+if [ "${FASTLANE_AW_BITS:-39}" = 39 ] && have guest_net_stack; then
+    run /bin/guest_net_stack --test-threads=1
+fi
 
 hugepages.sh reset
 [ "$fail" = 0 ] && echo "=== guest: all passed"

@@ -1,0 +1,616 @@
+//! The network tools against the Linux kernel's own network stack, in the
+//! QEMU guest: IGB0 on the kernel's igb driver (from /lib/modules-net, see
+//! vm/run.sh) with an address, IGB1 on this project. The two ports and the
+//! virtio-net port sit on one QEMU hub.
+//!
+//! - `ping` from the kernel to `udp_echo` (ARP, then 1000 echo requests);
+//! - a kernel UDP socket sends 10,000 datagrams of mixed sizes, from ports
+//!   RSS puts on each of udp_echo's queues, and gets every one back intact;
+//! - `pktgen` sends IPv4/UDP to a kernel socket: every datagram arrives,
+//!   in order per flow, intact;
+//! - the kernel's counters show no checksum or receive errors;
+//! - `l2fwd` between IGB0 and IGB1 (IGB0 back on vfio-pci), driven from
+//!   the virtio-net port: every frame comes back once, MACs rewritten.
+//!
+//! Needs IGB1 and VIRTIO bound to vfio-pci and hugepages (run-all.sh does
+//! both); moves IGB0 between vfio-pci and the kernel's igb as each test
+//! needs. Run with --test-threads=1.
+
+#[allow(dead_code)]
+#[path = "../examples/common/net.rs"]
+mod net;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fastlane::framework::Vfio;
+use fastlane::nic::igb::rss;
+use fastlane::nic::proto::{self, UDP_PAYLOAD_OFFSET};
+use fastlane::nic::{self, NicConfig, PacketPool};
+
+const KERNEL_IP: [u8; 4] = [10, 11, 0, 1];
+const ECHO_IP: [u8; 4] = [10, 11, 0, 2];
+/// Queues udp_echo opens on IGB1.
+const ECHO_QUEUES: usize = 2;
+
+fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} not set: run in the guest"))
+}
+
+fn sh(cmd: &str) -> (bool, String) {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+    s.push_str(&String::from_utf8_lossy(&o.stderr));
+    (o.status.success(), s)
+}
+
+fn ip_str(a: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(a).to_string()
+}
+
+fn driver_of(bdf: &str) -> String {
+    std::fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        .unwrap_or_default()
+}
+
+/// Moves `bdf` to `driver` (unbinding it from the one it has).
+fn bind(bdf: &str, driver: &str) {
+    if driver_of(bdf) == driver {
+        return;
+    }
+    let dev = format!("/sys/bus/pci/devices/{bdf}");
+    if !driver_of(bdf).is_empty() {
+        std::fs::write(format!("{dev}/driver/unbind"), bdf).expect("unbind");
+    }
+    std::fs::write(format!("{dev}/driver_override"), driver).expect("driver_override");
+    std::fs::write("/sys/bus/pci/drivers_probe", bdf).expect("drivers_probe");
+    assert_eq!(driver_of(bdf), driver, "{bdf} did not bind to {driver}");
+}
+
+/// IGB0 on the kernel's igb driver, up, with KERNEL_IP/24; its name.
+fn kernel_port() -> String {
+    let order =
+        std::fs::read_to_string("/lib/modules-net/ORDER").expect("no /lib/modules-net (vm/run.sh)");
+    for m in order.split_whitespace() {
+        let (ok, out) = sh(&format!("insmod /lib/modules-net/{m}.ko"));
+        assert!(ok || out.contains("exists"), "insmod {m}: {out}");
+    }
+    let bdf = env("FASTLANE_IGB0");
+    bind(&bdf, "igb");
+    let start = Instant::now();
+    let ifname = loop {
+        let found = std::fs::read_dir(format!("/sys/bus/pci/devices/{bdf}/net"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string());
+        if let Some(n) = found {
+            break n;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no network interface for {bdf}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (ok, out) = sh(&format!(
+        "ip addr flush dev {ifname} && ip addr add {}/24 dev {ifname} && ip link set {ifname} up && ip neigh flush dev {ifname}",
+        ip_str(KERNEL_IP)
+    ));
+    assert!(ok, "configuring {ifname}: {out}");
+    while std::fs::read_to_string(format!("/sys/class/net/{ifname}/carrier"))
+        .map_or(true, |c| c.trim() != "1")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{ifname}: no carrier"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ifname
+}
+
+/// The kernel's error counters: interface statistics, and the IP, ICMP
+/// and UDP counters of /proc/net/snmp that count checksum and header
+/// errors.
+fn error_counters(ifname: &str) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for c in [
+        "rx_errors",
+        "rx_crc_errors",
+        "rx_frame_errors",
+        "rx_length_errors",
+        "rx_dropped",
+        "tx_errors",
+    ] {
+        let v =
+            std::fs::read_to_string(format!("/sys/class/net/{ifname}/statistics/{c}")).expect(c);
+        m.insert(c.to_string(), v.trim().parse().expect(c));
+    }
+    let snmp = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+    let lines: Vec<&str> = snmp.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (proto, names) = names.split_once(':').expect("snmp");
+        let values = values.split_once(':').expect("snmp").1;
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            let wanted = matches!(
+                (proto, n),
+                ("Ip", "InHdrErrors" | "InAddrErrors" | "InDiscards")
+                    | ("Icmp", "InErrors" | "InCsumErrors")
+                    | (
+                        "Udp",
+                        "InErrors" | "InCsumErrors" | "RcvbufErrors" | "NoPorts"
+                    )
+            );
+            if wanted {
+                m.insert(format!("{proto}.{n}"), v.parse().unwrap_or(0));
+            }
+        }
+    }
+    m
+}
+
+/// Fails if any error counter grew since `before`.
+fn assert_no_new_errors(ifname: &str, before: &HashMap<String, u64>) {
+    let after = error_counters(ifname);
+    let grew: Vec<String> = after
+        .iter()
+        .filter(|(k, v)| **v > before.get(*k).copied().unwrap_or(0))
+        .map(|(k, v)| format!("{k} {} -> {v}", before.get(k).copied().unwrap_or(0)))
+        .collect();
+    eprintln!("kernel error counters after: {after:?}");
+    assert!(grew.is_empty(), "kernel error counters grew: {grew:?}");
+}
+
+/// A tool running in the background: its stdout collected, stopped by
+/// closing its stdin (`--until-stdin-closes`) so it prints its totals.
+struct Tool {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Arc<Mutex<String>>,
+}
+
+impl Tool {
+    /// Starts `/bin/<name> args` and waits for its "ready" line.
+    fn start(name: &str, args: &[&str]) -> Tool {
+        let mut child = Command::new(format!("/bin/{name}"))
+            .args(args)
+            .arg("--until-stdin-closes")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let out = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let o = out.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("[{line}]");
+                let mut s = o.lock().unwrap_or_else(|e| e.into_inner());
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut t = Tool { child, stdin, out };
+        let start = Instant::now();
+        while !t.output().contains("ready") {
+            if let Ok(Some(st)) = t.child.try_wait() {
+                panic!("{name} exited ({st}) before it was ready:\n{}", t.output());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name} never got ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops the tool; its whole output.
+    fn stop(mut self) -> String {
+        drop(self.stdin.take());
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                assert!(st.success(), "tool failed ({st}):\n{}", self.output());
+                return self.output();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "tool did not stop:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tool {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The number after `"key":` in a tool's JSON summary line.
+fn json_u64(out: &str, key: &str) -> u64 {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("{\"tool\""))
+        .expect("no JSON summary");
+    let pat = format!("\"{key}\":");
+    let at = line
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + pat.len();
+    line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect(key)
+}
+
+fn start_udp_echo() -> Tool {
+    let queues = ECHO_QUEUES.to_string();
+    Tool::start(
+        "udp_echo",
+        &[
+            "--device",
+            &env("FASTLANE_IGB1"),
+            "--ip",
+            &ip_str(ECHO_IP),
+            "--queues",
+            &queues,
+            "--json",
+        ],
+    )
+}
+
+#[test]
+fn kernel_ping_gets_every_reply_from_udp_echo() {
+    let ifname = kernel_port();
+    let echo = start_udp_echo();
+    let before = error_counters(&ifname);
+    // -A: the next request as soon as the reply is in (quick under TCG).
+    let (_, out) = sh(&format!(
+        "ping -c 1000 -A -W 2 -w 300 -q {}",
+        ip_str(ECHO_IP)
+    ));
+    eprintln!("{out}");
+    let summary = echo.stop();
+    assert!(
+        out.contains("1000 packets transmitted, 1000 packets received"),
+        "ping: {out}"
+    );
+    assert!(
+        json_u64(&summary, "arp") >= 1,
+        "the kernel's ARP request was not answered:\n{summary}"
+    );
+    assert_eq!(json_u64(&summary, "icmp"), 1000, "{summary}");
+    assert_eq!(json_u64(&summary, "bad_checksum"), 0, "{summary}");
+    assert_eq!(json_u64(&summary, "malformed"), 0, "{summary}");
+    assert_no_new_errors(&ifname, &before);
+}
+
+/// Payload of datagram `i`: mixed sizes 0..=1472 (the most one 1500-byte
+/// IP packet carries), bytes that depend on `i`.
+fn datagram(i: u32) -> Vec<u8> {
+    let len = (i as usize * 7919) % 1473;
+    (0..len)
+        .map(|j| (i.wrapping_mul(31) as usize + j * 7) as u8 ^ (i >> 8) as u8)
+        .collect()
+}
+
+/// Source ports whose flows RSS puts on each of `queues` queues (the
+/// Toeplitz hash udp_echo's port computes), `per_queue` each.
+fn ports_per_queue(queues: usize, per_queue: usize) -> Vec<u16> {
+    let mut want = vec![per_queue; queues];
+    let mut ports = Vec::new();
+    for port in 40000u16.. {
+        let input = rss::ipv4_input(KERNEL_IP, ECHO_IP, Some((port, 7)));
+        let q = rss::queue_of(rss::toeplitz(&rss::KEY, &input), queues);
+        if want[q] > 0 {
+            want[q] -= 1;
+            ports.push(port);
+        }
+        if want.iter().all(|&w| w == 0) {
+            break;
+        }
+    }
+    ports
+}
+
+#[test]
+fn kernel_udp_socket_gets_10000_datagrams_back_intact() {
+    const TOTAL: u32 = 10_000;
+    const WINDOW: usize = 16;
+    let ifname = kernel_port();
+    let echo = start_udp_echo();
+    let before = error_counters(&ifname);
+    let socks: Vec<UdpSocket> = ports_per_queue(ECHO_QUEUES, 2)
+        .into_iter()
+        .map(|p| {
+            let s = UdpSocket::bind((std::net::Ipv4Addr::from(KERNEL_IP), p)).expect("bind");
+            s.connect((std::net::Ipv4Addr::from(ECHO_IP), 7))
+                .expect("connect");
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    // What each socket has in flight: payload -> copies outstanding.
+    let mut flight: Vec<HashMap<Vec<u8>, u32>> = vec![HashMap::new(); socks.len()];
+    let mut in_flight = vec![0usize; socks.len()];
+    let (mut next, mut back, mut corrupted) = (0u32, 0u32, 0u32);
+    let mut buf = vec![0u8; 2048];
+    let mut last_progress = Instant::now();
+    while back + corrupted < TOTAL && last_progress.elapsed() < Duration::from_secs(10) {
+        for (k, s) in socks.iter().enumerate() {
+            while in_flight[k] < WINDOW && next < TOTAL {
+                let d = datagram(next);
+                assert_eq!(s.send(&d).expect("send"), d.len());
+                *flight[k].entry(d).or_default() += 1;
+                in_flight[k] += 1;
+                next += 1;
+            }
+        }
+        for (k, s) in socks.iter().enumerate() {
+            if in_flight[k] == 0 {
+                continue;
+            }
+            let Ok(n) = s.recv(&mut buf) else { continue };
+            last_progress = Instant::now();
+            match flight[k].get_mut(&buf[..n]) {
+                Some(c) if *c > 0 => {
+                    *c -= 1;
+                    in_flight[k] -= 1;
+                    back += 1;
+                }
+                _ => corrupted += 1,
+            }
+        }
+    }
+    let summary = echo.stop();
+    let lost: usize = in_flight.iter().sum();
+    eprintln!("UDP: {next} sent, {back} back intact, {corrupted} not matching anything sent, {lost} missing");
+    assert_eq!(
+        (next, back, corrupted, lost),
+        (TOTAL, TOTAL, 0, 0),
+        "udp_echo:\n{summary}"
+    );
+    assert_eq!(json_u64(&summary, "udp"), u64::from(TOTAL), "{summary}");
+    assert_eq!(json_u64(&summary, "bad_checksum"), 0, "{summary}");
+    // Every queue served its flows.
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("{\"tool\""))
+        .expect("JSON");
+    let per_queue = &line[line.find("\"rx_per_queue\":[").expect("rx_per_queue")..];
+    assert!(
+        !per_queue.contains("[0") && !per_queue.contains(", 0"),
+        "a queue received nothing: {per_queue}"
+    );
+    assert_no_new_errors(&ifname, &before);
+}
+
+#[test]
+fn pktgen_datagrams_reach_a_kernel_socket_in_order_and_intact() {
+    const PER_RUN: u64 = 5000;
+    const FLOWS: u64 = 4;
+    let ifname = kernel_port();
+    let kernel_mac =
+        std::fs::read_to_string(format!("/sys/class/net/{ifname}/address")).expect("MAC");
+    // Room for every datagram even if this thread falls behind.
+    for f in ["rmem_max", "rmem_default"] {
+        std::fs::write(format!("/proc/sys/net/core/{f}"), "33554432").expect(f);
+    }
+    let sock = UdpSocket::bind((std::net::Ipv4Addr::from(KERNEL_IP), 9000)).expect("bind");
+    sock.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let before = error_counters(&ifname);
+    let reader = std::thread::spawn(move || {
+        // Per source port: the sequence numbers seen; bad payloads.
+        let mut flows: HashMap<u16, net::SeqTracker> = HashMap::new();
+        let (mut got, mut bad) = (0u64, Vec::new());
+        let mut buf = vec![0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            got += 1;
+            let d = &buf[..n];
+            let intact = n >= 8
+                && d.iter()
+                    .enumerate()
+                    .skip(8)
+                    .all(|(j, &b)| b == (UDP_PAYLOAD_OFFSET + j) as u8)
+                && from.ip() == std::net::Ipv4Addr::from(ECHO_IP);
+            if !intact {
+                bad.push(format!("{n} bytes from {from}"));
+                continue;
+            }
+            let seq = u64::from_be_bytes(d[..8].try_into().unwrap_or_default());
+            flows.entry(from.port()).or_default().see(seq);
+        }
+        (got, bad, flows)
+    });
+    let igb1 = env("FASTLANE_IGB1");
+    let flows = FLOWS.to_string();
+    let count = PER_RUN.to_string();
+    for (size, sport) in [("60", "5000"), ("1514", "6000")] {
+        let udp = format!("{sport},9000");
+        let ips = format!("{},{}", ip_str(ECHO_IP), ip_str(KERNEL_IP));
+        let o = Command::new("/bin/pktgen")
+            .args([
+                "--device",
+                &igb1,
+                "--dst-mac",
+                kernel_mac.trim(),
+                "--ip",
+                &ips,
+                "--udp",
+                &udp,
+            ])
+            .args([
+                "--flows", &flows, "--count", &count, "--rate", "5000", "--size", size,
+            ])
+            .output()
+            .expect("pktgen");
+        eprintln!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "pktgen failed");
+    }
+    let (got, bad, seen) = reader.join().expect("reader");
+    eprintln!(
+        "kernel socket: {got} datagrams, {} not intact, {} flows",
+        bad.len(),
+        seen.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "datagrams not intact: {:?}",
+        &bad[..bad.len().min(10)]
+    );
+    assert_eq!(got, 2 * PER_RUN);
+    assert_eq!(seen.len() as u64, 2 * FLOWS, "flows: {:?}", seen.keys());
+    for (port, s) in &seen {
+        let stats = (s.in_order, s.lost(), s.reordered, s.duplicates, s.next());
+        assert_eq!(
+            stats,
+            (PER_RUN / FLOWS, 0, 0, 0, PER_RUN / FLOWS),
+            "flow from port {port}"
+        );
+    }
+    assert_no_new_errors(&ifname, &before);
+}
+
+/// The MAC a tool printed for its port `n` (`port N BDF mac M`).
+fn port_mac(out: &str, n: usize) -> [u8; 6] {
+    let prefix = format!("l2fwd: port {n} ");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .expect("port line");
+    let m = line
+        .split_whitespace()
+        .skip_while(|w| *w != "mac")
+        .nth(1)
+        .expect("mac");
+    net::mac(m).expect("a MAC")
+}
+
+#[test]
+fn l2fwd_forwards_between_the_igb_ports_rewriting_macs() {
+    const PER_PORT: u32 = 1000;
+    let (igb0, igb1, virtio) = (
+        env("FASTLANE_IGB0"),
+        env("FASTLANE_IGB1"),
+        env("FASTLANE_VIRTIO"),
+    );
+    bind(&igb0, "vfio-pci");
+    let ports = format!("{igb0},{igb1}");
+    let fwd = Tool::start("l2fwd", &["--ports", &ports, "--queues", "2", "--json"]);
+    let out = fwd.output();
+    let macs = [port_mac(&out, 0), port_mac(&out, 1)];
+    let vfio = Vfio::new().expect("vfio");
+    let pool = PacketPool::new(&vfio, 4096).expect("pool");
+    let mut port = nic::open(&vfio, &virtio, &pool, &NicConfig::default()).expect("open virtio");
+    let me = port.mac_address();
+    // Frames to each igb port, 8 flows each (RSS spreads them over l2fwd's
+    // queues); the payload names the frame.
+    let mut expected: HashMap<u32, ([u8; 6], [u8; 6])> = HashMap::new();
+    let mut frames = Vec::new();
+    for i in 0..2 * PER_PORT {
+        let to = (i % 2) as usize;
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.extend((0..(i as usize * 13) % 1400).map(|j| (j as u32 ^ i) as u8));
+        let mut f = Vec::new();
+        proto::build_udp(
+            &mut f,
+            macs[to],
+            me,
+            [10, 12, 0, 1],
+            [10, 12, 0, 2],
+            1000 + (i % 8) as u16,
+            9,
+            &payload,
+        )
+        .expect("frame");
+        f.resize(f.len().max(60), 0);
+        frames.push(f);
+        // Sent to port `to`, it leaves the other port: from that port's MAC
+        // to 02:00:00:00:00:<other>.
+        let other = 1 - to;
+        expected.insert(i, (macs[other], [2, 0, 0, 0, 0, other as u8]));
+    }
+    let (mut sent, mut got, mut wrong) = (0usize, 0u32, Vec::new());
+    let mut rx = Vec::with_capacity(64);
+    let mut last = Instant::now();
+    while (got as usize) < frames.len() && last.elapsed() < Duration::from_secs(10) {
+        // A window of 64 frames on the hub at a time.
+        while sent < frames.len() && sent - got as usize - wrong.len() < 64 {
+            let mut p = nic::alloc_packet(pool.pool(), 0).expect("packet");
+            p.write(&frames[sent]).expect("write");
+            let mut v = vec![p];
+            if port.tx_burst(&mut v) == 0 {
+                break;
+            }
+            sent += 1;
+        }
+        if port.rx_burst(&mut rx, 64) == 0 {
+            continue;
+        }
+        last = Instant::now();
+        for p in rx.drain(..) {
+            let f = p.to_vec();
+            let Ok(u) = proto::parse_udp_frame(&f) else {
+                wrong.push(format!("{} bytes, not IPv4/UDP", f.len()));
+                continue;
+            };
+            let i = u32::from_be_bytes(
+                u.udp
+                    .payload
+                    .get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0xff; 4]),
+            );
+            match expected.remove(&i) {
+                Some((src, dst))
+                    if (u.eth.src, u.eth.dst) == (src, dst)
+                        && f[12..] == frames[i as usize][12..] =>
+                {
+                    got += 1
+                }
+                _ => wrong.push(format!(
+                    "frame {i}: {:02x?} -> {:02x?}",
+                    u.eth.src, u.eth.dst
+                )),
+            }
+        }
+    }
+    let summary = fwd.stop();
+    eprintln!(
+        "l2fwd: {sent} sent from virtio, {got} back as expected, {} wrong",
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "{:?}", &wrong[..wrong.len().min(10)]);
+    assert_eq!(got, 2 * PER_PORT, "{summary}");
+}
