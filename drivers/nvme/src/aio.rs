@@ -165,7 +165,6 @@ impl AsyncQueue {
     }
 
     fn io(&self, write: bool, nsid: u32, lba: u64, blocks: u32, buf: DmaBuf) -> Io<'_> {
-        let need = self.inner.borrow().commands_for(nsid, blocks);
         Io {
             q: self,
             state: IoState::Start(Request {
@@ -174,7 +173,8 @@ impl AsyncQueue {
                 lba,
                 blocks,
                 buf,
-                need,
+                // Counted at the first poll.
+                need: 1,
             }),
         }
     }
@@ -200,10 +200,12 @@ impl AsyncQueue {
             if released > 0 {
                 g.release(released);
             }
-            n
+            (n, !g.to_wake.is_empty())
         };
-        self.wake_pending();
-        n
+        if n.1 {
+            self.wake_pending();
+        }
+        n.0
     }
 
     /// Rings the doorbell for what was submitted since (the next
@@ -242,11 +244,14 @@ impl AsyncQueue {
     /// Runs the wakes queued while the table was borrowed (a waker may run
     /// code that uses this queue).
     fn wake_pending(&self) {
-        loop {
-            let Some(w) = self.inner.borrow_mut().to_wake.pop() else {
-                return;
-            };
-            w.wake();
+        let mut list = std::mem::take(&mut self.inner.borrow_mut().to_wake);
+        while !list.is_empty() {
+            for w in list.drain(..) {
+                w.wake();
+            }
+            // Wakes queued meanwhile go round again; the list's capacity
+            // goes back to the table.
+            std::mem::swap(&mut list, &mut self.inner.borrow_mut().to_wake);
         }
     }
 }
@@ -268,23 +273,21 @@ fn deliver(
         stats.stale += 1;
         return;
     };
-    match std::mem::replace(&mut slot.state, State::Free) {
+    match &mut slot.state {
         State::InFlight(waker) => {
-            slot.state = State::Done(c.buf, c.result);
-            if let Some(w) = waker {
+            if let Some(w) = waker.take() {
                 to_wake.push(w);
             }
+            slot.state = State::Done(c.buf, c.result);
         }
         State::Abandoned => {
+            slot.state = State::Free;
             stats.abandoned += 1;
             *released += slot.commands;
             free.push(index as u32);
             // `c.buf` drops here: back to its pool.
         }
-        other => {
-            slot.state = other;
-            stats.stale += 1;
-        }
+        State::Free | State::Done(..) => stats.stale += 1,
     }
 }
 
@@ -309,9 +312,12 @@ impl Inner {
 
     /// Gives back the command slots of a finished request and wakes the
     /// waiters they now cover.
+    #[inline]
     fn release(&mut self, commands: usize) {
         self.permits += commands;
-        self.grant();
+        if !self.waiters.is_empty() {
+            self.grant();
+        }
     }
 
     /// Wakes waiters, in order, while the permits not yet promised cover
@@ -448,39 +454,47 @@ impl Future for Io<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let q = this.q;
-        let out = {
-            let mut g = q.inner.borrow_mut();
-            match std::mem::replace(&mut this.state, IoState::Finished) {
-                IoState::Start(req) => this.state_after_start(&mut g, req, false, cx),
-                IoState::Queued(req, ticket) => {
-                    if ticket < g.first_ticket {
+        let mut g = q.inner.borrow_mut();
+        let out = match &mut this.state {
+            IoState::InFlight { slot, .. } => match g.take(*slot, cx.waker()) {
+                Some(done) => {
+                    this.state = IoState::Finished;
+                    Poll::Ready(done)
+                }
+                None => Poll::Pending,
+            },
+            IoState::Queued(_, ticket) if *ticket >= g.first_ticket => {
+                // Still waiting: keep the newest waker.
+                let at = (*ticket - g.first_ticket) as usize;
+                if let Some(w) = g.waiters.get_mut(at) {
+                    if !w.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        w.waker = Some(cx.waker().clone());
+                    }
+                }
+                Poll::Pending
+            }
+            IoState::Start(_) | IoState::Queued(..) => {
+                match std::mem::replace(&mut this.state, IoState::Finished) {
+                    IoState::Start(mut req) => {
+                        req.need = g.commands_for(req.nsid, req.blocks);
+                        this.state_after_start(&mut g, req, false, cx)
+                    }
+                    IoState::Queued(req, _) => {
                         // Woken by `grant`: the permits are promised to us.
                         g.granted -= req.need;
                         this.state_after_start(&mut g, req, true, cx)
-                    } else {
-                        // Still waiting: keep the newest waker.
-                        let at = (ticket - g.first_ticket) as usize;
-                        if let Some(w) = g.waiters.get_mut(at) {
-                            if !w.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                                w.waker = Some(cx.waker().clone());
-                            }
-                        }
-                        this.state = IoState::Queued(req, ticket);
-                        Poll::Pending
                     }
+                    _ => Poll::Pending,
                 }
-                IoState::InFlight { slot, generation } => match g.take(slot, cx.waker()) {
-                    Some(done) => Poll::Ready(done),
-                    None => {
-                        this.state = IoState::InFlight { slot, generation };
-                        Poll::Pending
-                    }
-                },
-                // Polled after it resolved: the buffer went with the result.
-                IoState::Finished => Poll::Pending,
             }
+            // Polled after it resolved: the buffer went with the result.
+            IoState::Finished => Poll::Pending,
         };
-        q.wake_pending();
+        let wake = !g.to_wake.is_empty();
+        drop(g);
+        if wake {
+            q.wake_pending();
+        }
         out
     }
 }
@@ -523,10 +537,10 @@ impl Io<'_> {
 
 impl Drop for Io<'_> {
     fn drop(&mut self) {
-        let state = std::mem::replace(&mut self.state, IoState::Finished);
-        if matches!(state, IoState::Start(_) | IoState::Finished) {
+        if matches!(self.state, IoState::Start(_) | IoState::Finished) {
             return;
         }
+        let state = std::mem::replace(&mut self.state, IoState::Finished);
         {
             let mut g = self.q.inner.borrow_mut();
             match state {
