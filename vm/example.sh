@@ -42,6 +42,8 @@ script="$repo/.cache/example-guest.sh"
 # `echo` writes each line at once, so progress lines arrive as they happen.
 cat > "$script" <<GUEST
 #!/bin/sh
+# End whatever the firmware left on the console's last line.
+echo
 tag() { while IFS= read -r l || [ -n "\$l" ]; do echo "\$1 \$l"; done; }
 fail() { echo "FASTLANE-ERR vm/example.sh: \$* in the guest (see $console_log)"; exit 1; }
 hugepages.sh setup 256 >/dev/null 2>&1 || fail "hugepages.sh setup failed"
@@ -63,8 +65,10 @@ set +e
     2> >(grep --line-buffered -v -e '^run\.sh: booting guest' -e '^run\.sh: guest script exited' -e '^install-host:' >&2) \
     | while IFS= read -r line; do
         case "$line" in
-            "FASTLANE-OUT "*) printf '%s\n' "${line#FASTLANE-OUT }" ;;
-            "FASTLANE-ERR "*) printf '%s\n' "${line#FASTLANE-ERR }" >&2 ;;
+            # (anything before a tag, such as the firmware's escape codes
+            # left without a newline, is dropped)
+            *"FASTLANE-OUT "*) printf '%s\n' "${line#*FASTLANE-OUT }" ;;
+            *"FASTLANE-ERR "*) printf '%s\n' "${line#*FASTLANE-ERR }" >&2 ;;
         esac
     done
 rc=${PIPESTATUS[0]}
