@@ -6,6 +6,12 @@
 //! its count and lowest LBAs, and one controller named twice or held by
 //! another process refused. Built with `--features guest`, run in the guest
 //! by `vm/test.sh` (tests/guest/run-all.sh), one test at a time.
+//!
+//! With a second controller (not in CI's guest), e.g.
+//! `FASTLANE_QEMU_EXTRA="-drive file=/tmp/n2.img,format=raw,if=none,id=d1
+//! -device nvme,serial=n2,drive=d1,addr=08.0"
+//! FASTLANE_GUEST_ENV=FASTLANE_NVME2=0000:00:08.0 vm/run.sh ...` (the
+//! guest script binding it too), two controllers run at once as well.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -171,6 +177,7 @@ fn count_and_passes_are_exact() {
         0,
     );
     assert_eq!(u(&v, "ios"), 2 * slots);
+    assert_eq!(v["order"], "shuffled");
     // The text report says what happens to the tail.
     let out = run(&["--count", "10", "--start-lba", "8192", "--blocks", "1003"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -422,4 +429,70 @@ fn one_controller_twice_is_refused() {
         first.wait().unwrap().success(),
         "the first run failed:\n{rest}"
     );
+}
+
+/// Two controllers in one run, when the guest has a second NVMe
+/// ($FASTLANE_NVME2, bound to vfio-pci: QEMU's default guest has one, so
+/// CI skips this; see the module doc of tests/guest_nvme_read.rs for the
+/// manual run). Each controller gets its own thread(s); the report has a
+/// line per device and the total.
+#[test]
+fn two_controllers_run_at_once_with_totals() {
+    let Ok(second) = std::env::var("FASTLANE_NVME2") else {
+        eprintln!("skipped: no FASTLANE_NVME2 (a second NVMe bound to vfio-pci)");
+        return;
+    };
+    let both = format!("{},{second}", nvme());
+    let out = Command::new(tool())
+        .args([
+            "--device", &both, "--quiet", "--json", "--count", "3000", "--queues", "2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let devs = v["devices"].as_array().unwrap();
+    assert_eq!(devs.len(), 2);
+    assert_eq!(devs[1]["device"].as_str(), Some(second.as_str()));
+    for d in devs {
+        assert_eq!((u(d, "ios"), u(d, "planned_ios")), (3000, 3000));
+    }
+    assert_eq!(u(&v, "ios"), 6000);
+    // Write on both, verify on both; a seed the other never wrote is absent.
+    let r = [
+        "--device", &both, "--quiet", "--json", "--passes", "1", "--blocks", "2048",
+    ];
+    let w = Command::new(tool())
+        .args(r)
+        .args(["--workload", "write", "--seed", "61"])
+        .output()
+        .unwrap();
+    assert_eq!(w.status.code(), Some(0));
+    let ok = Command::new(tool())
+        .args(r)
+        .args(["--workload", "verify", "--seed", "61"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    // The text report: one row per device and a total.
+    let t = Command::new(tool())
+        .args(["--device", &both, "--quiet", "--count", "100"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&t.stdout);
+    assert!(
+        text.contains(&format!("{second}: 100 I/Os of 100 planned")),
+        "{text}"
+    );
+    assert!(text.contains("total: 200 I/Os of 200 planned"), "{text}");
 }

@@ -387,11 +387,10 @@ fn run(cli: &Cli, addrs: &[String], opts: Options) -> Result<bool, Box<dyn std::
             Err(_) => failed = Some(format!("{}: worker panicked", devs[di].addr)),
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
     if let Some(e) = failed {
         return Err(e.into());
     }
-    let rep = report::Report::new(cli, &devs, &per_dev, start, elapsed, read_percent)?;
+    let rep = report::Report::new(cli, &devs, &per_dev, start, read_percent)?;
     if cli.json {
         println!("{}", serde_json::to_string(&rep)?);
     } else {

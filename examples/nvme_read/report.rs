@@ -25,13 +25,14 @@ pub struct Latency {
 
 impl Latency {
     fn of(h: &Histogram<u64>) -> Latency {
-        let us = |ns: u64| ns as f64 / 1000.0;
+        // µs with two decimals, as the text shows them.
+        let us = |ns: f64| (ns / 10.0).round() / 100.0;
         Latency {
-            avg: h.mean() / 1000.0,
-            p50: us(h.value_at_quantile(0.5)),
-            p99: us(h.value_at_quantile(0.99)),
-            p99_9: us(h.value_at_quantile(0.999)),
-            max: us(h.max()),
+            avg: us(h.mean()),
+            p50: us(h.value_at_quantile(0.5) as f64),
+            p99: us(h.value_at_quantile(0.99) as f64),
+            p99_9: us(h.value_at_quantile(0.999) as f64),
+            max: us(h.max() as f64),
         }
     }
 }
@@ -142,6 +143,13 @@ impl Counts {
     }
 }
 
+/// Seconds from `start` until the last of `rs` finished (not until the
+/// main thread noticed).
+fn until_last<'a>(rs: impl Iterator<Item = &'a WorkerResult>, start: Instant) -> f64 {
+    rs.map(|r| r.finished.duration_since(start).as_secs_f64())
+        .fold(0.0, f64::max)
+}
+
 /// One device's report.
 #[derive(Serialize)]
 pub struct DeviceReport {
@@ -187,6 +195,7 @@ pub struct Report {
     queue_entries: u16,
     workload: &'static str,
     pattern: &'static str,
+    order: &'static str,
     read_percent: u8,
     seed: u64,
     shadow_doorbells: bool,
@@ -212,16 +221,11 @@ impl Report {
         devs: &[Device],
         per_dev: &[Vec<WorkerResult>],
         start: Instant,
-        elapsed: f64,
         read_percent: u8,
     ) -> Result<Report, Box<dyn std::error::Error>> {
         let mut devices = Vec::new();
         for (d, rs) in devs.iter().zip(per_dev) {
-            // A device's time: until its last queue finished.
-            let secs = rs
-                .iter()
-                .map(|r| r.finished.duration_since(start).as_secs_f64())
-                .fold(0.0, f64::max);
+            let secs = until_last(rs.iter(), start);
             let (counts, m) = Counts::of(&rs.iter().collect::<Vec<_>>(), secs, cli.io_size)?;
             let info = d.ctrl.info();
             devices.push(DeviceReport {
@@ -248,7 +252,7 @@ impl Report {
             });
         }
         let all: Vec<&WorkerResult> = per_dev.iter().flatten().collect();
-        let (counts, m) = Counts::of(&all, elapsed, cli.io_size)?;
+        let (counts, m) = Counts::of(&all, until_last(all.iter().copied(), start), cli.io_size)?;
         let first = devs.first();
         Ok(Report {
             device: devs
@@ -269,6 +273,7 @@ impl Report {
             } else {
                 "seq"
             },
+            order: order(cli),
             read_percent,
             seed: cli.seed,
             shadow_doorbells: cli.shadow_doorbells,
@@ -356,6 +361,16 @@ impl Report {
     }
 }
 
+/// The I/O order: sequential, random (timed runs, slots may repeat) or
+/// shuffled (exact runs, each slot once per pass).
+fn order(cli: &Cli) -> &'static str {
+    match (cli.pattern, cli.count.is_some() || cli.passes.is_some()) {
+        (crate::Pattern::Seq, _) => "sequential",
+        (crate::Pattern::Rand, true) => "shuffled",
+        (crate::Pattern::Rand, false) => "random",
+    }
+}
+
 /// The lines printed before the run for device `d`.
 pub fn print_device_header(cli: &Cli, d: &Device, read_percent: u8, opts: &Options) {
     let info = d.ctrl.info();
@@ -368,10 +383,9 @@ pub fn print_device_header(cli: &Cli, d: &Device, read_percent: u8, opts: &Optio
         (None, Some(p), Some(t)) => format!("{p} pass(es), {t} I/Os"),
         _ => format!("{:.0} s", cli.time.as_secs_f64()),
     };
-    let order = match (cli.pattern, d.total.is_some()) {
-        (crate::Pattern::Seq, _) => "sequential",
-        (crate::Pattern::Rand, true) => "shuffled (a seeded permutation per pass)",
-        (crate::Pattern::Rand, false) => "random",
+    let order = match order(cli) {
+        "shuffled" => "shuffled (a seeded permutation per pass)",
+        o => o,
     };
     println!(
         "{} {} bytes, queue depth {}, {} queue(s), {amount}, {order}, {read_percent}% reads",
