@@ -366,6 +366,68 @@ impl DmaBuf {
         self.inner().id
     }
 
+    /// The buffer's bytes, read in place (no copy).
+    ///
+    /// It takes `&mut self` although it only reads: a shared `&DmaBuf`
+    /// may be lent to a device for a synchronous command that writes it
+    /// (NVMe `Controller::admin_command_buf`), so only an exclusive borrow
+    /// proves that no device writes these bytes while the slice lives.
+    ///
+    /// The slice borrows the handle: it cannot outlive it, nor live while
+    /// the handle is moved (to a queue, a driver, a pool) or lent.
+    /// ```compile_fail,E0505
+    /// # use fastlane_framework::{BufferPool, PageSize};
+    /// let pool = BufferPool::new_unmapped(64, 4, PageSize::Small).unwrap();
+    /// let mut buf = pool.alloc().unwrap();
+    /// let bytes = buf.as_slice();
+    /// pool.free(buf).unwrap(); // the handle goes: the slice must not stay
+    /// assert_eq!(bytes[0], 0);
+    /// ```
+    /// ```compile_fail,E0502
+    /// # use fastlane_framework::{BufferPool, DmaBuf, PageSize};
+    /// let pool = BufferPool::new_unmapped(64, 4, PageSize::Small).unwrap();
+    /// let mut buf = pool.alloc().unwrap();
+    /// let bytes = buf.as_slice();
+    /// let lent: &DmaBuf = &buf; // as to a device for a command
+    /// assert_eq!((bytes[0], lent.len()), (0, 64));
+    /// ```
+    #[inline(always)]
+    pub fn as_slice(&mut self) -> &[u8] {
+        // SAFETY: [ptr, ptr + len) is this buffer, inside the pool's
+        // region, which outlives every buffer (PoolHandle, Lifetime); the
+        // memory is initialised (zeroed at mmap, then written by DMA or
+        // through handles). The handle owns the buffer exclusively (the pool
+        // hands each index out once, claims its whole region so no DmaArray
+        // overlaps it, and a driver takes the handle for as long as its
+        // device may touch the buffer, giving it back only when the device
+        // is done), and `&mut self` excludes every other borrow of it, a
+        // shared one lent to a device included, for the slice's lifetime.
+        // As with `read`/`write`, this rests on the drivers' ownership
+        // rule; a device aimed at the buffer behind the driver's back
+        // (raw BAR writes through `PciDevice::map_bar`, or a `sim` model's
+        // `SimDma`) is outside it.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len()) }
+    }
+
+    /// The buffer's bytes, written in place (no copy); see
+    /// [`DmaBuf::as_slice`] for why this is sound and what the borrow
+    /// forbids.
+    /// ```compile_fail,E0505
+    /// # use fastlane_framework::{BufferPool, PageSize};
+    /// let pool = BufferPool::new_unmapped(64, 4, PageSize::Small).unwrap();
+    /// let mut buf = pool.alloc().unwrap();
+    /// let bytes = buf.as_mut_slice();
+    /// let moved = buf; // handed on (to a driver, say): the slice must end
+    /// bytes[0] = 1;
+    /// # drop(moved);
+    /// ```
+    #[inline(always)]
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`: this handle's own bytes, no other
+        // borrow of the handle and no device access while the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len()) }
+    }
+
     /// Copies `data` in at `offset`.
     pub fn write(&mut self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
@@ -707,6 +769,32 @@ mod tests {
         assert_eq!(&out, b"12345678");
         assert!(b.write(2041, b"12345678").is_err());
         assert!(b.read(usize::MAX, &mut out).is_err());
+    }
+
+    #[test]
+    fn slices_are_the_buffers_own_bytes() {
+        let p = pool(3);
+        let (mut a, mut b) = (p.alloc().unwrap(), p.alloc().unwrap());
+        a.fill(0xaa);
+        b.fill(0xbb);
+        assert_eq!(a.as_slice().len(), 2048);
+        assert!(a.as_slice().iter().all(|&x| x == 0xaa), "nothing of a neighbour");
+        a.as_mut_slice()[2047] = 1;
+        a.as_mut_slice()[..4].copy_from_slice(b"head");
+        let mut out = [0u8; 4];
+        a.read(0, &mut out).unwrap();
+        assert_eq!(&out, b"head");
+        a.read(2044, &mut out).unwrap();
+        assert_eq!(out, [0xaa, 0xaa, 0xaa, 1]);
+        b.write(10, b"xy").unwrap();
+        assert_eq!(&b.as_slice()[9..13], &[0xbb, b'x', b'y', 0xbb]);
+        assert!(b.as_slice().iter().filter(|&&x| x != 0xbb).count() == 2, "a's writes stayed in a");
+        // The compile-fail examples of `as_slice`, in the order that compiles.
+        let bytes = a.as_slice();
+        assert_eq!(bytes[0], b'h');
+        let lent: &DmaBuf = &a;
+        assert_eq!(lent.len(), 2048);
+        p.free(a).unwrap();
     }
 
     #[test]

@@ -7,6 +7,26 @@
 //! caller; `tx_burst` takes packets from the front of the caller's vector,
 //! and the driver returns their buffers to the pool once the NIC reports
 //! them sent. Packets it could not queue stay in the caller's vector.
+//! Between the two the caller owns the bytes: headers are read and
+//! rewritten in place ([`Packet::data_mut`], [`Packet::prepend`]), and a
+//! received packet goes back out as it is, without a copy:
+//!
+//! ```no_run
+//! # use fastlane_nic::{Nic, Packet};
+//! /// l2fwd: both MAC addresses rewritten in place, then sent on.
+//! fn forward(from: &mut dyn Nic, to: &mut dyn Nic, pkts: &mut Vec<Packet>, dst: [u8; 6]) {
+//!     from.rx_burst(pkts, 32);
+//!     let src = to.mac_address();
+//!     for p in pkts.iter_mut() {
+//!         if let Some(macs) = p.data_mut().get_mut(..12) {
+//!             macs[..6].copy_from_slice(&dst);
+//!             macs[6..].copy_from_slice(&src);
+//!         }
+//!     }
+//!     to.tx_burst(pkts);
+//!     to.recycle(pkts); // what did not fit goes back to the port's cache
+//! }
+//! ```
 //!
 //! Safe code cannot make a port hand its device an address outside its own
 //! VFIO container: a pool of another container is refused at open
@@ -25,7 +45,7 @@ pub mod packet;
 pub mod proto;
 pub mod virtio;
 
-pub use packet::{Packet, PacketPool};
+pub use packet::{Packet, PacketPool, HEADROOM};
 
 /// Largest frame without FCS that the drivers send or accept (standard MTU).
 pub const MAX_FRAME: usize = 1514;
@@ -70,6 +90,17 @@ pub enum NicError {
         len: usize,
         /// The shortest allowed.
         min: usize,
+    },
+    /// A packet has too little room for what was asked: headroom for a
+    /// prepend, tailroom for an append, frame bytes for a trim.
+    #[error("{what} of {want} bytes: only {room} there")]
+    NoRoom {
+        /// The operation.
+        what: &'static str,
+        /// Bytes it wanted.
+        want: usize,
+        /// Bytes there were.
+        room: usize,
     },
     /// The packet pool (empty, or a buffer of another pool).
     #[error("buffer pool: {0}")]
@@ -149,6 +180,17 @@ pub trait Nic: Send {
     /// (`Ok`) from a packet it will never take (`ForeignBuffer`,
     /// `FrameTooShort`, `FrameTooLarge`, ...).
     fn check_tx(&self, pkt: &Packet) -> Result<()>;
+    /// A packet for a frame of `len` bytes from the port's own buffer
+    /// cache, [`HEADROOM`] bytes into its buffer (the bytes are what the
+    /// buffer held: write them through [`Packet::data_mut`]). Buffers
+    /// cycle between here, `tx_burst`'s reclaim and `rx_burst`'s refill
+    /// without touching the pool's shared free list.
+    fn alloc_packet(&mut self, len: usize) -> Result<Packet>;
+    /// Gives the buffers of `pkts` back to the port's cache (buffers of
+    /// other pools go home to theirs, never onto a ring); `pkts` is left
+    /// empty. Cheaper than dropping them: the next `rx_burst` or
+    /// `alloc_packet` takes them from the cache.
+    fn recycle(&mut self, pkts: &mut Vec<Packet>);
 }
 
 /// Refuses a pool whose memory is not mapped in `domain` (the port's

@@ -1,18 +1,45 @@
 //! Packets: a DMA buffer from a framework pool plus the frame length, and
 //! where in the buffer the frame starts.
 //!
-//! The frame usually starts at the buffer's first byte. A driver may leave
-//! headroom in front of it instead (virtio-net receives a device header
-//! there), so a frame is `len` bytes at [`Packet::offset`]; [`Packet::iova`],
+//! A frame is `len` bytes at [`Packet::offset`] in its buffer; what lies in
+//! front of it is headroom, what lies behind it tailroom. Drivers leave
+//! [`HEADROOM`] bytes in front of the frames they receive and allocate, so
+//! a header can be prepended ([`Packet::prepend`]) or stripped
+//! ([`Packet::trim_front`]) without moving the frame; virtio-net writes its
+//! device header into that room. The frame's bytes are read and written in
+//! place ([`Packet::data`], [`Packet::data_mut`]); [`Packet::iova`],
 //! [`Packet::to_vec`] and [`Packet::write`] all address the frame, not the
 //! buffer. Transmit paths must use `Packet::iova()`, not the buffer's IOVA.
+//!
+//! A view of a packet's bytes borrows the packet, so it ends before the
+//! packet goes to `tx_burst` (which may hand it to the device):
+//! ```compile_fail,E0499
+//! # use fastlane_nic::{Nic, Packet};
+//! fn send(port: &mut dyn Nic, pkts: &mut Vec<Packet>) {
+//!     let hdr = pkts[0].data_mut();
+//!     port.tx_burst(pkts);
+//!     hdr[0] = 0xff; // the device may be reading the frame by now
+//! }
+//! ```
+//! ```compile_fail,E0505
+//! # use fastlane_nic::{Nic, Packet};
+//! fn send(port: &mut dyn Nic, mut pkt: Packet) {
+//!     let bytes = pkt.data();
+//!     port.tx_burst(&mut vec![pkt]);
+//!     assert_eq!(bytes[0], 0);
+//! }
+//! ```
 
 use fastlane_framework::{BufferPool, DmaBuf, Iova, PageSize, PoolCache, Vfio};
 
 use crate::{NicError, Result, MAX_FRAME};
 
-/// Bytes per packet buffer: one standard frame plus room, 64-byte aligned.
-pub const PACKET_BUF_SIZE: usize = 2048;
+/// Bytes the drivers leave in front of the frames they receive and
+/// allocate: room to prepend headers (a VLAN tag, a tunnel) in place.
+pub const HEADROOM: usize = 128;
+/// Bytes per packet buffer: [`HEADROOM`], then 2 KiB for the frame (one
+/// standard frame; igb's receive buffer size counts in KiB).
+pub const PACKET_BUF_SIZE: usize = HEADROOM + 2048;
 
 /// A frame in a DMA buffer.
 #[derive(Debug)]
@@ -54,20 +81,115 @@ impl Packet {
         Ok(Packet { buf, offset, len: len as u32 })
     }
 
-    /// A received frame of `len` bytes at the start of `buf`, without the
-    /// checks of [`Packet::new`]: for receive paths that checked `len`
-    /// against [`MAX_FRAME`] and whose buffers hold at least that much
-    /// (the igb queue checks its pool's buffer size once, at creation).
+    /// A received frame of `len` bytes [`HEADROOM`] bytes into `buf`,
+    /// without the checks of [`Packet::new`]: for receive paths that
+    /// checked `len` against [`MAX_FRAME`] and whose buffers hold
+    /// `HEADROOM + MAX_FRAME` (the igb queue checks its pool's buffer size
+    /// once, at creation). Should a length slip through anyway, the byte
+    /// accessors see an empty frame rather than bytes past the buffer.
     #[inline(always)]
     pub(crate) fn received(buf: DmaBuf, len: u16) -> Packet {
-        debug_assert!(len as usize <= MAX_FRAME.min(buf.len()));
-        Packet { buf, offset: 0, len: u32::from(len) }
+        debug_assert!(HEADROOM + len as usize <= buf.len() && len as usize <= MAX_FRAME);
+        Packet { buf, offset: HEADROOM as u32, len: u32::from(len) }
     }
 
     /// Headroom: where the frame starts in the buffer.
     #[inline]
     pub fn offset(&self) -> usize {
         self.offset as usize
+    }
+
+    /// Bytes in front of the frame: what [`Packet::prepend`] can take.
+    #[inline]
+    pub fn headroom(&self) -> usize {
+        self.offset as usize
+    }
+
+    /// Bytes of the buffer behind the frame: what [`Packet::append`] can
+    /// take (while the frame stays within [`MAX_FRAME`]).
+    #[inline]
+    pub fn tailroom(&self) -> usize {
+        self.buf.len().saturating_sub(self.offset() + self.len())
+    }
+
+    /// The frame's bytes, read in place (no copy).
+    ///
+    /// `&mut self` although it only reads: the packet's `&DmaBuf` could be
+    /// lent to a device while a shared view lived (see
+    /// [`DmaBuf::as_slice`]). The view borrows the packet, so it ends
+    /// before the packet can go to `tx_burst` (see the module's examples).
+    #[inline]
+    pub fn data(&mut self) -> &[u8] {
+        let (off, len) = (self.offset(), self.len());
+        // offset + len <= buf.len() holds by construction; were it broken,
+        // the frame would read as empty, never past the buffer.
+        self.buf.as_slice().get(off..off.saturating_add(len)).unwrap_or_default()
+    }
+
+    /// The frame's bytes, written in place (no copy): rewrite addresses,
+    /// fill in headers, all without leaving the DMA buffer.
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        self.bytes_mut(self.offset(), self.len())
+    }
+
+    /// `n` bytes of the buffer at `from` (empty if that is not inside it).
+    #[inline(always)]
+    fn bytes_mut(&mut self, from: usize, n: usize) -> &mut [u8] {
+        // As in `data`.
+        self.buf.as_mut_slice().get_mut(from..from.saturating_add(n)).unwrap_or_default()
+    }
+
+    /// Grows the frame by `n` bytes at the front, taken from the headroom,
+    /// and returns them (their old contents) for the caller to fill: a
+    /// header in front of the frame without moving it.
+    pub fn prepend(&mut self, n: usize) -> Result<&mut [u8]> {
+        if n > self.headroom() {
+            return Err(NicError::NoRoom { what: "prepend", want: n, room: self.headroom() });
+        }
+        let len = self.len() + n;
+        if len > MAX_FRAME {
+            return Err(NicError::FrameTooLarge { len, max: MAX_FRAME });
+        }
+        self.offset -= n as u32;
+        self.len = len as u32;
+        Ok(self.bytes_mut(self.offset(), n))
+    }
+
+    /// Grows the frame by `n` bytes at the back, taken from the tailroom,
+    /// and returns them (their old contents) for the caller to fill.
+    pub fn append(&mut self, n: usize) -> Result<&mut [u8]> {
+        if n > self.tailroom() {
+            return Err(NicError::NoRoom { what: "append", want: n, room: self.tailroom() });
+        }
+        let old = self.len();
+        let len = old + n;
+        if len > MAX_FRAME {
+            return Err(NicError::FrameTooLarge { len, max: MAX_FRAME });
+        }
+        self.len = len as u32;
+        Ok(self.bytes_mut(self.offset() + old, n))
+    }
+
+    /// Removes `n` bytes from the front of the frame (a header stripped;
+    /// they become headroom).
+    pub fn trim_front(&mut self, n: usize) -> Result<()> {
+        if n > self.len() {
+            return Err(NicError::NoRoom { what: "trim_front", want: n, room: self.len() });
+        }
+        self.offset += n as u32;
+        self.len -= n as u32;
+        Ok(())
+    }
+
+    /// Removes `n` bytes from the back of the frame (padding or a trailer;
+    /// they become tailroom).
+    pub fn trim_back(&mut self, n: usize) -> Result<()> {
+        if n > self.len() {
+            return Err(NicError::NoRoom { what: "trim_back", want: n, room: self.len() });
+        }
+        self.len -= n as u32;
+        Ok(())
     }
 
     /// Frame length in bytes.
@@ -193,6 +315,76 @@ mod tests {
         let mut deep = deep.unwrap();
         assert!(deep.set_len(PACKET_BUF_SIZE - 1000).is_ok());
         assert!(matches!(deep.set_len(PACKET_BUF_SIZE - 999), Err(NicError::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn bytes_are_read_and_written_in_place() {
+        let pool = PacketPool::new_unmapped(2).unwrap();
+        let mut p = Packet::with_offset(pool.pool().alloc().unwrap(), HEADROOM, 0).unwrap();
+        p.write(b"0123456789abcdef").unwrap();
+        assert_eq!(p.data(), b"0123456789abcdef");
+        p.data_mut()[..6].copy_from_slice(b"ZZZZZZ");
+        assert_eq!(p.to_vec(), b"ZZZZZZ6789abcdef");
+        // Exactly the frame: the bytes around it are not in the view.
+        let mut raw = [0u8; 18];
+        p.buf().read(HEADROOM - 1, &mut raw).unwrap();
+        assert_eq!(&raw[1..17], p.data());
+        assert_eq!(p.data().len(), 16);
+        let mut empty = pool.alloc().unwrap();
+        assert!(empty.data().is_empty() && empty.data_mut().is_empty());
+    }
+
+    #[test]
+    fn prepend_and_trim_move_the_frame_edges_not_the_bytes() {
+        let pool = PacketPool::new_unmapped(2).unwrap();
+        let mut p = Packet::with_offset(pool.pool().alloc().unwrap(), HEADROOM, 0).unwrap();
+        p.write(&[7; 60]).unwrap();
+        let iova = p.iova();
+        assert_eq!((p.headroom(), p.tailroom()), (HEADROOM, PACKET_BUF_SIZE - HEADROOM - 60));
+        // A VLAN-sized header in front.
+        p.prepend(4).unwrap().copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!((p.headroom(), p.len(), p.iova()), (HEADROOM - 4, 64, Iova(iova.get() - 4)));
+        assert_eq!(&p.data()[..5], &[1, 2, 3, 4, 7]);
+        p.trim_front(4).unwrap();
+        assert_eq!((p.iova(), p.data()), (iova, &[7u8; 60][..]));
+        p.append(3).unwrap().copy_from_slice(b"end");
+        assert_eq!(&p.data()[57..], b"\x07\x07\x07end");
+        p.trim_back(3).unwrap();
+        assert_eq!(p.to_vec(), [7; 60]);
+        // The whole headroom, then nothing more.
+        assert_eq!(p.prepend(HEADROOM).unwrap().len(), HEADROOM);
+        assert_eq!((p.headroom(), p.iova()), (0, p.buf().iova()));
+        assert!(matches!(p.prepend(1), Err(NicError::NoRoom { what: "prepend", want: 1, room: 0 })));
+        p.trim_front(HEADROOM).unwrap();
+        assert_eq!(p.to_vec(), [7; 60], "the frame never moved");
+    }
+
+    #[test]
+    fn hostile_sizes_leave_the_packet_as_it_was() {
+        let pool = PacketPool::new_unmapped(2).unwrap();
+        let mut p = Packet::with_offset(pool.pool().alloc().unwrap(), HEADROOM, 100).unwrap();
+        let before = (p.offset(), p.len());
+        for n in [101, 1000, usize::MAX] {
+            assert!(matches!(p.trim_front(n), Err(NicError::NoRoom { what: "trim_front", room: 100, .. })), "{n}");
+            assert!(matches!(p.trim_back(n), Err(NicError::NoRoom { what: "trim_back", room: 100, .. })), "{n}");
+        }
+        for n in [HEADROOM + 1, usize::MAX] {
+            assert!(matches!(p.prepend(n), Err(NicError::NoRoom { what: "prepend", .. })), "{n}");
+        }
+        let tail = p.tailroom();
+        for n in [tail + 1, usize::MAX] {
+            assert!(matches!(p.append(n), Err(NicError::NoRoom { what: "append", .. })), "{n}");
+        }
+        assert_eq!((p.offset(), p.len()), before);
+        // Room in the buffer, but a frame over MAX_FRAME: refused too.
+        assert!(matches!(p.append(MAX_FRAME - 99), Err(NicError::FrameTooLarge { len: 1515, .. })));
+        p.set_len(MAX_FRAME).unwrap();
+        assert!(matches!(p.prepend(1), Err(NicError::FrameTooLarge { len: 1515, .. })));
+        assert_eq!((p.offset(), p.len()), (HEADROOM, MAX_FRAME));
+        // Trimming everything is an empty frame, not an error.
+        p.trim_back(MAX_FRAME).unwrap();
+        assert!(p.is_empty() && p.data().is_empty());
+        assert_eq!(p.tailroom(), PACKET_BUF_SIZE - HEADROOM);
     }
 
     #[test]

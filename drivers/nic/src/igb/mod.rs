@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use fastlane_framework::{DmaDomain, DmaRegion, Mmio, PageSize, PciAddress, PciDevice, PoolCache, Vfio};
 
 use crate::packet::PACKET_BUF_SIZE;
-use crate::{LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, MAX_FRAME};
+use crate::{LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, HEADROOM, MAX_FRAME};
 use dma::DescRing;
 use regs::{ctrl, dctl, rctl, tctl};
 use ring::Ring;
@@ -173,7 +173,7 @@ impl Port {
         // Receive: queues first, then RSS, then the receiver, then the tails.
         r.write32(regs::RCTL, 0);
         for q in queues {
-            q.rx.configure(PACKET_BUF_SIZE)?;
+            q.rx.configure()?;
             if regs::is_i350(device) {
                 r.write32(regs::dvmolr(q.queue), r.read32(regs::dvmolr(q.queue)) | regs::DVMOLR_STRCRC);
             }
@@ -437,24 +437,18 @@ impl Igb {
         self.tx.domain()
     }
 
-    /// A packet of `len` bytes from the port's own buffer cache: for
-    /// generators, so that buffers cycle between `tx_burst`'s reclaim and
-    /// here without touching the pool's shared free list.
+    /// [`Nic::alloc_packet`], callable without the trait in scope.
     #[inline]
     pub fn alloc_packet(&mut self, len: usize) -> Result<Packet> {
-        Packet::new(self.cache.alloc()?, len)
+        Packet::with_offset(self.cache.alloc()?, HEADROOM, len)
     }
 
-    /// Gives the buffers of `pkts` back to the port's cache (buffers of
+    /// [`Nic::recycle`], callable without the trait in scope. Buffers of
     /// other pools, foreign ones included, go home to theirs and never onto
-    /// a ring: the cache takes only its own pool's); `pkts` is left empty.
-    /// Cheaper than dropping them when the next `rx_burst` needs buffers
-    /// again.
+    /// a ring: the cache takes only its own pool's.
     #[inline]
     pub fn recycle(&mut self, pkts: &mut Vec<Packet>) {
-        for p in pkts.drain(..) {
-            let _ = self.cache.free(p.into_buf());
-        }
+        self.cache.free_all(pkts.drain(..).map(Packet::into_buf));
     }
 
     /// Polls the link until it is up or `timeout` passes; returns the state.
@@ -573,6 +567,14 @@ impl Nic for Igb {
 
     fn tx_in_flight(&self) -> usize {
         self.tx.in_flight()
+    }
+
+    fn alloc_packet(&mut self, len: usize) -> Result<Packet> {
+        Igb::alloc_packet(self, len)
+    }
+
+    fn recycle(&mut self, pkts: &mut Vec<Packet>) {
+        Igb::recycle(self, pkts)
     }
 }
 

@@ -1,6 +1,8 @@
 //! One receive queue (82576 datasheet 7.1): advanced one-buffer descriptors,
 //! every slot holding a pool buffer. A burst takes the written-back slots
-//! in order, swaps a fresh buffer into each, and moves the tail once.
+//! in order, swaps a fresh buffer into each, and moves the tail once. The
+//! device writes each frame [`HEADROOM`] bytes into its buffer, so the
+//! application can prepend headers in place.
 
 use std::sync::atomic::{fence, Ordering};
 
@@ -11,10 +13,15 @@ use super::dma::DescRing;
 use super::regs::{self, dctl, srrctl};
 use super::ring::{Ring, RxIndex};
 use super::wait_for;
-use crate::{NicError, Packet, Result, MAX_FRAME};
+use crate::{NicError, Packet, Result, HEADROOM, MAX_FRAME};
 
 /// Receive thresholds: prefetch when 8 are free, write back each one.
 const RXDCTL: u32 = dctl::enabled(8, 8, 1);
+/// Bytes the device may write per buffer (SRRCTL.BSIZEPKT, in KiB), from
+/// [`HEADROOM`] on: a buffer must hold `HEADROOM + RX_BUF_BYTES`.
+pub const RX_BUF_BYTES: usize = 2048;
+// A buffer that holds what the device may write holds any frame delivered.
+const _: () = assert!(RX_BUF_BYTES >= MAX_FRAME);
 
 /// Driver-side receive counters.
 #[derive(Clone, Copy, Debug, Default)]
@@ -57,15 +64,17 @@ impl RxQueue {
                     ring.len()
                 ))
             })?;
-            if buf.len() < MAX_FRAME {
-                // Receive bursts wrap frames up to MAX_FRAME long without
+            if buf.len() < HEADROOM + RX_BUF_BYTES {
+                // The device writes up to RX_BUF_BYTES past the headroom,
+                // and bursts wrap frames up to MAX_FRAME long without
                 // looking at the buffer again.
                 return Err(NicError::InvalidArgument(format!(
-                    "{}-byte buffers: a receive ring needs at least {MAX_FRAME}",
-                    buf.len()
+                    "{}-byte buffers: a receive ring needs at least {}",
+                    buf.len(),
+                    HEADROOM + RX_BUF_BYTES
                 )));
             }
-            ring.write(i, RxDescRead::new(buf.iova().get()));
+            ring.write(i, RxDescRead::new(buf.iova().get() + HEADROOM as u64));
             bufs.push(buf);
         }
         Ok(RxQueue {
@@ -81,7 +90,8 @@ impl RxQueue {
 
     /// Programs the queue registers and enables it (the receiver itself is
     /// enabled by RCTL afterwards, then [`RxQueue::start`]).
-    pub fn configure(&self, buf_size: usize) -> Result<()> {
+    pub fn configure(&self) -> Result<()> {
+        let buf_size = RX_BUF_BYTES;
         let (r, n) = (&self.regs, self.queue);
         r.write32(regs::rxdctl(n), 0);
         let iova = self.ring.iova().get();
@@ -124,8 +134,9 @@ impl RxQueue {
         let mut left = want.min(have);
         out.reserve(left);
         // Every buffer comes from the port's one pool, in one region: one
-        // IOVA offset (DmaBuf::iova is the pointer plus it) serves them all.
-        let offset = cache.iova_offset();
+        // IOVA offset (DmaBuf::iova is the pointer plus it) serves them
+        // all; the device writes the frame after the headroom.
+        let offset = cache.iova_offset().wrapping_add(HEADROOM as u64);
         let mut pos = self.index.next() as usize;
         let mut slots = size - 1;
         let mut received = 0;
@@ -147,7 +158,8 @@ impl RxQueue {
                     };
                     let buf = std::mem::replace(&mut bufs[k], fresh);
                     // `done_and_good` bounds the length by MAX_FRAME, and
-                    // `new` checked that the pool's buffers hold that much.
+                    // `new` checked that the pool's buffers hold that much
+                    // after the headroom.
                     out.push(Packet::received(buf, st.length));
                     bytes += u64::from(st.length);
                     true
@@ -220,7 +232,7 @@ impl RxQueue {
     fn drop_piece(&mut self, slot: u16, st: RxStatus) {
         self.discarding = !st.end_of_packet();
         self.counters.errors += u64::from(st.end_of_packet());
-        let iova = self.bufs[slot as usize].iova().get();
+        let iova = self.bufs[slot as usize].iova().get() + HEADROOM as u64;
         self.ring.write(slot, RxDescRead::new(iova));
     }
 
@@ -264,7 +276,7 @@ mod tests {
         let regs = Mmio::simulated(regs::REGS_LEN);
         let ring = DescRing::new(&region, 0, size).unwrap();
         let q = RxQueue::new(0, regs.clone(), ring, &mut cache).unwrap();
-        q.configure(2048).unwrap();
+        q.configure().unwrap();
         q.start();
         (q, FakeDevice::new(region.iova_at(0), regs, size, regs::rdt(0)), pool, cache)
     }
@@ -291,7 +303,8 @@ mod tests {
             let d = q.ring.read(slot as u16);
             assert_eq!(d.hdr_addr, 0);
             assert_ne!(d.pkt_addr, p.iova().get());
-            assert_eq!(d.pkt_addr, q.bufs[slot].iova().get());
+            assert_eq!(d.pkt_addr, q.bufs[slot].iova().get() + HEADROOM as u64);
+            assert_eq!(p.offset(), HEADROOM);
         }
         assert_eq!(q.burst(&mut cache, &mut out, 32), 6);
         assert_eq!(q.burst(&mut cache, &mut out, 32), 0);

@@ -249,6 +249,50 @@ mod tests {
         drop(pool);
     }
 
+    /// An application on the trait forwards without copying: the frames
+    /// it sends are the buffers it received, rewritten in place, and what
+    /// it allocates comes from the port's cache with headroom.
+    #[test]
+    fn frames_are_forwarded_through_the_trait_in_place() {
+        let (mut igb, mut sim, pool) = port(64);
+        let nic: &mut dyn Nic = &mut igb;
+        let mut pkts = Vec::new();
+        assert_eq!(sim.receive(8, 60), 8);
+        assert_eq!(nic.rx_burst(&mut pkts, 32), 8);
+        let mut iovas = Vec::new();
+        for (i, p) in pkts.iter_mut().enumerate() {
+            assert_eq!((p.headroom(), p.len()), (crate::HEADROOM, 60));
+            p.data_mut()[..12].copy_from_slice(&[i as u8; 12]);
+            p.prepend(4).unwrap().copy_from_slice(b"vlan");
+            p.trim_front(4).unwrap();
+            iovas.push(p.iova().get());
+        }
+        assert_eq!(nic.tx_burst(&mut pkts), 8);
+        // The descriptors point at the received buffers, frame first.
+        let sent: Vec<u64> = (0..8).map(|slot| igb.tx.ring_read(slot).buffer_addr).collect();
+        assert_eq!(sent, iovas);
+        for (i, &iova) in iovas.iter().enumerate() {
+            let mut b = [0u8; 13];
+            sim.dma.read(iova - 1, &mut b).unwrap();
+            // The last byte of the prepended "vlan" in front, then the MACs.
+            assert_eq!((b[0], &b[1..]), (b'n', &[i as u8; 12][..]));
+        }
+        assert_eq!(sim.transmit(usize::MAX), 8);
+        // Allocation and recycling through the trait: the port's cache.
+        let nic: &mut dyn Nic = &mut igb;
+        let mut mine: Vec<_> = (0..4).map(|_| nic.alloc_packet(100).unwrap()).collect();
+        assert!(mine.iter().all(|p| p.headroom() == crate::HEADROOM && p.len() == 100));
+        assert!(matches!(nic.alloc_packet(crate::MAX_FRAME + 1), Err(crate::NicError::FrameTooLarge { .. })));
+        let other = PacketPool::new_unmapped(2).unwrap();
+        mine.push(other.alloc().unwrap());
+        nic.recycle(&mut mine);
+        assert!(mine.is_empty());
+        assert_eq!(other.pool().available(), 2, "a stranger goes home, not into the port's cache");
+        nic.tx_burst(&mut mine); // reclaims
+        drop(igb);
+        assert_eq!(pool.pool().available(), pool.pool().capacity() as usize);
+    }
+
     #[test]
     fn a_ring_outside_dma_memory_is_a_fault_not_an_access() {
         let (mut sim, r) = SimIgb::new();

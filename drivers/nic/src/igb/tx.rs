@@ -169,6 +169,12 @@ impl TxQueue {
         n
     }
 
+    /// Descriptor `slot` as the driver wrote it (for tests).
+    #[cfg(test)]
+    pub fn ring_read(&self, slot: u16) -> TxDescRead {
+        self.ring.read(slot)
+    }
+
     /// Turns the queue off (before a reset).
     pub fn disable(&self) {
         self.regs.write32(regs::txdctl(self.queue), 0);

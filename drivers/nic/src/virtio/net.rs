@@ -12,7 +12,7 @@ use super::rx::{RxQueue, RX_HEADROOM};
 use super::spec::*;
 use super::tx::{self, TxQueue};
 use super::virtqueue::{QueueLayout, Virtqueue};
-use crate::{LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, MAX_FRAME};
+use crate::{LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, HEADROOM, MAX_FRAME};
 
 /// How long the device may take to finish a reset.
 const RESET_TIMEOUT: Duration = Duration::from_secs(2);
@@ -356,6 +356,16 @@ impl Nic for VirtioNet {
 
     fn tx_in_flight(&self) -> usize {
         self.tx.in_flight()
+    }
+
+    /// With [`HEADROOM`] in front of the frame, the virtio header goes
+    /// there when it is sent: one descriptor per frame.
+    fn alloc_packet(&mut self, len: usize) -> Result<Packet> {
+        Packet::with_offset(self.cache.alloc()?, HEADROOM, len)
+    }
+
+    fn recycle(&mut self, pkts: &mut Vec<Packet>) {
+        self.cache.free_all(pkts.drain(..).map(Packet::into_buf));
     }
 }
 

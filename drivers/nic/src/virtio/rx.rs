@@ -10,12 +10,12 @@ use fastlane_framework::{DmaBuf, PoolCache};
 
 use super::spec::NET_HDR_LEN;
 use super::virtqueue::{Segment, Virtqueue};
-use crate::{Packet, Stats, MAX_FRAME};
+use crate::{Packet, Stats, HEADROOM, MAX_FRAME};
 
-/// Where a received frame starts in its buffer. What is in front of it
-/// holds the device's header, and later a transmit header if the packet is
-/// sent on by a virtio port.
-pub const RX_HEADROOM: usize = 64;
+/// Where a received frame starts in its buffer: the drivers' common
+/// [`HEADROOM`]. What is in front of it holds the device's header, and
+/// later a transmit header if the packet is sent on by a virtio port.
+pub const RX_HEADROOM: usize = HEADROOM;
 /// Where the device writes the header.
 const HDR_AT: usize = RX_HEADROOM - NET_HDR_LEN;
 

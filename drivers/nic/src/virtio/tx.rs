@@ -191,6 +191,7 @@ mod tests {
     use super::super::sim::{queue_pair, SimQueue};
     use super::super::spec::{VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
     use super::*;
+    use crate::packet::PACKET_BUF_SIZE;
     use crate::PacketPool;
     use fastlane_framework::DmaRegion;
 
@@ -316,7 +317,7 @@ mod tests {
         assert!(matches!(check_frame(MAX_FRAME + 1), Err(NicError::FrameTooLarge { len: 1515, max: 1514 })));
         assert!(check_frame(MAX_FRAME).is_ok() && check_frame(MIN_TX_FRAME).is_ok());
         // No room to pad at the very end of the buffer.
-        let p = packet(&r.pool, 2048 - 20, &[4; 20]);
+        let p = packet(&r.pool, PACKET_BUF_SIZE - 20, &[4; 20]);
         assert!(matches!(check_packet(&p), Err(NicError::InvalidArgument(_))));
     }
 
