@@ -17,7 +17,10 @@
 #   `LocalExecutor`: inclusive Ir of `cg_async_tasks` (one executor round:
 #   each task takes its result and submits its next read, then the
 #   doorbell) and `cg_async_poll` (`AsyncQueue::poll`: completions to their
-#   slots, tasks woken), per I/O, and the difference to the callback path.
+#   slots, tasks woken), per I/O, and the difference to the callback path;
+# - allocations: calls of malloc in the whole program, longer run minus
+#   shorter (both paths did the extra I/Os): 0 when nothing is allocated
+#   per I/O.
 #
 # Usage: benches/callgrind.sh            (N1=100000 N2=50000 by default)
 #        N1=200000 N2=100000 benches/callgrind.sh
@@ -44,6 +47,15 @@ drv=$(per_io "$drv1 - $drv2")
 flr=$(per_io "$(incl "$N1" nvme::Floor::cg_floor) - $(incl "$N2" nvme::Floor::cg_floor)")
 mdl=$(per_io "$(incl "$N1" nvme::cg_model) - $(incl "$N2" nvme::cg_model)")
 diff_of() { echo "$(incl "$N1" "$1") - $(incl "$N2" "$1")"; }
+# Calls of malloc: the call counts of its callers in the caller tree.
+mallocs() {
+    callgrind_annotate --tree=caller --threshold=100 "$out/cg.$1" 2>/dev/null | awk '
+        /^ *$/ { s = 0; next }
+        / < / { if (match($0, /\([0-9]+x\)/)) s += substr($0, RSTART + 1, RLENGTH - 3) }
+        / \* .*malloc\.c:malloc \[/ && !found { n = s; found = 1 }
+        END { print n + 0 }'
+}
+allocs=$(( $(mallocs "$N1") - $(mallocs "$N2") ))
 asub=$(per_io "$(diff_of nvme::cg_async_tasks)")
 apol=$(per_io "$(diff_of nvme::cg_async_poll)")
 adrv=$(per_io "$(diff_of nvme::cg_async_tasks) + $(diff_of nvme::cg_async_poll)")
@@ -66,3 +78,5 @@ echo "| async: \`AsyncQueue::poll\`, completions to slots + wakes (cg_async_poll
 echo "| async total | $adrv | $(echo "scale=1; $adrv / $flr" | bc)x |"
 echo "| async minus callback (the async layer and executor per I/O) | $(echo "scale=1; $adrv - $drv" | bc) | |"
 echo "| model pass (cg_model, not driver work) | $mdl | $(echo "scale=1; $mdl / $flr" | bc)x |"
+echo
+echo "Allocations (malloc calls) in the run of $(ios "$N1") reads per path minus the run of $(ios "$N2"): $allocs"
