@@ -195,6 +195,8 @@ pub enum Phase {
 pub struct Conn {
     sock: TcpStream,
     pub phase: Phase,
+    /// Commands received (the worker follows its busiest connection's CPU).
+    pub commands: u64,
     digests: Digests,
     pub queue: Option<Queue>,
     qid: u16,
@@ -274,6 +276,7 @@ impl Conn {
             tx_blocked: false,
             gather: Vec::with_capacity(GATHER + 64),
             crc_buf: Box::new([0; 4096]),
+            commands: 0,
         })
     }
 
@@ -772,6 +775,7 @@ impl Conn {
 
     /// A whole capsule (and its data) arrived.
     fn command(&mut self, sqe: Sqe, data_len: usize, ctx: &mut Ctx<'_>) {
+        self.commands += 1;
         self.sqhd = (self.sqhd + 1) % self.entries.max(1);
         match self.queue {
             None => self.connect(&sqe, data_len, ctx),

@@ -65,6 +65,10 @@ struct Args {
     /// polls while commands are on the device (0: poll without pause).
     #[arg(long, default_value_t = 0)]
     device_nap_us: u64,
+    /// Move each worker to the CPU where its busiest connection's packets
+    /// arrive (SO_INCOMING_CPU), within the CPUs the target may use.
+    #[arg(long)]
+    follow_host_cpu: bool,
     /// Stop (cleanly: device queues deleted, controller shut down) when
     /// standard input reaches end of file.
     #[arg(long)]
@@ -143,6 +147,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             digests: args.digests,
             idle_spin: Duration::from_micros(args.idle_spin_us),
             device_nap: Duration::from_micros(args.device_nap_us),
+            follow_host_cpu: args.follow_host_cpu,
         };
         let w = Worker::new(sub.clone(), qp, pool, rx, stop.clone(), tuning);
         let stop = stop.clone();

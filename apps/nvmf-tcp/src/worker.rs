@@ -17,6 +17,7 @@
 
 use std::io;
 use std::net::TcpStream;
+use std::num::NonZeroU64;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -27,6 +28,7 @@ use fastlane_framework::BufferPool;
 use fastlane_nvme::IoQueuePair;
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::event::{eventfd, EventfdFlags, Timespec};
+use rustix::thread::CpuSet;
 
 use crate::admin::Subsystem;
 use crate::conn::{Conn, Ctx, Phase};
@@ -99,6 +101,11 @@ pub struct Tuning {
     /// continuously; more naps that long in `epoll_wait` between polls
     /// (a socket event still ends the nap at once).
     pub device_nap: Duration,
+    /// Move the worker to the CPU where its busiest connection's packets
+    /// arrive (the socket's SO_INCOMING_CPU), within the CPUs it started
+    /// with: the host's sends then wake it without an inter-processor
+    /// wakeup, as the kernel target's per-socket work runs there too.
+    pub follow_host_cpu: bool,
 }
 
 impl Default for Tuning {
@@ -107,6 +114,7 @@ impl Default for Tuning {
             digests: false,
             idle_spin: Duration::from_micros(50),
             device_nap: Duration::ZERO,
+            follow_host_cpu: false,
         }
     }
 }
@@ -167,7 +175,13 @@ impl Worker {
             digests,
             idle_spin,
             device_nap,
+            follow_host_cpu,
         } = tuning;
+        let mut follow = follow_host_cpu.then(CpuFollower::new).flatten();
+        if !device_nap.is_zero() {
+            // Naps of tens of microseconds, not the default 50 us slack more.
+            let _ = rustix::thread::set_current_timer_slack(NonZeroU64::new(1000));
+        }
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &ep,
@@ -233,6 +247,9 @@ impl Worker {
             let tick = last_tick.elapsed() >= TICK;
             if tick {
                 last_tick = Instant::now();
+                if let Some(f) = follow.as_mut() {
+                    f.tick(&conns);
+                }
             }
 
             // --- sockets in: commands to the device --------------------------
@@ -306,6 +323,60 @@ impl Worker {
             qp.poll(64, |_| {});
         }
         Ok(())
+    }
+}
+
+/// Keeps a worker on the CPU its busiest connection's packets arrive on.
+struct CpuFollower {
+    /// The CPUs the worker may use (its affinity when it started).
+    allowed: CpuSet,
+    /// The CPU it is bound to now, if any.
+    on: Option<u32>,
+    /// Commands per slab entry at the last tick.
+    seen: Vec<u64>,
+}
+
+impl CpuFollower {
+    fn new() -> Option<CpuFollower> {
+        let allowed = rustix::thread::sched_getaffinity(None).ok()?;
+        (allowed.count() > 1).then(|| CpuFollower {
+            allowed,
+            on: None,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Binds the thread to the incoming CPU of the connection that got the
+    /// most commands since the last tick (none got any: stays put).
+    fn tick(&mut self, conns: &[Entry]) {
+        self.seen.resize(conns.len(), 0);
+        let mut busiest = None;
+        let mut most = 0;
+        for (e, seen) in conns.iter().zip(self.seen.iter_mut()) {
+            let Some(c) = e.conn.as_ref() else {
+                *seen = 0;
+                continue;
+            };
+            let n = c.commands.wrapping_sub(*seen);
+            *seen = c.commands;
+            if n > most {
+                most = n;
+                busiest = Some(c);
+            }
+        }
+        let Some(c) = busiest else { return };
+        let Ok(cpu) = rustix::net::sockopt::socket_incoming_cpu(c.socket()) else {
+            return;
+        };
+        if self.on == Some(cpu) || !self.allowed.is_set(cpu as usize) {
+            return;
+        }
+        let mut set = CpuSet::new();
+        set.set(cpu as usize);
+        if rustix::thread::sched_setaffinity(None, &set).is_ok() {
+            log::debug!("worker follows its host to CPU {cpu}");
+            self.on = Some(cpu);
+        }
     }
 }
 
