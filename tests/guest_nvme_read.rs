@@ -30,10 +30,9 @@ fn tool() -> String {
     std::env::var("FASTLANE_NVME_READ").unwrap_or_else(|_| "/bin/nvme_read".into())
 }
 
-fn run(args: &[&str]) -> Output {
-    let dev = nvme();
+/// Runs the tool with `args` as given, printing what it said.
+fn raw(args: &[&str]) -> Output {
     let out = Command::new(tool())
-        .args(["--device", &dev, "--quiet"])
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool()));
@@ -44,6 +43,12 @@ fn run(args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs the tool on $FASTLANE_NVME, quietly.
+fn run(args: &[&str]) -> Output {
+    let dev = nvme();
+    raw(&[&["--device", dev.as_str(), "--quiet"][..], args].concat())
 }
 
 /// Runs with `--json`; the exit code must be `code`.
@@ -399,10 +404,7 @@ fn one_controller_twice_is_refused() {
     let dev = nvme();
     // Named twice in one run: a usage error before anything is opened.
     let short = dev.trim_start_matches("0000:");
-    let out = Command::new(tool())
-        .args(["--device", &format!("{dev},{short}"), "--count", "1"])
-        .output()
-        .unwrap();
+    let out = raw(&["--device", &format!("{dev},{short}"), "--count", "1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("named twice"), "{err}");
@@ -443,18 +445,9 @@ fn two_controllers_run_at_once_with_totals() {
         return;
     };
     let both = format!("{},{second}", nvme());
-    let out = Command::new(tool())
-        .args([
-            "--device", &both, "--quiet", "--json", "--count", "3000", "--queues", "2",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let two = |args: &[&str]| raw(&[&["--device", both.as_str(), "--quiet"][..], args].concat());
+    let out = two(&["--json", "--count", "3000", "--queues", "2"]);
+    assert_eq!(out.status.code(), Some(0));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let devs = v["devices"].as_array().unwrap();
     assert_eq!(devs.len(), 2);
@@ -463,32 +456,28 @@ fn two_controllers_run_at_once_with_totals() {
         assert_eq!((u(d, "ios"), u(d, "planned_ios")), (3000, 3000));
     }
     assert_eq!(u(&v, "ios"), 6000);
-    // Write on both, verify on both; a seed the other never wrote is absent.
-    let r = [
-        "--device", &both, "--quiet", "--json", "--passes", "1", "--blocks", "2048",
-    ];
-    let w = Command::new(tool())
-        .args(r)
-        .args(["--workload", "write", "--seed", "61"])
-        .output()
-        .unwrap();
-    assert_eq!(w.status.code(), Some(0));
-    let ok = Command::new(tool())
-        .args(r)
-        .args(["--workload", "verify", "--seed", "61"])
-        .output()
-        .unwrap();
+    // Write on both, verify on both; another seed finds every block absent
+    // on both.
+    let r = ["--json", "--passes", "1", "--blocks", "2048"];
     assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&ok.stdout)
+        two(&[&r[..], &["--workload", "write", "--seed", "61"]].concat())
+            .status
+            .code(),
+        Some(0)
     );
+    assert_eq!(
+        two(&[&r[..], &["--workload", "verify", "--seed", "61"]].concat())
+            .status
+            .code(),
+        Some(0)
+    );
+    let bad = two(&[&r[..], &["--workload", "verify", "--seed", "62"]].concat());
+    assert_eq!(bad.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(u(&v["verify"]["absent"], "count"), 2 * 2048);
+    assert_eq!(u(&v["devices"][1]["verify"]["absent"], "count"), 2048);
     // The text report: one row per device and a total.
-    let t = Command::new(tool())
-        .args(["--device", &both, "--quiet", "--count", "100"])
-        .output()
-        .unwrap();
+    let t = two(&["--count", "100"]);
     let text = String::from_utf8_lossy(&t.stdout);
     assert!(
         text.contains(&format!("{second}: 100 I/Os of 100 planned")),
