@@ -138,9 +138,15 @@ pub fn share(total: u64, parts: u64, i: u64) -> (u64, u64) {
 /// spread evenly, so the first `n` I/Os hold exactly `n * read_percent / 100`
 /// reads (rounded down).
 pub fn is_read(i: u64, read_percent: u8) -> bool {
-    let p = u128::from(read_percent.min(100));
-    let i = u128::from(i);
-    (i + 1) * p / 100 > i * p / 100
+    match read_percent {
+        // The common cases cost nothing per I/O.
+        100.. => true,
+        0 => false,
+        p => {
+            let (p, i) = (u128::from(p), u128::from(i));
+            (i + 1) * p / 100 > i * p / 100
+        }
+    }
 }
 
 /// splitmix64: one 64-bit step of a seeded sequence.

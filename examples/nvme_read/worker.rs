@@ -174,6 +174,9 @@ pub fn run(
     let mut slot_io = vec![(0u64, true); depth];
     let mut scratch = vec![0u8; job.io_size];
     let mut ready: Vec<(usize, DmaBuf)> = Vec::with_capacity(depth);
+    // Buffers with nothing left to do (exact runs); swapped with `ready`
+    // so that neither vector is reallocated per round.
+    let mut idle: Vec<(usize, DmaBuf)> = Vec::with_capacity(depth);
     for i in 0..depth {
         ready.push((i, pool.alloc()?));
     }
@@ -191,7 +194,6 @@ pub fn run(
     let mut done: Vec<(usize, DmaBuf, Result<(), NvmeError>, Instant)> = Vec::with_capacity(depth);
     loop {
         if !stopping {
-            let mut idle = Vec::new();
             for (tag, mut buf) in ready.drain(..) {
                 let Some((lba, read)) = picker.pick() else {
                     idle.push((tag, buf));
@@ -212,7 +214,7 @@ pub fn run(
                     return Err(format!("submit: {}", rej.error).into());
                 }
             }
-            ready = idle;
+            std::mem::swap(&mut ready, &mut idle);
             qp.submit();
         }
         qp.poll(depth, |c| {
