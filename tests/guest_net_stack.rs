@@ -178,11 +178,10 @@ struct Tool {
 }
 
 impl Tool {
-    /// Starts `/bin/<name> args` and waits for its "ready" line.
-    fn start(name: &str, args: &[&str]) -> Tool {
+    /// Starts `/bin/<name> args` and waits for a line with `ready`.
+    fn start(name: &str, args: &[&str], ready: &str) -> Tool {
         let mut child = Command::new(format!("/bin/{name}"))
             .args(args)
-            .arg("--until-stdin-closes")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -201,7 +200,7 @@ impl Tool {
         let stdin = child.stdin.take();
         let mut t = Tool { child, stdin, out };
         let start = Instant::now();
-        while !t.output().contains("ready") {
+        while !t.output().contains(ready) {
             if let Ok(Some(st)) = t.child.try_wait() {
                 panic!("{name} exited ({st}) before it was ready:\n{}", t.output());
             }
@@ -248,6 +247,21 @@ impl Drop for Tool {
     }
 }
 
+/// Runs `/bin/pktgen` with `args` to the end; fails the test if it fails.
+fn pktgen(args: &[&str]) {
+    let o = Command::new("/bin/pktgen")
+        .args(args)
+        .output()
+        .expect("pktgen");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("{text}");
+    assert!(o.status.success(), "pktgen {args:?} failed:\n{text}");
+}
+
 /// The number after `"key":` in a tool's JSON summary line.
 fn json_u64(out: &str, key: &str) -> u64 {
     let line = out
@@ -280,7 +294,9 @@ fn start_udp_echo() -> Tool {
             "--queues",
             &queues,
             "--json",
+            "--until-stdin-closes",
         ],
+        "ready",
     )
 }
 
@@ -455,28 +471,24 @@ fn pktgen_datagrams_reach_a_kernel_socket_in_order_and_intact() {
     for (size, sport) in [("60", "5000"), ("1514", "6000")] {
         let udp = format!("{sport},9000");
         let ips = format!("{},{}", ip_str(ECHO_IP), ip_str(KERNEL_IP));
-        let o = Command::new("/bin/pktgen")
-            .args([
-                "--device",
-                &igb1,
-                "--dst-mac",
-                kernel_mac.trim(),
-                "--ip",
-                &ips,
-                "--udp",
-                &udp,
-            ])
-            .args([
-                "--flows", &flows, "--count", &count, "--rate", "5000", "--size", size,
-            ])
-            .output()
-            .expect("pktgen");
-        eprintln!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(o.status.success(), "pktgen failed");
+        pktgen(&[
+            "--device",
+            &igb1,
+            "--dst-mac",
+            kernel_mac.trim(),
+            "--ip",
+            &ips,
+            "--udp",
+            &udp,
+            "--flows",
+            &flows,
+            "--count",
+            &count,
+            "--rate",
+            "5000",
+            "--size",
+            size,
+        ]);
     }
     let (got, bad, seen) = reader.join().expect("reader");
     eprintln!(
@@ -517,17 +529,31 @@ fn port_mac(out: &str, n: usize) -> [u8; 6] {
     net::mac(m).expect("a MAC")
 }
 
+/// IGB0, IGB1 and VIRTIO, with IGB0 back on vfio-pci: nothing on the hub
+/// but what the test and the tools send.
+fn ports_on_vfio() -> (String, String, String) {
+    let igb0 = env("FASTLANE_IGB0");
+    bind(&igb0, "vfio-pci");
+    (igb0, env("FASTLANE_IGB1"), env("FASTLANE_VIRTIO"))
+}
+
 #[test]
 fn l2fwd_forwards_between_the_igb_ports_rewriting_macs() {
     const PER_PORT: u32 = 1000;
-    let (igb0, igb1, virtio) = (
-        env("FASTLANE_IGB0"),
-        env("FASTLANE_IGB1"),
-        env("FASTLANE_VIRTIO"),
-    );
-    bind(&igb0, "vfio-pci");
+    let (igb0, igb1, virtio) = ports_on_vfio();
     let ports = format!("{igb0},{igb1}");
-    let fwd = Tool::start("l2fwd", &["--ports", &ports, "--queues", "2", "--json"]);
+    let fwd = Tool::start(
+        "l2fwd",
+        &[
+            "--ports",
+            &ports,
+            "--queues",
+            "2",
+            "--json",
+            "--until-stdin-closes",
+        ],
+        "ready",
+    );
     let out = fwd.output();
     let macs = [port_mac(&out, 0), port_mac(&out, 1)];
     let vfio = Vfio::new().expect("vfio");
@@ -613,4 +639,177 @@ fn l2fwd_forwards_between_the_igb_ports_rewriting_macs() {
     );
     assert!(wrong.is_empty(), "{:?}", &wrong[..wrong.len().min(10)]);
     assert_eq!(got, 2 * PER_PORT, "{summary}");
+}
+
+#[test]
+fn rxcount_counts_pktgen_flows_from_virtio_with_sequence_and_checksum_verdicts() {
+    const COUNT: u64 = 4000;
+    let (_, igb1, virtio) = ports_on_vfio();
+    let count = COUNT.to_string();
+    let rx = Tool::start(
+        "rxcount",
+        &[
+            "--device", &igb1, "--count", &count, "--time", "20", "--json",
+        ],
+        "rxcount:",
+    );
+    pktgen(&[
+        "--device",
+        &virtio,
+        "--ip",
+        "10.13.0.1,10.13.0.2",
+        "--udp",
+        "7000,9",
+        "--flows",
+        "4",
+        "--count",
+        &count,
+        "--rate",
+        "4000",
+        "--size",
+        "200",
+    ]);
+    let out = rx.stop();
+    for (key, want) in [
+        ("packets", COUNT),
+        ("udp", COUNT),
+        ("udp_csum_good", COUNT),
+        ("ip_csum_bad", 0),
+        ("udp_csum_bad", 0),
+        ("malformed", 0),
+        ("flow_count", 4),
+        ("lost", 0),
+        ("reordered", 0),
+        ("duplicates", 0),
+    ] {
+        assert_eq!(json_u64(&out, key), want, "rxcount {key}:\n{out}");
+    }
+    assert_eq!(
+        out.matches("\"next_seq\":1000,").count(),
+        4,
+        "each flow ends at 1000:\n{out}"
+    );
+}
+
+/// Sets a frame's IPv4 header checksum right again after an edit.
+fn fix_ip_checksum(f: &mut [u8]) {
+    f[24..26].fill(0);
+    let c = proto::internet_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+#[test]
+fn udp_echo_refuses_hostile_frames_and_keeps_answering() {
+    const EACH: usize = 10;
+    let virtio = env("FASTLANE_VIRTIO");
+    let echo = start_udp_echo();
+    let echo_mac = {
+        let out = echo.output();
+        let m = out
+            .split_whitespace()
+            .skip_while(|w| *w != "mac")
+            .nth(1)
+            .expect("mac")
+            .to_string();
+        net::mac(&m).expect("MAC")
+    };
+    let vfio = Vfio::new().expect("vfio");
+    let pool = PacketPool::new(&vfio, 1024).expect("pool");
+    let mut port = nic::open(&vfio, &virtio, &pool, &NicConfig::default()).expect("open virtio");
+    let me = port.mac_address();
+    let src = [10, 11, 0, 9];
+    let good = |payload: &[u8]| {
+        let mut f = Vec::new();
+        proto::build_udp(&mut f, echo_mac, me, src, ECHO_IP, 4242, 7, payload).expect("frame");
+        f.resize(f.len().max(60), 0);
+        f
+    };
+    let base = good(b"a datagram with a payload of some length");
+    let edit = |at: usize, v: &[u8], fix: bool| {
+        let mut f = base.clone();
+        f[at..at + v.len()].copy_from_slice(v);
+        if fix {
+            fix_ip_checksum(&mut f);
+        }
+        f
+    };
+    let mut ping = base.clone();
+    ping[23] = proto::IPPROTO_ICMP;
+    fix_ip_checksum(&mut ping);
+    // An echo request (type 8, code 0) whose ICMP checksum is whatever the
+    // UDP bytes there make it: wrong.
+    ping[34..36].copy_from_slice(&[proto::ICMP_ECHO_REQUEST, 0]);
+    let mut arp = base[..60].to_vec();
+    arp[12..14].copy_from_slice(&proto::ETHERTYPE_ARP.to_be_bytes());
+    arp[14..22].copy_from_slice(&[0, 1, 8, 0, 8, 4, 0, 1]); // hardware length 8
+    let n = base.len();
+    let bad_checksum = [
+        edit(n - 1, &[base[n - 1] ^ 0x55], false), // UDP payload
+        edit(18, &[0x12, 0x34], false),            // IP id, checksum not updated
+        ping,
+    ];
+    let malformed = [
+        edit(14, &[0x44], true),                     // IHL 4
+        edit(20, &[0x20, 0x00], true),               // MF: a fragment
+        edit(16, &[0x05, 0xdc], true),               // total length past the frame
+        edit(proto::UDP_OFFSET + 4, &[0, 9], false), // UDP length 9
+        arp,
+    ];
+    let mut sent = 0;
+    let mut send = |port: &mut Box<dyn nic::Nic>, f: &[u8]| {
+        let mut p = nic::alloc_packet(pool.pool(), 0).expect("packet");
+        p.write(f).expect("write");
+        let mut v = vec![p];
+        let start = Instant::now();
+        while port.tx_burst(&mut v) == 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "virtio-net ring stuck"
+            );
+        }
+        sent += 1;
+    };
+    for _ in 0..EACH {
+        for f in bad_checksum.iter().chain(&malformed) {
+            send(&mut port, f);
+        }
+    }
+    let goods: Vec<Vec<u8>> = (0..EACH).map(|i| good(&vec![i as u8; 100 + i])).collect();
+    for f in &goods {
+        send(&mut port, f);
+    }
+    let mut replies = Vec::new();
+    let mut rx = Vec::with_capacity(32);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        port.rx_burst(&mut rx, 32);
+        replies.extend(rx.drain(..).map(|p| p.to_vec()));
+    }
+    let summary = echo.stop();
+    eprintln!("{sent} frames sent to udp_echo, {} replies", replies.len());
+    assert_eq!(
+        replies.len(),
+        EACH,
+        "only the good datagrams are answered:\n{summary}"
+    );
+    for (r, sent) in replies.iter().zip(&goods) {
+        let u = proto::parse_udp_frame(r).expect("a valid reply");
+        let s = proto::parse_udp_frame(sent).expect("sent");
+        assert_eq!(
+            (u.eth.dst, u.ip.hdr.dst, u.udp.hdr.dport.get()),
+            (me, src, 4242)
+        );
+        assert_eq!(u.udp.payload, s.udp.payload);
+    }
+    assert_eq!(
+        json_u64(&summary, "bad_checksum"),
+        (EACH * bad_checksum.len()) as u64,
+        "{summary}"
+    );
+    assert_eq!(
+        json_u64(&summary, "malformed"),
+        (EACH * malformed.len()) as u64,
+        "{summary}"
+    );
+    assert_eq!(json_u64(&summary, "udp"), EACH as u64, "{summary}");
 }

@@ -20,6 +20,8 @@ ROUNDS="$BENCH_ROUNDS"
 # Lists come comma-separated (FASTLANE_GUEST_ENV splits on whitespace).
 CASES="$(echo "${BENCH_CASES:-randread4k_qd1,randread4k_qd32,seqread128k_qd32}" | tr , ' ')"
 TARGET_ARGS="$(echo "${BENCH_TARGET_ARGS:-}" | tr , ' ')"
+# A second nvmf-tcp configuration ("ours-b"), measured in the same rounds.
+TARGET_ARGS_B="$(echo "${BENCH_TARGET_ARGS_B:-}" | tr , ' ')"
 CONNECT_EXTRA="${BENCH_CONNECT_EXTRA:-}"
 NQN_OURS=nqn.2026-01.io.fastlane:bench
 NQN_KERN=nqn.2026-01.io.linux:bench
@@ -90,12 +92,12 @@ disconnect() {
 }
 
 TPID=""
-start_ours() {
+start_ours() {   # nvmf-tcp arguments
     hugepages.sh bind "$N" >/dev/null || return 1
     rm -f /tmp/tgt.in /tmp/tgt.err; mkfifo /tmp/tgt.in
     # Stops cleanly when its stdin (the fifo, held open by fd 4) closes.
     pin=""; [ -z "${BENCH_TARGET_CPUS:-}" ] || pin="taskset -c $BENCH_TARGET_CPUS"
-    $pin /bin/nvmf-tcp --listen 127.0.0.1:4420 --nqn "$NQN_OURS" --device "$N" --until-stdin-closes $TARGET_ARGS \
+    $pin /bin/nvmf-tcp --listen 127.0.0.1:4420 --nqn "$NQN_OURS" --device "$N" --until-stdin-closes "$@" \
         < /tmp/tgt.in 2> /tmp/tgt.err &
     TPID=$!
     exec 4> /tmp/tgt.in
@@ -186,13 +188,16 @@ measure() {
     echo "BENCH backend=$BENCH_BACKEND target=$tgt case=$case round=$round rc=$rc cpu0=${c0% *},${c0#* } cpu1=${c1% *},${c1#* } up=$u0,$u1 win0=${w0% *},${w0#* } win1=${w1% *},${w1#* } winup=$uw0,$uw1 inside=$inside hz=100 dev=${DEV#/dev/} json=$(tr -d '\n' < /tmp/fio.json 2>/dev/null)"
 }
 
-owner=none   # whose target is up: none, ours, kernel
+owner=none   # whose target is up: none, ours, ours-b, kernel
 switch_to() {
     [ "$owner" = "$1" ] && return 0
-    case "$owner" in ours) stop_ours || fail "stopping nvmf-tcp" ;; kernel) stop_kernel ;; esac
+    case "$owner" in ours|ours-b) stop_ours || fail "stopping nvmf-tcp" ;; kernel) stop_kernel ;; esac
     owner=none
     case "$1" in
-        ours) start_ours || fail "starting nvmf-tcp and connecting" ;;
+        # shellcheck disable=SC2086
+        ours) start_ours $TARGET_ARGS || fail "starting nvmf-tcp and connecting" ;;
+        # shellcheck disable=SC2086
+        ours-b) start_ours $TARGET_ARGS_B || fail "starting nvmf-tcp (b) and connecting" ;;
         kernel) start_kernel || fail "starting nvmet and connecting" ;;
     esac
     owner=$1
@@ -210,7 +215,10 @@ for name in $CASES; do
     r=1
     while [ "$r" -le "$ROUNDS" ]; do
         # A B B A A B ...: whoever is up goes first (half the switches of A B A B).
-        if [ "$owner" = kernel ]; then order="kernel ours"; else order="ours kernel"; fi
+        if [ -n "${BENCH_TARGET_ARGS_B:-}" ]; then
+            if [ "$owner" = kernel ]; then order="kernel ours-b ours"; else order="ours ours-b kernel"; fi
+            [ "$owner" = ours-b ] && order="ours-b ours kernel"
+        elif [ "$owner" = kernel ]; then order="kernel ours"; else order="ours kernel"; fi
         for tgt in $order; do
             switch_to $tgt
             # shellcheck disable=SC2086

@@ -28,6 +28,8 @@
 # BENCH_ROUNDS (3), BENCH_TIME (seconds per fio run, 5, at least 3),
 # BENCH_CASES (all three: randread4k_qd1 randread4k_qd32 seqread128k_qd32),
 # BENCH_TARGET_ARGS (extra nvmf-tcp arguments, default "--io-queues 2"),
+# BENCH_TARGET_ARGS_B (a second nvmf-tcp configuration, "ours-b", measured
+# in the same rounds: A/B of target options against the same kernel runs),
 # BENCH_CONNECT_EXTRA (appended to the initiator's connect options for both
 # targets, e.g. ",nr_io_queues=1"), BENCH_DIAG (1: DIAG lines in the console
 # log: per-vCPU time, interrupts, threads), BENCH_SOURCE (head: build the
@@ -47,6 +49,7 @@ rounds="${BENCH_ROUNDS:-3}"
 secs="${BENCH_TIME:-5}"
 cases="${BENCH_CASES:-randread4k_qd1 randread4k_qd32 seqread128k_qd32}"
 target_args="${BENCH_TARGET_ARGS:---io-queues 2}"
+target_args_b="${BENCH_TARGET_ARGS_B:-}"
 connect_extra="${BENCH_CONNECT_EXTRA:-}"
 case "$rounds$secs" in *[!0-9]*) echo "nvmf-vs-kernel: BENCH_ROUNDS and BENCH_TIME are whole numbers" >&2; exit 2 ;; esac
 [ "$secs" -ge 3 ] || { echo "nvmf-vs-kernel: BENCH_TIME must be at least 3 (the CPU window starts about 1 s in)" >&2; exit 2; }
@@ -89,14 +92,15 @@ fi
 log "nvmf-tcp: $built"
 
 # --- one boot --------------------------------------------------------------------
-guest_time=$(( rounds * 2 * 3 * (secs + 15) + 240 ))
+ntargets=2; [ -z "$target_args_b" ] || ntargets=3
+guest_time=$(( rounds * ntargets * 3 * (secs + 15) + 240 ))
 log "booting the guest: backend $backend, $rounds rounds x cases ($cases) x 2 targets x ${secs}s"
 # QEMU 10's multi-threaded TCG can abort when the controller moves between
 # drivers ("iotlb_to_section: Assertion ... failed"): boot again then.
 for try in 1 2 3; do
     set +e
     FASTLANE_NVME_DRIVE="$drive" \
-    FASTLANE_GUEST_ENV="BENCH_BACKEND=$backend BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_CASES=${cases// /,} BENCH_TARGET_ARGS=${target_args// /,} BENCH_CONNECT_EXTRA=$connect_extra BENCH_DIAG=${BENCH_DIAG:-} BENCH_TARGET_CPUS=${BENCH_TARGET_CPUS:-} BENCH_FIO_CPUS=${BENCH_FIO_CPUS:-}" \
+    FASTLANE_GUEST_ENV="BENCH_BACKEND=$backend BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_CASES=${cases// /,} BENCH_TARGET_ARGS=${target_args// /,} BENCH_TARGET_ARGS_B=${target_args_b// /,} BENCH_CONNECT_EXTRA=$connect_extra BENCH_DIAG=${BENCH_DIAG:-} BENCH_TARGET_CPUS=${BENCH_TARGET_CPUS:-} BENCH_FIO_CPUS=${BENCH_FIO_CPUS:-}" \
         flock /tmp/fastlane-vm.lock "$repo/vm/run.sh" --peers --mem 2G --timeout "$guest_time" \
         --bin "$out/nvmf-tcp" --script "$here/guest-nvmf-vs-kernel.sh" > "$out/console.log"
     rc=$?
@@ -109,9 +113,10 @@ grep -a -o 'BENCH target=.*\|BENCH backend=.*' "$out/console.log" | cut -c1-140 
 [ "$rc" = 0 ] || { log "guest failed (rc $rc), see $out/console.log"; tail -40 "$out/console.log" >&2; exit 1; }
 
 # --- table -------------------------------------------------------------------------
-python3 - "$out" "$built" "$backend" "$target_args" "$connect_extra" "${BENCH_TARGET_CPUS:-}" "${BENCH_FIO_CPUS:-}" > "$out/results.md" <<'PY'
+python3 - "$out" "$built" "$backend" "$target_args" "$connect_extra" "${BENCH_TARGET_CPUS:-}" "${BENCH_FIO_CPUS:-}" "$target_args_b" > "$out/results.md" <<'PY'
 import json, re, statistics, sys
 out, built, backend, targs, cextra = sys.argv[1:6]
+targs_b = sys.argv[8]
 nan = float("nan")
 runs = []
 for line in open(f"{out}/console.log", errors="replace"):
@@ -144,6 +149,8 @@ cases = ["randread4k_qd1", "randread4k_qd32", "seqread128k_qd32"]
 label = {"randread4k_qd1": "4 KiB rand read QD1", "randread4k_qd32": "4 KiB rand read QD32",
          "seqread128k_qd32": "128 KiB seq read QD32"}
 pins = " ".join(f"{k}={v}" for k, v in (("nvmf-tcp on CPUs", sys.argv[6]), ("fio on CPUs", sys.argv[7])) if v)
+if targs_b:
+    print(f"ours-b: nvmf-tcp with {targs_b}, in the same rounds.")
 print(f"nvmf-tcp {built} ({targs or 'defaults'}{'; ' + pins if pins else ''}) against nvmet-tcp; client: Linux nvme-tcp over loopback"
       f"{' (' + cextra + ')' if cextra else ''}, Debian fio 3.33 io_uring --direct=1. Backend: {backend}.")
 print("Medians over the rounds. CPU: non-idle guest CPU time (2 vCPUs: target, initiator and fio) per I/O,")
@@ -151,13 +158,15 @@ print("steady state inside each fio run.\n")
 print("| case | ours IOPS | kernel IOPS | IOPS ours/kernel | ours CPU µs/IO | kernel CPU µs/IO | CPU ours/kernel | rounds |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for c in cases:
-    o = [r for r in runs if r["case"] == c and r["target"] == "ours"]
-    k = [r for r in runs if r["case"] == c and r["target"] == "kernel"]
-    if not o and not k:
-        continue
-    oi, ki = med([r["iops"] for r in o]), med([r["iops"] for r in k])
-    oc, kc = med([r["steady"] for r in o]), med([r["steady"] for r in k])
-    print(f"| {label[c]} | {oi:,.0f} | {ki:,.0f} | {oi / ki:.2f} | {oc:.0f} | {kc:.0f} | {oc / kc:.2f} | {len(o)}+{len(k)} |")
+    for ours in ("ours", "ours-b"):
+        o = [r for r in runs if r["case"] == c and r["target"] == ours]
+        k = [r for r in runs if r["case"] == c and r["target"] == "kernel"]
+        if not o:
+            continue
+        oi, ki = med([r["iops"] for r in o]), med([r["iops"] for r in k])
+        oc, kc = med([r["steady"] for r in o]), med([r["steady"] for r in k])
+        name = label[c] + (" (ours-b)" if ours == "ours-b" else "")
+        print(f"| {name} | {oi:,.0f} | {ki:,.0f} | {oi / ki:.2f} | {oc:.0f} | {kc:.0f} | {oc / kc:.2f} | {len(o)}+{len(k)} |")
 print("\nEvery run (window: the steady-state CPU sample; busy: non-idle CPU % of the 2 vCPUs in it).\n")
 print("| case | round | target | IOPS | I/Os | mean latency µs | window s | busy % | CPU µs/IO | device |")
 print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
