@@ -62,7 +62,8 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     idle_spin_us: u64,
     /// Microseconds a worker naps in epoll_wait between completion-queue
-    /// polls while commands are on the device (0: poll without pause).
+    /// polls while commands are on the device and it spun --idle-spin-us
+    /// without progress (0: poll without pause).
     #[arg(long, default_value_t = 0)]
     device_nap_us: u64,
     /// Move each worker to the CPU where its busiest connection's packets

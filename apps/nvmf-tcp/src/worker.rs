@@ -9,11 +9,13 @@
 //! read only after the kernel said it has bytes, and a short read means it
 //! has no more until the next edge, so an idle connection costs no
 //! syscall. Sleeping is by time: the worker polls (epoll with a zero
-//! timeout) while commands are on the device or for `idle_spin` after the
-//! last progress, then blocks in `epoll_wait` until a socket, a new
-//! connection or the next keep-alive tick wakes it. Under emulation a
-//! spinning vCPU takes the host CPU the client and the device model need,
-//! so the spin is short and never yields in a loop.
+//! timeout) for `idle_spin` after the last progress; then, while commands
+//! are on the device, it naps `device_nap` at a time in `epoll_wait`
+//! between completion-queue polls (0: it keeps polling), and with nothing
+//! on the device it blocks until a socket, a new connection or the next
+//! keep-alive tick wakes it. Under emulation a spinning vCPU takes the host
+//! CPU the client and the device model need, so the spin is short and
+//! never yields in a loop.
 
 use std::io;
 use std::net::TcpStream;
@@ -97,9 +99,10 @@ pub struct Tuning {
     pub digests: bool,
     /// How long to keep polling after the last progress before blocking.
     pub idle_spin: Duration,
-    /// While commands are on the device: 0 polls the completion queue
-    /// continuously; more naps that long in `epoll_wait` between polls
-    /// (a socket event still ends the nap at once).
+    /// While commands are on the device and `idle_spin` passed without
+    /// progress: 0 polls the completion queue continuously; more naps that
+    /// long in `epoll_wait` between polls (a socket event still ends the
+    /// nap at once).
     pub device_nap: Duration,
     /// Move the worker to the CPU where its busiest connection's packets
     /// arrive (the socket's SO_INCOMING_CPU), within the CPUs it started
@@ -198,12 +201,12 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             // --- wait for readiness, or only look --------------------------
             let device_busy = qp.outstanding() > 0;
-            let timeout = if progress || (device_busy && device_nap.is_zero()) {
+            // Spin for `idle_spin` after progress; then nap while the
+            // device has commands (or spin on, with no nap set), or block.
+            let timeout = if progress || last_progress.elapsed() < idle_spin {
                 Duration::ZERO
             } else if device_busy {
                 device_nap
-            } else if last_progress.elapsed() < idle_spin {
-                Duration::ZERO
             } else {
                 TICK.saturating_sub(last_tick.elapsed())
             };
