@@ -40,6 +40,14 @@ impl Drop for Target {
 }
 
 fn start(allowed: Vec<String>, digests: bool, buffers: u32) -> Target {
+    let tuning = Tuning {
+        digests,
+        ..Tuning::default()
+    };
+    start_tuned(allowed, buffers, tuning)
+}
+
+fn start_tuned(allowed: Vec<String>, buffers: u32, tuning: Tuning) -> Target {
     let (sim, mmio) = SimController::start(SimConfig::default());
     let ctrl = Controller::with_registers(
         mmio,
@@ -83,10 +91,6 @@ fn start(allowed: Vec<String>, digests: bool, buffers: u32) -> Target {
         let pool = BufferPool::new_unmapped(128 << 10, buffers, PageSize::Small).unwrap();
         let (tx, rx) = inbox().unwrap();
         senders.push(tx);
-        let tuning = Tuning {
-            digests,
-            ..Tuning::default()
-        };
         let w = Worker::new(sub.clone(), qp, pool, rx, stop.clone(), tuning);
         threads.push(std::thread::spawn(move || w.run().unwrap()));
     }
@@ -450,8 +454,15 @@ fn pipelined_stream(q: &mut Client, chunk: usize, seed: u64) {
 fn pipelined_capsules_in_one_write_and_trickled_bytes() {
     // Many PDUs per recv (headers and in-capsule write data arrive in the
     // stage together), then the same stream 7 bytes at a time (PDUs split
-    // at every boundary, short reads), then with digests.
-    let t = start(vec![], true, 64);
+    // at every boundary, short reads), then with digests. The workers nap
+    // between completion polls and follow their hosts' CPUs.
+    let tuning = Tuning {
+        digests: true,
+        idle_spin: Duration::from_micros(20),
+        device_nap: Duration::from_micros(30),
+        follow_host_cpu: true,
+    };
+    let t = start_tuned(vec![], 64, tuning);
     let (_a, mut q) = io_queue(&t, "nqn.host.pipe", (false, false));
     pipelined_stream(&mut q, 0, 11);
     pipelined_stream(&mut q, 7, 12);
