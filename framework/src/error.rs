@@ -111,6 +111,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The device is being removed (hot unplug) or is gone: its handle
+    /// was released so the kernel could finish removing it.
+    #[error("PCI device {0} was removed")]
+    Removed(PciAddress),
     /// The caller asked for something impossible.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -44,7 +44,7 @@ impl MsixVectors {
     /// the first vectors live is [`Error::Busy`].
     pub(crate) fn enable(device: &PciDevice, wanted: u16) -> Result<MsixVectors> {
         let addr = device.address();
-        let dev = device.vfio_device();
+        let dev = device.vfio_device()?;
         let available = dev
             .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
             .map_or(0, |i| i.count);
@@ -102,9 +102,11 @@ impl MsixVectors {
 
 impl Drop for VectorsInner {
     fn drop(&mut self) {
-        let dev = self.device.vfio_device();
-        if let Err(e) = dev.disable_irq(VFIO_PCI_MSIX_IRQ_INDEX) {
-            log::warn!("{}: disabling MSI-X: {e}", self.device.address());
+        // A removed device took its vectors with it.
+        if let Ok(dev) = self.device.vfio_device() {
+            if let Err(e) = dev.disable_irq(VFIO_PCI_MSIX_IRQ_INDEX) {
+                log::warn!("{}: disabling MSI-X: {e}", self.device.address());
+            }
         }
         self.device.msix_flag().store(false, Ordering::Release);
     }

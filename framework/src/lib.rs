@@ -63,6 +63,7 @@ pub mod mmio;
 pub mod pci;
 pub mod pool;
 pub mod region;
+pub mod removal;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod vfio;
@@ -76,4 +77,5 @@ pub use mmio::{Mmio, Reg32};
 pub use pci::{PciAddress, PciDevice};
 pub use pool::{BufferPool, DmaBuf, PoolCache, PoolError};
 pub use region::DmaRegion;
+pub use removal::Removal;
 pub use vfio::Vfio;

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use vfio_ioctls::{VfioDevice, VfioError, VfioRegionInfoCap};
+
+use crate::removal::Removal;
 
 use crate::error::{Error, Result};
 use crate::mmio::Mmio;
@@ -134,13 +136,19 @@ pub struct PciDevice {
     inner: Arc<DeviceInner>,
 }
 
-struct DeviceInner {
+pub(crate) struct DeviceInner {
     addr: PciAddress,
     group: u32,
     config_offset: u64,
-    dev: Arc<VfioDevice>,
+    /// The VFIO device (its fd). `None` once released for a removal: the
+    /// kernel finishes removing a device only when its fd is closed.
+    dev: RwLock<Option<Arc<VfioDevice>>>,
     /// MSI-X vectors are enabled (by a live [`crate::MsixVectors`]).
     msix: AtomicBool,
+    /// Live BAR mappings, revoked (replaced by all-ones memory) on removal.
+    bars: Mutex<Vec<Weak<BarMapping>>>,
+    /// Set when the device is being removed (see [`crate::removal`]).
+    removed: Removal,
     /// Keeps the container (and with it the mappings) alive while the device
     /// can still DMA, and frees the address for a later open.
     vfio: Vfio,
@@ -166,7 +174,12 @@ impl PciDevice {
             .and_then(|g| g.parse().ok())
             .ok_or(Error::NoIommu(addr))?;
         let mut st = vfio.shared.lock();
-        if st.open.contains(&addr) {
+        let released = st
+            .live
+            .get(&addr)
+            .and_then(Weak::upgrade)
+            .is_some_and(|old| old.removed_flag().is_removed());
+        if st.open.contains(&addr) && !released {
             return Err(Error::Busy(addr));
         }
         let dev = match st.devices.get(&addr) {
@@ -176,6 +189,7 @@ impl PciDevice {
                     .map_err(|e| open_error(addr, group, e))?;
                 let dev = Arc::new(dev);
                 st.devices.insert(addr, dev.clone());
+                crate::removal::watch(&vfio.shared, addr, &dev);
                 dev
             }
         };
@@ -187,11 +201,17 @@ impl PciDevice {
                 addr,
                 group,
                 config_offset,
-                dev,
+                dev: RwLock::new(Some(dev)),
                 msix: AtomicBool::new(false),
+                bars: Mutex::new(Vec::new()),
+                removed: Removal::default(),
                 vfio: vfio.clone(),
             }),
         };
+        vfio.shared
+            .lock()
+            .live
+            .insert(addr, Arc::downgrade(&device.inner));
         vfio.shared.group_attached()?;
         Ok(device)
     }
@@ -203,8 +223,14 @@ impl PciDevice {
         crate::MsixVectors::enable(self, wanted)
     }
 
-    pub(crate) fn vfio_device(&self) -> &VfioDevice {
-        &self.inner.dev
+    /// The VFIO device, or [`Error::Removed`] once released for a removal.
+    pub(crate) fn vfio_device(&self) -> Result<Arc<VfioDevice>> {
+        self.inner.dev()
+    }
+
+    /// Set once the device is being removed: see [`crate::removal`].
+    pub fn removal(&self) -> Removal {
+        self.inner.removed.clone()
     }
 
     pub(crate) fn msix_flag(&self) -> &AtomicBool {
@@ -294,8 +320,9 @@ impl PciDevice {
     /// Function-level reset through VFIO (`VFIO_DEVICE_RESET`), with its
     /// result checked.
     pub fn reset(&self) -> Result<()> {
+        let dev = self.inner.dev()?;
         // SAFETY: a plain ioctl without arguments on the device fd we own.
-        let rc = unsafe { libc::ioctl(self.inner.dev.as_raw_fd(), VFIO_DEVICE_RESET as _) };
+        let rc = unsafe { libc::ioctl(dev.as_raw_fd(), VFIO_DEVICE_RESET as _) };
         if rc != 0 {
             return Err(Error::io(
                 format!("VFIO_DEVICE_RESET on {}", self.inner.addr),
@@ -307,7 +334,7 @@ impl PciDevice {
 
     /// Maps BAR `bar` (0-5) into the process as a register block.
     pub fn map_bar(&self, bar: u32) -> Result<Mmio> {
-        let d = &self.inner.dev;
+        let d = self.inner.dev()?;
         let addr = self.inner.addr;
         let err = |why: &str| Error::Bar {
             addr,
@@ -381,6 +408,10 @@ impl PciDevice {
             len: size,
             _dev: self.inner.clone(),
         });
+        let mut bars = self.inner.bars.lock().unwrap_or_else(|p| p.into_inner());
+        bars.retain(|b| b.strong_count() > 0);
+        bars.push(Arc::downgrade(&owner));
+        drop(bars);
         // SAFETY: ptr..ptr+size is mapped (page aligned) until BarMapping
         // drops, and BarMapping keeps the device fd open.
         Ok(unsafe { Mmio::new(ptr, size, owner) })
@@ -388,11 +419,38 @@ impl PciDevice {
 }
 
 impl DeviceInner {
+    pub(crate) fn dev(&self) -> Result<Arc<VfioDevice>> {
+        let dev = self.dev.read().unwrap_or_else(|p| p.into_inner());
+        dev.clone().ok_or(Error::Removed(self.addr))
+    }
+
+    /// Takes the device out (its fd closes when the last clone drops).
+    pub(crate) fn take_dev(&self) -> Option<Arc<VfioDevice>> {
+        self.dev.write().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub(crate) fn addr(&self) -> PciAddress {
+        self.addr
+    }
+
+    pub(crate) fn removed_flag(&self) -> &Removal {
+        &self.removed
+    }
+
+    /// Replaces every live BAR mapping by all-ones memory.
+    pub(crate) fn revoke_bars(&self) {
+        let bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        for b in bars.iter().filter_map(Weak::upgrade) {
+            b.revoke();
+        }
+    }
+
     fn config_read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        let dev = self.dev()?;
         // SAFETY: pread into a buffer we own, of its length.
         let n = unsafe {
             libc::pread(
-                self.dev.as_raw_fd(),
+                dev.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
                 (self.config_offset + off) as libc::off_t,
@@ -408,10 +466,11 @@ impl DeviceInner {
     }
 
     fn config_write(&self, off: u64, buf: &[u8]) -> Result<()> {
+        let dev = self.dev()?;
         // SAFETY: pwrite from a buffer we own, of its length.
         let n = unsafe {
             libc::pwrite(
-                self.dev.as_raw_fd(),
+                dev.as_raw_fd(),
                 buf.as_ptr().cast(),
                 buf.len(),
                 (self.config_offset + off) as libc::off_t,
@@ -426,7 +485,7 @@ impl DeviceInner {
         Ok(())
     }
 
-    fn disable_dma(&self) -> Result<()> {
+    pub(crate) fn disable_dma(&self) -> Result<()> {
         let mut b = [0u8; 2];
         self.config_read(config::COMMAND, &mut b)?;
         let cmd = u16::from_le_bytes(b) & !config::COMMAND_BUS_MASTER;
@@ -436,12 +495,21 @@ impl DeviceInner {
 
 impl Drop for DeviceInner {
     fn drop(&mut self) {
+        let released = self.removed.is_removed();
         // Stop DMA before the group leaves the container and before any
         // region can be unmapped and freed.
-        if let Err(e) = self.disable_dma() {
-            log::error!("{}: turning bus mastering off: {e}", self.addr);
+        if !released {
+            if let Err(e) = self.disable_dma() {
+                log::error!("{}: turning bus mastering off: {e}", self.addr);
+            }
         }
-        self.vfio.shared.lock().open.remove(&self.addr);
+        let mut st = self.vfio.shared.lock();
+        // A handle released for a removal may outlive a reopen of the
+        // address (a new device there): leave the new handle's entries.
+        if st.live.get(&self.addr).is_none_or(|w| w.strong_count() == 0) {
+            st.open.remove(&self.addr);
+            st.live.remove(&self.addr);
+        }
     }
 }
 
@@ -472,6 +540,53 @@ struct BarMapping {
 unsafe impl Send for BarMapping {}
 // SAFETY: as above.
 unsafe impl Sync for BarMapping {}
+
+impl BarMapping {
+    /// Puts memory that reads all ones (what a vanished PCIe device
+    /// returns) where the BAR was, in one step: register accesses through
+    /// any [`Mmio`] still out neither fault nor reach the device, and a
+    /// driver reading a status register sees the removal.
+    fn revoke(&self) {
+        let ones = match all_ones_file(self.len) {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!("revoking a BAR mapping: {e}");
+                return;
+            }
+        };
+        // SAFETY: maps over exactly the range this mapping owns (MAP_FIXED
+        // inside our own mapping), with memory of the same length; volatile
+        // accesses in flight see the old page or the new one, never a hole.
+        let p = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                ones.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            log::error!("revoking a BAR mapping: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+/// A memory file of `len` bytes of 0xff.
+fn all_ones_file(len: usize) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    let fd = rustix::fs::memfd_create("fastlane-removed-bar", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut f = std::fs::File::from(fd);
+    let chunk = [0xffu8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    Ok(f)
+}
 
 impl Drop for BarMapping {
     fn drop(&mut self) {

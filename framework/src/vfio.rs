@@ -18,7 +18,7 @@ use crate::addr::{DmaDomain, Iova};
 use crate::error::{Error, Result};
 use crate::hugepage::PageSize;
 use crate::iova::{IovaSpace, Range};
-use crate::pci::{PciAddress, PciDevice};
+use crate::pci::{DeviceInner, PciAddress, PciDevice};
 use crate::region::{DmaRegion, RegionInner};
 
 /// `VFIO_IOMMU_GET_INFO`: `_IO(';', 100 + 12)`.
@@ -64,6 +64,11 @@ pub(crate) struct State {
     /// in, so mappings live exactly as long as their regions. A later open
     /// of the same device reuses its entry.
     pub(crate) devices: HashMap<PciAddress, Arc<VfioDevice>>,
+    /// The live handle of each open device (for a removal).
+    pub(crate) live: HashMap<PciAddress, Weak<DeviceInner>>,
+    /// The container lost its last group (a removed device) and with it
+    /// the IOMMU and every mapping: the next device maps `mapped` again.
+    pub(crate) detached: bool,
 }
 
 impl Vfio {
@@ -98,7 +103,7 @@ impl Vfio {
     pub fn alloc_region(&self, len: usize, page_size: PageSize) -> Result<DmaRegion> {
         let region = DmaRegion::allocate(len, page_size, Some(self.shared.clone()))?;
         let mut st = self.shared.lock();
-        if st.ready {
+        if st.ready && !st.detached {
             self.shared.map_locked(&mut st, &region.inner)?;
         } else {
             st.pending.push(Arc::downgrade(&region.inner));
@@ -136,8 +141,21 @@ impl Shared {
     /// Called after a group joined the container: learn the aperture and map
     /// the regions that were waiting for it.
     pub(crate) fn group_attached(&self) -> Result<()> {
-        let mut waiting = Vec::new();
         let mut st = self.lock();
+        if st.detached {
+            st.detached = false;
+            let again: Vec<(u64, u64, u64)> = st.mapped.clone();
+            for (va, len, iova) in again {
+                // SAFETY: `mapped` lists live regions only (a region takes
+                // itself out under this lock before its memory goes), at the
+                // IOVA they had: the same range as before the detach.
+                let res = unsafe { self.container.vfio_dma_map(iova, len as usize, va as *mut u8) };
+                if let Err(e) = res {
+                    return Err(map_error(iova, len as usize, e));
+                }
+            }
+            log::info!("container re-attached: {} regions mapped again", st.mapped.len());
+        }
         if !st.ready {
             let ranges = query_iova_ranges(self.container.as_ref()).unwrap_or_else(|e| {
                 log::warn!("VFIO_IOMMU_GET_INFO: {e}; assuming a 39-bit aperture");
@@ -145,8 +163,9 @@ impl Shared {
             });
             st.space = IovaSpace::new(ranges);
             st.ready = true;
-            waiting = std::mem::take(&mut st.pending);
         }
+        // Regions made before the first device, or while detached.
+        let waiting = std::mem::take(&mut st.pending);
         let mut result = Ok(());
         let live: Vec<Arc<RegionInner>> = waiting.iter().filter_map(Weak::upgrade).collect();
         for r in &live {
@@ -184,8 +203,11 @@ impl Shared {
 
     pub(crate) fn unmap(&self, iova: u64, len: usize, va: u64) {
         let mut st = self.lock();
-        if let Err(e) = self.container.vfio_dma_unmap(iova, len) {
-            log::error!("VFIO unmap of {len:#x} bytes at IOVA {iova:#x}: {e}");
+        // Detached, the kernel dropped the mappings already.
+        if !st.detached {
+            if let Err(e) = self.container.vfio_dma_unmap(iova, len) {
+                log::error!("VFIO unmap of {len:#x} bytes at IOVA {iova:#x}: {e}");
+            }
         }
         st.space.release(iova, len as u64);
         st.mapped.retain(|&(v, _, _)| v != va);

@@ -1,0 +1,135 @@
+//! Hot removal. When a device is unplugged (a hypervisor's `device_del`,
+//! a slot's attention button, a failing drive taken offline), the kernel
+//! asks vfio-pci to let it go and waits until every file descriptor of
+//! the device is closed. The framework listens on the device's VFIO
+//! request channel (`VFIO_PCI_REQ_IRQ_INDEX`, an eventfd) from a small
+//! thread per device and, when asked:
+//!
+//! 1. marks the device removed ([`Removal::is_removed`]: drivers check it
+//!    and fail their outstanding and new commands with a typed error);
+//! 2. turns bus mastering off, so the device can no longer write memory
+//!    whose buffers drivers are about to hand back;
+//! 3. puts memory that reads all ones over every BAR mapping, so register
+//!    accesses through handles still out neither fault (no SIGBUS) nor
+//!    reach the device;
+//! 4. closes the device's file descriptor, so the kernel can finish.
+//!
+//! Regions and pools stay valid memory. If the device was the container's
+//! last one, the kernel drops the container's IOMMU mappings with it; the
+//! next device opened in the container gets every live region mapped again
+//! at the same IOVA, so buffers keep their addresses.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use vfio_bindings::bindings::vfio::VFIO_PCI_REQ_IRQ_INDEX;
+use vfio_ioctls::VfioDevice;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::pci::{DeviceInner, PciAddress};
+use crate::vfio::Shared;
+
+/// Whether a device is being removed; cheap to check (one atomic load), so
+/// a driver can look at it on every submission.
+#[derive(Clone, Debug, Default)]
+pub struct Removal(Arc<AtomicBool>);
+
+impl Removal {
+    /// True once the device is being removed or is gone.
+    #[inline(always)]
+    pub fn is_removed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Marks the device removed, as the removal watcher does: for device
+    /// models (feature `sim`), which have no VFIO request channel.
+    #[cfg(feature = "sim")]
+    pub fn simulate(&self) {
+        self.set();
+    }
+}
+
+/// How often the watcher looks whether its container or device is gone.
+const CHECK: Duration = Duration::from_millis(100);
+
+/// Starts listening for removal requests of a device just taken into the
+/// container (`dev`): until the request comes, or the container or the
+/// device's entry in it goes.
+pub(crate) fn watch(shared: &Arc<Shared>, addr: PciAddress, dev: &VfioDevice) {
+    if dev.get_irq_info(VFIO_PCI_REQ_IRQ_INDEX).map_or(0, |i| i.count) == 0 {
+        return;
+    }
+    let fd = match EventFd::new(EFD_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) => return log::warn!("{addr}: no removal notice (eventfd: {e})"),
+    };
+    if let Err(e) = dev.enable_irq(VFIO_PCI_REQ_IRQ_INDEX, vec![&fd]) {
+        return log::warn!("{addr}: no removal notice (VFIO request channel: {e})");
+    }
+    let shared = Arc::downgrade(shared);
+    let spawned = std::thread::Builder::new()
+        .name(format!("fastlane-removal-{addr}"))
+        .spawn(move || listen(fd, shared, addr));
+    if let Err(e) = spawned {
+        log::warn!("{addr}: no removal notice (thread: {e})");
+    }
+}
+
+fn listen(fd: EventFd, shared: Weak<Shared>, addr: PciAddress) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let ts = Timespec { tv_sec: 0, tv_nsec: CHECK.as_nanos() as i64 };
+    loop {
+        // SAFETY: the descriptor belongs to `fd`, which outlives this borrow.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+        let mut fds = [PollFd::from_borrowed_fd(bfd, PollFlags::IN)];
+        let fired = matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0);
+        let Some(shared) = shared.upgrade() else { return };
+        if !shared.lock().devices.contains_key(&addr) {
+            return;
+        }
+        if fired && fd.read().is_ok() {
+            release(&shared, addr);
+            return;
+        }
+    }
+}
+
+/// Lets the device go (see the module text).
+fn release(shared: &Arc<Shared>, addr: PciAddress) {
+    log::warn!("{addr}: removal requested; releasing the device");
+    let live = shared.lock().live.get(&addr).and_then(Weak::upgrade);
+    let from_handle = live.as_ref().and_then(|inner| {
+        release_handle(inner);
+        inner.take_dev()
+    });
+    let (from_map, emptied) = {
+        let mut st = shared.lock();
+        let dev = st.devices.remove(&addr);
+        let emptied = st.devices.is_empty();
+        if emptied {
+            // Closing the last device takes the last group out: the kernel
+            // drops the IOMMU with it (see Shared::group_attached).
+            st.detached = true;
+        }
+        (dev, emptied)
+    };
+    drop(from_handle);
+    drop(live);
+    drop(from_map); // the last reference: the fd closes, the group leaves
+    log::warn!("{addr}: released{}", if emptied { " (container now empty)" } else { "" });
+}
+
+/// Steps 1-3 for a device with a live handle.
+fn release_handle(inner: &DeviceInner) {
+    inner.removed_flag().set();
+    if let Err(e) = inner.disable_dma() {
+        log::warn!("{}: bus mastering off before removal: {e}", inner.addr());
+    }
+    inner.revoke_bars();
+}
