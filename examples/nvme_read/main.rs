@@ -177,9 +177,14 @@ struct Device {
     range: Range,
     /// I/Os in all (exact runs).
     total: Option<u64>,
+    /// Commands per I/O (more than one above MDTS).
     per_io: usize,
+    /// The queue pair's size argument: commands in flight + 1, checked
+    /// against the controller.
     entries: u16,
+    /// Reads and writes carry an SGL (else PRPs).
     sgl: bool,
+    /// Entries of each I/O queue as created (`--queue-size`).
     queue_entries: u16,
 }
 
@@ -234,8 +239,10 @@ fn open(
     }
     // Above MDTS the driver splits an I/O into commands of at most MDTS.
     let per_io = cli.io_size.div_ceil(ctrl.info().max_transfer);
-    let commands = u16::try_from(per_io * usize::from(cli.queue_depth))
-        .map_err(|_| usage("--queue-depth x commands per I/O above 65534".into()))?;
+    let commands = per_io
+        .checked_mul(usize::from(cli.queue_depth))
+        .and_then(|c| u16::try_from(c).ok())
+        .ok_or_else(|| usage("--queue-depth x commands per I/O above 65534".into()))?;
     let entries = args::queue_entries(commands, ctrl.info().max_queue_entries).map_err(usage)?;
     if cli.queues > ctrl.info().io_queues {
         return Err(usage(format!(
