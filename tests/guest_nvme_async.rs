@@ -246,8 +246,8 @@ fn dropped_futures_give_every_buffer_back_and_reused_slots_carry_their_own_data(
     assert_eq!(pool.available(), 128);
 }
 
-/// A read that cannot be submitted resolves with its typed error and its
-/// buffer at once, even behind a full queue.
+/// A read the queue pair refuses resolves with its typed error and its
+/// buffer at its first poll (the queue has room).
 #[test]
 fn refused_requests_resolve_with_typed_errors_and_their_buffer() {
     let (vfio, ctrl, ns) = open();

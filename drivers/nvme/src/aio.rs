@@ -115,9 +115,10 @@ enum IoState {
 }
 
 /// The future of [`AsyncQueue::read`] / [`AsyncQueue::write`]: resolves to
-/// the buffer and the command's result (a refused submission, e.g. an LBA
-/// out of range, resolves at once with its error). Dropping it before then
-/// cancels nothing on the device: see the module docs.
+/// the buffer and the command's result. A request the queue pair refuses
+/// (an LBA out of range, a foreign buffer) resolves with that error when
+/// its turn to submit comes: at once unless the queue is full. Dropping it
+/// before it resolved cancels nothing on the device: see the module docs.
 #[must_use = "a future does nothing unless awaited"]
 pub struct Io<'q> {
     q: &'q AsyncQueue,
