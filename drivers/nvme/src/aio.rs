@@ -23,6 +23,7 @@ use std::task::{Context, Poll, Waker};
 
 use fastlane_framework::DmaBuf;
 
+use crate::controller::Namespace;
 use crate::error::{NvmeError, Result};
 use crate::qpair::{Completion, IoQueuePair, QpairStats};
 
@@ -84,7 +85,7 @@ struct Inner {
     to_wake: Vec<Waker>,
     /// The first namespace and its read/write command size in blocks (the
     /// usual case, without a search).
-    ns1: (u32, u64),
+    ns1: Option<(Namespace, u64)>,
     stats: AioStats,
 }
 
@@ -115,10 +116,11 @@ enum IoState {
 }
 
 /// The future of [`AsyncQueue::read`] / [`AsyncQueue::write`]: resolves to
-/// the buffer and the command's result. A request the queue pair refuses
-/// (an LBA out of range, a foreign buffer) resolves with that error when
-/// its turn to submit comes: at once unless the queue is full. Dropping it
-/// before it resolved cancels nothing on the device: see the module docs.
+/// the buffer and the command's result. A request for an unknown namespace
+/// or blocks outside it resolves at its first poll with that error; one the
+/// queue pair refuses for its buffer (too small, of another container)
+/// resolves when its turn to submit comes. Dropping the future before it
+/// resolved cancels nothing on the device: see the module docs.
 #[must_use = "a future does nothing unless awaited"]
 pub struct Io<'q> {
     q: &'q AsyncQueue,
@@ -129,9 +131,10 @@ impl AsyncQueue {
     /// Wraps `qp`; its capacity is the number of commands in flight.
     pub fn new(qp: IoQueuePair) -> AsyncQueue {
         let capacity = qp.capacity();
-        let ns1 = qp.namespaces().first().map_or((0, 1), |ns| {
-            (ns.id, chunk_blocks(qp.max_transfer(), ns.block_size))
-        });
+        let ns1 = qp
+            .namespaces()
+            .first()
+            .map(|ns| (*ns, chunk_blocks(qp.max_transfer(), ns.block_size)));
         let slots = (0..capacity)
             .map(|_| Slot {
                 state: State::Free,
@@ -293,22 +296,29 @@ fn deliver(
 }
 
 impl Inner {
-    /// Command slots a read or write of `blocks` blocks takes (more than
-    /// one when the queue pair splits it above the maximum transfer).
+    /// Command slots a read or write of `blocks` blocks at `lba` takes
+    /// (more than one when the queue pair splits it above the maximum
+    /// transfer), or the error the queue pair would refuse it with for its
+    /// namespace or block range: such a request does not wait for a slot.
     #[inline]
-    fn commands_for(&self, nsid: u32, blocks: u32) -> usize {
-        let chunk = if nsid == self.ns1.0 {
-            self.ns1.1
-        } else {
-            match self.qp.namespaces().iter().find(|n| n.id == nsid) {
-                Some(ns) => chunk_blocks(self.qp.max_transfer(), ns.block_size),
-                // Refused at submission.
-                None => 1,
-            }
+    fn commands_for(&self, nsid: u32, lba: u64, blocks: u32) -> Result<usize> {
+        let (ns, chunk) = match self.ns1 {
+            Some((ns, chunk)) if ns.id == nsid => (ns, chunk),
+            _ => match self.qp.namespaces().iter().find(|n| n.id == nsid) {
+                Some(ns) => (*ns, chunk_blocks(self.qp.max_transfer(), ns.block_size)),
+                None => return Err(NvmeError::InvalidNamespace(nsid)),
+            },
         };
+        if blocks == 0
+            || lba
+                .checked_add(blocks as u64)
+                .is_none_or(|end| end > ns.blocks)
+        {
+            return Err(range_refusal(ns, lba, blocks));
+        }
         // A request above what the queue pair holds waits for all of it,
         // then is refused (TooLarge).
-        ((blocks as u64).div_ceil(chunk).max(1) as usize).min(self.slots.len())
+        Ok(((blocks as u64).div_ceil(chunk) as usize).min(self.slots.len()))
     }
 
     /// Gives back the command slots of a finished request and wakes the
@@ -444,6 +454,21 @@ fn buffer_lost() -> ! {
     panic!("the queue pair lost the buffer of a read or write (driver bug)")
 }
 
+/// The queue pair's refusal of `blocks` blocks at `lba` outside `ns` (or
+/// of no blocks).
+#[cold]
+fn range_refusal(ns: Namespace, lba: u64, blocks: u32) -> NvmeError {
+    if blocks == 0 {
+        NvmeError::InvalidArgument("0 blocks: a read or write moves at least one".into())
+    } else {
+        NvmeError::LbaOutOfRange {
+            lba,
+            blocks,
+            capacity: ns.blocks,
+        }
+    }
+}
+
 /// Blocks per command of the queue pair's splits (as `rw_split` cuts).
 fn chunk_blocks(max_transfer: usize, block_size: u32) -> u64 {
     (max_transfer as u64 / block_size.max(1) as u64).max(1)
@@ -477,8 +502,14 @@ impl Future for Io<'_> {
             IoState::Start(_) | IoState::Queued(..) => {
                 match std::mem::replace(&mut this.state, IoState::Finished) {
                     IoState::Start(mut req) => {
-                        req.need = g.commands_for(req.nsid, req.blocks);
-                        this.state_after_start(&mut g, req, false, cx)
+                        match g.commands_for(req.nsid, req.lba, req.blocks) {
+                            Ok(need) => {
+                                req.need = need;
+                                this.state_after_start(&mut g, req, false, cx)
+                            }
+                            // Refused without waiting for a slot.
+                            Err(e) => Poll::Ready((req.buf, Err(e))),
+                        }
                     }
                     IoState::Queued(req, _) => {
                         // Woken by `grant`: the permits are promised to us.

@@ -347,36 +347,59 @@ fn a_split_request_waits_for_all_its_command_slots_and_blocks_later_ones() {
 
 #[test]
 fn refused_requests_resolve_at_once_with_typed_errors_and_their_buffer() {
-    let rig = Rig::sync(4);
+    let mut rig = Rig::sync(4);
     let free = rig.pool.available();
     let (_, w) = counter();
-    let cases: [(u32, u64, u32); 3] = [(1, (1 << 16) - 1, 2), (9, 0, 1), (1, 0, 256)];
+    // The queue is full: requests for blocks outside the namespace, no
+    // blocks or an unknown namespace do not wait for a slot.
+    let mut full: Vec<_> = (0..3)
+        .map(|i| started(&rig.aq, &rig.pool, i, 1).0)
+        .collect();
+    let cases: [(u32, u64, u32); 4] = [
+        (1, (1 << 16) - 1, 2),
+        (1, u64::MAX, 1),
+        (1, 0, 0),
+        (9, 0, 1),
+    ];
     for (nsid, lba, blocks) in cases {
         let mut f = rig.aq.read(nsid, lba, blocks, rig.pool.alloc().unwrap());
         let (buf, r) = ready(&mut f, &w);
         match (nsid, blocks, r) {
             (
                 1,
-                2,
+                1 | 2,
                 Err(NvmeError::LbaOutOfRange {
                     lba: l,
-                    blocks: 2,
+                    blocks: b,
                     capacity,
                 }),
             ) => {
-                assert_eq!((l, capacity), (lba, 1 << 16))
+                assert_eq!((l, b, capacity), (lba, blocks, 1 << 16))
             }
+            (1, 0, Err(NvmeError::InvalidArgument(_))) => {}
             (9, _, Err(NvmeError::InvalidNamespace(9))) => {}
-            (1, 256, Err(NvmeError::BufferTooSmall { need, have })) => {
-                assert_eq!((need, have), (256 * BS, 64 * 1024))
-            }
             (_, _, r) => panic!("nsid {nsid} lba {lba} blocks {blocks}: {r:?}"),
         }
         drop(buf);
     }
+    assert_eq!(rig.aq.waiting(), 0);
+    step(&rig.aq, &mut rig.sim);
+    for f in full.iter_mut() {
+        ready(f, &w).1.unwrap();
+    }
+    drop(full);
+    // Refused by the queue pair for its buffer: when it is submitted.
+    let mut f = rig.aq.read(1, 0, 256, rig.pool.alloc().unwrap());
+    match ready(&mut f, &w) {
+        (buf, Err(NvmeError::BufferTooSmall { need, have })) => {
+            assert_eq!((need, have), (256 * BS, 64 * 1024));
+            assert_eq!(buf.len(), 64 * 1024);
+        }
+        (_, r) => panic!("{r:?}"),
+    }
     assert_eq!(rig.pool.available(), free);
     let s = rig.aq.stats();
-    assert_eq!((s.submitted, s.completed), (0, 0));
+    assert_eq!((s.submitted, s.completed, s.waited), (3, 3, 0));
     assert_eq!(rig.aq.outstanding(), 0);
 }
 
