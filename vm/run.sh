@@ -2,7 +2,9 @@
 # Boot the fastlane test guest under QEMU (software emulation) and run one
 # guest script in it. The guest has real VFIO behind an emulated VT-d:
 #
-#   0000:00:04.0  NVMe controller (QEMU 1b36:0010), backed by .cache/vm/nvme.img
+#   0000:00:04.0  NVMe controller (QEMU 1b36:0010), namespace 1 backed by
+#                 .cache/vm/nvme.img (512-byte blocks, no metadata); namespaces
+#                 2 and 3 (metadata and PI) exist detached, see usage()
 #   0000:00:05.0  virtio-net-pci, modern only (1af4:1041)
 #   0000:01:00.0  igb (8086:10c9) behind root port 00:06.0
 #   0000:02:00.0  igb (8086:10c9) behind root port 00:07.0
@@ -28,6 +30,10 @@ repo="$(cd "$here/.." && pwd)"
 cache="${FASTLANE_VM_CACHE:-$repo/.cache/vm}"
 nvme_img="$cache/nvme.img"           # recreated (empty, 256 MiB sparse) each run
 nvme_img_size=256M
+# Namespaces 2 and 3 (metadata, protection information): small, recreated too.
+pi_ext_img="$cache/nvme-pi-ext.img"
+pi_sep_img="$cache/nvme-pi-sep.img"
+pi_img_size=1M
 console_log="$cache/console.log"
 
 usage() {
@@ -53,6 +59,14 @@ exits with its exit code.
                   /usr/local/lib, and /var/tmp (SPDK's PCI lock files);
                   needs --peers (DPDK, OpenSSL and the other libraries)
   --script PATH   the guest script, run as 'sh /opt/guest-script.sh'
+
+The NVMe controller (in NVM subsystem nqn.2019-08.org.qemu:fastlane0001) has
+namespace 1 attached (the drive, 512-byte blocks, no metadata), and two
+namespaces formatted with 8 bytes of metadata per 512-byte block and
+protection information type 1, created detached so every other test sees one
+namespace: 2 (extended LBA: metadata after each block's data) and 3 (metadata
+in a separate buffer), 1 MiB images each. A test attaches them with Namespace
+Attachment and detaches them when done.
 
 In the guest: FASTLANE_NVME=0000:00:04.0 FASTLANE_IGB0=0000:01:00.0
 FASTLANE_IGB1=0000:02:00.0 FASTLANE_VIRTIO=0000:00:05.0 FASTLANE_IN_GUEST=1;
@@ -196,8 +210,9 @@ initrd="$cache/initramfs.cpio.gz"
 mv "$initrd.tmp" "$initrd"
 
 # --- NVMe backend -----------------------------------------------------------
-rm -f "$nvme_img"
+rm -f "$nvme_img" "$pi_ext_img" "$pi_sep_img"
 truncate -s "$nvme_img_size" "$nvme_img"
+truncate -s "$pi_img_size" "$pi_ext_img" "$pi_sep_img"
 drive="${FASTLANE_NVME_DRIVE:-file=$nvme_img,format=raw,discard=unmap}"
 case ",$drive," in *,id=*) ;; *) drive="$drive,id=d0" ;; esac
 case ",$drive," in *,if=*) ;; *) drive="$drive,if=none" ;; esac
@@ -209,7 +224,13 @@ qemu=(qemu-system-x86_64
     -device "intel-iommu,intremap=on,aw-bits=$aw"
     -vga none -nic none
     -drive "$drive"
-    -device nvme,serial=fastlane0001,drive=d0,addr=04.0
+    -drive "file=$pi_ext_img,format=raw,if=none,id=dpi2"
+    -drive "file=$pi_sep_img,format=raw,if=none,id=dpi3"
+    -device nvme-subsys,id=subsys0,nqn=fastlane0001
+    -device nvme,id=nvme0,serial=fastlane0001,subsys=subsys0,addr=04.0
+    -device nvme-ns,drive=d0,bus=nvme0,nsid=1,shared=off
+    -device nvme-ns,drive=dpi2,bus=nvme0,nsid=2,ms=8,mset=1,pi=1,detached=on
+    -device nvme-ns,drive=dpi3,bus=nvme0,nsid=3,ms=8,mset=0,pi=1,detached=on
     -netdev hubport,id=p2,hubid=0
     -device virtio-net-pci,netdev=p2,addr=05.0,disable-legacy=on,romfile=,iommu_platform=on
     -device pcie-root-port,id=rp1,chassis=1,addr=06.0

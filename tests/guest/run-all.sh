@@ -17,7 +17,7 @@ hugepages.sh setup 192 || exit 1
 hugepages.sh bind "$FASTLANE_NVME" "$FASTLANE_IGB0" || exit 1
 
 if [ "${FASTLANE_AW_BITS:-39}" = 39 ]; then
-    for t in guest_framework guest_nvme guest_nvme_sgl guest_nvme_identify guest_nvme_async guest_nvme_irq guest_nvme_read guest_reliability guest_hostile guest_hostile_nvme guest_nvmf; do
+    for t in guest_framework guest_nvme guest_nvme_sgl guest_nvme_identify guest_nvme_async guest_nvme_irq guest_nvme_pi guest_nvme_read guest_reliability guest_hostile guest_hostile_nvme guest_nvmf; do
         have "$t" && run "/bin/$t" --test-threads=1
     done
     run sh /opt/reliability.sh --shell-only

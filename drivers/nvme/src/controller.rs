@@ -12,6 +12,7 @@ use fastlane_framework::{
 };
 
 use crate::error::{NvmeError, Result};
+use crate::metadata::MetadataFormat;
 use crate::qpair::IoQueuePair;
 use crate::ring::{Layout, Ring, Shadow};
 use crate::spec::{
@@ -160,8 +161,10 @@ pub struct Namespace {
     pub id: u32,
     /// Size in logical blocks (NSZE).
     pub blocks: u64,
-    /// Logical block size in bytes.
+    /// Logical block size in bytes (data only, without metadata).
     pub block_size: u32,
+    /// Per-block metadata and protection information of its format.
+    pub metadata: MetadataFormat,
 }
 
 /// What Identify Controller said, in readable form.
@@ -697,10 +700,12 @@ fn bring_up(
         let ns = IdentifyNamespace::from_bytes(&admin.page(PAGE_SIZE))
             .ok_or(NvmeError::Malformed("identify namespace"))?;
         let block_size = ns.lba_size().ok_or(NvmeError::Malformed("LBA format"))?;
+        let metadata = MetadataFormat::from_identify(&ns).map_err(NvmeError::Malformed)?;
         namespaces.push(Namespace {
             id,
             blocks: ns.nsze,
             block_size,
+            metadata,
         });
     }
     if options.data_pointer == DataPointer::Sgl && idc.sgl_support() == SglSupport::None {

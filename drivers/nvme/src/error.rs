@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use fastlane_framework::DmaBuf;
 
+use crate::protection::{PiChecker, PiError, PiField};
 use crate::prp::PrpError;
 use crate::queue::QueueError;
-use crate::spec::NvmeStatus;
+use crate::spec::{integrity_sc, sct, NvmeStatus};
 
 /// Errors of the NVMe driver.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,10 @@ pub enum NvmeError {
     /// The buffer belongs to another VFIO container, or to none.
     #[error("the buffer is not mapped in this controller's VFIO container (allocate it from a pool of the same Vfio)")]
     ForeignBuffer,
+    /// A protection information check failed, at the controller (SCT 2h,
+    /// SC 82h..84h) or in the driver.
+    #[error("end-to-end protection: {0}")]
+    Protection(#[from] PiError),
     /// The device wrote something impossible.
     #[error("malformed data from the device: {0}")]
     Malformed(&'static str),
@@ -110,6 +115,33 @@ pub enum NvmeError {
 }
 
 impl NvmeError {
+    /// The protection information check that failed, if this is one.
+    pub fn protection(&self) -> Option<&PiError> {
+        match self {
+            NvmeError::Protection(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The error of a failed command's status: an end-to-end check error
+    /// (SCT 2h, SC 82h..84h) becomes [`NvmeError::Protection`], anything
+    /// else [`NvmeError::Status`].
+    #[cold]
+    pub fn from_status(s: NvmeStatus) -> Self {
+        let field = match (s.sct, s.sc) {
+            (sct::MEDIA_DATA_INTEGRITY, integrity_sc::GUARD_CHECK) => PiField::Guard,
+            (sct::MEDIA_DATA_INTEGRITY, integrity_sc::APP_TAG_CHECK) => PiField::AppTag,
+            (sct::MEDIA_DATA_INTEGRITY, integrity_sc::REF_TAG_CHECK) => PiField::RefTag,
+            _ => return NvmeError::Status(s),
+        };
+        NvmeError::Protection(PiError {
+            field,
+            by: PiChecker::Controller,
+            lba: None,
+            mismatch: None,
+        })
+    }
+
     /// The device is open already in this container (or held by another
     /// process): the framework's `Busy`.
     pub fn is_busy(&self) -> bool {
@@ -138,6 +170,20 @@ impl Rejected {
     }
 }
 
+/// A read or write with metadata the queue pair did not take: the error
+/// and both buffers, handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct RejectedMeta {
+    /// Why it was refused.
+    #[source]
+    pub error: NvmeError,
+    /// The data buffer.
+    pub buf: Option<DmaBuf>,
+    /// The separate metadata buffer, if one was given.
+    pub meta: Option<DmaBuf>,
+}
+
 /// Result alias of the driver.
 pub type Result<T, E = NvmeError> = std::result::Result<T, E>;
 
@@ -153,5 +199,35 @@ mod tests {
         assert!(e.to_string().contains("busy"), "{e}");
         assert!(e.to_string().contains("0000:00:04.0"), "{e}");
         assert!(!NvmeError::QueueFull.is_busy());
+    }
+
+    #[test]
+    fn integrity_statuses_become_protection_errors() {
+        let st = |sct, sc| NvmeStatus {
+            sct,
+            sc,
+            crd: 0,
+            more: false,
+            dnr: true,
+        };
+        for (sc, field) in [
+            (0x82, PiField::Guard),
+            (0x83, PiField::AppTag),
+            (0x84, PiField::RefTag),
+        ] {
+            match NvmeError::from_status(st(2, sc)) {
+                NvmeError::Protection(e) => {
+                    assert_eq!((e.field, e.by), (field, PiChecker::Controller))
+                }
+                e => panic!("{e}"),
+            }
+        }
+        // Neighbours stay plain statuses.
+        for (t, c) in [(2, 0x81), (2, 0x85), (0, 0x82), (1, 0x84)] {
+            assert!(matches!(
+                NvmeError::from_status(st(t, c)),
+                NvmeError::Status(_)
+            ));
+        }
     }
 }

@@ -5,9 +5,10 @@
 //! pure submission/completion ring and command-id logic, `prp` builds PRP
 //! entries and lists from IOVAs, `ring` puts a queue pair in DMA memory,
 //! `controller` brings the device up and owns the admin queue, `qpair` is
-//! the per-thread I/O path, `aio` puts async/await on it and `executor`
-//! runs the tasks of one thread. `sim` (cargo feature `sim`) is an in-process
-//! controller model for tests and benchmarks.
+//! the per-thread I/O path, `metadata` and `protection` describe per-block
+//! metadata and end-to-end protection information, `aio` puts async/await
+//! on it and `executor` runs the tasks of one thread. `sim` (cargo feature
+//! `sim`) is an in-process controller model for tests and benchmarks.
 //!
 //! The crate has no `unsafe` code: every access to memory the device shares
 //! goes through the framework's [`fastlane_framework::DmaArray`], and the
@@ -36,7 +37,9 @@ pub mod aio;
 pub mod controller;
 pub mod error;
 pub mod executor;
+pub mod metadata;
 pub mod pattern;
+pub mod protection;
 pub mod prp;
 pub mod qpair;
 pub mod queue;
@@ -49,6 +52,8 @@ pub use aio::{AioStats, AsyncQueue, Io};
 pub use controller::{
     Controller, ControllerInfo, DataPointer, Namespace, Options, QueueSize, MAX_COMMAND_BYTES,
 };
-pub use error::{NvmeError, Rejected, Result};
+pub use error::{NvmeError, Rejected, RejectedMeta, Result};
 pub use executor::{block_on, ExecutorFull, LocalExecutor};
+pub use metadata::{MetadataFormat, MetadataLayout};
+pub use protection::{PiCheck, PiChecker, PiError, PiField, PiTuple, PiType, Protection};
 pub use qpair::{Completion, IoQueuePair, QpairStats};

@@ -19,13 +19,15 @@ use std::time::{Duration, Instant};
 use fastlane_framework::{DmaArray, DmaBuf, DmaDomain, Interrupt};
 
 use crate::controller::{Admin, DataPointer, Inner, Namespace, PAGE_SIZE};
-use crate::error::{NvmeError, Rejected, Result};
+use crate::error::{NvmeError, Rejected, RejectedMeta, Result};
+use crate::metadata::MetadataLayout;
+use crate::protection::{self, PiType, Protection};
 use crate::prp;
 use crate::queue::CidTable;
 use crate::ring::{Layout, Ring};
 use crate::spec::{
     nvm_opcode, reg, Csts, DsmRange, QueuePriority, SglSupport, Status, SubmissionEntry,
-    DSM_MAX_RANGES, PSDT_SGL_MPTR_CONTIG,
+    CDW12_PRINFO_SHIFT, DSM_MAX_RANGES, PSDT_SGL_MPTR_CONTIG,
 };
 
 /// Polls between two looks at the clock (and CSTS) while commands are
@@ -42,7 +44,8 @@ const MAX_ABORTS: usize = 4;
 pub struct Completion {
     /// The tag given at submission.
     pub tag: u64,
-    /// The buffer given at submission, back to the caller.
+    /// The buffer given at submission, back to the caller (a separate
+    /// metadata buffer comes back through [`IoQueuePair::take_meta`]).
     pub buf: Option<DmaBuf>,
     /// Success, or the NVMe status / reset / timeout that ended it.
     pub result: Result<()>,
@@ -97,7 +100,34 @@ mod group {
     pub const FAILED: u32 = 1 << 29;
     /// Head: children not yet completed, in the low 16 bits.
     pub const PENDING: u32 = 0xFFFF;
+    /// A read or write with metadata (never split): its metadata buffer
+    /// and host check wait in `IoQueuePair::metas` / `checks`.
+    pub const META: u32 = 1 << 28;
 }
+
+/// What the plain read/write path needs of a namespace it may use: data
+/// bytes per block include interleaved metadata (extended LBA). Namespaces
+/// with a separate metadata buffer are not here: a command without a
+/// metadata pointer would send their metadata to address 0.
+#[derive(Clone, Copy, Debug)]
+struct RwNs {
+    blocks: u64,
+    /// Bytes per block in the data buffer.
+    stride: usize,
+    id: u32,
+}
+
+/// A read whose PI the driver checks when it completes.
+#[derive(Clone, Copy, Debug)]
+struct HostCheck {
+    ns: Namespace,
+    lba: u64,
+    blocks: u32,
+    pi: Protection,
+}
+
+/// A command ended by a reset or timeout: tag, buffers, timed out.
+type Orphan = (u64, Option<DmaBuf>, Option<DmaBuf>, bool);
 
 /// An I/O submission/completion queue pair.
 pub struct IoQueuePair {
@@ -108,8 +138,17 @@ pub struct IoQueuePair {
     generation: u64,
     slots: CidTable<Slot>,
     /// Commands ended by a reset or timeout, delivered by the next poll.
-    orphans: Vec<(u64, Option<DmaBuf>, bool)>,
+    orphans: Vec<Orphan>,
     namespaces: Vec<Namespace>,
+    /// The namespaces plain reads and writes may use.
+    rw_ns: Vec<RwNs>,
+    /// Metadata buffers of commands in flight, by command id ([`group::META`]).
+    metas: Vec<Option<DmaBuf>>,
+    /// Driver-side PI checks of reads in flight, by command id.
+    checks: Vec<Option<HostCheck>>,
+    /// Metadata buffers of finished commands, with their tags, until
+    /// [`IoQueuePair::take_meta`] (at most `capacity`, oldest dropped).
+    finished_metas: Vec<(u64, DmaBuf)>,
     max_transfer: usize,
     /// How data buffers are described: SGL support level in use, or
     /// `SglSupport::None` for PRPs.
@@ -168,6 +207,10 @@ impl IoQueuePair {
         let generation = inner.generation.load(Ordering::Acquire);
         drop(admin);
         Ok(IoQueuePair {
+            rw_ns: rw_namespaces(&inner.namespaces),
+            metas: (0..depth).map(|_| None).collect(),
+            checks: vec![None; depth as usize],
+            finished_metas: Vec::new(),
             namespaces: inner.namespaces.clone(),
             max_transfer: inner.info.max_transfer,
             sgl: sgl_mode(inner.info.sgl, inner.options.data_pointer),
@@ -311,6 +354,62 @@ impl IoQueuePair {
         tag: u64,
     ) -> Result<(), Rejected> {
         self.rw(nvm_opcode::WRITE, nsid, lba, blocks, buf, tag)
+    }
+
+    /// Reads `blocks` blocks at `lba` of namespace `nsid`, a namespace
+    /// formatted with metadata, into `buf` (and `meta`), with the
+    /// protection information handling `pi` asks for.
+    ///
+    /// The buffers' layout: with extended LBAs, `buf` holds each block's
+    /// data followed by its metadata and `meta` is `None`; with a separate
+    /// layout `buf` holds the data and `meta` the metadata of each block in
+    /// turn (one contiguous buffer: the command's metadata pointer). With
+    /// `pi.action` (PRACT) and 8 bytes of metadata no metadata is moved:
+    /// `buf` holds data only and `meta` is `None`
+    /// ([`crate::MetadataFormat::data_stride`] and
+    /// [`crate::MetadataFormat::separate_stride`] give the sizes). The
+    /// reference tag expected is the low 32 bits of `lba` (type 1). A
+    /// controller check that fails ends the read with
+    /// [`NvmeError::Protection`]; so does a failed check of the fields in
+    /// `pi.verify`, which the driver makes itself once the data is in.
+    ///
+    /// Not split: more than [`Self::max_transfer`] bytes in `buf` is
+    /// [`NvmeError::TooLarge`]. The data buffer comes back in the
+    /// [`Completion`], the metadata buffer from [`Self::take_meta`] once
+    /// the command has completed; both in the [`RejectedMeta`] of a
+    /// refusal.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read_with_meta(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DmaBuf,
+        meta: Option<DmaBuf>,
+        pi: Protection,
+        tag: u64,
+    ) -> Result<(), RejectedMeta> {
+        self.rw_meta(nvm_opcode::READ, nsid, lba, blocks, (buf, meta), pi, tag)
+    }
+
+    /// Writes `blocks` blocks from `buf` (and `meta`) at `lba` of namespace
+    /// `nsid` (layouts as in [`Self::read_with_meta`]). With `pi.action`
+    /// the controller generates the protection information (application
+    /// tag `pi.app_tag`, reference tag the low 32 bits of each LBA);
+    /// without it the buffers carry it (build it with
+    /// [`crate::protection::fill`]) and the controller checks `pi.check`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_with_meta(
+        &mut self,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: DmaBuf,
+        meta: Option<DmaBuf>,
+        pi: Protection,
+        tag: u64,
+    ) -> Result<(), RejectedMeta> {
+        self.rw_meta(nvm_opcode::WRITE, nsid, lba, blocks, (buf, meta), pi, tag)
     }
 
     /// How this queue pair describes data buffers from now on (the
@@ -504,7 +603,7 @@ impl IoQueuePair {
     fn deliver_orphans(&mut self, max: usize, f: &mut impl FnMut(Completion)) -> usize {
         let mut n = 0;
         while n < max {
-            let Some((tag, buf, timed_out)) = self.orphans.pop() else {
+            let Some((tag, buf, meta, timed_out)) = self.orphans.pop() else {
                 break;
             };
             let result = Err(if timed_out {
@@ -515,6 +614,9 @@ impl IoQueuePair {
             } else {
                 NvmeError::Reset
             });
+            if let Some(m) = meta {
+                self.hand_back_meta(tag, m);
+            }
             f(Completion { tag, buf, result });
             n += 1;
         }
@@ -561,11 +663,22 @@ impl IoQueuePair {
             return None;
         }
         let slot = self.slots.complete(head).ok()?;
-        let result = if slot.group & group::FAILED != 0 {
-            slot.error.result().map_err(NvmeError::Status)
+        let mut result = if slot.group & group::FAILED != 0 {
+            slot.error.result().map_err(NvmeError::from_status)
         } else {
             Ok(())
         };
+        let mut meta = None;
+        if slot.group & group::META != 0 {
+            meta = self.metas.get_mut(head as usize).and_then(Option::take);
+            let check = self.checks.get_mut(head as usize).and_then(Option::take);
+            if let (Ok(()), Some(c), Some(buf)) = (&result, check, &slot.buf) {
+                result = protection::verify(&c.ns, c.lba, c.blocks, buf, meta.as_ref(), &c.pi);
+            }
+        }
+        if let Some(m) = meta {
+            self.hand_back_meta(slot.tag, m);
+        }
         Some(Completion {
             tag: slot.tag,
             buf: slot.buf,
@@ -626,15 +739,15 @@ impl IoQueuePair {
                 return Err(Rejected::new(e, Some(buf)));
             }
         }
-        let ns = match self.namespaces.first() {
+        let ns = match self.rw_ns.first() {
             Some(ns) if ns.id == nsid => *ns,
-            _ => match self.namespace(nsid) {
+            _ => match self.rw_namespace(nsid) {
                 Ok(ns) => ns,
                 Err(e) => return Err(Rejected::new(e, Some(buf))),
             },
         };
-        // blocks * block_size < 2^64: no overflow.
-        let bytes = blocks as usize * ns.block_size as usize;
+        // blocks * stride < 2^64: no overflow.
+        let bytes = blocks as usize * ns.stride;
         // The domain check (foreign buffers are refused) and the IOVA in one.
         let data = match buf.iova_in(self.domain) {
             Some(iova)
@@ -709,16 +822,196 @@ impl IoQueuePair {
         })
     }
 
-    /// Why a read or write was refused, with its buffer.
+    /// The separate metadata buffer of the finished read or write with
+    /// metadata tagged `tag` (after its [`Completion`] was handed out, a
+    /// reset or timeout included). The queue pair keeps at most
+    /// [`Self::capacity`] of them: past that the oldest goes back to its
+    /// pool.
+    pub fn take_meta(&mut self, tag: u64) -> Option<DmaBuf> {
+        let i = self.finished_metas.iter().position(|(t, _)| *t == tag)?;
+        Some(self.finished_metas.remove(i).1)
+    }
+
+    /// Keeps a finished command's metadata buffer for [`Self::take_meta`].
     #[cold]
-    fn rw_refusal(
-        &self,
-        ns: Namespace,
+    fn hand_back_meta(&mut self, tag: u64, meta: DmaBuf) {
+        if self.finished_metas.len() >= self.slots.capacity() {
+            log::warn!(
+                "queue {}: metadata buffers not taken back (take_meta); the oldest returns to its pool",
+                self.qid
+            );
+            self.finished_metas.remove(0);
+        }
+        self.finished_metas.push((tag, meta));
+    }
+
+    /// A plain read's or write's namespace other than the first: one
+    /// without a separate metadata buffer.
+    #[cold]
+    fn rw_namespace(&self, nsid: u32) -> Result<RwNs> {
+        if let Some(ns) = self.rw_ns.iter().find(|n| n.id == nsid) {
+            return Ok(*ns);
+        }
+        self.namespace(nsid)?;
+        Err(NvmeError::InvalidArgument(format!(
+            "namespace {nsid} keeps metadata in a separate buffer: use read_with_meta / write_with_meta"
+        )))
+    }
+
+    /// Submits a read or write with metadata and PI flags (never split).
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn rw_meta(
+        &mut self,
+        opcode: u8,
+        nsid: u32,
         lba: u64,
         blocks: u32,
-        bytes: usize,
-        buf: DmaBuf,
-    ) -> Rejected {
+        (buf, meta): (DmaBuf, Option<DmaBuf>),
+        pi: Protection,
+        tag: u64,
+    ) -> Result<(), RejectedMeta> {
+        let refuse = |error, buf, meta| RejectedMeta { error, buf, meta };
+        if self.inner.generation.load(Ordering::Relaxed) != self.generation {
+            if let Err(e) = self.recover() {
+                return Err(refuse(e, Some(buf), meta));
+            }
+        }
+        let (ns, data, bytes, mptr) =
+            match self.meta_plan(opcode, nsid, lba, blocks, &buf, meta.as_ref(), &pi) {
+                Ok(p) => p,
+                Err(e) => return Err(refuse(e, Some(buf), meta)),
+            };
+        let slot = Slot {
+            tag,
+            buf: Some(buf),
+            epoch: self.epoch,
+            aborted: false,
+            group: group::META,
+            error: Status(0),
+        };
+        let cid = match self.slots.try_alloc(slot) {
+            Ok(cid) => cid,
+            Err(slot) => return Err(refuse(NvmeError::QueueFull, slot.buf, meta)),
+        };
+        let dptr = match self.data_pointer(cid, data, bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                let r = self.unwind(Some(cid), e);
+                return Err(refuse(r.error, r.buf, meta));
+            }
+        };
+        let Some(sq_slot) = self.ring.sq.push_slot() else {
+            let r = self.unwind(Some(cid), NvmeError::QueueFull);
+            return Err(refuse(r.error, r.buf, meta));
+        };
+        // cid < depth - 1: both tables have depth entries.
+        self.metas[cid as usize] = meta;
+        self.checks[cid as usize] = (!pi.verify.is_empty()).then_some(HostCheck {
+            ns,
+            lba,
+            blocks,
+            pi,
+        });
+        let mut words = rw_words(opcode, cid, nsid, lba, (blocks - 1) as u16, dptr);
+        words[2] = mptr;
+        words[6] |= (pi.prinfo() as u64) << CDW12_PRINFO_SHIFT;
+        // CDW14: the initial reference tag (types 1 and 2: the LBA's low
+        // 32 bits); CDW15: application tag and mask.
+        let ilbrt = match ns.metadata.pi {
+            Some(PiType::Type1 | PiType::Type2) => lba as u32,
+            _ => 0,
+        };
+        words[7] = ilbrt as u64 | ((pi.app_tag as u64 | (pi.app_mask as u64) << 16) << 32);
+        self.ring.write_sq_words(sq_slot, words);
+        self.stats.submitted += 1;
+        Ok(())
+    }
+
+    /// Validates a read or write with metadata: the namespace, the data
+    /// IOVA and bytes, and the metadata pointer (0 when none is moved).
+    #[allow(clippy::too_many_arguments)]
+    fn meta_plan(
+        &self,
+        opcode: u8,
+        nsid: u32,
+        lba: u64,
+        blocks: u32,
+        buf: &DmaBuf,
+        meta: Option<&DmaBuf>,
+        pi: &Protection,
+    ) -> Result<(Namespace, u64, usize, u64)> {
+        let (_, ns) = self.check_range(nsid, lba, blocks)?;
+        let f = ns.metadata;
+        let invalid = |why: String| Err(NvmeError::InvalidArgument(why));
+        if (pi.prinfo() != 0 || !pi.verify.is_empty()) && f.pi.is_none() {
+            return invalid(format!("namespace {nsid} has no protection information"));
+        }
+        if !pi.verify.is_empty() && (opcode != nvm_opcode::READ || !f.transferred(pi.action)) {
+            return invalid(
+                "the driver checks PI it receives: a read that moves the metadata".into(),
+            );
+        }
+        let too_big = || NvmeError::TooLarge {
+            bytes: usize::MAX,
+            max: self.max_transfer,
+        };
+        let bytes = (blocks as usize)
+            .checked_mul(f.data_stride(ns.block_size, pi.action))
+            .ok_or_else(too_big)?;
+        let data = buf
+            .iova_in(self.domain)
+            .ok_or(NvmeError::ForeignBuffer)?
+            .get();
+        if bytes > buf.len() {
+            return Err(NvmeError::BufferTooSmall {
+                need: bytes,
+                have: buf.len(),
+            });
+        }
+        if bytes > self.max_transfer {
+            return Err(NvmeError::TooLarge {
+                bytes,
+                max: self.max_transfer,
+            });
+        }
+        let per = f.separate_stride(pi.action);
+        let mptr = match (per, meta) {
+            (0, None) => 0,
+            (0, Some(_)) => {
+                return invalid(format!(
+                    "namespace {nsid} moves no separate metadata here: pass None"
+                ))
+            }
+            (_, None) => {
+                return invalid(format!(
+                    "namespace {nsid} keeps metadata in a separate buffer: pass one"
+                ))
+            }
+            (per, Some(m)) => {
+                let iova = m
+                    .iova_in(self.domain)
+                    .ok_or(NvmeError::ForeignBuffer)?
+                    .get();
+                let need = blocks as usize * per;
+                if need > m.len() {
+                    return Err(NvmeError::BufferTooSmall {
+                        need,
+                        have: m.len(),
+                    });
+                }
+                if iova & 0x3 != 0 {
+                    return invalid("the metadata buffer must be dword aligned".into());
+                }
+                iova
+            }
+        };
+        Ok((ns, data, bytes, mptr))
+    }
+
+    /// Why a read or write was refused, with its buffer.
+    #[cold]
+    fn rw_refusal(&self, ns: RwNs, lba: u64, blocks: u32, bytes: usize, buf: DmaBuf) -> Rejected {
         let e = if blocks == 0 {
             NvmeError::InvalidArgument("0 blocks: a read or write moves at least one".into())
         } else if lba
@@ -749,13 +1042,13 @@ impl IoQueuePair {
     fn rw_split(
         &mut self,
         opcode: u8,
-        ns: Namespace,
+        ns: RwNs,
         lba: u64,
         blocks: u32,
         buf: DmaBuf,
         tag: u64,
     ) -> Result<(), Rejected> {
-        let bs = ns.block_size as usize;
+        let bs = ns.stride;
         let chunk_blocks = (self.max_transfer / bs).max(1);
         let parts = (blocks as usize).div_ceil(chunk_blocks);
         if parts > self.slots.capacity() || parts > PENDING_MAX {
@@ -965,9 +1258,13 @@ impl IoQueuePair {
     fn recover(&mut self) -> Result<()> {
         let mut admin = self.inner.lock_admin();
         let generation = self.inner.generation.load(Ordering::Acquire);
-        for (_, slot) in self.slots.drain() {
+        for (cid, slot) in self.slots.drain() {
+            let meta = self.metas.get_mut(cid as usize).and_then(Option::take);
+            if let Some(c) = self.checks.get_mut(cid as usize) {
+                *c = None;
+            }
             // Commands that were aborted for lateness end as timeouts.
-            self.orphans.push((slot.tag, slot.buf, slot.aborted));
+            self.orphans.push((slot.tag, slot.buf, meta, slot.aborted));
         }
         self.stats.resets_seen += 1;
         self.epoch_started = Instant::now();
@@ -989,6 +1286,18 @@ const _: () = {
 /// Most commands one split request can have (children are counted in 16
 /// bits of the head's slot).
 const PENDING_MAX: usize = group::PENDING as usize + 1;
+
+/// The namespaces plain reads and writes may use (see [`RwNs`]).
+fn rw_namespaces(all: &[Namespace]) -> Vec<RwNs> {
+    all.iter()
+        .filter(|n| n.metadata.layout != MetadataLayout::Separate)
+        .map(|n| RwNs {
+            id: n.id,
+            blocks: n.blocks,
+            stride: n.metadata.data_stride(n.block_size, false),
+        })
+        .collect()
+}
 
 /// The alignment mask of [`IoQueuePair::sgl_mask`] for `sgl`: all ones
 /// without SGLs (nothing fits: a transfer is never 0 bytes).
@@ -1013,7 +1322,7 @@ fn sgl_mode(support: SglSupport, mode: DataPointer) -> SglSupport {
 #[cold]
 #[inline(never)]
 fn status_error(status: Status) -> Result<()> {
-    status.result().map_err(NvmeError::Status)
+    status.result().map_err(NvmeError::from_status)
 }
 
 /// A read or write's data pointer: PSDT bits for CDW0 and the two words
@@ -1101,6 +1410,9 @@ impl Drop for IoQueuePair {
                 log::error!("queue {}: delete failed; leaking its memory", self.qid);
                 for (_, slot) in self.slots.drain() {
                     std::mem::forget(slot.buf);
+                }
+                for meta in self.metas.drain(..) {
+                    std::mem::forget(meta);
                 }
                 self.ring.leak_memory();
                 // Its queue id (and shadow slots) stay taken too.

@@ -40,11 +40,13 @@ use bytemuck::Zeroable;
 use fastlane_framework::sim::{SimDma, SimFault};
 use fastlane_framework::Mmio;
 
+use crate::protection::{guard, PiTuple, PI_TUPLE_SIZE};
 use crate::spec::{
     admin_opcode, cns, cq_head_doorbell, feature, nvm_opcode, reg, sq_tail_doorbell, Cc,
     CompletionEntry, Csts, DsmRange, IdentifyController, IdentifyNamespace, SglDescriptor,
-    SglSupport, SubmissionEntry, DSM_AD, IDENTIFY_DATA_SIZE, OACS_DOORBELL_BUFFER_CONFIG, ONCS_DSM,
-    ONCS_WRITE_ZEROES, SGL_SUBTYPE_ADDRESS, SGL_TYPE_DATA_BLOCK,
+    SglSupport, SubmissionEntry, CDW12_PRINFO_SHIFT, DSM_AD, IDENTIFY_DATA_SIZE,
+    OACS_DOORBELL_BUFFER_CONFIG, ONCS_DSM, ONCS_WRITE_ZEROES, PRCHK_APP, PRCHK_GUARD, PRCHK_REF,
+    PRINFO_PRACT, SGL_SUBTYPE_ADDRESS, SGL_TYPE_DATA_BLOCK,
 };
 
 /// What the simulated controller and its one namespace look like.
@@ -71,6 +73,37 @@ pub struct SimConfig {
     /// descriptor (PSDT 01b) per read or write; segments are refused (SGL
     /// Descriptor Type Invalid).
     pub sgls: u32,
+    /// Namespaces formatted with metadata, NSID 2, 3, ... in this order
+    /// (reads, writes and flush only; see [`SimMetaNamespace`]).
+    pub metadata_namespaces: Vec<SimMetaNamespace>,
+}
+
+/// A namespace of the model formatted with per-block metadata and,
+/// optionally, protection information (16-bit guard), as QEMU's `nvme-ns`
+/// with `ms`, `mset`, `pi` and `pil`. Reads and writes honour PRACT (insert
+/// on write, strip on read when the metadata is the 8-byte tuple alone) and
+/// PRCHK (guard over the data and the metadata before the tuple,
+/// application tag under LBATM, reference tag from CDW14,
+/// incremented per block for types 1 and 2), failing with SCT 2h SC
+/// 82h/83h/84h; a type 1 read or write checking the reference tag whose
+/// CDW14 is not the LBA's low 32 bits is Invalid Protection Information.
+/// Blocks never written read as zeroes with metadata of all FFh (checks
+/// skip them, as the application tag is FFFFh).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimMetaNamespace {
+    /// Size in logical blocks.
+    pub blocks: u64,
+    /// Data bytes per block: a power of two, 512..=65536.
+    pub lba_size: u32,
+    /// Metadata bytes per block (MS), at least 8 with PI.
+    pub ms: u16,
+    /// Extended LBA (FLBAS bit 4): metadata after each block's data;
+    /// otherwise in the buffer the Metadata Pointer names.
+    pub extended: bool,
+    /// Protection information type 0 (none) ..= 3 (DPS bits 2:0).
+    pub pi_type: u8,
+    /// The tuple is the first 8 bytes of the metadata (DPS bit 3).
+    pub pi_first: bool,
 }
 
 impl Default for SimConfig {
@@ -83,6 +116,7 @@ impl Default for SimConfig {
             mqes: 1023,
             store_data: true,
             sgls: 0,
+            metadata_namespaces: Vec::new(),
         }
     }
 }
@@ -191,14 +225,24 @@ impl SimController {
     /// "Memory" above).
     ///
     /// # Panics
-    /// If `cfg.lba_size` is not a power of two in 512..=65536, or the
-    /// thread cannot be spawned.
+    /// If `cfg.lba_size` (or a metadata namespace's) is not a power of two
+    /// in 512..=65536, a metadata namespace has PI without 8 bytes of
+    /// metadata or a PI type above 3, or the thread cannot be spawned.
     pub fn start(cfg: SimConfig) -> (SimController, Mmio) {
         assert!(
             cfg.lba_size.is_power_of_two() && (512..=65536).contains(&cfg.lba_size),
             "SimConfig::lba_size {} is not a power of two in 512..=65536",
             cfg.lba_size
         );
+        for ns in &cfg.metadata_namespaces {
+            assert!(
+                ns.lba_size.is_power_of_two()
+                    && (512..=65536).contains(&ns.lba_size)
+                    && ns.pi_type <= 3
+                    && (ns.pi_type == 0 || ns.ms as usize >= PI_TUPLE_SIZE),
+                "impossible metadata namespace {ns:?}"
+            );
+        }
         let cfg = SimConfig {
             max_queues: cfg.max_queues.max(1),
             mqes: cfg.mqes.max(1),
@@ -402,6 +446,14 @@ mod status {
     pub const INVALID_LOG_PAGE: u16 = 0x109;
     pub const INVALID_QUEUE_DELETION: u16 = 0x10C;
     pub const FEATURE_NOT_SAVEABLE: u16 = 0x10D;
+    pub const INVALID_PROT_INFO: u16 = 0x181;
+    use crate::spec::{integrity_sc, sct};
+    const fn integrity(sc: u8) -> u16 {
+        (sct::MEDIA_DATA_INTEGRITY as u16) << 8 | sc as u16
+    }
+    pub const GUARD_CHECK: u16 = integrity(integrity_sc::GUARD_CHECK);
+    pub const APP_TAG_CHECK: u16 = integrity(integrity_sc::APP_TAG_CHECK);
+    pub const REF_TAG_CHECK: u16 = integrity(integrity_sc::REF_TAG_CHECK);
 
     /// The 15-bit Status Field (without Phase Tag) of an error, with DNR.
     pub const fn field(s: u16) -> u16 {
@@ -498,6 +550,8 @@ struct Model {
     dbbuf: Option<(u64, u64)>,
     held_aers: u8,
     store: Store,
+    /// Blocks (data, then metadata) of the metadata namespaces, by LBA.
+    meta_stores: Vec<HashMap<u64, Box<[u8]>>>,
     /// Host memory segments of the current command's data (PRP walk).
     segs: Vec<(u64, usize)>,
     scratch: Vec<u8>,
@@ -509,6 +563,7 @@ struct Model {
 
 impl Model {
     fn new(cfg: SimConfig, mmio: Mmio, shared: Arc<Shared>) -> Model {
+        let meta_stores = vec![HashMap::new(); cfg.metadata_namespaces.len()];
         let n = cfg.max_queues as usize + 1;
         let store = Store {
             keep: cfg.store_data,
@@ -529,6 +584,7 @@ impl Model {
             features: [0; 256],
             dbbuf: None,
             held_aers: 0,
+            meta_stores,
             store,
             segs: Vec::with_capacity(64),
             scratch: vec![0; IDENTIFY_DATA_SIZE],
@@ -984,18 +1040,20 @@ impl Model {
                 self.scratch.copy_from_slice(bytemuck::bytes_of(&id));
             }
             cns::NAMESPACE => {
-                if e.nsid != 1 {
-                    return Err(status::INVALID_NAMESPACE);
-                }
-                let id = self.identify_namespace();
+                let id = match (e.nsid, self.meta_ns(e.nsid)) {
+                    (1, _) => self.identify_namespace(),
+                    (_, Some(ns)) => identify_meta_namespace(ns),
+                    _ => return Err(status::INVALID_NAMESPACE),
+                };
                 self.scratch.copy_from_slice(bytemuck::bytes_of(&id));
             }
             cns::ACTIVE_NS_LIST => {
                 if e.nsid >= 0xFFFF_FFFE {
                     return Err(status::INVALID_NAMESPACE);
                 }
-                if e.nsid == 0 {
-                    self.scratch[..4].copy_from_slice(&1u32.to_le_bytes());
+                let ids = (1..=self.namespace_count()).filter(|&id| id > e.nsid);
+                for (i, id) in ids.take(1024).enumerate() {
+                    self.scratch[4 * i..4 * i + 4].copy_from_slice(&id.to_le_bytes());
                 }
             }
             _ => return Err(status::INVALID_FIELD),
@@ -1019,7 +1077,7 @@ impl Model {
         id.aerl = AERL;
         id.sqes = 0x66;
         id.cqes = 0x44;
-        id.nn = 1;
+        id.nn = self.namespace_count();
         id.oncs = ONCS_DSM | ONCS_WRITE_ZEROES;
         id.vwc = 1;
         id.sgls = self.cfg.sgls;
@@ -1038,6 +1096,17 @@ impl Model {
         id.flbas = 0;
         id.lbaf[0].lbads = self.cfg.lba_size.trailing_zeros() as u8;
         id
+    }
+
+    /// Namespaces: 1, then the metadata namespaces.
+    fn namespace_count(&self) -> u32 {
+        1 + self.cfg.metadata_namespaces.len() as u32
+    }
+
+    /// The metadata namespace `nsid` (2, 3, ...).
+    fn meta_ns(&self, nsid: u32) -> Option<SimMetaNamespace> {
+        let i = nsid.checked_sub(2)? as usize;
+        self.cfg.metadata_namespaces.get(i).copied()
     }
 
     /// Create I/O Completion Queue (base spec 5.4).
@@ -1236,9 +1305,16 @@ impl Model {
             Err(status::INVALID_FIELD)
         } else {
             match e.opcode() {
+                nvm_opcode::READ | nvm_opcode::WRITE if e.nsid > 1 => {
+                    self.meta_read_write(e, e.opcode() == nvm_opcode::WRITE)
+                }
                 nvm_opcode::READ => self.read_write(e, false),
                 nvm_opcode::WRITE => self.read_write(e, true),
-                nvm_opcode::FLUSH if e.nsid == 1 || e.nsid == 0xFFFF_FFFF => Ok(()),
+                nvm_opcode::FLUSH
+                    if e.nsid == 1 || e.nsid == 0xFFFF_FFFF || self.meta_ns(e.nsid).is_some() =>
+                {
+                    Ok(())
+                }
                 nvm_opcode::FLUSH => Err(status::INVALID_NAMESPACE),
                 nvm_opcode::WRITE_ZEROES => self.write_zeroes(e),
                 nvm_opcode::DATASET_MANAGEMENT => self.dataset_management(e),
@@ -1340,6 +1416,117 @@ impl Model {
         }
         for (offset, len) in zero {
             self.store.zero(offset, len as u64);
+        }
+        Ok(())
+    }
+
+    /// A read or write of a metadata namespace: data (and interleaved
+    /// metadata) through DPTR, separate metadata at MPTR (one contiguous
+    /// range), PRINFO applied per block.
+    fn meta_read_write(&mut self, e: &SubmissionEntry, write: bool) -> CmdResult<()> {
+        let ns = self.meta_ns(e.nsid).ok_or(status::INVALID_NAMESPACE)?;
+        let store = e.nsid as usize - 2;
+        let slba = (e.cdw11 as u64) << 32 | e.cdw10 as u64;
+        let nlb = (e.cdw12 & 0xFFFF) as usize + 1;
+        if slba
+            .checked_add(nlb as u64)
+            .is_none_or(|end| end > ns.blocks)
+        {
+            return Err(status::LBA_OUT_OF_RANGE);
+        }
+        let prinfo = (e.cdw12 >> CDW12_PRINFO_SHIFT) as u8 & 0xF;
+        let pract = prinfo & PRINFO_PRACT != 0;
+        let pi = PiParams {
+            kind: ns.pi_type,
+            check: prinfo & (PRCHK_GUARD | PRCHK_APP | PRCHK_REF),
+            ref_tag: e.cdw14,
+            app_tag: e.cdw15 as u16,
+            app_mask: (e.cdw15 >> 16) as u16,
+            at: if ns.pi_first {
+                0
+            } else {
+                ns.ms as usize - PI_TUPLE_SIZE
+            },
+        };
+        if prinfo != 0 && ns.pi_type == 0 {
+            return Err(status::INVALID_FIELD);
+        }
+        if ns.pi_type == 1 && pi.check & PRCHK_REF != 0 && slba as u32 != e.cdw14 {
+            return Err(status::INVALID_PROT_INFO);
+        }
+        let (bs, ms) = (ns.lba_size as usize, ns.ms as usize);
+        let moved = !(pract && ns.pi_type != 0 && ms == PI_TUPLE_SIZE);
+        let inline_ms = if ns.extended && moved { ms } else { 0 };
+        let len = nlb * (bs + inline_ms);
+        if self.exceeds_mdts(len) {
+            return Err(status::INVALID_FIELD);
+        }
+        if e.psdt() == 1 {
+            self.map_sgl(e.prp1, e.prp2, len)?;
+        } else {
+            self.map_prps(e.prp1, e.prp2, len)?;
+        }
+        let separate = (!ns.extended && moved).then_some(nlb * ms);
+        if separate.is_some() && (e.mptr == 0 || e.mptr & 0x3 != 0) {
+            return Err(status::DATA_TRANSFER_ERROR);
+        }
+        let mut host = vec![0u8; len];
+        let mut host_md = vec![0u8; separate.unwrap_or(0)];
+        // Each block as stored: data then metadata.
+        let mut blocks = vec![0u8; nlb * (bs + ms)];
+        let chunk = bs + ms;
+        if write {
+            copy_from_host(&mut self.dma, &self.segs, &mut host)
+                .map_err(|f| transfer_error(&self.shared, f))?;
+            if separate.is_some() {
+                self.dma
+                    .read(e.mptr, &mut host_md)
+                    .map_err(|f| transfer_error(&self.shared, f))?;
+            }
+            for (i, b) in blocks.chunks_exact_mut(chunk).enumerate() {
+                let hs = bs + inline_ms;
+                b[..bs].copy_from_slice(&host[i * hs..i * hs + bs]);
+                if inline_ms != 0 {
+                    b[bs..].copy_from_slice(&host[i * hs + bs..(i + 1) * hs]);
+                } else if separate.is_some() {
+                    b[bs..].copy_from_slice(&host_md[i * ms..(i + 1) * ms]);
+                }
+                if pract && ns.pi_type != 0 {
+                    let crc = guard(&b[..bs], &b[bs..bs + pi.at]);
+                    let t = PiTuple::new(crc, pi.app_tag, pi.ref_tag(i));
+                    b[bs + pi.at..bs + pi.at + PI_TUPLE_SIZE]
+                        .copy_from_slice(bytemuck::bytes_of(&t));
+                } else {
+                    pi.check_block(&b[..bs], &b[bs..], i)?;
+                }
+            }
+            let map = &mut self.meta_stores[store];
+            for (i, b) in blocks.chunks_exact(chunk).enumerate() {
+                map.insert(slba + i as u64, b.into());
+            }
+            return Ok(());
+        }
+        let map = &self.meta_stores[store];
+        for (i, b) in blocks.chunks_exact_mut(chunk).enumerate() {
+            match map.get(&(slba + i as u64)) {
+                Some(stored) => b.copy_from_slice(stored),
+                None => b[bs..].fill(0xFF),
+            }
+            pi.check_block(&b[..bs], &b[bs..], i)?;
+            let hs = bs + inline_ms;
+            host[i * hs..i * hs + bs].copy_from_slice(&b[..bs]);
+            if inline_ms != 0 {
+                host[i * hs + bs..(i + 1) * hs].copy_from_slice(&b[bs..]);
+            } else if separate.is_some() {
+                host_md[i * ms..(i + 1) * ms].copy_from_slice(&b[bs..]);
+            }
+        }
+        copy_to_host(&mut self.dma, &self.segs, &host)
+            .map_err(|f| transfer_error(&self.shared, f))?;
+        if separate.is_some() {
+            self.dma
+                .write(e.mptr, &host_md)
+                .map_err(|f| transfer_error(&self.shared, f))?;
         }
         Ok(())
     }
@@ -1549,6 +1736,66 @@ impl Store {
                 }
             }
         }
+    }
+}
+
+/// Identify Namespace of a metadata namespace: one LBA format.
+fn identify_meta_namespace(ns: SimMetaNamespace) -> IdentifyNamespace {
+    let mut id = IdentifyNamespace::zeroed();
+    id.nsze = ns.blocks;
+    id.ncap = ns.blocks;
+    id.nuse = ns.blocks;
+    id.flbas = (ns.extended as u8) << 4;
+    // MC: extended and separate metadata supported; DPC: types 1..3, first
+    // or last 8 bytes.
+    id.mc = 0b11;
+    id.dpc = 0b1_1111;
+    id.dps = ns.pi_type & 0x7 | (ns.pi_first as u8) << 3;
+    id.lbaf[0].lbads = ns.lba_size.trailing_zeros() as u8;
+    id.lbaf[0].ms = ns.ms;
+    id
+}
+
+/// PRCHK and the expected tags of one read or write.
+struct PiParams {
+    kind: u8,
+    check: u8,
+    ref_tag: u32,
+    app_tag: u16,
+    app_mask: u16,
+    /// Offset of the tuple in a block's metadata.
+    at: usize,
+}
+
+impl PiParams {
+    /// The reference tag block `i` of the command should carry.
+    fn ref_tag(&self, i: usize) -> u32 {
+        match self.kind {
+            1 | 2 => self.ref_tag.wrapping_add(i as u32),
+            _ => self.ref_tag,
+        }
+    }
+
+    /// Checks one block's tuple as PRCHK asks (FFFFh application tag:
+    /// skipped, and for type 3 also needing an all-ones reference tag).
+    fn check_block(&self, data: &[u8], md: &[u8], i: usize) -> CmdResult<()> {
+        if self.kind == 0 || self.check == 0 {
+            return Ok(());
+        }
+        let t: PiTuple = bytemuck::pod_read_unaligned(&md[self.at..self.at + PI_TUPLE_SIZE]);
+        if t.app_tag() == 0xFFFF && (self.kind != 3 || t.ref_tag() == u32::MAX) {
+            return Ok(());
+        }
+        if self.check & PRCHK_GUARD != 0 && t.guard() != guard(data, &md[..self.at]) {
+            return Err(status::GUARD_CHECK);
+        }
+        if self.check & PRCHK_APP != 0 && (t.app_tag() ^ self.app_tag) & self.app_mask != 0 {
+            return Err(status::APP_TAG_CHECK);
+        }
+        if self.check & PRCHK_REF != 0 && self.kind != 3 && t.ref_tag() != self.ref_tag(i) {
+            return Err(status::REF_TAG_CHECK);
+        }
+        Ok(())
     }
 }
 

@@ -16,7 +16,8 @@ use fastlane_framework::{BufferPool, PageSize};
 use fastlane_nvme::sim::{SimConfig, SimController};
 use fastlane_nvme::spec::{admin_opcode, feature, CompletionEntry, SubmissionEntry};
 use fastlane_nvme::{
-    pattern, Completion, Controller, IoQueuePair, Namespace, NvmeError, Options, Rejected,
+    pattern, Completion, Controller, IoQueuePair, MetadataFormat, Namespace, NvmeError, Options,
+    Rejected,
 };
 
 /// How long any single wait in these tests may take before it is a failure.
@@ -31,6 +32,7 @@ fn small() -> SimConfig {
         mqes: 255,
         store_data: true,
         sgls: 0,
+        metadata_namespaces: Vec::new(),
     }
 }
 
@@ -216,6 +218,7 @@ fn bring_up_and_identify() {
         id: 1,
         blocks: 1 << 16,
         block_size: 512,
+        metadata: MetadataFormat::NONE,
     };
     assert_eq!(ctrl.namespaces(), [ns1]);
     assert_eq!(ctrl.namespace(1).unwrap(), ns1);

@@ -95,6 +95,18 @@ pub const CDW12_FUA: u32 = 1 << 30;
 pub const CDW12_LR: u32 = 1 << 31;
 /// Write Zeroes CDW12 bit 25: Deallocate.
 pub const CDW12_DEAC: u32 = 1 << 25;
+/// Read/Write CDW12 bits 29:26: PRINFO (NVM Command Set spec, "Protection
+/// Information Field"), at this shift: PRACT (bit 3) and PRCHK (bits 2:0).
+pub const CDW12_PRINFO_SHIFT: u32 = 26;
+/// PRINFO bit 3: Protection Information Action (insert on write, strip on
+/// read).
+pub const PRINFO_PRACT: u8 = 1 << 3;
+/// PRINFO bit 2: check the Guard field.
+pub const PRCHK_GUARD: u8 = 1 << 2;
+/// PRINFO bit 1: check the Application Tag field.
+pub const PRCHK_APP: u8 = 1 << 1;
+/// PRINFO bit 0: check the Logical Block Reference Tag field.
+pub const PRCHK_REF: u8 = 1 << 0;
 /// Dataset Management CDW11 bit 0: Integral Dataset for Read.
 pub const DSM_IDR: u32 = 1 << 0;
 /// Dataset Management CDW11 bit 1: Integral Dataset for Write.
@@ -209,6 +221,13 @@ impl SubmissionEntry {
     /// `start_nsid`, ascending; parse with [`active_ns_ids`].
     pub const fn identify_active_ns_list(start_nsid: u32, data: u64) -> Self {
         Self::identify(cns::ACTIVE_NS_LIST, start_nsid, data)
+    }
+    /// Namespace Attachment (base spec 5.23): attach `nsid` to (or detach
+    /// it from) the controllers of the Controller List in the data page.
+    pub const fn namespace_attachment(nsid: u32, detach: bool) -> Self {
+        let mut e = Self::new(admin_opcode::NAMESPACE_ATTACHMENT, nsid);
+        e.cdw10 = detach as u32; // SEL: 0h attach, 1h detach
+        e
     }
 
     /// Create I/O Completion Queue: physically contiguous (PC=1), interrupts

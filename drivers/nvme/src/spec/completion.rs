@@ -70,6 +70,14 @@ pub mod sct {
     pub const VENDOR_SPECIFIC: u8 = 0x7;
 }
 
+/// SCT 2 (Media and Data Integrity Errors) status codes of a failed
+/// end-to-end check.
+pub mod integrity_sc {
+    pub const GUARD_CHECK: u8 = 0x82;
+    pub const APP_TAG_CHECK: u8 = 0x83;
+    pub const REF_TAG_CHECK: u8 = 0x84;
+}
+
 /// The 16-bit Phase Tag + Status Field of a completion (base spec 4.6.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status(pub u16);

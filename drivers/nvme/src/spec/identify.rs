@@ -358,6 +358,15 @@ impl IdentifyNamespace {
     pub const fn metadata_extended(&self) -> bool {
         self.flbas & (1 << 4) != 0
     }
+    /// DPS bits 2:0: Protection Information Type (0 = not enabled, 1..=3).
+    pub const fn pi_type(&self) -> u8 {
+        self.dps & 0x7
+    }
+    /// DPS bit 3: the protection information is the first 8 bytes of the
+    /// metadata (else the last 8).
+    pub const fn pi_first(&self) -> bool {
+        self.dps & (1 << 3) != 0
+    }
 }
 
 impl fmt::Debug for IdentifyNamespace {
