@@ -64,10 +64,12 @@ struct Args {
     /// Microseconds a worker naps in epoll_wait between completion-queue
     /// polls while commands are on the device and it spun --idle-spin-us
     /// without progress (0: poll without pause).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 50)]
     device_nap_us: u64,
     /// Move each worker to the CPU where its busiest connection's packets
-    /// arrive (SO_INCOMING_CPU), within the CPUs the target may use.
+    /// arrive (SO_INCOMING_CPU), within the CPUs the target may use (off:
+    /// slower in the 2-vCPU TCG benchmark, where the scheduler spreads
+    /// the work better).
     #[arg(long)]
     follow_host_cpu: bool,
     /// Stop (cleanly: device queues deleted, controller shut down) when

@@ -116,7 +116,7 @@ impl Default for Tuning {
         Tuning {
             digests: false,
             idle_spin: Duration::from_micros(50),
-            device_nap: Duration::ZERO,
+            device_nap: Duration::from_micros(50),
             follow_host_cpu: false,
         }
     }
