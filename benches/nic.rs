@@ -1,5 +1,6 @@
 //! The igb driver's own CPU cost per packet, receive and transmit in bursts
-//! of 32, against the in-process device model (`fastlane::nic::igb::sim`).
+//! of 32, and an l2fwd-style forwarding loop, against the in-process device
+//! model (`fastlane::nic::igb::sim`).
 //!
 //! Setup: one port from `Igb::with_registers` on the model's register
 //! block, rings of 512 descriptors, an unmapped pool of 2048 buffers, 60-byte
@@ -19,6 +20,14 @@
 //!   (one DD check, 32 buffers back to the cache) and 32 descriptors
 //!   written, one TDT write; then the model "sends" them (DD written back,
 //!   TDH moved).
+//! - `l2fwd32/{igb,dyn_nic}`: the model writes back 32 receive
+//!   descriptors; then, timed, what DPDK's l2fwd does per burst: one
+//!   `rx_burst(out, 32)`, both MAC addresses of every frame rewritten in
+//!   place (`Packet::data_mut`, no copy), one `tx_burst` of the same
+//!   packets (reclaim of the previous burst included) and `recycle` of any
+//!   it did not take; then the model "sends" them. `igb` calls the port
+//!   directly, `dyn_nic` through `&mut dyn Nic` (an application written
+//!   against the trait): the same code, monomorphised once for each.
 //! - `floor`: what any driver must do per packet at the least: the volatile
 //!   read of one 8-byte status word and the volatile write of one 16-byte
 //!   descriptor, in a warm ring of 512 slots, through a framework
@@ -130,6 +139,66 @@ impl Rig {
     }
 }
 
+/// Destination and source MAC written into every forwarded frame.
+const L2FWD_MACS: [u8; 12] = [0x02, 0, 0, 0, 0, 0x01, 0x02, 0x00, 0x00, 0x5e, 0x10, 0xc9];
+
+/// How the l2fwd loop reaches the port.
+#[derive(Clone, Copy)]
+enum Via {
+    /// `Igb` methods, statically dispatched.
+    Igb,
+    /// `&mut dyn Nic`, as an application written against the trait.
+    DynNic,
+}
+
+impl Rig {
+    /// One l2fwd burst; returns the ticks spent forwarding.
+    #[inline]
+    fn l2fwd_round(&mut self, via: Via) -> u64 {
+        let delivered = self.sim.receive(BURST, FRAME);
+        let a = ticks();
+        let n = match via {
+            Via::Igb => cg_l2fwd_igb(&mut self.port, &mut self.rx),
+            // black_box: the call goes through the vtable, as it would for
+            // a port opened by `nic::open`.
+            Via::DynNic => cg_l2fwd_dyn(black_box(&mut self.port as &mut dyn Nic), &mut self.rx),
+        };
+        let b = ticks();
+        assert!(delivered == BURST && n == BURST, "model delivered {delivered}, forwarded {n}");
+        self.sim.transmit(usize::MAX);
+        b - a
+    }
+}
+
+/// DPDK l2fwd's per-burst work on one port: receive, rewrite both MAC
+/// addresses in place, send the same packets, recycle what did not fit.
+#[inline(always)]
+fn l2fwd<N: Nic + ?Sized>(port: &mut N, pkts: &mut Vec<Packet>) -> usize {
+    let n = port.rx_burst(pkts, BURST);
+    for p in pkts.iter_mut() {
+        if let Some(macs) = p.data_mut().get_mut(..12) {
+            macs.copy_from_slice(&L2FWD_MACS);
+        }
+    }
+    port.tx_burst(pkts);
+    if !pkts.is_empty() {
+        port.recycle(pkts);
+    }
+    n
+}
+
+/// [`l2fwd`] on the igb port directly.
+#[inline(never)]
+fn cg_l2fwd_igb(port: &mut Igb, pkts: &mut Vec<Packet>) -> usize {
+    l2fwd(port, pkts)
+}
+
+/// [`l2fwd`] through the `Nic` trait object.
+#[inline(never)]
+fn cg_l2fwd_dyn(port: &mut dyn Nic, pkts: &mut Vec<Packet>) -> usize {
+    l2fwd(port, pkts)
+}
+
 /// One `rx_burst` of up to [`BURST`] packets.
 #[inline(never)]
 fn cg_rx(port: &mut Igb, out: &mut Vec<Packet>) -> usize {
@@ -200,6 +269,17 @@ fn benches(rig: &mut Rig) {
     });
     g.bench_function("floor_status_read_desc_write", |b| b.iter(|| black_box(floor.cg_floor(BURST))));
     g.finish();
+    let mut g = c.benchmark_group("l2fwd32");
+    g.throughput(Throughput::Elements(BURST as u64));
+    for (name, via) in [("igb", Via::Igb), ("dyn_nic", Via::DynNic)] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let t: u64 = (0..iters).map(|_| rig.l2fwd_round(via)).sum();
+                Duration::from_nanos(ticks_to_ns(t, iters) as u64)
+            })
+        });
+    }
+    g.finish();
 }
 
 // ---------------------------------------------------------------------------
@@ -211,10 +291,14 @@ fn table(rig: &mut Rig) {
     for _ in 0..1000 {
         rig.rx_round();
         rig.tx_round();
+        rig.l2fwd_round(Via::Igb);
+        rig.l2fwd_round(Via::DynNic);
     }
     let per_pkt = |t: u64| ticks_to_ns(t, BURSTS) / (BURSTS as usize * BURST) as f64;
     let rx = median5(|| per_pkt((0..BURSTS).map(|_| rig.rx_round()).sum()));
     let tx = median5(|| per_pkt((0..BURSTS).map(|_| rig.tx_round()).sum()));
+    let fwd_igb = median5(|| per_pkt((0..BURSTS).map(|_| rig.l2fwd_round(Via::Igb)).sum()));
+    let fwd_dyn = median5(|| per_pkt((0..BURSTS).map(|_| rig.l2fwd_round(Via::DynNic)).sum()));
     let mut floor = Floor::new();
     let floor_ns = median5(|| {
         let n = BURSTS as usize * BURST;
@@ -239,6 +323,8 @@ fn table(rig: &mut Rig) {
     };
     row("rx: `rx_burst(out, 32)` (status reads, buffer refill from the port cache, RDT write)", rx);
     row("tx: `tx_burst` of 32 (reclaim of the previous burst, descriptor writes, TDT write)", tx);
+    row("l2fwd on `Igb`: rx_burst, both MACs rewritten in place, tx_burst (both directions)", fwd_igb);
+    row("l2fwd through `&mut dyn Nic`: the same", fwd_dyn);
     row("floor: volatile 8-byte status read + 16-byte descriptor write", floor_ns);
     row("target (issue), per direction", TARGET_NS);
     row("ixy.rs, 26 Mpps forwarding on one 3.3 GHz core, per direction", IXY_NS);
@@ -250,6 +336,10 @@ fn table(rig: &mut Rig) {
             100.0 * ns / TARGET_NS
         );
     }
+    println!(
+        "- l2fwd through the trait / directly on igb: {:.2}x in this run ({fwd_dyn:.2} vs {fwd_igb:.2} ns per packet).",
+        fwd_dyn / fwd_igb
+    );
     println!("- instructions per packet: `benches/callgrind-nic.sh`.");
 }
 
@@ -271,10 +361,16 @@ fn callgrind_mode() {
         rig.rx_round();
         rig.tx_round();
     }
+    for _ in 0..bursts {
+        rig.l2fwd_round(Via::Igb);
+    }
+    for _ in 0..bursts {
+        rig.l2fwd_round(Via::DynNic);
+    }
     black_box(floor.cg_floor(bursts * BURST));
     let s = rig.sim.stats();
     println!(
-        "callgrind mode: {} packets per direction in {bursts} bursts of {BURST}; model received {} sent {}",
+        "callgrind mode: {} packets per direction in {bursts} bursts of {BURST} (and as many through each l2fwd); model received {} sent {}",
         bursts * BURST,
         s.rx_frames,
         s.tx_frames
