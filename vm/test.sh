@@ -34,9 +34,23 @@ for aw in 39 48; do
     rm -f "$qmp"
     tests/guest/link-flap-host.sh --qmp "$qmp" --token "$token" --cycles 2 --timeout 3600 &
     flapper=$!
+    # The host side of the NVMe removal test: a second NVMe behind a
+    # hot-pluggable root port (guest 0000:03:00.0), unplugged and plugged
+    # back over a second QMP socket when the guest asks.
+    hqmp="/tmp/fastlane-hqmp.$$.sock" htoken="hotplug-$$-$aw-$(date +%s)"
+    rm -f "$hqmp"
+    himg="${FASTLANE_VM_CACHE:-$repo/.cache/vm}/nvme-hotplug.img"
+    rm -f "$himg"; truncate -s 64M "$himg"
+    tests/guest/hotplug-host.sh --qmp "$hqmp" --token "$htoken" --timeout 3600 &
+    plugger=$!
+    hotplug_qemu_args="-qmp unix:$hqmp,server=on,wait=off
+        -device pcie-root-port,id=rphp,chassis=3,addr=08.0
+        -blockdev driver=file,filename=$himg,node-name=hpfile
+        -blockdev driver=raw,file=hpfile,node-name=dhp
+        -device nvme,id=nvmehp,serial=fastlanehp01,drive=dhp,bus=rphp"
     rc=0
-    FASTLANE_QEMU_EXTRA="${FASTLANE_QEMU_EXTRA:-} -qmp unix:$qmp,server=on,wait=off" \
-    FASTLANE_GUEST_ENV="${FASTLANE_GUEST_ENV:-} NIC_LINK_FLAP=$token NIC_LINK_FLAP_CYCLES=2" \
+    FASTLANE_QEMU_EXTRA="${FASTLANE_QEMU_EXTRA:-} -qmp unix:$qmp,server=on,wait=off $hotplug_qemu_args" \
+    FASTLANE_GUEST_ENV="${FASTLANE_GUEST_ENV:-} NIC_LINK_FLAP=$token NIC_LINK_FLAP_CYCLES=2 FASTLANE_NVME_HOTPLUG=0000:03:00.0 NVME_HOTPLUG_TOKEN=$htoken" \
         "$here/run.sh" --aw-bits "$aw" --timeout 900 "${bins[@]}" \
         --file tests/guest/hugepages.sh --file tests/guest/reliability.sh \
         --file tests/guest/soak.sh --file tests/guest/nic-soak.sh \
@@ -47,7 +61,12 @@ for aw in 39 48; do
     elif ! wait "$flapper"; then
         echo "=== link flapper failed"; [ "$rc" != 0 ] || rc=1
     fi
-    rm -f "$qmp"
+    if kill -0 "$plugger" 2>/dev/null; then
+        kill "$plugger"; wait "$plugger" || true
+    elif ! wait "$plugger"; then
+        echo "=== NVMe hot-plug host side failed"; [ "$rc" != 0 ] || rc=1
+    fi
+    rm -f "$qmp" "$hqmp" "$himg"
     [ "$rc" = 0 ] || exit "$rc"
 done
 echo "=== all tests passed"

@@ -45,6 +45,12 @@ if [ "${FASTLANE_AW_BITS:-39}" = 39 ] && have guest_net_stack; then
     run /bin/guest_net_stack --test-threads=1
 fi
 
+# NVMe surprise removal and hot add of the second controller (vm/test.sh
+# plugs it behind a hot-pluggable root port and drives QMP from the host).
+if [ -n "${FASTLANE_NVME_HOTPLUG:-}" ] && have guest_nvme_removal; then
+    hugepages.sh bind "$FASTLANE_NVME_HOTPLUG" && run /bin/guest_nvme_removal --test-threads=1
+fi
+
 hugepages.sh reset
 [ "$fail" = 0 ] && echo "=== guest: all passed"
 exit "$fail"

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use fastlane_framework::{
-    DmaBuf, DmaDomain, DmaRegion, Interrupt, Mmio, MsixVectors, PageSize, PciDevice, UncheckedDma,
-    Vfio,
+    DmaBuf, DmaDomain, DmaRegion, Interrupt, Mmio, MsixVectors, PageSize, PciDevice, Removal,
+    UncheckedDma, Vfio,
 };
 
 use crate::error::{NvmeError, Result};
@@ -216,6 +216,10 @@ pub(crate) struct Inner {
     /// Shadow doorbell and EventIdx pages, when in use.
     pub dbbuf: Option<DmaRegion>,
     pub options: Options,
+    /// Set by the framework when the device is being removed.
+    pub removal: Removal,
+    /// A queue pair noticed the removal and bumped `generation` for it.
+    pub removal_noticed: std::sync::atomic::AtomicBool,
     /// MSI-X vectors when [`Options::interrupts`]: 0 for the admin queue,
     /// the rest shared out among I/O queues.
     pub vectors: Option<MsixVectors>,
@@ -226,6 +230,8 @@ pub(crate) struct Admin {
     ring: Ring,
     /// Which I/O queue ids are taken.
     qids: Vec<bool>,
+    /// The device's removal flag: commands are refused once it is set.
+    removal: Removal,
 }
 
 impl Controller {
@@ -295,7 +301,10 @@ impl Controller {
         let mut admin = Admin {
             ring,
             qids: Vec::new(),
+            removal: Removal::default(),
         };
+        let removal = device.as_ref().map(PciDevice::removal).unwrap_or_default();
+        admin.removal = removal.clone();
         let up = enable(&regs, cap, &admin.ring)
             .and_then(|()| bring_up(&mut admin, &regs, cap, &mem, &options));
         match up {
@@ -310,6 +319,8 @@ impl Controller {
                     namespaces,
                     dbbuf,
                     options,
+                    removal,
+                    removal_noticed: std::sync::atomic::AtomicBool::new(false),
                     vectors,
                     _device: device,
                 }),
@@ -360,6 +371,12 @@ impl Controller {
     pub fn reset(&self) -> Result<()> {
         let seen = self.inner.generation.load(Ordering::Acquire);
         self.inner.reset_if(seen)
+    }
+
+    /// Set once the controller is being removed (hot unplug): every
+    /// command then ends with [`NvmeError::Removed`].
+    pub fn removal(&self) -> Removal {
+        self.inner.removal.clone()
     }
 
     /// Resets performed so far.
@@ -535,6 +552,9 @@ impl Inner {
     /// Resets unless someone else already did since generation `seen`.
     pub fn reset_if(&self, seen: u64) -> Result<()> {
         let mut admin = self.lock_admin();
+        if self.removal.is_removed() {
+            return Err(NvmeError::Removed);
+        }
         if self.generation.load(Ordering::Acquire) != seen {
             return Ok(());
         }
@@ -605,6 +625,9 @@ impl Admin {
         cap: Cap,
         mut cmd: SubmissionEntry,
     ) -> Result<CompletionEntry> {
+        if self.removal.is_removed() {
+            return Err(NvmeError::Removed);
+        }
         cmd.set_cid(self.ring.sq.tail());
         if !self.ring.push(&cmd) {
             return Err(NvmeError::QueueFull);
@@ -635,7 +658,12 @@ impl Admin {
                     after: timeout,
                 });
             }
-            if Csts(regs.read32(reg::CSTS)).cfs() {
+            let csts = regs.read32(reg::CSTS);
+            if self.removal.is_removed() || csts == u32::MAX {
+                // Released (all-ones registers) or gone from the bus.
+                return Err(NvmeError::Removed);
+            }
+            if Csts(csts).cfs() {
                 return Err(NvmeError::ControllerFatal);
             }
             std::hint::spin_loop();
@@ -806,6 +834,9 @@ fn max_transfer(idc: &IdentifyController) -> usize {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if self.removal.is_removed() {
+            return; // nothing left to shut down
+        }
         // Normal shutdown (CC.SHN), so a real drive flushes its caches.
         let cc = Cc(self.regs.read32(reg::CC));
         if !cc.en() {

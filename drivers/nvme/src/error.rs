@@ -41,6 +41,10 @@ pub enum NvmeError {
     /// CSTS.CFS is set.
     #[error("controller fatal status (CSTS.CFS); reset the controller")]
     ControllerFatal,
+    /// The controller was removed (hot unplug) or vanished: outstanding
+    /// commands end with it, new ones are refused with it.
+    #[error("the controller was removed")]
+    Removed,
     /// A reset ended the command before it completed.
     #[error("the controller was reset; the command was not completed")]
     Reset,
@@ -140,6 +144,15 @@ impl NvmeError {
             lba: None,
             mismatch: None,
         })
+    }
+
+    /// The controller was removed ([`NvmeError::Removed`], or the
+    /// framework's `Removed` from a device access).
+    pub fn is_removed(&self) -> bool {
+        matches!(
+            self,
+            NvmeError::Removed | NvmeError::Framework(fastlane_framework::Error::Removed(_))
+        )
     }
 
     /// The device is open already in this container (or held by another

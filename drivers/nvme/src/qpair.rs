@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fastlane_framework::{DmaArray, DmaBuf, DmaDomain, Interrupt};
+use fastlane_framework::{DmaArray, DmaBuf, DmaDomain, Interrupt, Removal};
 
 use crate::controller::{Admin, DataPointer, Inner, Namespace, PAGE_SIZE};
 use crate::error::{NvmeError, Rejected, RejectedMeta, Result};
@@ -127,7 +127,18 @@ struct HostCheck {
 }
 
 /// A command ended by a reset or timeout: tag, buffers, timed out.
-type Orphan = (u64, Option<DmaBuf>, Option<DmaBuf>, bool);
+type Orphan = (u64, Option<DmaBuf>, Option<DmaBuf>, Ended);
+
+/// Why a command ended without its completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// A controller reset.
+    Reset,
+    /// Its timeout (it was aborted, then the controller reset).
+    Timeout,
+    /// The controller was removed.
+    Removed,
+}
 
 /// An I/O submission/completion queue pair.
 pub struct IoQueuePair {
@@ -166,6 +177,8 @@ pub struct IoQueuePair {
     stats: QpairStats,
     /// This pair's MSI-X vector, with [`crate::Options::interrupts`].
     irq: Option<Interrupt>,
+    /// Set when the controller is being removed.
+    removal: Removal,
 }
 
 impl IoQueuePair {
@@ -217,6 +230,7 @@ impl IoQueuePair {
             sgl_mask: sgl_mask(sgl_mode(inner.info.sgl, inner.options.data_pointer)),
             domain: inner.mem.domain(),
             irq: inner.interrupt_for(qid),
+            removal: inner.removal.clone(),
             inner,
             ring,
             qid,
@@ -266,7 +280,8 @@ impl IoQueuePair {
             ));
         };
         irq.clear();
-        if self.ring.cq_ready() || !self.orphans.is_empty() {
+        if self.ring.cq_ready() || !self.orphans.is_empty() || self.removal.is_removed() {
+            // A removed controller's outstanding commands end at the next poll.
             return Ok(true);
         }
         if !irq.wait(timeout)? {
@@ -583,6 +598,10 @@ impl IoQueuePair {
         }
         if consumed {
             self.ring.ring_cq();
+        } else if self.removal.is_removed() {
+            // Bus mastering is off and the device is going: nothing more
+            // will complete. Everything ends with `Removed` (next poll).
+            self.notice_removal();
         }
         self.polls = self.polls.wrapping_add(1);
         if self.polls.is_multiple_of(CLOCK_EVERY) && self.slots.in_flight() > 0 {
@@ -603,16 +622,16 @@ impl IoQueuePair {
     fn deliver_orphans(&mut self, max: usize, f: &mut impl FnMut(Completion)) -> usize {
         let mut n = 0;
         while n < max {
-            let Some((tag, buf, meta, timed_out)) = self.orphans.pop() else {
+            let Some((tag, buf, meta, ended)) = self.orphans.pop() else {
                 break;
             };
-            let result = Err(if timed_out {
-                NvmeError::Timeout {
+            let result = Err(match ended {
+                Ended::Timeout => NvmeError::Timeout {
                     what: "I/O command",
                     after: self.inner.options.io_timeout,
-                }
-            } else {
-                NvmeError::Reset
+                },
+                Ended::Reset => NvmeError::Reset,
+                Ended::Removed => NvmeError::Removed,
             });
             if let Some(m) = meta {
                 self.hand_back_meta(tag, m);
@@ -734,8 +753,8 @@ impl IoQueuePair {
         buf: DmaBuf,
         tag: u64,
     ) -> Result<(), Rejected> {
-        if self.inner.generation.load(Ordering::Relaxed) != self.generation {
-            if let Err(e) = self.recover() {
+        if self.stale() {
+            if let Err(e) = self.refresh() {
                 return Err(Rejected::new(e, Some(buf)));
             }
         }
@@ -872,8 +891,8 @@ impl IoQueuePair {
         tag: u64,
     ) -> Result<(), RejectedMeta> {
         let refuse = |error, buf, meta| RejectedMeta { error, buf, meta };
-        if self.inner.generation.load(Ordering::Relaxed) != self.generation {
-            if let Err(e) = self.recover() {
+        if self.stale() {
+            if let Err(e) = self.refresh() {
                 return Err(refuse(e, Some(buf), meta));
             }
         }
@@ -1140,8 +1159,8 @@ impl IoQueuePair {
         tag: u64,
         fill: impl FnOnce(SlotPage<'_>) -> Result<(u64, u64)>,
     ) -> Result<(), Rejected> {
-        if self.inner.generation.load(Ordering::Relaxed) != self.generation {
-            if let Err(e) = self.recover() {
+        if self.stale() {
+            if let Err(e) = self.refresh() {
                 return Err(Rejected::new(e, buf));
             }
         }
@@ -1194,7 +1213,18 @@ impl IoQueuePair {
     /// caught even while others keep completing.
     #[cold]
     fn check_timeouts(&mut self) {
-        if Csts(self.inner.regs.read32(reg::CSTS)).cfs() {
+        let csts = self.inner.regs.read32(reg::CSTS);
+        if csts == u32::MAX && !self.removal.is_removed() {
+            // All ones: the controller left the bus without notice (a
+            // surprise removal the kernel has not reported yet).
+            log::error!("queue {}: controller registers read all ones: removed", self.qid);
+            self.end_outstanding(true);
+            return;
+        }
+        if self.removal.is_removed() {
+            return;
+        }
+        if Csts(csts).cfs() {
             log::error!("queue {}: controller fatal status, resetting", self.qid);
             self.reset_controller();
             return;
@@ -1256,24 +1286,68 @@ impl IoQueuePair {
     /// orphans for the next poll) and create this pair's queues again.
     #[cold]
     fn recover(&mut self) -> Result<()> {
-        let mut admin = self.inner.lock_admin();
-        let generation = self.inner.generation.load(Ordering::Acquire);
-        for (cid, slot) in self.slots.drain() {
-            let meta = self.metas.get_mut(cid as usize).and_then(Option::take);
-            if let Some(c) = self.checks.get_mut(cid as usize) {
-                *c = None;
-            }
-            // Commands that were aborted for lateness end as timeouts.
-            self.orphans.push((slot.tag, slot.buf, meta, slot.aborted));
-        }
+        let inner = self.inner.clone();
+        let mut admin = inner.lock_admin();
+        let generation = inner.generation.load(Ordering::Acquire);
+        self.end_outstanding(false);
         self.stats.resets_seen += 1;
         self.epoch_started = Instant::now();
         // Zeroes the queues and this pair's shadow slots (which it keeps).
         self.ring.reinit()?;
         let entries = self.ring.sq.size();
-        create_queues(&mut admin, &self.inner, &self.ring, self.qid, entries)?;
+        create_queues(&mut admin, &inner, &self.ring, self.qid, entries)?;
         self.generation = generation;
         Ok(())
+    }
+}
+
+impl IoQueuePair {
+    /// A reset or a noticed removal happened since this pair last looked
+    /// (a removal bumps the generation when a poll notices it, so the
+    /// submission path keeps its one check).
+    #[inline(always)]
+    fn stale(&self) -> bool {
+        self.inner.generation.load(Ordering::Relaxed) != self.generation
+    }
+
+    /// A poll found nothing and the controller is being removed: end
+    /// everything outstanding, and make every queue pair of the controller
+    /// stale so their next submission is refused.
+    #[cold]
+    fn notice_removal(&mut self) {
+        if !self.inner.removal_noticed.swap(true, Ordering::AcqRel) {
+            self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.end_outstanding(true);
+    }
+
+    /// After [`Self::stale`]: a removed controller ends every outstanding
+    /// command (next poll) and refuses the submission; a reset one
+    /// recovers.
+    #[cold]
+    fn refresh(&mut self) -> Result<()> {
+        if self.removal.is_removed() {
+            self.end_outstanding(true);
+            return Err(NvmeError::Removed);
+        }
+        self.recover()
+    }
+
+    /// Hands every outstanding command back as an orphan for the next
+    /// poll: removed, timed out (aborted for lateness) or reset.
+    fn end_outstanding(&mut self, removed: bool) {
+        for (cid, slot) in self.slots.drain() {
+            let meta = self.metas.get_mut(cid as usize).and_then(Option::take);
+            if let Some(c) = self.checks.get_mut(cid as usize) {
+                *c = None;
+            }
+            let ended = match (removed, slot.aborted) {
+                (true, _) => Ended::Removed,
+                (false, true) => Ended::Timeout,
+                (false, false) => Ended::Reset,
+            };
+            self.orphans.push((slot.tag, slot.buf, meta, ended));
+        }
     }
 }
 
@@ -1395,7 +1469,9 @@ fn create_queues(
 impl Drop for IoQueuePair {
     fn drop(&mut self) {
         let mut admin = self.inner.lock_admin();
-        let current = self.inner.generation.load(Ordering::Acquire) == self.generation;
+        // A removed controller has no queues to delete (and no DMA).
+        let current = self.inner.generation.load(Ordering::Acquire) == self.generation
+            && !self.removal.is_removed();
         if current {
             let (r, c) = (&self.inner.regs, self.inner.cap);
             let ok = admin

@@ -1332,3 +1332,50 @@ fn interrupts_need_a_vfio_device_and_wait_needs_interrupts() {
     let slept = qp.poll_or_sleep(1, Duration::ZERO, Some(Duration::ZERO), |_| {});
     assert!(matches!(slept, Err(NvmeError::InvalidArgument(_))));
 }
+
+/// A removal (as the framework's watcher reports it) ends every outstanding
+/// command exactly once with `Removed`, the ones the device never saw and
+/// the ones it holds alike, hands every buffer back, refuses new
+/// submissions (buffer back) and admin commands, and closing takes no
+/// device timeouts.
+#[test]
+fn removal_ends_everything_once_and_refuses_new_work() {
+    let (mut sim, ctrl) = start(small(), short_timeout());
+    let pool = BufferPool::new_unmapped(4096, 32, PageSize::Small).unwrap();
+    let mut qp = ctrl.create_qpair(32).unwrap();
+    sim.set_synchronous(true); // the model holds what reaches it
+    for tag in 0..20u64 {
+        qp.read(1, tag * 8, 8, pool.alloc().unwrap(), tag).map_err(|r| r.error).unwrap();
+        if tag == 9 {
+            qp.submit(); // the first ten reach the device, the rest do not
+        }
+    }
+    assert_eq!(qp.outstanding(), 20);
+    ctrl.removal().simulate();
+    let mut tags = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tags.len() < 20 {
+        assert!(Instant::now() < deadline, "only {} of 20 ended", tags.len());
+        qp.poll(64, |c| {
+            assert!(matches!(c.result, Err(NvmeError::Removed)), "{:?}", c.result);
+            assert!(c.buf.is_some());
+            tags.push(c.tag);
+        });
+    }
+    tags.sort_unstable();
+    assert_eq!(tags, (0..20).collect::<Vec<_>>(), "each exactly once");
+    for _ in 0..100 {
+        assert_eq!(qp.poll(64, |c| panic!("ended twice: {}", c.tag)), 0);
+    }
+    let rej = qp.read(1, 0, 8, pool.alloc().unwrap(), 99).unwrap_err();
+    assert!(matches!(rej.error, NvmeError::Removed) && rej.buf.is_some());
+    assert!(qp.flush(1, 100).is_err());
+    assert!(matches!(ctrl.reset(), Err(NvmeError::Removed)));
+    assert!(ctrl.create_qpair(4).is_err());
+    drop(rej);
+    let t = Instant::now();
+    drop(qp);
+    drop(ctrl);
+    assert!(t.elapsed() < Duration::from_secs(1), "close waited {:?}", t.elapsed());
+    assert_eq!(pool.available(), 32, "every buffer back");
+}
