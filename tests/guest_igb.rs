@@ -15,7 +15,11 @@ mod common;
 use common::{frame_bytes, frame_meta, HEADER, META};
 use fastlane::framework::Vfio;
 use fastlane::nic::igb::{check_frame, Igb};
-use fastlane::nic::{alloc_packet, Nic, NicConfig, NicError, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
+use fastlane::nic::proto::{checksum_add, checksum_fold, internet_checksum, pseudo_header_sum, ETHERTYPE_IPV4, IPPROTO_UDP};
+use fastlane::nic::offload::IPPROTO_TCP;
+use fastlane::nic::{
+    alloc_packet, Nic, NicConfig, NicError, Packet, PacketPool, RxChecksum, TxOffload, HEADROOM, L4, MAX_FRAME, MIN_FRAME,
+};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -107,12 +111,15 @@ fn exchange_within(
     let mut sent = 0;
     let start = Instant::now();
     while got.len() < expect || !pkts.is_empty() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out: {} of {expect} frames received, {} not sent",
-            got.len(),
-            pkts.len()
-        );
+        if start.elapsed() >= DEADLINE {
+            let missing: Vec<u32> = (0..expect as u32).filter(|s| !got.iter().any(|g: &(u32, usize)| g.0 == *s)).take(8).collect();
+            panic!(
+                "timed out: {} of {expect} frames received, {} not sent; missing (if numbered from 0): {missing:?}; {:?}",
+                got.len(),
+                pkts.len(),
+                rx.rx_counters()
+            );
+        }
         let room = window.saturating_sub(sent - got.len()).min(pkts.len());
         if room > 0 {
             stage.extend(pkts.drain(..room));
@@ -234,6 +241,56 @@ fn oversized_and_runt_frames_get_typed_errors() {
     pkts.remove(0);
     let got = exchange(&mut p.a, &mut p.b, pkts, 4, 2);
     assert_eq!(got, vec![(0, 100), (1, 200)]);
+}
+
+/// The zero-copy path on the real device: port B, used only through
+/// `&mut dyn Nic`, takes A's frames, replaces their MAC addresses in place
+/// (stripped with `trim_front`, new ones written into the headroom with
+/// `prepend`) and sends the same buffers back; A gets every frame back
+/// intact with the new addresses.
+#[test]
+fn received_frames_are_rewritten_in_place_and_sent_back_through_the_trait() {
+    let mut p = default_pair();
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    let total = 600u32;
+    let mut pkts: Vec<Packet> =
+        (0..total).map(|i| frame(&p.pool, mb, ma, 20, i, 60 + (i as usize * 13) % 1455)).collect();
+    let (a, b): (&mut Igb, &mut dyn Nic) = (&mut p.a, &mut p.b);
+    let (mut stage, mut fwd, mut inbox, mut got) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut sent, mut reflected) = (0, 0);
+    let start = Instant::now();
+    while got.len() < total as usize {
+        assert!(start.elapsed() < DEADLINE, "{} of {total} frames came back, {reflected} reflected", got.len());
+        let room = 200usize.saturating_sub(sent - got.len()).min(pkts.len());
+        if room > 0 {
+            stage.extend(pkts.drain(..room));
+            sent += a.tx_burst(&mut stage);
+            pkts.splice(0..0, stage.drain(..));
+        }
+        let from = fwd.len();
+        b.rx_burst(&mut fwd, 64);
+        for q in &mut fwd[from..] {
+            assert_eq!(q.headroom(), HEADROOM, "igb receives behind the headroom");
+            if q.data().get(..6) != Some(&mb[..]) {
+                continue; // not for B: sent back as it came, A ignores it
+            }
+            q.trim_front(12).unwrap();
+            let macs = q.prepend(12).unwrap();
+            macs[..6].copy_from_slice(&ma);
+            macs[6..].copy_from_slice(&mb);
+        }
+        reflected += b.tx_burst(&mut fwd);
+        a.rx_burst(&mut inbox, 64);
+        for mut f in inbox.drain(..) {
+            if let Some((seq, len)) = parse(&f, 20) {
+                assert_eq!(f.data()[..12], [ma, mb].concat()[..], "frame {seq}: addresses");
+                got.push((seq, len));
+            }
+        }
+    }
+    let want: Vec<(u32, usize)> = (0..total).map(|i| (i, 60 + (i as usize * 13) % 1455)).collect();
+    assert_eq!(got, want, "lost, duplicated, reordered or resized frames");
+    b.recycle(&mut fwd);
 }
 
 #[test]
@@ -508,4 +565,231 @@ fn rss_spreads_flows_over_queues() {
     drop(qs);
     drop(b);
     assert_eq!(pool.pool().available(), cap, "buffers missing after close");
+}
+
+// ---------------------------------------------------------------------------
+// Offloads (issue 11 part 3): checked by the peer port in software.
+
+/// Destination port of the offload tests' UDP and TCP frames (nothing
+/// else sends to it).
+const OFL_PORT: u16 = 40_123;
+
+/// An IPv4 frame (IHL 5) carrying a UDP (17) or TCP (6) segment to
+/// [`OFL_PORT`] with `seq` in the payload, both checksums right.
+fn l4_frame(dst: [u8; 6], src: [u8; 6], proto: u8, seq: u32, payload_len: usize) -> Vec<u8> {
+    let hlen = if proto == IPPROTO_TCP { 20 } else { 8 };
+    let l4_len = hlen + 4 + payload_len;
+    let mut f = vec![0u8; 34 + l4_len];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    let (src, dst) = ([10, 3, 0, 1], [10, 3, 0, 2]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+    f[20] = 0x40; // DF
+    f[22] = 64;
+    f[23] = proto;
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&dst);
+    let c = internet_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f[34..36].copy_from_slice(&(1000 + seq as u16).to_be_bytes());
+    f[36..38].copy_from_slice(&OFL_PORT.to_be_bytes());
+    if proto == IPPROTO_TCP {
+        f[46] = 5 << 4; // data offset
+        f[47] = 0x18; // PSH, ACK
+    } else {
+        f[38..40].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    f[34 + hlen..34 + hlen + 4].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in f.iter_mut().enumerate().skip(34 + hlen + 4) {
+        *b = payload_byte(proto.into(), seq, i);
+    }
+    let at = 34 + if proto == IPPROTO_TCP { 16 } else { 6 };
+    let c = checksum_fold(checksum_add(pseudo_header_sum(src, dst, proto, l4_len as u16), &f[34..]));
+    f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// What a receiver computes: (IPv4 header checksum right, TCP/UDP checksum
+/// right) for an untagged frame of [`l4_frame`]'s shape.
+fn software_verdict(f: &[u8]) -> (bool, bool) {
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    let (src, dst) = (f[26..30].try_into().unwrap(), f[30..34].try_into().unwrap());
+    let seg = &f[34..14 + total];
+    let l4 = checksum_fold(checksum_add(pseudo_header_sum(src, dst, f[23], seg.len() as u16), seg));
+    (internet_checksum(&f[14..34]) == 0, l4 == 0)
+}
+
+/// Frames of these tests that reach `rx` within 10 s, until `want` came:
+/// (frame bytes, receive status) keyed by their sequence number.
+fn collect_offload_frames(rx: &mut Igb, want: usize) -> Vec<(u32, Vec<u8>, Packet)> {
+    let mut got = Vec::new();
+    let mut inbox = Vec::new();
+    let start = Instant::now();
+    while got.len() < want && start.elapsed() < Duration::from_secs(10) {
+        rx.rx_burst(&mut inbox, 64);
+        for p in inbox.drain(..) {
+            let f = p.to_vec();
+            let l2 = if f.get(12..14) == Some(&[0x81, 0x00][..]) { 18 } else { 14 };
+            let proto = f.get(l2 + 9).copied().unwrap_or(0);
+            let hlen = if proto == IPPROTO_TCP { 20 } else { 8 };
+            let ours = f.get(l2 - 2..l2) == Some(&ETHERTYPE_IPV4.to_be_bytes()[..])
+                && f.get(l2 + 22..l2 + 24) == Some(&OFL_PORT.to_be_bytes()[..]);
+            if ours {
+                let at = l2 + 20 + hlen;
+                let seq = u32::from_be_bytes(f[at..at + 4].try_into().unwrap());
+                got.push((seq, f, p));
+            }
+        }
+    }
+    got
+}
+
+/// The NIC fills in IPv4, UDP and TCP checksums that were left zero (the
+/// IPv4 one even when it held garbage); the peer port checks every frame
+/// in software and with its own receive offload.
+#[test]
+fn transmit_checksum_offload_fills_ipv4_udp_and_tcp_checksums() {
+    let mut p = open_pair(&NicConfig::default(), &NicConfig { rx_checksum: true, ..NicConfig::default() });
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    for (proto, l4) in [(IPPROTO_UDP, L4::Udp), (IPPROTO_TCP, L4::Tcp)] {
+        let sizes: Vec<usize> = vec![0, 1, 17, 200, 1000, MAX_FRAME - 34 - 24 - 4];
+        let mut pkts: Vec<Packet> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let mut f = l4_frame(mb, ma, proto, i as u32, n);
+                f[24..26].copy_from_slice(&[0xde, 0xad]); // IPv4 checksum: garbage
+                let at = 34 + if proto == IPPROTO_TCP { 16 } else { 6 };
+                f[at..at + 2].fill(0);
+                let mut q = p.a.alloc_packet(0).unwrap();
+                q.write(&f).unwrap();
+                q
+            })
+            .collect();
+        let off = TxOffload { ip_checksum: true, l4_checksum: Some(l4), vlan: None };
+        assert_eq!(p.a.tx_burst_offload(&mut pkts, &off), sizes.len(), "{l4:?}");
+        let got = collect_offload_frames(&mut p.b, sizes.len());
+        let seqs: Vec<u32> = got.iter().map(|g| g.0).collect();
+        assert_eq!(seqs, (0..sizes.len() as u32).collect::<Vec<_>>(), "{l4:?}: frames lost or reordered");
+        for (seq, f, q) in &got {
+            let want = l4_frame(mb, ma, proto, *seq, sizes[*seq as usize]);
+            assert_eq!(software_verdict(f), (true, true), "{l4:?} frame {seq}: checksums on the wire");
+            assert_eq!(f, &want, "{l4:?} frame {seq}: exactly the frame with right checksums");
+            assert_eq!((q.rx_ip_checksum(), q.rx_l4_checksum()), (RxChecksum::Good, RxChecksum::Good), "{l4:?} {seq}");
+        }
+        println!("{l4:?}: {} frames of 0..{} payload bytes, checksums filled in by the NIC, right on the wire", got.len(), sizes[sizes.len() - 1]);
+    }
+    // A frame the offload does not fit stops the burst and stays unsent.
+    let mut arp = p.a.alloc_packet(0).unwrap();
+    arp.write(&[0u8; 60]).unwrap();
+    let mut pkts = vec![arp];
+    let off = TxOffload { l4_checksum: Some(L4::Udp), ..TxOffload::default() };
+    assert_eq!(p.a.tx_burst_offload(&mut pkts, &off), 0);
+    assert_eq!(pkts.len(), 1);
+    flush(&mut p.a);
+}
+
+/// The receive checksum status of every frame matches a software check:
+/// right ones Good, a bad IPv4 header, a bad UDP and a bad TCP checksum
+/// Bad, a frame that is not IP NotChecked. Sent without offloads, so the
+/// bytes on the wire are exactly these.
+#[test]
+fn receive_checksum_status_matches_a_software_check_and_catches_bad_ones() {
+    let mut p = open_pair(&NicConfig::default(), &NicConfig { rx_checksum: true, ..NicConfig::default() });
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    let mut frames = Vec::new();
+    for seq in 0..24u32 {
+        let proto = if seq % 2 == 0 { IPPROTO_UDP } else { IPPROTO_TCP };
+        let mut f = l4_frame(mb, ma, proto, seq, 40 + seq as usize * 50);
+        match seq % 6 {
+            2 => f[24] ^= 0x40,              // IPv4 header checksum wrong
+            3 => f[34 + 16] ^= 0x01,         // TCP checksum wrong
+            4 => f[34 + 6] ^= 0x80,          // UDP checksum wrong
+            5 => *f.last_mut().unwrap() ^= 1, // a payload byte flipped
+            _ => {}
+        }
+        frames.push(f);
+    }
+    let mut pkts: Vec<Packet> = frames.iter().map(|f| {
+        let mut q = alloc_packet(p.pool.pool(), 0).unwrap();
+        q.write(f).unwrap();
+        q
+    }).collect();
+    let sent = p.a.tx_burst(&mut pkts);
+    assert_eq!(sent, frames.len());
+    let got = collect_offload_frames(&mut p.b, frames.len());
+    assert_eq!(got.len(), frames.len(), "every frame arrives, bad ones too");
+    let (mut good, mut bad) = (0, 0);
+    for (seq, f, q) in &got {
+        assert_eq!(f, &frames[*seq as usize], "frame {seq} changed on the way");
+        let (ip_ok, l4_ok) = software_verdict(f);
+        let verdict = |ok: bool| if ok { RxChecksum::Good } else { RxChecksum::Bad };
+        assert_eq!(q.rx_ip_checksum(), verdict(ip_ok), "frame {seq}: IPv4 verdict");
+        // A NIC may skip the L4 check when the IP header is bad.
+        if ip_ok {
+            assert_eq!(q.rx_l4_checksum(), verdict(l4_ok), "frame {seq}: TCP/UDP verdict");
+        }
+        if ip_ok && l4_ok { good += 1 } else { bad += 1 }
+    }
+    assert_eq!((good, bad), (8, 16));
+    // Not IP at all: nothing checked.
+    let f = frame(&p.pool, mb, ma, 30, 0, 100);
+    let got = exchange(&mut p.a, &mut p.b, vec![f], 30, 1);
+    assert_eq!(got.len(), 1);
+    let mut inbox = Vec::new();
+    let mut q = frame(&p.pool, mb, ma, 31, 0, 100);
+    q.data_mut()[12..14].copy_from_slice(&[0x88, 0xb5]);
+    let mut v = vec![q];
+    p.a.tx_burst(&mut v);
+    let start = Instant::now();
+    let verdicts = loop {
+        p.b.rx_burst(&mut inbox, 64);
+        if let Some(r) = inbox.iter().find(|r| parse(r, 31).is_some()) {
+            break (r.rx_ip_checksum(), r.rx_l4_checksum());
+        }
+        inbox.clear();
+        assert!(start.elapsed() < DEADLINE, "the non-IP frame never arrived");
+    };
+    assert_eq!(verdicts, (RxChecksum::NotChecked, RxChecksum::NotChecked));
+    println!("receive checksum status: {good} right and {bad} wrong frames, every verdict as a software check says");
+}
+
+/// VLAN insert on transmit (A, VLAN offloads on) seen tagged by a port
+/// without them (B); a tagged frame from B stripped by A and reported.
+#[test]
+fn vlan_tags_are_inserted_on_transmit_and_stripped_on_receive() {
+    let on = NicConfig { vlan: true, ..NicConfig::default() };
+    let mut p = open_pair(&on, &NicConfig::default());
+    let (ma, mb) = (p.a.mac_address(), p.b.mac_address());
+    let tci = 0x6000 | 100; // priority 3, VLAN 100
+    let plain = l4_frame(mb, ma, IPPROTO_UDP, 7, 300);
+    let mut q = p.a.alloc_packet(0).unwrap();
+    q.write(&plain).unwrap();
+    let off = TxOffload { vlan: Some(tci), ..TxOffload::default() };
+    assert_eq!(p.a.tx_burst_offload(&mut vec![q], &off), 1);
+    let got = collect_offload_frames(&mut p.b, 1);
+    assert_eq!(got.len(), 1, "the tagged frame arrived");
+    let f = &got[0].1;
+    assert_eq!(f.len(), plain.len() + 4);
+    assert_eq!(&f[..12], &plain[..12]);
+    assert_eq!(&f[12..16], &[0x81, 0x00, (tci >> 8) as u8, tci as u8], "802.1Q tag after the addresses");
+    assert_eq!(&f[16..], &plain[12..]);
+    assert_eq!(got[0].2.rx_vlan(), None, "B does not strip");
+
+    // B sends the tagged frame back to A, which strips and reports it.
+    let mut back = f.clone();
+    back[..6].copy_from_slice(&ma);
+    back[6..12].copy_from_slice(&mb);
+    let mut q = alloc_packet(p.pool.pool(), 0).unwrap();
+    q.write(&back).unwrap();
+    assert_eq!(p.b.tx_burst(&mut vec![q]), 1);
+    let got = collect_offload_frames(&mut p.a, 1);
+    assert_eq!(got.len(), 1, "the tagged frame came back");
+    let (_, f, r) = &got[0];
+    assert_eq!(r.rx_vlan(), Some(tci), "stripped tag reported");
+    assert_eq!(&f[12..], &plain[12..], "the tag is gone from the frame");
+    assert_eq!(&f[..6], &ma);
+    println!("VLAN: tag {tci:#06x} inserted by A's NIC, seen by B, stripped by A's NIC and reported");
 }

@@ -40,12 +40,14 @@
 use fastlane_framework::{BufferPool, DmaBuf, DmaDomain, PciDevice, PoolError, Vfio};
 
 pub mod igb;
+pub mod offload;
 pub mod packet;
 /// Ethernet, ARP, IPv4, ICMP and UDP headers, checksums and parsers for the tools.
 pub mod proto;
 pub mod virtio;
 
-pub use packet::{Packet, PacketPool, HEADROOM};
+pub use offload::{TxOffload, L4};
+pub use packet::{rx_status, Packet, PacketPool, RxChecksum, HEADROOM};
 
 /// Largest frame without FCS that the drivers send or accept (standard MTU).
 pub const MAX_FRAME: usize = 1514;
@@ -117,6 +119,10 @@ pub enum NicError {
     /// A bad argument (ring size, queue count, buffer size, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A frame lacks the headers a transmit offload needs (not IPv4, not
+    /// the TCP/UDP asked for, a fragment, bad lengths).
+    #[error("transmit offload refused: {0}")]
+    Offload(&'static str),
     /// The device wrote something impossible; it was not trusted.
     #[error("malformed data from the device: {0}")]
     Malformed(&'static str),
@@ -191,6 +197,16 @@ pub trait Nic: Send {
     /// empty. Cheaper than dropping them: the next `rx_burst` or
     /// `alloc_packet` takes them from the cache.
     fn recycle(&mut self, pkts: &mut Vec<Packet>);
+    /// [`Nic::tx_burst`] with work done on every frame of the burst: the
+    /// IPv4, TCP or UDP checksum filled in, a VLAN tag inserted, by the NIC
+    /// where it can (igb) and in software where it cannot (the same bytes
+    /// on the wire). Stops at a frame the offload does not fit
+    /// ([`NicError::Offload`] from [`offload::prepare`]) or that
+    /// [`Nic::check_tx`] refuses, and leaves it first in `pkts`. The
+    /// default does it in software ([`offload::tx_burst_in_software`]).
+    fn tx_burst_offload(&mut self, pkts: &mut Vec<Packet>, offload: &TxOffload) -> usize {
+        offload::tx_burst_in_software(self, pkts, offload)
+    }
 }
 
 /// Refuses a pool whose memory is not mapped in `domain` (the port's
@@ -224,6 +240,15 @@ pub struct NicConfig {
     /// received frames over several queues (igb, with RSS) open that many
     /// through their own multi-queue constructor, one `Nic` per queue.
     pub queues: u16,
+    /// VLAN offloads (igb: CTRL.VME): received 802.1Q tags are stripped and
+    /// reported ([`Packet::rx_vlan`]); transmit can insert them
+    /// ([`TxOffload::vlan`]). Off: tags stay in the frames.
+    pub vlan: bool,
+    /// Report the NIC's receive checksum verdicts per packet
+    /// ([`Packet::rx_ip_checksum`], [`Packet::rx_l4_checksum`]); a few
+    /// instructions per packet on igb, so off unless asked (on with `vlan`
+    /// too, which reports the stripped tags the same way).
+    pub rx_checksum: bool,
 }
 
 impl Default for NicConfig {
@@ -233,6 +258,8 @@ impl Default for NicConfig {
             tx_ring: 512,
             promiscuous: true,
             queues: 1,
+            vlan: false,
+            rx_checksum: false,
         }
     }
 }

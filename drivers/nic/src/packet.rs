@@ -45,15 +45,49 @@ pub const PACKET_BUF_SIZE: usize = HEADROOM + 2048;
 #[derive(Debug)]
 pub struct Packet {
     buf: DmaBuf,
-    /// Bytes of headroom before the frame.
-    offset: u32,
-    /// Frame bytes (at most [`MAX_FRAME`]).
-    len: u32,
+    /// Bytes of headroom before the frame (low 16 bits); the VLAN tag the
+    /// receiving NIC stripped (high 16).
+    off_tci: u32,
+    /// Frame bytes, at most [`MAX_FRAME`] (low 16 bits); the receiving
+    /// NIC's [`rx_status`] flags (high 16), 0 for a packet not received.
+    /// Halves of two words, so that a burst that reports nothing builds a
+    /// packet exactly as before: two 32-bit stores.
+    len_flags: u32,
 }
 
-// Small enough to move in two 16-byte stores: the buffer handle, offset and
-// length (receive bursts write one per frame into the caller's vector).
+// Small enough to move in two 16-byte stores: the buffer handle, offset,
+// length and receive status (receive bursts write one per frame into the
+// caller's vector).
 const _: () = assert!(std::mem::size_of::<Packet>() == 32);
+
+/// A checksum verdict of the receiving NIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Not checked: the NIC does not check this kind, or the frame has no
+    /// such header (not IPv4, not TCP/UDP), or the packet was not received.
+    NotChecked,
+    /// Checked and right.
+    Good,
+    /// Checked and wrong: the frame arrived, the application decides.
+    Bad,
+}
+
+/// Receive status flags of [`Packet`] ([`Packet::rx_status`]), the same
+/// for every driver: what the NIC checked and found.
+pub mod rx_status {
+    /// A VLAN tag was stripped ([`crate::Packet::rx_vlan`]).
+    pub const VLAN: u16 = 1 << 0;
+    /// The layer-4 header is UDP.
+    pub const UDP: u16 = 1 << 1;
+    /// The TCP or UDP checksum was checked.
+    pub const L4_CHECKED: u16 = 1 << 2;
+    /// The IPv4 header checksum was checked.
+    pub const IP_CHECKED: u16 = 1 << 3;
+    /// The TCP or UDP checksum is wrong.
+    pub const L4_BAD: u16 = 1 << 4;
+    /// The IPv4 header checksum is wrong.
+    pub const IP_BAD: u16 = 1 << 5;
+}
 
 impl Packet {
     /// Wraps `buf` as a frame of `len` bytes.
@@ -74,11 +108,11 @@ impl Packet {
         if len > max {
             return Err(NicError::FrameTooLarge { len, max });
         }
-        // Headroom past 4 GiB would need a buffer that large.
-        let Ok(offset) = u32::try_from(offset) else {
-            return Err(NicError::InvalidArgument(format!("frame offset {offset}")));
+        // Headroom is a few hundred bytes; 64 KiB of it is a mistake.
+        let Ok(offset) = u16::try_from(offset) else {
+            return Err(NicError::InvalidArgument(format!("frame offset {offset} (at most {})", u16::MAX)));
         };
-        Ok(Packet { buf, offset, len: len as u32 })
+        Ok(Packet { buf, off_tci: u32::from(offset), len_flags: len as u32 })
     }
 
     /// A received frame of `len` bytes [`HEADROOM`] bytes into `buf`,
@@ -87,22 +121,61 @@ impl Packet {
     /// `HEADROOM + MAX_FRAME` (the igb queue checks its pool's buffer size
     /// once, at creation). Should a length slip through anyway, the byte
     /// accessors see an empty frame rather than bytes past the buffer.
+    /// `flags`: [`rx_status`] bits; `tci`: the stripped VLAN tag.
     #[inline(always)]
-    pub(crate) fn received(buf: DmaBuf, len: u16) -> Packet {
+    pub(crate) fn received(buf: DmaBuf, len: u16, flags: u16, tci: u16) -> Packet {
         debug_assert!(HEADROOM + len as usize <= buf.len() && len as usize <= MAX_FRAME);
-        Packet { buf, offset: HEADROOM as u32, len: u32::from(len) }
+        Packet {
+            buf,
+            off_tci: HEADROOM as u32 | u32::from(tci) << 16,
+            len_flags: u32::from(len) | u32::from(flags) << 16,
+        }
+    }
+
+    /// The receiving NIC's verdict on the IPv4 header checksum.
+    pub fn rx_ip_checksum(&self) -> RxChecksum {
+        verdict(self.rx_status(), rx_status::IP_CHECKED, rx_status::IP_BAD)
+    }
+
+    /// The receiving NIC's verdict on the TCP or UDP checksum.
+    pub fn rx_l4_checksum(&self) -> RxChecksum {
+        verdict(self.rx_status(), rx_status::L4_CHECKED, rx_status::L4_BAD)
+    }
+
+    /// The VLAN tag (TCI: priority, DEI, VLAN id) the NIC stripped from
+    /// the frame, if it did (VLAN offloads on, a tagged frame).
+    pub fn rx_vlan(&self) -> Option<u16> {
+        (self.rx_status() & rx_status::VLAN != 0).then_some((self.off_tci >> 16) as u16)
+    }
+
+    /// The [`rx_status`] flags (0 for a packet not received, or received
+    /// by a port not asked to report them: [`crate::NicConfig::rx_checksum`]).
+    pub fn rx_status(&self) -> u16 {
+        (self.len_flags >> 16) as u16
+    }
+
+    /// Sets the headroom, keeping the tag half.
+    #[inline(always)]
+    fn set_offset(&mut self, offset: usize) {
+        self.off_tci = self.off_tci & 0xffff_0000 | offset as u32 & 0xffff;
+    }
+
+    /// Sets the length, keeping the flags half.
+    #[inline(always)]
+    fn set_len_bits(&mut self, len: usize) {
+        self.len_flags = self.len_flags & 0xffff_0000 | len as u32 & 0xffff;
     }
 
     /// Headroom: where the frame starts in the buffer.
     #[inline]
     pub fn offset(&self) -> usize {
-        self.offset as usize
+        self.off_tci as u16 as usize
     }
 
     /// Bytes in front of the frame: what [`Packet::prepend`] can take.
     #[inline]
     pub fn headroom(&self) -> usize {
-        self.offset as usize
+        self.offset()
     }
 
     /// Bytes of the buffer behind the frame: what [`Packet::append`] can
@@ -151,8 +224,8 @@ impl Packet {
         if len > MAX_FRAME {
             return Err(NicError::FrameTooLarge { len, max: MAX_FRAME });
         }
-        self.offset -= n as u32;
-        self.len = len as u32;
+        self.set_offset(self.offset() - n);
+        self.set_len_bits(len);
         Ok(self.bytes_mut(self.offset(), n))
     }
 
@@ -167,7 +240,7 @@ impl Packet {
         if len > MAX_FRAME {
             return Err(NicError::FrameTooLarge { len, max: MAX_FRAME });
         }
-        self.len = len as u32;
+        self.set_len_bits(len);
         Ok(self.bytes_mut(self.offset() + old, n))
     }
 
@@ -177,8 +250,11 @@ impl Packet {
         if n > self.len() {
             return Err(NicError::NoRoom { what: "trim_front", want: n, room: self.len() });
         }
-        self.offset += n as u32;
-        self.len -= n as u32;
+        if self.offset() + n > usize::from(u16::MAX) {
+            return Err(NicError::NoRoom { what: "trim_front (headroom past 64 KiB)", want: n, room: 0 });
+        }
+        self.set_offset(self.offset() + n);
+        self.set_len_bits(self.len() - n);
         Ok(())
     }
 
@@ -188,19 +264,19 @@ impl Packet {
         if n > self.len() {
             return Err(NicError::NoRoom { what: "trim_back", want: n, room: self.len() });
         }
-        self.len -= n as u32;
+        self.set_len_bits(self.len() - n);
         Ok(())
     }
 
     /// Frame length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.len as usize
+        self.len_flags as u16 as usize
     }
 
     /// True for a zero-length frame.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// Sets the frame length (must fit the buffer and MAX_FRAME).
@@ -208,14 +284,14 @@ impl Packet {
         if len > self.buf.len() - self.offset() || len > MAX_FRAME {
             return Err(NicError::FrameTooLarge { len, max: MAX_FRAME });
         }
-        self.len = len as u32;
+        self.set_len_bits(len);
         Ok(())
     }
 
     /// Device address of the frame's first byte.
     #[inline]
     pub fn iova(&self) -> Iova {
-        self.buf.iova().add(u64::from(self.offset))
+        self.buf.iova().add(self.offset() as u64)
     }
 
     /// The underlying buffer.
@@ -248,8 +324,16 @@ impl Packet {
             return Err(NicError::FrameTooLarge { len: data.len(), max: MAX_FRAME });
         }
         self.buf.write(self.offset(), data)?;
-        self.len = data.len() as u32;
+        self.set_len_bits(data.len());
         Ok(())
+    }
+}
+
+fn verdict(status: u16, checked: u16, bad: u16) -> RxChecksum {
+    match (status & checked != 0, status & bad != 0) {
+        (false, _) => RxChecksum::NotChecked,
+        (true, false) => RxChecksum::Good,
+        (true, true) => RxChecksum::Bad,
     }
 }
 
@@ -288,8 +372,8 @@ impl PacketPool {
     pub fn alloc(&self) -> Result<Packet> {
         Ok(Packet {
             buf: self.pool.alloc()?,
-            offset: 0,
-            len: 0,
+            off_tci: 0,
+            len_flags: 0,
         })
     }
 }

@@ -48,6 +48,22 @@ pub struct TxDescRead {
     pub cmd_olinfo: u64,
 }
 
+/// Transmit context descriptor (advanced, DTYP = context; 7.2.2.2): the
+/// header lengths and VLAN tag that the data descriptors after it refer to
+/// for checksum offload and VLAN insertion.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct TxContextDesc {
+    /// IPLEN (bits 0-8), MACLEN (9-15), VLAN tag (16-31).
+    pub vlan_macip_lens: u32,
+    /// IPsec/TSO seed (unused).
+    pub seqnum_seed: u32,
+    /// TUCMD (bits 9-19: IPv4, L4 type), DTYP (20-23), DEXT (29).
+    pub type_tucmd_mlhl: u32,
+    /// Context index (bit 4), L4LEN (8-15), MSS (16-31).
+    pub mss_l4len_idx: u32,
+}
+
 /// Transmit descriptor, write-back format.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -61,9 +77,20 @@ pub struct TxDescWb {
 }
 
 const _: () = assert!(std::mem::size_of::<RxDescRead>() == 16);
+// `packet_status` moves each write-back bit to its packet flag.
+const _: () = {
+    use crate::rx_status as s;
+    const fn f(bit: u32) -> u16 {
+        RxStatus::packet_status(bit as u64).0
+    }
+    assert!(f(rx::VP) == s::VLAN && f(rx::UDPCS) == s::UDP && f(rx::L4I) == s::L4_CHECKED);
+    assert!(f(rx::IPCS) == s::IP_CHECKED && f(rx::L4E) == s::L4_BAD && f(rx::IPE) == s::IP_BAD);
+    assert!(f(rx::DD | rx::EOP | rx::ERR_FRAME) == 0);
+};
 const _: () = assert!(std::mem::size_of::<RxDescWb>() == 16);
 const _: () = assert!(std::mem::size_of::<TxDescRead>() == 16);
 const _: () = assert!(std::mem::size_of::<TxDescWb>() == 16);
+const _: () = assert!(std::mem::size_of::<TxContextDesc>() == 16);
 
 /// Byte offset of the word holding the status bits, in both descriptor
 /// kinds: the upper 8 bytes are read as one 64-bit load.
@@ -75,6 +102,18 @@ pub mod rx {
     pub const DD: u32 = 1 << 0;
     /// End of packet.
     pub const EOP: u32 = 1 << 1;
+    /// A VLAN tag was stripped (VP); it is in the write-back's `vlan`.
+    pub const VP: u32 = 1 << 3;
+    /// UDP checksum checked (UDPCS).
+    pub const UDPCS: u32 = 1 << 4;
+    /// TCP/UDP checksum checked (L4I, TCPCS).
+    pub const L4I: u32 = 1 << 5;
+    /// IPv4 header checksum checked (IPCS).
+    pub const IPCS: u32 = 1 << 6;
+    /// TCP/UDP checksum error (L4E, TCPE).
+    pub const L4E: u32 = 1 << 29;
+    /// IPv4 header checksum error (IPE).
+    pub const IPE: u32 = 1 << 30;
     /// Frame errors: CRC, symbol, sequence, carrier extension, RX data error
     /// (checksum errors, IPE/TCPE, are left to the application).
     pub const ERR_FRAME: u32 = (1 << 24) | (1 << 25) | (1 << 26) | (1 << 28) | (1 << 31);
@@ -92,8 +131,24 @@ pub mod tx {
     pub const DCMD_RS: u32 = 1 << 27;
     /// Descriptor extension: advanced format.
     pub const DCMD_DEXT: u32 = 1 << 29;
+    /// Insert the context's VLAN tag (VLE; needs CTRL.VME).
+    pub const DCMD_VLE: u32 = 1 << 30;
     /// Payload length field of `olinfo_status`.
     pub const PAYLEN_SHIFT: u32 = 14;
+    /// `olinfo_status` POPTS: insert the IPv4 header checksum (IXSM).
+    pub const POPTS_IXSM: u32 = 1 << 8;
+    /// `olinfo_status` POPTS: insert the TCP/UDP checksum (TXSM).
+    pub const POPTS_TXSM: u32 = 1 << 9;
+    /// Descriptor type: advanced context descriptor.
+    pub const DTYP_CTXT: u32 = 0x2 << 20;
+    /// Context `vlan_macip_lens`: MACLEN field.
+    pub const MACLEN_SHIFT: u32 = 9;
+    /// Context `vlan_macip_lens`: VLAN tag field.
+    pub const VLAN_SHIFT: u32 = 16;
+    /// Context TUCMD: the IP header is IPv4.
+    pub const TUCMD_IPV4: u32 = 1 << 10;
+    /// Context TUCMD: the L4 header is TCP (00 is UDP).
+    pub const TUCMD_L4T_TCP: u32 = 1 << 11;
     /// Descriptor done, in the write-back `status`.
     pub const STA_DD: u32 = 1 << 0;
 }
@@ -127,6 +182,16 @@ impl RxStatus {
             status_error: q as u32,
             length: (q >> 32) as u16,
         }
+    }
+
+    /// What a [`crate::Packet`] keeps of the upper quadword `q`: the
+    /// [`crate::rx_status`] flags (VP, UDPCS, L4I, IPCS shifted down to
+    /// bits 0-3, L4E and IPE to 4-5) and the stripped tag (the write-back's
+    /// `vlan`, bits 48-63).
+    #[inline(always)]
+    pub const fn packet_status(q: u64) -> (u16, u16) {
+        let se = q as u32;
+        (((se >> 3) & 0xf | (se >> 25) & 0x30) as u16, (q >> 48) as u16)
     }
 
     #[inline(always)]
@@ -168,6 +233,39 @@ impl TxDescRead {
             buffer_addr: iova,
             cmd_olinfo: cmd_type_len as u64 | (olinfo_status as u64) << 32,
         }
+    }
+
+    /// A frame that uses the context written just before it: `cmd` and
+    /// `popts` are added to [`TxDescRead::frame`]'s (VLE; IXSM, TXSM).
+    #[inline]
+    pub const fn frame_with(iova: u64, len: u16, cmd: u32, popts: u32) -> TxDescRead {
+        let d = TxDescRead::frame(iova, len);
+        TxDescRead {
+            buffer_addr: d.buffer_addr,
+            cmd_olinfo: d.cmd_olinfo | cmd as u64 | (popts as u64) << 32,
+        }
+    }
+
+    /// A context descriptor (context 0) in the ring's slot type: MAC and
+    /// IPv4 header lengths, VLAN tag, whether the L4 header is TCP.
+    pub fn context(l2_len: usize, l3_len: usize, vlan: u16, ipv4: bool, tcp: bool) -> TxDescRead {
+        let mut tucmd = tx::DTYP_CTXT | tx::DCMD_DEXT;
+        if ipv4 {
+            tucmd |= tx::TUCMD_IPV4;
+        }
+        if tcp {
+            tucmd |= tx::TUCMD_L4T_TCP;
+        }
+        let c = TxContextDesc {
+            // IPLEN is 9 bits, MACLEN 7: the offload checks bound both.
+            vlan_macip_lens: (l3_len as u32 & 0x1ff)
+                | (l2_len as u32 & 0x7f) << tx::MACLEN_SHIFT
+                | u32::from(vlan) << tx::VLAN_SHIFT,
+            seqnum_seed: 0,
+            type_tucmd_mlhl: tucmd,
+            mss_l4len_idx: 0,
+        };
+        bytemuck::cast(c)
     }
 
     /// Length, descriptor type and command.

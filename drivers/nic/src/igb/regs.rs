@@ -52,6 +52,8 @@ pub mod ctrl {
     pub const SLU: u32 = 1 << 6;
     /// Device reset; self-clearing.
     pub const RST: u32 = 1 << 26;
+    /// VLAN mode: strip received 802.1Q tags, insert them on VLE.
+    pub const VME: u32 = 1 << 30;
     /// PHY reset.
     pub const PHY_RST: u32 = 1 << 31;
 }
@@ -119,6 +121,12 @@ pub const RAH0: usize = 0x5404;
 /// RAH: address valid.
 pub const RAH_AV: u32 = 1 << 31;
 
+/// RXCSUM: IPv4 header checksum offload (IPCS/IPE in the write-back).
+pub const RXCSUM_IPOFLD: u32 = 1 << 8;
+/// RXCSUM: TCP/UDP checksum offload (L4I/UDPCS/L4E in the write-back).
+pub const RXCSUM_TUOFLD: u32 = 1 << 9;
+/// VLAN EtherType: the TPID the NIC recognises and inserts (low 16 bits).
+pub const VET: usize = 0x0038;
 /// RXCSUM: Packet Checksum Disable. Must be set for RSS: the write-back
 /// descriptor then carries the RSS hash where the checksum would be.
 pub const RXCSUM_PCSD: u32 = 1 << 13;

@@ -51,6 +51,9 @@ pub struct SimStats {
     /// Transmit descriptors that were not a one-buffer advanced data
     /// descriptor of 1..=MAX_FRAME bytes (skipped, DD still written back).
     pub tx_malformed: u64,
+    /// Advanced context descriptors taken (offload requests; never a
+    /// frame, no status written back).
+    pub tx_contexts: u64,
     /// Register values the model could not follow (ring length, head or
     /// tail out of range); the queue is left alone.
     pub bad_registers: u64,
@@ -172,7 +175,9 @@ impl SimIgb {
             };
             let want = tx::DTYP_DATA | tx::DCMD_DEXT | tx::DCMD_EOP;
             let len = d.cmd_type_len() & 0xffff;
-            if d.cmd_type_len() & want == want && (1..=MAX_FRAME as u32).contains(&len) && d.buffer_addr != 0 {
+            if d.cmd_type_len() & (0xf << 20 | tx::DCMD_DEXT) == tx::DTYP_CTXT | tx::DCMD_DEXT {
+                self.stats.tx_contexts += 1;
+            } else if d.cmd_type_len() & want == want && (1..=MAX_FRAME as u32).contains(&len) && d.buffer_addr != 0 {
                 self.stats.tx_frames += 1;
                 self.stats.tx_bytes += u64::from(len);
             } else {
