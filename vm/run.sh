@@ -6,6 +6,8 @@
 #                 .cache/vm/nvme.img (512-byte blocks, no metadata); namespaces
 #                 2 and 3 (metadata and PI) exist detached, see usage()
 #   0000:00:05.0  virtio-net-pci, modern only (1af4:1041)
+#   0000:00:09.0  virtio-net-pci with FASTLANE_VIRTIO_MQ_QUEUES (default 4) queue
+#                 pairs and RSS, on a multi-queue tap bridged to the hub (root only)
 #   0000:01:00.0  igb (8086:10c9) behind root port 00:06.0
 #   0000:02:00.0  igb (8086:10c9) behind root port 00:07.0
 #
@@ -70,6 +72,10 @@ Attachment and detaches them when done.
 
 In the guest: FASTLANE_NVME=0000:00:04.0 FASTLANE_IGB0=0000:01:00.0
 FASTLANE_IGB1=0000:02:00.0 FASTLANE_VIRTIO=0000:00:05.0 FASTLANE_IN_GUEST=1;
+FASTLANE_VIRTIO_MQ=0000:00:09.0 (virtio-net, mq=on,rss=on, on a host tap
+bridged to the hub; only when run.sh can create taps, i.e. as root) and
+FASTLANE_VIRTIO_MQ_QUEUES (its queue pairs, FASTLANE_VIRTIO_MQ_QUEUES on the
+host, default 4);
 vfio-pci is loaded, no hugepages are reserved, no device is bound;
 /usr/bin/hugepages.sh is the repo's hugepages.sh; the kernel nvme driver and
 its dependencies are in /lib/modules-extra/ (insmod them in the order listed
@@ -205,6 +211,30 @@ install -m 755 "$script" "$root/opt/guest-script.sh"
 mkdir -p "$root/etc"
 { echo "export FASTLANE_AW_BITS=$aw"
   for kv in ${FASTLANE_GUEST_ENV:-}; do echo "export $kv"; done; } > "$root/etc/fastlane.env"
+# virtio-net with several queue pairs and RSS (0000:00:09.0): a hubport
+# cannot carry queues, a multi-queue tap can. Its frames reach hub 0 through
+# a host bridge joining it to a second tap on a hubport. Needs CAP_NET_ADMIN;
+# without it the guest has no FASTLANE_VIRTIO_MQ and its suite skips.
+vmq_queues="${FASTLANE_VIRTIO_MQ_QUEUES:-4}"
+vmq_if="flmq$$"   # + a (multi-queue, the device's), b (on the hub), br
+vmq_qemu=()
+vmq_cleanup() { for i in "${vmq_if}a" "${vmq_if}b" "${vmq_if}br"; do ip link del "$i" 2>/dev/null || true; done; }
+if ip tuntap add dev "${vmq_if}a" mode tap multi_queue 2>/dev/null \
+    && ip tuntap add dev "${vmq_if}b" mode tap && ip link add "${vmq_if}br" type bridge; then
+    trap vmq_cleanup EXIT
+    for i in "${vmq_if}a" "${vmq_if}b" "${vmq_if}br"; do   # no host traffic on them
+        ip link set "$i" addrgenmode none; sysctl -qw "net.ipv6.conf.$i.disable_ipv6=1" || true
+    done
+    ip link set "${vmq_if}a" master "${vmq_if}br"; ip link set "${vmq_if}b" master "${vmq_if}br"
+    for i in "${vmq_if}a" "${vmq_if}b" "${vmq_if}br"; do ip link set "$i" up; done
+    vmq_qemu=(-netdev "tap,id=pmq,ifname=${vmq_if}a,queues=$vmq_queues,script=no,downscript=no,vhost=off"
+        -device "virtio-net-pci,netdev=pmq,addr=09.0,disable-legacy=on,romfile=,iommu_platform=on,mq=on,rss=on"
+        -netdev "tap,id=pmqb,ifname=${vmq_if}b,script=no,downscript=no,vhost=off" -netdev hubport,id=p3,hubid=0,netdev=pmqb)
+    echo "export FASTLANE_VIRTIO_MQ=0000:00:09.0 FASTLANE_VIRTIO_MQ_QUEUES=$vmq_queues" >> "$root/etc/fastlane.env"
+else
+    vmq_cleanup
+    echo "run.sh: no multi-queue tap (needs CAP_NET_ADMIN): no multi-queue virtio-net in the guest" >&2
+fi
 initrd="$cache/initramfs.cpio.gz"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1 > "$initrd.tmp")
 mv "$initrd.tmp" "$initrd"
@@ -233,6 +263,7 @@ qemu=(qemu-system-x86_64
     -device nvme-ns,drive=dpi3,bus=nvme0,nsid=3,ms=8,mset=0,pi=1,detached=on
     -netdev hubport,id=p2,hubid=0
     -device virtio-net-pci,netdev=p2,addr=05.0,disable-legacy=on,romfile=,iommu_platform=on
+    "${vmq_qemu[@]}"
     -device pcie-root-port,id=rp1,chassis=1,addr=06.0
     -device pcie-root-port,id=rp2,chassis=2,addr=07.0
     -netdev hubport,id=p0,hubid=0 -device igb,netdev=p0,bus=rp1

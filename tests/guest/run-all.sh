@@ -34,6 +34,11 @@ hugepages.sh bind "$FASTLANE_IGB1" "$FASTLANE_VIRTIO" || exit 1
 for t in guest_igb guest_virtio; do
     have "$t" && run "/bin/$t" --test-threads=1
 done
+# Multi-queue virtio-net with RSS: a second virtio port, on a host tap
+# (vm/run.sh sets FASTLANE_VIRTIO_MQ when it could make one).
+if [ -n "${FASTLANE_VIRTIO_MQ:-}" ] && have guest_virtio_mq; then
+    hugepages.sh bind "$FASTLANE_VIRTIO_MQ" && run /bin/guest_virtio_mq --test-threads=1
+fi
 # Quiet rings, a link down/up of IGB0 driven from the host (vm/test.sh), and
 # a 20 s verified-traffic soak over the three ports.
 have guest_nic_faults && run sh /opt/nic-soak.sh

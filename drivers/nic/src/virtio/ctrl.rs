@@ -1,5 +1,6 @@
 //! The control virtqueue (controlq, virtio spec §5.1.6.5): one command at a
-//! time, polled to completion. Used for the receive mode (promiscuous).
+//! time, polled to completion. Used for the receive mode (promiscuous) and
+//! the RSS setup of a multi-queue port.
 //!
 //! A command is a device-readable `class, command, data` buffer followed by
 //! a device-writable one-byte `ack`, both in a small area carved out of
@@ -13,11 +14,12 @@ use super::spec::VIRTIO_NET_OK;
 use super::virtqueue::{Segment, Virtqueue};
 use crate::{NicError, Result};
 
-/// Longest command data the driver sends.
-const MAX_DATA: usize = 62;
+/// Longest command data the driver sends: an RSS setup with a 128-entry
+/// table and a 40-byte key takes 8 + 256 + 3 + 40.
+pub const MAX_DATA: usize = 446;
 /// Bytes of the command area: command, then the ack at [`ACK_AT`].
-pub const AREA_LEN: usize = 128;
-const ACK_AT: usize = 64;
+pub const AREA_LEN: usize = 512;
+const ACK_AT: usize = 448;
 
 pub struct CtrlQueue {
     vq: Virtqueue<()>,
@@ -29,15 +31,27 @@ impl CtrlQueue {
     /// `area`: at least [`AREA_LEN`] bytes for commands.
     pub fn new(vq: Virtqueue<()>, area: DmaArray<u8>) -> Result<CtrlQueue> {
         if area.len() < AREA_LEN {
-            return Err(NicError::InvalidArgument(format!("a control area of {} bytes", area.len())));
+            return Err(NicError::InvalidArgument(format!(
+                "a control area of {} bytes",
+                area.len()
+            )));
         }
         Ok(CtrlQueue { vq, area })
     }
 
     /// Sends one command and waits for the device's ack.
-    pub fn command(&mut self, class: u8, command: u8, data: &[u8], timeout: Duration) -> Result<()> {
+    pub fn command(
+        &mut self,
+        class: u8,
+        command: u8,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<()> {
         if data.len() > MAX_DATA {
-            return Err(NicError::InvalidArgument(format!("control command data of {} bytes", data.len())));
+            return Err(NicError::InvalidArgument(format!(
+                "control command data of {} bytes",
+                data.len()
+            )));
         }
         if self.vq.in_flight() != 0 {
             // A previous command timed out and the device still holds it.
@@ -77,7 +91,9 @@ impl CtrlQueue {
         let start = Instant::now();
         while self.vq.used_pending()? == 0 {
             if start.elapsed() >= timeout {
-                return Err(NicError::Timeout { what: "virtio-net control command" });
+                return Err(NicError::Timeout {
+                    what: "virtio-net control command",
+                });
             }
             std::thread::yield_now();
         }
@@ -106,18 +122,27 @@ mod tests {
                     }
                     std::thread::yield_now();
                 };
-                assert_eq!(dev.read_buf(&chain[0]), [VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, 1]);
+                assert_eq!(
+                    dev.read_buf(&chain[0]),
+                    [VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, 1]
+                );
                 dev.write_buf(&chain[1], &[ack]);
                 dev.push_used(head as u32, 1);
             }
             dev
         });
         let t = Duration::from_secs(5);
-        ctrl.command(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[1], t).unwrap();
+        ctrl.command(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[1], t)
+            .unwrap();
         let refused = ctrl.command(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[1], t);
         assert!(matches!(refused, Err(NicError::Negotiation(_))));
         let _dev = dev_thread.join().unwrap();
-        let silent = ctrl.command(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[0], Duration::from_millis(10));
+        let silent = ctrl.command(
+            VIRTIO_NET_CTRL_RX,
+            VIRTIO_NET_CTRL_RX_PROMISC,
+            &[0],
+            Duration::from_millis(10),
+        );
         assert!(matches!(silent, Err(NicError::Timeout { .. })));
     }
 }

@@ -1,5 +1,5 @@
 //! virtio-net driver: modern virtio-pci (virtio 1.x) with split virtqueues,
-//! polled, through VFIO.
+//! polled, through VFIO; one queue pair, or several with RSS.
 //!
 //! - `spec`: the virtio structures, registers and bits, declared once;
 //! - `pci`: the PCI transport (capabilities, common configuration,
@@ -7,7 +7,9 @@
 //! - `virtqueue`: split rings in DMA memory, with the pure ring bookkeeping
 //!   unit-tested on its own;
 //! - `rx`, `tx`, `ctrl`: the receive, transmit and control queues;
-//! - `net`: [`VirtioNet`], device bring-up and the [`crate::Nic`] interface.
+//! - `rss`: the RSS setup of a multi-queue port and its queue prediction;
+//! - `net`: [`VirtioNet`], device bring-up and the [`crate::Nic`] interface
+//!   on each queue pair.
 //!
 //! The device must reach memory through the IOMMU (VIRTIO_F_ACCESS_PLATFORM;
 //! in QEMU `-device virtio-net-pci,...,iommu_platform=on`), since every
@@ -16,6 +18,7 @@
 mod ctrl;
 mod net;
 pub mod pci;
+pub mod rss;
 mod rx;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -25,7 +28,8 @@ pub mod virtqueue;
 
 use fastlane_framework::{DmaBuf, PoolCache};
 
-pub use net::{negotiate, queue_size, VirtioNet};
+pub use net::{negotiate, negotiate_queues, queue_size, VirtioNet};
+pub use rss::RssSetup;
 pub use rx::RX_HEADROOM;
 pub use tx::{check_frame, check_packet, MIN_TX_FRAME};
 

@@ -1,18 +1,23 @@
 //! The virtio-net port: device initialization (virtio spec §3.1.1 on the
 //! PCI transport, §5.1.5 for the network device) and the [`Nic`] interface
-//! on one receive and one transmit queue.
+//! on each receive/transmit queue pair (one, or several with
+//! VIRTIO_NET_F_MQ and RSS, §5.1.6.5.5).
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fastlane_framework::{DmaRegion, PageSize, PciDevice, PoolCache, Vfio};
+use fastlane_framework::{DmaBuf, DmaRegion, PageSize, PciDevice, PoolCache, Vfio};
 
 use super::ctrl::{self, CtrlQueue};
 use super::pci::{find_caps, Transport};
+use super::rss::RssSetup;
 use super::rx::{RxQueue, RX_HEADROOM};
 use super::spec::*;
 use super::tx::{self, TxQueue};
 use super::virtqueue::{QueueLayout, Virtqueue};
-use crate::{LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, HEADROOM, MAX_FRAME};
+use crate::{
+    LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, HEADROOM, MAX_FRAME,
+};
 
 /// How long the device may take to finish a reset.
 const RESET_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,11 +37,30 @@ const WANTED: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_NET_F_CTRL_RX
     | VIRTIO_NET_F_SPEED_DUPLEX;
 
-/// The features to accept from those `offered`.
+/// The features to accept from those `offered` for one queue pair.
 pub fn negotiate(offered: u64) -> Result<u64> {
+    negotiate_queues(offered, 1)
+}
+
+/// The features to accept from those `offered` for `queues` queue pairs:
+/// several need VIRTIO_NET_F_MQ, VIRTIO_NET_F_RSS (so that flows spread as
+/// the hash says) and the control queue to set them up.
+pub fn negotiate_queues(offered: u64, queues: u16) -> Result<u64> {
+    if queues > 1 {
+        let need = VIRTIO_NET_F_MQ | VIRTIO_NET_F_RSS | VIRTIO_NET_F_CTRL_VQ;
+        if offered & need != need {
+            return Err(NicError::Negotiation(format!(
+                "{queues} queue pairs need {} (QEMU: mq=on,rss=on on -device virtio-net-pci, and a \
+                 multi-queue netdev such as tap with queues=N); the device offers {}",
+                feature_names(need),
+                feature_names(offered)
+            )));
+        }
+    }
     if offered & VIRTIO_F_VERSION_1 == 0 {
         return Err(NicError::Negotiation(
-            "the device does not offer VIRTIO_F_VERSION_1 (legacy-only devices are not supported)".into(),
+            "the device does not offer VIRTIO_F_VERSION_1 (legacy-only devices are not supported)"
+                .into(),
         ));
     }
     if offered & VIRTIO_F_ACCESS_PLATFORM == 0 {
@@ -47,6 +71,9 @@ pub fn negotiate(offered: u64) -> Result<u64> {
         ));
     }
     let mut f = offered & WANTED;
+    if queues > 1 {
+        f |= VIRTIO_NET_F_MQ | VIRTIO_NET_F_RSS;
+    }
     if f & VIRTIO_NET_F_CTRL_VQ == 0 {
         f &= !VIRTIO_NET_F_CTRL_RX;
     }
@@ -57,16 +84,23 @@ pub fn negotiate(offered: u64) -> Result<u64> {
 /// the device's largest (rounded down to a power of two).
 pub fn queue_size(wanted: u16, device_max: u16) -> Result<u16> {
     if device_max == 0 {
-        return Err(NicError::Malformed("the device reports a virtqueue of size 0"));
+        return Err(NicError::Malformed(
+            "the device reports a virtqueue of size 0",
+        ));
     }
     // The largest power of two not above the device's limit.
     let max = 1u16 << (15 - device_max.min(VIRTQ_MAX_SIZE).leading_zeros());
-    let want = wanted.max(1).checked_next_power_of_two().unwrap_or(VIRTQ_MAX_SIZE);
+    let want = wanted
+        .max(1)
+        .checked_next_power_of_two()
+        .unwrap_or(VIRTQ_MAX_SIZE);
     Ok(want.min(max))
 }
 
-/// A virtio-net port (modern virtio-pci, split virtqueues): one receive and
-/// one transmit queue, polled.
+/// An open virtio-net queue pair (modern virtio-pci, split virtqueues),
+/// polled: [`VirtioNet::open`] gives a port's only pair, and
+/// [`VirtioNet::open_multi`] one handle per pair, each usable from its own
+/// thread, with RSS spreading received frames over them.
 ///
 /// ```no_run
 /// use fastlane_framework::Vfio;
@@ -92,47 +126,138 @@ pub fn queue_size(wanted: u16, device_max: u16) -> Result<u16> {
 /// than offered, `check_packet(&pkts[0])` tells a full ring (`Ok`) from an
 /// invalid frame (the typed error: `FrameTooLarge`, `FrameTooShort`).
 ///
-/// Counters are kept by the driver (virtio has no statistics registers):
-/// `tx_*` count frames the device has consumed (padded length), `rx_*`
-/// frames delivered (without the virtio header); `rx_errors` counts frames
-/// longer than [`MAX_FRAME`] or shorter than the header; `rx_dropped` stays
-/// 0 (the device does not report drops).
+/// Counters are kept by the driver (virtio has no statistics registers),
+/// per queue pair: `tx_*` count frames the device has consumed (padded
+/// length), `rx_*` frames delivered (without the virtio header);
+/// `rx_errors` counts frames longer than [`MAX_FRAME`] or shorter than the
+/// header, and used entries the driver refused; `rx_dropped` stays 0 (the
+/// device does not report drops).
 pub struct VirtioNet {
-    transport: Transport,
     rx: RxQueue,
     tx: TxQueue,
-    ctrl: Option<CtrlQueue>,
     cache: PoolCache,
+    stats: Stats,
+    queue: usize,
+    port: Arc<Port>,
+}
+
+/// What the queue pairs of one device share. Dropped with the last handle:
+/// resets the device, and only then gives back the buffers of handles
+/// dropped before.
+struct Port {
+    transport: Transport,
+    ctrl: Mutex<Option<CtrlQueue>>,
     features: u64,
     mac: [u8; 6],
-    stats: Stats,
+    queues: usize,
+    rss: Option<RssSetup>,
+    /// Every queue's memory: a handle dropped while the device runs leaves
+    /// its rings to the device, so the memory stays until the reset.
+    _region: DmaRegion,
+    /// Buffers of handles dropped while the device ran.
+    retired: Mutex<Vec<DmaBuf>>,
     dev: PciDevice,
+}
+
+impl Port {
+    fn ctrl(&self) -> MutexGuard<'_, Option<CtrlQueue>> {
+        // The queue is consistent whenever the lock is released.
+        self.ctrl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn retired(&self) -> MutexGuard<'_, Vec<DmaBuf>> {
+        self.retired.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // The device must let go of every buffer before they return to the
+        // pool: reset it, or at least cut its bus mastering.
+        if let Err(e) = self.transport.reset(RESET_TIMEOUT) {
+            log::error!("{}: {e}; turning bus mastering off", self.dev.address());
+            if let Err(e) = self.dev.disable_dma() {
+                log::error!(
+                    "{}: {e}: buffers leak rather than return",
+                    self.dev.address()
+                );
+                std::mem::take(&mut *self.retired())
+                    .into_iter()
+                    .for_each(std::mem::forget);
+                std::mem::forget(self._region.clone());
+            }
+        }
+    }
 }
 
 /// What [`VirtioNet::init`] sets up.
 struct Bringup {
-    rx: RxQueue,
-    tx: TxQueue,
+    pairs: Vec<(RxQueue, TxQueue)>,
     ctrl: Option<CtrlQueue>,
     features: u64,
     mac: [u8; 6],
+    rss: Option<RssSetup>,
+    region: DmaRegion,
 }
 
 impl VirtioNet {
     /// Opens the virtio-net device at `addr` (bound to vfio-pci): resets
     /// and initializes it, receive buffers from `pool`, ring sizes from
-    /// `cfg` (capped by the device).
+    /// `cfg` (capped by the device). One queue pair: `cfg.queues` must be 1
+    /// (see [`VirtioNet::open_multi`]).
     pub fn open(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Result<VirtioNet> {
         // A device open in this container already gives `Busy` here, before
         // anything touches it: the first handle keeps working.
         Self::open_device(vfio, vfio.open(addr)?, pool, cfg)
     }
 
+    /// Opens the virtio-net device at `addr` with `cfg.queues` queue pairs
+    /// (1 to the device's `max_virtqueue_pairs`), each `cfg.rx_ring` and
+    /// `cfg.tx_ring` long and filled from `pool` (which needs buffers for
+    /// every ring), and returns one handle per pair, pair 0 first. With
+    /// several, the device needs VIRTIO_NET_F_MQ and VIRTIO_NET_F_RSS (QEMU:
+    /// `mq=on,rss=on` and a multi-queue netdev): received IPv4 and IPv6
+    /// frames are spread by addresses and TCP/UDP ports with igb's key and
+    /// table ([`VirtioNet::rss`] predicts the queue); other frames arrive
+    /// on pair 0. Each handle sends on its own transmit queue. The device
+    /// stays open until every handle is dropped; a pair dropped before
+    /// keeps its buffers until then, and frames RSS sends it are lost.
+    pub fn open_multi(
+        vfio: &Vfio,
+        addr: &str,
+        pool: &PacketPool,
+        cfg: &NicConfig,
+    ) -> Result<Vec<VirtioNet>> {
+        Self::open_pairs(vfio, vfio.open(addr)?, pool, cfg)
+    }
+
     /// [`VirtioNet::open`] on a device already opened in `vfio` (what
-    /// [`crate::open`] does after reading its PCI id). Nothing is written to
-    /// the device before every argument was checked: a refused open leaves
-    /// it as it was.
-    pub(crate) fn open_device(vfio: &Vfio, dev: PciDevice, pool: &PacketPool, cfg: &NicConfig) -> Result<VirtioNet> {
+    /// [`crate::open`] does after reading its PCI id).
+    pub(crate) fn open_device(
+        vfio: &Vfio,
+        dev: PciDevice,
+        pool: &PacketPool,
+        cfg: &NicConfig,
+    ) -> Result<VirtioNet> {
+        if cfg.queues != 1 {
+            return Err(NicError::InvalidArgument(format!(
+                "{} queues: VirtioNet::open opens one, VirtioNet::open_multi several",
+                cfg.queues
+            )));
+        }
+        Self::open_pairs(vfio, dev, pool, cfg)?
+            .pop()
+            .ok_or(NicError::Malformed("no queue opened"))
+    }
+
+    /// Nothing is written to the device before every argument was
+    /// checked: a refused open leaves it as it was.
+    fn open_pairs(
+        vfio: &Vfio,
+        dev: PciDevice,
+        pool: &PacketPool,
+        cfg: &NicConfig,
+    ) -> Result<Vec<VirtioNet>> {
         let addr = dev.address().to_string();
         let (vendor, device) = dev.id()?;
         let caps = find_caps(|off, buf| Ok(dev.config_read(off, buf)?))?;
@@ -146,9 +271,9 @@ impl VirtioNet {
                 class: dev.class_code()?,
             });
         }
-        if cfg.queues != 1 {
+        if cfg.queues == 0 || cfg.queues > VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX {
             return Err(NicError::InvalidArgument(format!(
-                "{} queues: the virtio-net driver has one queue pair",
+                "{} queues: virtio-net takes 1 to the device's max_virtqueue_pairs",
                 cfg.queues
             )));
         }
@@ -174,32 +299,61 @@ impl VirtioNet {
                 return Err(e);
             }
         };
-        let mut port = VirtioNet {
+        let port = Arc::new(Port {
             transport,
-            rx: up.rx,
-            tx: up.tx,
-            ctrl: up.ctrl,
-            cache: pool.cache(CACHE_SIZE),
+            ctrl: Mutex::new(up.ctrl),
             features: up.features,
             mac: up.mac,
-            stats: Stats::default(),
+            queues: up.pairs.len(),
+            rss: up.rss,
+            _region: up.region,
+            retired: Mutex::new(Vec::new()),
             dev,
-        };
-        // From here on, dropping `port` resets the device.
+        });
+        // From here on, dropping the handles resets the device.
+        let mut handles: Vec<VirtioNet> = up
+            .pairs
+            .into_iter()
+            .enumerate()
+            .map(|(queue, (rx, tx))| VirtioNet {
+                rx,
+                tx,
+                cache: pool.cache(CACHE_SIZE),
+                stats: Stats::default(),
+                queue,
+                port: port.clone(),
+            })
+            .collect();
         port.transport.add_status(VIRTIO_STATUS_DRIVER_OK);
         if port.transport.status() & VIRTIO_STATUS_DEVICE_NEEDS_RESET != 0 {
-            return Err(NicError::Malformed("the device needs a reset right after DRIVER_OK"));
+            return Err(NicError::Malformed(
+                "the device needs a reset right after DRIVER_OK",
+            ));
         }
-        port.rx.refill(&mut port.cache);
-        if port.ctrl.is_some() {
-            port.set_promiscuous(cfg.promiscuous)?;
+        for h in &mut handles {
+            h.rx.refill(&mut h.cache);
+        }
+        if let Some(rss) = &port.rss {
+            // Spreads the flows and sets the pairs in use (max_tx_vq).
+            port.command(
+                VIRTIO_NET_CTRL_MQ,
+                VIRTIO_NET_CTRL_MQ_RSS_CONFIG,
+                &rss.command_bytes(),
+            )?;
+        }
+        let first = handles
+            .first_mut()
+            .ok_or(NicError::Malformed("no queue opened"))?;
+        let has_ctrl = port.ctrl().is_some();
+        if has_ctrl {
+            first.set_promiscuous(cfg.promiscuous)?;
         } else if !cfg.promiscuous {
             log::warn!(
                 "{}: the device has no VIRTIO_NET_F_CTRL_RX; it receives every frame",
                 port.dev.address()
             );
         }
-        Ok(port)
+        Ok(handles)
     }
 
     /// The initialization sequence from reset up to, not including,
@@ -209,7 +363,36 @@ impl VirtioNet {
         t.add_status(VIRTIO_STATUS_ACKNOWLEDGE);
         t.add_status(VIRTIO_STATUS_DRIVER);
         let offered = t.device_features();
-        let features = negotiate(offered)?;
+        let features = negotiate_queues(offered, cfg.queues)?;
+        let pairs = cfg.queues;
+        // Every field past `mac` and `status` exists with the features
+        // that add it (§5.1.4); the structure must be long enough for them.
+        let rss = if pairs > 1 {
+            if t.device_config_len() < net_config::LEN_RSS {
+                return Err(NicError::Malformed(
+                    "device configuration too short for max_virtqueue_pairs and RSS",
+                ));
+            }
+            let (max_pairs, max_key, max_table, hash_types) = t.read_config(|c| {
+                (
+                    c.read16(net_config::MAX_VIRTQUEUE_PAIRS),
+                    c.read8(net_config::RSS_MAX_KEY_SIZE),
+                    c.read16(net_config::RSS_MAX_INDIRECTION_TABLE_LENGTH),
+                    c.read32(net_config::SUPPORTED_HASH_TYPES),
+                )
+            });
+            if pairs > max_pairs {
+                return Err(NicError::InvalidArgument(format!(
+                    "{pairs} queues: the device has {max_pairs} queue pairs"
+                )));
+            }
+            Some((
+                max_pairs,
+                RssSetup::new(pairs, max_key, max_table, hash_types)?,
+            ))
+        } else {
+            None
+        };
         t.set_driver_features(features);
         t.add_status(VIRTIO_STATUS_FEATURES_OK);
         if t.status() & VIRTIO_STATUS_FEATURES_OK == 0 {
@@ -219,38 +402,82 @@ impl VirtioNet {
                 feature_names(offered)
             )));
         }
-        log::debug!("{}: virtio-net features {}", dev.address(), feature_names(features));
+        log::debug!(
+            "{}: virtio-net features {}",
+            dev.address(),
+            feature_names(features)
+        );
         t.disable_config_vector();
 
         let with_ctrl = features & VIRTIO_NET_F_CTRL_VQ != 0;
-        if t.num_queues() < if with_ctrl { 3 } else { 2 } {
-            return Err(NicError::Malformed("the device has fewer virtqueues than its features promise"));
-        }
-        let rx_size = queue_size(cfg.rx_ring, t.queue_max_size(RECEIVEQ))?;
-        let tx_size = queue_size(cfg.tx_ring, t.queue_max_size(TRANSMITQ))?;
-        let ctrl_size = if with_ctrl {
-            queue_size(CTRL_QUEUE_SIZE, t.queue_max_size(CONTROLQ))?
-        } else {
-            1
+        let controlq = match &rss {
+            Some((max_pairs, _)) => controlq_mq(*max_pairs),
+            None => CONTROLQ,
         };
-        // One region: the queues, then a page with the zero transmit
-        // header and the control command area.
-        let layouts = [QueueLayout::new(rx_size), QueueLayout::new(tx_size), QueueLayout::new(ctrl_size)];
-        let bases = [0, layouts[0].total, layouts[0].total + layouts[1].total];
-        let scratch = bases[2] + if with_ctrl { layouts[2].total } else { 0 };
-        let region = vfio.alloc_region(scratch + 4096, PageSize::Huge2M)?;
-        let zero_hdr = region.carve::<u8>(scratch, 64)?;
-        let ctrl_area = region.carve::<u8>(scratch + 64, ctrl::AREA_LEN)?;
+        let needed = if with_ctrl {
+            u32::from(controlq) + 1
+        } else {
+            2 * u32::from(pairs)
+        };
+        if u32::from(t.num_queues()) < needed {
+            return Err(NicError::Malformed(
+                "the device has fewer virtqueues than its features promise",
+            ));
+        }
+        // Per pair: receive then transmit queue; then the control queue;
+        // then a page with the zero transmit header and the command area.
+        let mut layouts = Vec::with_capacity(2 * pairs as usize + 1);
+        for p in 0..pairs {
+            let rx_size = queue_size(cfg.rx_ring, t.queue_max_size(receiveq(p)))?;
+            let tx_size = queue_size(cfg.tx_ring, t.queue_max_size(transmitq(p)))?;
+            layouts.push((receiveq(p), QueueLayout::new(rx_size)));
+            layouts.push((transmitq(p), QueueLayout::new(tx_size)));
+        }
+        if with_ctrl {
+            let size = queue_size(CTRL_QUEUE_SIZE, t.queue_max_size(controlq))?;
+            layouts.push((controlq, QueueLayout::new(size)));
+        }
+        let mut bases = Vec::with_capacity(layouts.len());
+        let mut scratch = 0usize;
+        for (_, l) in &layouts {
+            bases.push(scratch);
+            scratch = scratch
+                .checked_add(l.total)
+                .ok_or_else(|| NicError::InvalidArgument("virtqueues too large".into()))?;
+        }
+        // One page per transmit queue's zero header, and the command area.
+        let region = vfio.alloc_region(scratch + 4096 * (pairs as usize + 1), PageSize::Huge2M)?;
+        let ctrl_area = region.carve::<u8>(scratch, ctrl::AREA_LEN)?;
 
-        fn queue<T>(t: &Transport, region: &DmaRegion, q: u16, base: usize, l: QueueLayout) -> Result<Virtqueue<T>> {
+        fn queue<T>(
+            t: &Transport,
+            region: &DmaRegion,
+            q: u16,
+            base: usize,
+            l: QueueLayout,
+        ) -> Result<Virtqueue<T>> {
             let notifier = t.setup_queue(q, l.size, l.addrs(region, base))?;
             Virtqueue::new(region, base, l, notifier)
         }
-        let rx = RxQueue::new(queue(t, &region, RECEIVEQ, bases[0], layouts[0])?);
-        let tx = TxQueue::new(queue(t, &region, TRANSMITQ, bases[1], layouts[1])?, zero_hdr, vfio.domain())?;
-        let ctrl = match with_ctrl {
-            true => Some(CtrlQueue::new(queue(t, &region, CONTROLQ, bases[2], layouts[2])?, ctrl_area)?),
-            false => None,
+        let mut queue_pairs = Vec::with_capacity(pairs as usize);
+        for p in 0..pairs as usize {
+            let (rq, rl) = layouts[2 * p];
+            let (tq, tl) = layouts[2 * p + 1];
+            let zero_hdr = region.carve::<u8>(scratch + 4096 * (p + 1), 64)?;
+            let rx = RxQueue::new(queue(t, &region, rq, bases[2 * p], rl)?);
+            let tx = TxQueue::new(
+                queue(t, &region, tq, bases[2 * p + 1], tl)?,
+                zero_hdr,
+                vfio.domain(),
+            )?;
+            queue_pairs.push((rx, tx));
+        }
+        let ctrl = match layouts.get(2 * pairs as usize) {
+            Some(&(q, l)) => Some(CtrlQueue::new(
+                queue(t, &region, q, bases[2 * pairs as usize], l)?,
+                ctrl_area,
+            )?),
+            None => None,
         };
         let mac = if features & VIRTIO_NET_F_MAC != 0 {
             t.read_config(|c| std::array::from_fn(|i| c.read8(net_config::MAC + i)))
@@ -258,9 +485,23 @@ impl VirtioNet {
             // No address from the device: a locally administered one from
             // the PCI address.
             let a = dev.address();
-            [0x02, 0, (a.domain & 0xff) as u8, a.bus, a.device, a.function]
+            [
+                0x02,
+                0,
+                (a.domain & 0xff) as u8,
+                a.bus,
+                a.device,
+                a.function,
+            ]
         };
-        Ok(Bringup { rx, tx, ctrl, features, mac })
+        Ok(Bringup {
+            pairs: queue_pairs,
+            ctrl,
+            features,
+            mac,
+            rss: rss.map(|(_, r)| r),
+            region,
+        })
     }
 
     /// Whether a frame of `len` bytes can be sent (at most [`MAX_FRAME`],
@@ -277,17 +518,45 @@ impl VirtioNet {
 
     /// The negotiated feature bits.
     pub fn features(&self) -> u64 {
-        self.features
+        self.port.features
     }
 
-    /// Receive buffers the device holds.
+    /// Receive buffers the device holds on this pair.
     pub fn rx_posted(&self) -> usize {
         self.rx.posted()
     }
 
     /// The PCI device.
     pub fn device(&self) -> &PciDevice {
-        &self.dev
+        &self.port.dev
+    }
+
+    /// This handle's queue pair (0 for [`VirtioNet::open`]).
+    pub fn queue(&self) -> usize {
+        self.queue
+    }
+
+    /// Queue pairs of the port.
+    pub fn queues(&self) -> usize {
+        self.port.queues
+    }
+
+    /// The RSS setup the device was given (with several queue pairs):
+    /// [`RssSetup::queue_of_ipv4`] predicts a frame's receive queue.
+    pub fn rss(&self) -> Option<&RssSetup> {
+        self.port.rss.as_ref()
+    }
+}
+
+impl Port {
+    /// One control command, from whichever handle asks.
+    fn command(&self, class: u8, command: u8, data: &[u8]) -> Result<()> {
+        match &mut *self.ctrl() {
+            Some(ctrl) => ctrl.command(class, command, data, CTRL_TIMEOUT),
+            None => Err(NicError::InvalidArgument(
+                "the device has no control queue".into(),
+            )),
+        }
     }
 }
 
@@ -309,22 +578,23 @@ impl Nic for VirtioNet {
     }
 
     fn mac_address(&self) -> [u8; 6] {
-        self.mac
+        self.port.mac
     }
 
     fn link_status(&self) -> LinkStatus {
-        let f = self.features;
-        let len = self.transport.device_config_len();
-        self.transport.read_config(|c| {
+        let f = self.port.features;
+        let len = self.port.transport.device_config_len();
+        self.port.transport.read_config(|c| {
             // Without VIRTIO_NET_F_STATUS the link is assumed up (§5.1.4.2).
             let up = f & VIRTIO_NET_F_STATUS == 0
                 || len < net_config::STATUS + 2
                 || c.read16(net_config::STATUS) & VIRTIO_NET_S_LINK_UP != 0;
-            let (speed, duplex) = if f & VIRTIO_NET_F_SPEED_DUPLEX != 0 && len >= net_config::LEN_SPEED_DUPLEX {
-                (c.read32(net_config::SPEED), c.read8(net_config::DUPLEX))
-            } else {
-                (VIRTIO_NET_SPEED_UNKNOWN, 0xff)
-            };
+            let (speed, duplex) =
+                if f & VIRTIO_NET_F_SPEED_DUPLEX != 0 && len >= net_config::LEN_SPEED_DUPLEX {
+                    (c.read32(net_config::SPEED), c.read8(net_config::DUPLEX))
+                } else {
+                    (VIRTIO_NET_SPEED_UNKNOWN, 0xff)
+                };
             LinkStatus {
                 up,
                 speed_mbps: (up && speed != VIRTIO_NET_SPEED_UNKNOWN).then_some(speed),
@@ -333,14 +603,15 @@ impl Nic for VirtioNet {
         })
     }
 
+    /// Port-wide: every queue pair receives per the new setting.
     fn set_promiscuous(&mut self, on: bool) -> Result<()> {
-        match &mut self.ctrl {
-            Some(ctrl) if self.features & VIRTIO_NET_F_CTRL_RX != 0 => ctrl.command(
-                VIRTIO_NET_CTRL_RX,
-                VIRTIO_NET_CTRL_RX_PROMISC,
-                &[on as u8],
-                CTRL_TIMEOUT,
-            ),
+        // (The lock is not held across `command`, which takes it.)
+        let has_ctrl = self.port.ctrl().is_some();
+        match has_ctrl {
+            true if self.port.features & VIRTIO_NET_F_CTRL_RX != 0 => {
+                self.port
+                    .command(VIRTIO_NET_CTRL_RX, VIRTIO_NET_CTRL_RX_PROMISC, &[on as u8])
+            }
             // A device without receive-mode control takes every frame.
             _ if on => Ok(()),
             _ => Err(NicError::InvalidArgument(
@@ -371,23 +642,12 @@ impl Nic for VirtioNet {
 
 impl Drop for VirtioNet {
     fn drop(&mut self) {
-        // The device must let go of every buffer before they return to the
-        // pool: reset it, or at least cut its bus mastering.
-        if let Err(e) = self.transport.reset(RESET_TIMEOUT) {
-            log::error!("{}: {e}; turning bus mastering off", self.dev.address());
-            if let Err(e) = self.dev.disable_dma() {
-                log::error!("{}: {e}: buffers leak rather than return", self.dev.address());
-                self.rx.drain().for_each(std::mem::forget);
-                self.tx.drain().for_each(std::mem::forget);
-                return;
-            }
-        }
-        for buf in self.rx.drain() {
-            super::release(&mut self.cache, buf);
-        }
-        for buf in self.tx.drain() {
-            super::release(&mut self.cache, buf);
-        }
+        // The device may still use this pair's buffers: they go back only
+        // after the reset, which the port does when the last handle goes
+        // (right after this one, for a single pair).
+        let mut retired = self.port.retired();
+        retired.extend(self.rx.drain());
+        retired.extend(self.tx.drain());
     }
 }
 
@@ -399,13 +659,36 @@ mod tests {
     fn negotiation_requires_version_1_and_access_platform() {
         let all = u64::MAX;
         assert_eq!(negotiate(all).unwrap(), WANTED);
-        assert!(matches!(negotiate(all & !VIRTIO_F_VERSION_1), Err(NicError::Negotiation(_))));
-        let e = negotiate(all & !VIRTIO_F_ACCESS_PLATFORM).unwrap_err().to_string();
+        assert!(matches!(
+            negotiate(all & !VIRTIO_F_VERSION_1),
+            Err(NicError::Negotiation(_))
+        ));
+        let e = negotiate(all & !VIRTIO_F_ACCESS_PLATFORM)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("iommu_platform=on"), "{e}");
         // Never merged buffers; no receive-mode control without the queue.
         assert_eq!(negotiate(all).unwrap() & VIRTIO_NET_F_MRG_RXBUF, 0);
         let no_vq = negotiate(all & !VIRTIO_NET_F_CTRL_VQ).unwrap();
         assert_eq!(no_vq & (VIRTIO_NET_F_CTRL_VQ | VIRTIO_NET_F_CTRL_RX), 0);
+    }
+
+    #[test]
+    fn several_pairs_need_mq_rss_and_the_control_queue() {
+        let all = u64::MAX;
+        assert_eq!(
+            negotiate(all).unwrap() & (VIRTIO_NET_F_MQ | VIRTIO_NET_F_RSS),
+            0,
+            "one pair: neither"
+        );
+        let four = negotiate_queues(all, 4).unwrap();
+        assert_eq!(four, WANTED | VIRTIO_NET_F_MQ | VIRTIO_NET_F_RSS);
+        for missing in [VIRTIO_NET_F_MQ, VIRTIO_NET_F_RSS, VIRTIO_NET_F_CTRL_VQ] {
+            let e = negotiate_queues(all & !missing, 2).unwrap_err().to_string();
+            assert!(e.contains("mq=on,rss=on"), "{e}");
+        }
+        // The control queue comes after every pair the device has.
+        assert_eq!((receiveq(3), transmitq(3), controlq_mq(4)), (6, 7, 8));
     }
 
     #[test]

@@ -69,7 +69,13 @@ impl RxQueue {
     }
 
     /// Up to `max` received frames appended to `out`; refills the ring.
-    pub fn burst(&mut self, out: &mut Vec<Packet>, max: usize, cache: &mut PoolCache, stats: &mut Stats) -> usize {
+    pub fn burst(
+        &mut self,
+        out: &mut Vec<Packet>,
+        max: usize,
+        cache: &mut PoolCache,
+        stats: &mut Stats,
+    ) -> usize {
         let pending = match self.vq.used_pending() {
             Ok(n) => n as usize,
             Err(e) => {
@@ -132,7 +138,11 @@ mod tests {
         let (head, chain) = dev.pop_avail().expect("no buffer posted");
         assert_eq!(chain.len(), 1);
         assert_eq!(chain[0].flags, VIRTQ_DESC_F_WRITE);
-        let mut bytes = bytemuck::bytes_of(&VirtioNetHdr { num_buffers: 1, ..Default::default() }).to_vec();
+        let mut bytes = bytemuck::bytes_of(&VirtioNetHdr {
+            num_buffers: 1,
+            ..Default::default()
+        })
+        .to_vec();
         bytes.extend_from_slice(frame);
         dev.write_buf(&chain[0], &bytes);
         dev.push_used(head as u32, bytes.len() as u32);
@@ -162,7 +172,10 @@ mod tests {
             assert_eq!(p.iova(), p.buf().iova().add(RX_HEADROOM as u64));
         }
         assert_eq!(stats.rx_packets, 4);
-        assert_eq!(stats.rx_bytes, frames.iter().map(|f| f.len() as u64).sum::<u64>());
+        assert_eq!(
+            stats.rx_bytes,
+            frames.iter().map(|f| f.len() as u64).sum::<u64>()
+        );
         assert_eq!(rx.posted(), 8, "consumed buffers were replaced");
     }
 
@@ -178,7 +191,10 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(rx.burst(&mut out, 8, &mut cache, &mut stats), 1);
         assert_eq!(out[0].to_vec(), [7u8; 64]);
-        assert_eq!((stats.rx_errors, stats.rx_packets, stats.rx_bytes), (2, 1, 64));
+        assert_eq!(
+            (stats.rx_errors, stats.rx_packets, stats.rx_bytes),
+            (2, 1, 64)
+        );
         // The pool had only four buffers: the two bad ones went back on the ring.
         assert_eq!(rx.posted(), 3);
         drop(out);
@@ -208,10 +224,42 @@ mod tests {
     }
 
     #[test]
+    fn bad_used_entries_finish_nothing() {
+        let (mut rx, mut dev, pool, mut cache) = setup(4, 8);
+        let mut stats = Stats::default();
+        rx.refill(&mut cache);
+        let (head, chain) = dev.pop_avail().unwrap();
+        // Ids out of range, a descriptor that is no head in flight, and a
+        // length past the end of the buffer the device was given.
+        dev.push_used(4, 60 + NET_HDR_LEN as u32);
+        dev.push_used(u32::MAX, 60 + NET_HDR_LEN as u32);
+        dev.push_used(head as u32, chain[0].len + 1);
+        let mut out = Vec::new();
+        assert_eq!(rx.burst(&mut out, 8, &mut cache, &mut stats), 0);
+        assert_eq!((stats.rx_errors, stats.rx_packets), (3, 0));
+        // The over-long one's buffer went back to the device; the bogus ids
+        // took nothing away from it.
+        assert_eq!(rx.posted(), 4);
+        // used.idx running past what is in flight finishes nothing either.
+        for _ in 0..9 {
+            dev.push_used(0, 100);
+        }
+        assert_eq!(rx.burst(&mut out, 32, &mut cache, &mut stats), 0);
+        assert_eq!((stats.rx_errors, rx.posted()), (4, 4));
+        drop(out);
+        drop(cache);
+        drop(rx);
+        assert_eq!(pool.pool().available(), 8, "every buffer home");
+    }
+
+    #[test]
     fn frame_length_bounds() {
         assert_eq!(frame_len(12, 2048), Some(0));
         assert_eq!(frame_len(11, 2048), None);
-        assert_eq!(frame_len((NET_HDR_LEN + MAX_FRAME) as u32, 2048), Some(MAX_FRAME));
+        assert_eq!(
+            frame_len((NET_HDR_LEN + MAX_FRAME) as u32, 2048),
+            Some(MAX_FRAME)
+        );
         assert_eq!(frame_len((NET_HDR_LEN + MAX_FRAME + 1) as u32, 2048), None);
         assert_eq!(frame_len(1000, HDR_AT + 999), None);
     }

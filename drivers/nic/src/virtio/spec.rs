@@ -14,7 +14,10 @@ use std::mem::{offset_of, size_of};
 
 use bytemuck::{Pod, Zeroable};
 
-const _: () = assert!(cfg!(target_endian = "little"), "virtio structures are little-endian");
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "virtio structures are little-endian"
+);
 
 /// PCI vendor id of virtio devices.
 pub const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
@@ -42,6 +45,12 @@ pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 pub const VIRTIO_NET_F_CTRL_VQ: u64 = 1 << 17;
 /// Control channel receive mode support: promiscuous, all-multicast (bit 18).
 pub const VIRTIO_NET_F_CTRL_RX: u64 = 1 << 18;
+/// Several receive/transmit queue pairs, steered through the control
+/// queue (bit 22).
+pub const VIRTIO_NET_F_MQ: u64 = 1 << 22;
+/// Receive-side scaling: a Toeplitz hash and an indirection table pick the
+/// receive queue (bit 60, §5.1.6.5.7).
+pub const VIRTIO_NET_F_RSS: u64 = 1 << 60;
 /// Device reports its speed and duplex (bit 63).
 pub const VIRTIO_NET_F_SPEED_DUPLEX: u64 = 1 << 63;
 /// Compliance with virtio 1.x (bit 32): required, no legacy interface.
@@ -51,12 +60,14 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 
 /// Names of the feature bits above, for messages.
-pub const FEATURE_NAMES: [(u64, &str); 8] = [
+pub const FEATURE_NAMES: [(u64, &str); 10] = [
     (VIRTIO_NET_F_MAC, "VIRTIO_NET_F_MAC"),
     (VIRTIO_NET_F_MRG_RXBUF, "VIRTIO_NET_F_MRG_RXBUF"),
     (VIRTIO_NET_F_STATUS, "VIRTIO_NET_F_STATUS"),
     (VIRTIO_NET_F_CTRL_VQ, "VIRTIO_NET_F_CTRL_VQ"),
     (VIRTIO_NET_F_CTRL_RX, "VIRTIO_NET_F_CTRL_RX"),
+    (VIRTIO_NET_F_MQ, "VIRTIO_NET_F_MQ"),
+    (VIRTIO_NET_F_RSS, "VIRTIO_NET_F_RSS"),
     (VIRTIO_NET_F_SPEED_DUPLEX, "VIRTIO_NET_F_SPEED_DUPLEX"),
     (VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"),
     (VIRTIO_F_ACCESS_PLATFORM, "VIRTIO_F_ACCESS_PLATFORM"),
@@ -184,15 +195,37 @@ pub mod used {
 pub const RECEIVEQ: u16 = 0;
 pub const TRANSMITQ: u16 = 1;
 pub const CONTROLQ: u16 = 2;
+/// With VIRTIO_NET_F_MQ (§5.1.2): receiveq(k+1) is virtqueue 2k,
+/// transmitq(k+1) 2k+1, and the control queue comes after all
+/// `max_virtqueue_pairs` pairs, at 2 * max_virtqueue_pairs.
+pub const fn receiveq(pair: u16) -> u16 {
+    2 * pair
+}
+pub const fn transmitq(pair: u16) -> u16 {
+    2 * pair + 1
+}
+pub const fn controlq_mq(max_virtqueue_pairs: u16) -> u16 {
+    2 * max_virtqueue_pairs
+}
+/// Largest `max_virtqueue_pairs` (§5.1.4): 0x8000.
+pub const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_MAX: u16 = 0x8000;
 
 /// Offsets in `struct virtio_net_config` (device configuration).
 pub mod net_config {
     pub const MAC: usize = 0; // u8[6]
     pub const STATUS: usize = 6; // le16
     pub const SPEED: usize = 12; // le32, Mbit/s
+    /// With VIRTIO_NET_F_MQ or VIRTIO_NET_F_RSS.
+    pub const MAX_VIRTQUEUE_PAIRS: usize = 8; // le16
     pub const DUPLEX: usize = 16; // u8
     /// Bytes up to and including `duplex`.
     pub const LEN_SPEED_DUPLEX: usize = 17;
+    // With VIRTIO_NET_F_RSS (or HASH_REPORT).
+    pub const RSS_MAX_KEY_SIZE: usize = 17; // u8
+    pub const RSS_MAX_INDIRECTION_TABLE_LENGTH: usize = 18; // le16
+    pub const SUPPORTED_HASH_TYPES: usize = 20; // le32
+    /// Bytes up to and including `supported_hash_types`.
+    pub const LEN_RSS: usize = 24;
 }
 /// `status`: link is up.
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
@@ -222,6 +255,41 @@ const _: () = assert!(NET_HDR_LEN == 12);
 pub const VIRTIO_NET_CTRL_RX: u8 = 0;
 pub const VIRTIO_NET_CTRL_RX_PROMISC: u8 = 0;
 pub const VIRTIO_NET_OK: u8 = 0;
+/// Multi-queue class (§5.1.6.5.5): the number of pairs, or the RSS setup.
+pub const VIRTIO_NET_CTRL_MQ: u8 = 4;
+pub const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
+pub const VIRTIO_NET_CTRL_MQ_RSS_CONFIG: u8 = 1;
+
+// Hash types (§5.1.6.4.3.1): which fields a packet's hash covers.
+pub const VIRTIO_NET_RSS_HASH_TYPE_IPV4: u32 = 1 << 0;
+pub const VIRTIO_NET_RSS_HASH_TYPE_TCPV4: u32 = 1 << 1;
+pub const VIRTIO_NET_RSS_HASH_TYPE_UDPV4: u32 = 1 << 2;
+pub const VIRTIO_NET_RSS_HASH_TYPE_IPV6: u32 = 1 << 3;
+pub const VIRTIO_NET_RSS_HASH_TYPE_TCPV6: u32 = 1 << 4;
+pub const VIRTIO_NET_RSS_HASH_TYPE_UDPV6: u32 = 1 << 5;
+
+/// The fixed head of `struct virtio_net_rss_config` (§5.1.6.5.7.1). After
+/// it: `le16 indirection_table[indirection_table_mask + 1]`, `le16
+/// max_tx_vq`, `u8 hash_key_length`, `u8 hash_key_data[hash_key_length]`
+/// (see [`RssConfigTail`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RssConfigHead {
+    pub hash_types: u32,
+    pub indirection_table_mask: u16,
+    pub unclassified_queue: u16,
+}
+const _: () = assert!(size_of::<RssConfigHead>() == 8);
+
+/// What follows the indirection table, up to the key bytes (3 bytes,
+/// unaligned: as bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct RssConfigTail {
+    pub max_tx_vq: [u8; 2],
+    pub hash_key_length: u8,
+}
+const _: () = assert!(size_of::<RssConfigTail>() == 3);
 
 /// `names` of the feature bits set in `features`, for messages.
 pub fn feature_names(features: u64) -> String {
