@@ -6,6 +6,7 @@
 //!   notifications, device configuration);
 //! - `virtqueue`: split rings in DMA memory, with the pure ring bookkeeping
 //!   unit-tested on its own;
+//! - `packed`: packed rings (VIRTIO_F_RING_PACKED), the same way;
 //! - `rx`, `tx`, `ctrl`: the receive, transmit and control queues;
 //! - `rss`: the RSS setup of a multi-queue port and its queue prediction;
 //! - `net`: [`VirtioNet`], device bring-up and the [`crate::Nic`] interface
@@ -17,6 +18,7 @@
 
 mod ctrl;
 mod net;
+pub mod packed;
 pub mod pci;
 pub mod rss;
 mod rx;

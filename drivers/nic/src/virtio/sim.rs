@@ -8,8 +8,12 @@
 use fastlane_framework::sim::SimDma;
 use fastlane_framework::{DmaRegion, Iova, Mmio};
 
+use super::packed::{PackedLayout, PackedQueue};
 use super::pci::Notifier;
-use super::spec::{avail, used, VirtqDesc, VirtqUsedElem, VIRTQ_DESC_F_NEXT, VIRTQ_USED_F_NO_NOTIFY};
+use super::spec::{
+    avail, used, PvirtqDesc, PvirtqEventSuppress, VirtqDesc, VirtqUsedElem, VIRTQ_DESC_F_AVAIL,
+    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_USED_F_NO_NOTIFY,
+};
 use super::virtqueue::{QueueLayout, Virtqueue};
 
 /// The device's view of one queue.
@@ -24,10 +28,19 @@ pub struct SimQueue {
     pub doorbell: Mmio,
 }
 
+/// Whether a notifier wrote its queue index (0x77 here) into `doorbell`
+/// since the last call; clears it.
+fn rang(doorbell: &Mmio) -> bool {
+    let hit = doorbell.read16(0) == 0x77;
+    doorbell.write16(0, 0);
+    hit
+}
+
 /// A driver queue and its simulated device side, in a region of their own.
 pub fn queue_pair<T>(size: u16) -> (Virtqueue<T>, SimQueue) {
     let layout = QueueLayout::new(size);
-    let region = DmaRegion::new_unmapped(layout.total, fastlane_framework::PageSize::Small).unwrap();
+    let region =
+        DmaRegion::new_unmapped(layout.total, fastlane_framework::PageSize::Small).unwrap();
     let doorbell = Mmio::simulated(8);
     let vq = Virtqueue::new(&region, 0, layout, Notifier::new(doorbell.clone(), 0, 0x77)).unwrap();
     (vq, SimQueue::new(region.iova_at(0), layout, doorbell))
@@ -53,9 +66,7 @@ impl SimQueue {
 
     /// Whether the driver notified since the last call (and clears it).
     pub fn notified(&self) -> bool {
-        let hit = self.doorbell.read16(0) == 0x77;
-        self.doorbell.write16(0, 0);
-        hit
+        rang(&self.doorbell)
     }
 
     /// The avail flags word.
@@ -74,7 +85,10 @@ impl SimQueue {
     /// Chains the driver published and the device has not taken.
     pub fn avail_pending(&mut self) -> u16 {
         let a = self.at(self.layout.avail + avail::IDX);
-        self.dma.load_u16_acquire(a).unwrap().wrapping_sub(self.last_avail)
+        self.dma
+            .load_u16_acquire(a)
+            .unwrap()
+            .wrapping_sub(self.last_avail)
     }
 
     /// Takes the next available chain: its head and descriptors.
@@ -83,7 +97,10 @@ impl SimQueue {
             return None;
         }
         let slot = (self.last_avail % self.layout.size) as usize;
-        let head: u16 = self.dma.read_obj(self.at(self.layout.avail + avail::RING + 2 * slot)).unwrap();
+        let head: u16 = self
+            .dma
+            .read_obj(self.at(self.layout.avail + avail::RING + 2 * slot))
+            .unwrap();
         self.last_avail = self.last_avail.wrapping_add(1);
         let mut chain = Vec::new();
         let mut d = head;
@@ -113,14 +130,158 @@ impl SimQueue {
     /// Bytes of a buffer the device reads.
     pub fn read_buf(&mut self, d: &VirtqDesc) -> Vec<u8> {
         let mut v = vec![0u8; d.len as usize];
-        self.dma.read(d.addr, &mut v).unwrap_or_else(|e| panic!("{e}"));
+        self.dma
+            .read(d.addr, &mut v)
+            .unwrap_or_else(|e| panic!("{e}"));
         v
     }
 
     /// Writes `data` into a device-writable buffer.
     pub fn write_buf(&mut self, d: &VirtqDesc, data: &[u8]) {
-        assert!(data.len() <= d.len as usize, "{} bytes into a {}-byte buffer", data.len(), d.len);
-        self.dma.write(d.addr, data).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            data.len() <= d.len as usize,
+            "{} bytes into a {}-byte buffer",
+            data.len(),
+            d.len
+        );
+        self.dma
+            .write(d.addr, data)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// The device's view of one packed queue (§2.8): takes available chains in
+/// ring order and writes used descriptors in ring order, each side with its
+/// own wrap counter.
+pub struct SimPacked {
+    base: u64,
+    layout: PackedLayout,
+    /// Next slot to look at for an available descriptor, and its lap.
+    next_avail: u16,
+    avail_wrap: bool,
+    /// Next slot to write a used descriptor in, and its lap.
+    next_used: u16,
+    used_wrap: bool,
+    dma: SimDma,
+    /// Counts notifications: the notifier writes the queue index here.
+    pub doorbell: Mmio,
+}
+
+/// A driver packed queue and its simulated device side, in a region of
+/// their own.
+pub fn packed_pair<T>(size: u16) -> (PackedQueue<T>, SimPacked) {
+    let layout = PackedLayout::new(size);
+    let region =
+        DmaRegion::new_unmapped(layout.total, fastlane_framework::PageSize::Small).unwrap();
+    let doorbell = Mmio::simulated(8);
+    let q = PackedQueue::new(&region, 0, layout, Notifier::new(doorbell.clone(), 0, 0x77)).unwrap();
+    let dev = SimPacked {
+        base: region.iova_at(0).get(),
+        layout,
+        next_avail: 0,
+        avail_wrap: true,
+        next_used: 0,
+        used_wrap: true,
+        dma: SimDma::new(),
+        doorbell,
+    };
+    (q, dev)
+}
+
+impl SimPacked {
+    fn slot(&self, i: u16) -> u64 {
+        assert!(i < self.layout.size);
+        self.base + 16 * i as u64
+    }
+
+    /// Whether the driver notified since the last call (and clears it).
+    pub fn notified(&self) -> bool {
+        rang(&self.doorbell)
+    }
+
+    /// The driver's event suppression flags.
+    pub fn driver_flags(&mut self) -> u16 {
+        let e: PvirtqEventSuppress = self
+            .dma
+            .read_obj(self.base + self.layout.driver as u64)
+            .unwrap();
+        e.flags
+    }
+
+    /// Sets the device's event suppression flags.
+    pub fn set_device_flags(&mut self, flags: u16) {
+        let at = self.base + self.layout.device as u64;
+        self.dma
+            .write_obj(at, PvirtqEventSuppress { off_wrap: 0, flags })
+            .unwrap();
+    }
+
+    /// Takes the next available chain: its buffer id (of the last
+    /// descriptor) and descriptors.
+    pub fn pop_avail(&mut self) -> Option<(u16, Vec<PvirtqDesc>)> {
+        let mut chain = Vec::new();
+        let (mut slot, mut wrap) = (self.next_avail, self.avail_wrap);
+        loop {
+            let d: PvirtqDesc = self.dma.read_obj(self.slot(slot)).unwrap();
+            let avail = d.flags & VIRTQ_DESC_F_AVAIL != 0;
+            let used = d.flags & VIRTQ_DESC_F_USED != 0;
+            if avail != wrap || used == wrap {
+                assert!(
+                    chain.is_empty(),
+                    "a chain ends in a descriptor that is not available"
+                );
+                return None;
+            }
+            chain.push(d);
+            slot += 1;
+            if slot == self.layout.size {
+                slot = 0;
+                wrap = !wrap;
+            }
+            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
+                break;
+            }
+            assert!(chain.len() <= self.layout.size as usize, "descriptor loop");
+        }
+        (self.next_avail, self.avail_wrap) = (slot, wrap);
+        Some((chain.last()?.id, chain))
+    }
+
+    /// Writes `d` as it is at the next used slot, without advancing: for
+    /// tests of what a broken device may write.
+    pub fn write_raw(&mut self, d: PvirtqDesc) {
+        let at = self.slot(self.next_used);
+        self.dma.write_obj(at, d).unwrap();
+    }
+
+    /// Returns buffer `id`, a chain of `descs` descriptors, with `len` bytes
+    /// written: one used descriptor, then past the chain's slots.
+    pub fn push_used(&mut self, id: u16, len: u32, descs: u16) {
+        let flags = if self.used_wrap {
+            VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED
+        } else {
+            0
+        };
+        self.write_raw(PvirtqDesc {
+            addr: 0,
+            len,
+            id,
+            flags,
+        });
+        let next = self.next_used as u32 + descs as u32;
+        if next >= self.layout.size as u32 {
+            self.used_wrap = !self.used_wrap;
+        }
+        self.next_used = (next % self.layout.size as u32) as u16;
+    }
+
+    /// Bytes of a buffer the device reads.
+    pub fn read_buf(&mut self, d: &PvirtqDesc) -> Vec<u8> {
+        let mut v = vec![0u8; d.len as usize];
+        self.dma
+            .read(d.addr, &mut v)
+            .unwrap_or_else(|e| panic!("{e}"));
+        v
     }
 }
 
@@ -134,8 +295,13 @@ mod tests {
     fn chains_travel_through_the_rings_and_back() {
         let (mut vq, mut dev) = queue_pair::<u32>(4);
         assert_eq!(dev.avail_flags(), VIRTQ_AVAIL_F_NO_INTERRUPT);
-        let seg = |a: u64, len, w| Segment { addr: Iova(a), len, device_writes: w };
-        vq.add(&[seg(0x1000, 12, false), seg(0x2000, 60, false)], 7).unwrap();
+        let seg = |a: u64, len, w| Segment {
+            addr: Iova(a),
+            len,
+            device_writes: w,
+        };
+        vq.add(&[seg(0x1000, 12, false), seg(0x2000, 60, false)], 7)
+            .unwrap();
         vq.add(&[seg(0x3000, 2048, true)], 8).unwrap();
         // Nothing visible before the kick.
         assert_eq!(dev.avail_pending(), 0);
@@ -145,10 +311,16 @@ mod tests {
 
         let (h1, c1) = dev.pop_avail().unwrap();
         assert_eq!(c1.len(), 2);
-        assert_eq!((c1[0].addr, c1[0].len, c1[0].flags), (0x1000, 12, VIRTQ_DESC_F_NEXT));
+        assert_eq!(
+            (c1[0].addr, c1[0].len, c1[0].flags),
+            (0x1000, 12, VIRTQ_DESC_F_NEXT)
+        );
         assert_eq!((c1[1].addr, c1[1].len, c1[1].flags), (0x2000, 60, 0));
         let (h2, c2) = dev.pop_avail().unwrap();
-        assert_eq!((c2[0].addr, c2[0].len, c2[0].flags), (0x3000, 2048, VIRTQ_DESC_F_WRITE));
+        assert_eq!(
+            (c2[0].addr, c2[0].len, c2[0].flags),
+            (0x3000, 2048, VIRTQ_DESC_F_WRITE)
+        );
         assert!(dev.pop_avail().is_none());
 
         dev.push_used(h2 as u32, 100);
@@ -163,12 +335,28 @@ mod tests {
     fn no_notify_from_the_device_suppresses_the_doorbell() {
         let (mut vq, mut dev) = queue_pair::<()>(8);
         dev.set_no_notify(true);
-        vq.add(&[Segment { addr: Iova(0x1000), len: 1, device_writes: false }], ()).unwrap();
+        vq.add(
+            &[Segment {
+                addr: Iova(0x1000),
+                len: 1,
+                device_writes: false,
+            }],
+            (),
+        )
+        .unwrap();
         assert!(!vq.kick());
         assert!(!dev.notified());
         assert_eq!(dev.pop_avail().unwrap().1.len(), 1);
         dev.set_no_notify(false);
-        vq.add(&[Segment { addr: Iova(0x1000), len: 1, device_writes: false }], ()).unwrap();
+        vq.add(
+            &[Segment {
+                addr: Iova(0x1000),
+                len: 1,
+                device_writes: false,
+            }],
+            (),
+        )
+        .unwrap();
         assert!(vq.kick());
         assert!(dev.notified());
     }
@@ -176,7 +364,11 @@ mod tests {
     #[test]
     fn a_full_ring_refuses_and_recovers_across_many_wraps() {
         let (mut vq, mut dev) = queue_pair::<usize>(8);
-        let seg = Segment { addr: Iova(0x1000), len: 64, device_writes: true };
+        let seg = Segment {
+            addr: Iova(0x1000),
+            len: 64,
+            device_writes: true,
+        };
         let mut next_token = 0usize;
         let mut expect = std::collections::VecDeque::new();
         for _round in 0..20_000 {

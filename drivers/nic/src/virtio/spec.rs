@@ -59,6 +59,10 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// it a device uses physical addresses, which are not our IOVAs.
 pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 
+/// Packed virtqueues (bit 34, §2.8): one descriptor ring both sides
+/// write, instead of a descriptor table and two rings.
+pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
+
 /// Names of the feature bits above, for messages.
 pub const FEATURE_NAMES: [(u64, &str); 10] = [
     (VIRTIO_NET_F_MAC, "VIRTIO_NET_F_MAC"),
@@ -165,6 +169,48 @@ pub struct VirtqUsedElem {
     pub len: u32,
 }
 const _: () = assert!(size_of::<VirtqUsedElem>() == 8);
+
+// Packed virtqueues (§2.8).
+/// Descriptor flag: the driver made it available when this bit equals its
+/// wrap counter (and USED differs).
+pub const VIRTQ_DESC_F_AVAIL: u16 = 1 << 7;
+/// Descriptor flag: the device used it when AVAIL and USED both equal the
+/// device's wrap counter.
+pub const VIRTQ_DESC_F_USED: u16 = 1 << 15;
+/// `flags` of an event suppression structure (§2.8.10): notify, don't, or
+/// at a given descriptor (with VIRTIO_F_EVENT_IDX).
+pub const RING_EVENT_FLAGS_ENABLE: u16 = 0;
+pub const RING_EVENT_FLAGS_DISABLE: u16 = 1;
+pub const RING_EVENT_FLAGS_DESC: u16 = 2;
+
+/// `struct pvirtq_desc`: written available by the driver, overwritten used
+/// by the device (`id` and `len` of the buffer, flags).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PvirtqDesc {
+    /// Buffer IOVA.
+    pub addr: u64,
+    pub len: u32,
+    /// Buffer id: the driver's name for the chain, given back when used.
+    pub id: u16,
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<PvirtqDesc>() == 16);
+/// Byte offsets of `PvirtqDesc` fields, for single-field accesses.
+pub const PVIRTQ_DESC_LEN: usize = offset_of!(PvirtqDesc, len);
+pub const PVIRTQ_DESC_ID: usize = offset_of!(PvirtqDesc, id);
+pub const PVIRTQ_DESC_FLAGS: usize = offset_of!(PvirtqDesc, flags);
+
+/// `struct pvirtq_event_suppress`: the driver area (written by the driver)
+/// and the device area (written by the device) of a packed queue.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PvirtqEventSuppress {
+    /// `desc_event_off` (bits 0-14) and `desc_event_wrap` (bit 15).
+    pub off_wrap: u16,
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<PvirtqEventSuppress>() == 4);
 
 /// `struct virtq_avail`: `flags`, `idx`, then `ring[size]` of le16 (and
 /// `used_event`, unused without VIRTIO_F_EVENT_IDX).
