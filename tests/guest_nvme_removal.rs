@@ -8,7 +8,9 @@
 //! with `Removed` and hand their buffer back; no buffer is lost; the kernel
 //! finishes the removal (we let the device go); after the device comes
 //! back, `Controller::open` in the same container works and reads back,
-//! verified, what was written before the removal, into the old pool.
+//! verified, what was written before the removal, into the old pool. And
+//! `nvme_read` unplugged mid-run reports the removal and exits with status 3
+//! and what it completed.
 //! Built with `--features guest`, run by tests/guest/run-all.sh.
 
 use std::collections::HashSet;
@@ -144,15 +146,10 @@ fn removal_under_load_ends_every_command_and_the_device_comes_back() {
     assert!(t.elapsed() < Duration::from_secs(2), "closing a removed controller waited {:?}", t.elapsed());
     assert_eq!(pool.available(), 64, "no buffer lost");
 
-    // We let go: the kernel finishes the removal.
+    // We let go: the kernel finishes the removal; then it comes back.
     wait_until("device gone from the bus", Duration::from_secs(30), || !Path::new(&sysfs).exists());
     assert!(matches!(Controller::open(&vfio, &addr, Options::default()), Err(_)));
-
-    // Back in: bind it to vfio-pci again, open it in the same container.
-    println!("NVME-HOTPLUG-ADD {token}");
-    wait_until("device back on the bus", Duration::from_secs(30), || Path::new(&sysfs).exists());
-    let bind = std::process::Command::new("hugepages.sh").args(["bind", &addr]).status().unwrap();
-    assert!(bind.success());
+    plug_back_in(&addr, &token);
     let ctrl = Controller::open(&vfio, &addr, Options::default()).unwrap();
     let mut qp = ctrl.create_qpair(8).unwrap();
     for lba in (0..BLOCKS).step_by(8) {
@@ -171,4 +168,39 @@ fn removal_under_load_ends_every_command_and_the_device_comes_back() {
         pattern::check(&data, bs, lba, SEED).unwrap_or_else(|(b, o)| panic!("lba {lba}: block {b} byte {o}"));
     }
     println!("after the hot add: {BLOCKS} blocks read back and verified through the old pool");
+}
+
+/// Waits for the controller to come back after `NVME-HOTPLUG-ADD` and binds
+/// it to vfio-pci again.
+fn plug_back_in(addr: &str, token: &str) {
+    let sysfs = format!("/sys/bus/pci/devices/{addr}");
+    wait_until("device gone from the bus", Duration::from_secs(30), || !Path::new(&sysfs).exists());
+    println!("NVME-HOTPLUG-ADD {token}");
+    wait_until("device back on the bus", Duration::from_secs(30), || Path::new(&sysfs).exists());
+    let bind = std::process::Command::new("hugepages.sh").args(["bind", addr]).status().unwrap();
+    assert!(bind.success());
+}
+
+#[test]
+fn nvme_read_reports_the_removal_and_exits_with_what_it_completed() {
+    let addr = env("FASTLANE_NVME_HOTPLUG");
+    let token = env("NVME_HOTPLUG_TOKEN");
+    let child = std::process::Command::new("/bin/nvme_read")
+        .args(["--device", &addr, "--time", "60", "--queue-depth", "8", "--json", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    println!("NVME-HOTPLUG-DEL {token}");
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("nvme_read ended {:?} after the ask, status {:?}: {stdout}", t.elapsed(), out.status.code());
+    assert_eq!(out.status.code(), Some(3), "status 3: a controller was removed");
+    assert!(t.elapsed() < Duration::from_secs(30), "it stopped at the removal, not at --time");
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(json["ios"].as_u64().unwrap() > 0, "what completed before is reported");
+    assert!(json["removed"].as_u64().unwrap() > 0, "the I/Os the removal ended are reported");
+    assert_eq!(json["errors"].as_u64(), Some(0));
+    plug_back_in(&addr, &token);
 }

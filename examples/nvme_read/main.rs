@@ -40,7 +40,9 @@ use worker::{Counters, Job, Source, WorkerResult};
                   right, data wrong), and lists the lowest LBAs of each.\n\
                   The range is --blocks from --start-lba, cut into whole I/Os of --io-size;\n\
                   blocks after the last whole I/O (the tail) are not touched, and the\n\
-                  output says how many."
+                  output says how many.\n\
+                  Exit status: 0 done, 1 errors or verify mismatches, 2 usage, 3 a controller\n\
+                  was removed (hot unplug) during the run: the report covers what completed."
 )]
 struct Cli {
     /// NVMe controller(s) bound to vfio-pci, comma-separated; each runs
@@ -211,8 +213,9 @@ fn main() {
         ..Options::default()
     };
     match run(&cli, &devs, opts) {
-        Ok(true) => {}
-        Ok(false) => std::process::exit(1),
+        Ok(Outcome::Ok) => {}
+        Ok(Outcome::Failed) => std::process::exit(1),
+        Ok(Outcome::Removed) => std::process::exit(EXIT_REMOVED),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(common::exit_code(&*e));
@@ -294,7 +297,7 @@ fn read_percent(cli: &Cli) -> u8 {
         })
 }
 
-fn run(cli: &Cli, addrs: &[String], opts: Options) -> Result<bool, Box<dyn std::error::Error>> {
+fn run(cli: &Cli, addrs: &[String], opts: Options) -> Result<Outcome, Box<dyn std::error::Error>> {
     let vfio = Vfio::new()?;
     let mut devs = Vec::with_capacity(addrs.len());
     for a in addrs {
@@ -403,5 +406,25 @@ fn run(cli: &Cli, addrs: &[String], opts: Options) -> Result<bool, Box<dyn std::
     } else {
         rep.print_text();
     }
-    Ok(rep.ok())
+    Ok(if rep.removed() {
+        Outcome::Removed
+    } else if rep.ok() {
+        Outcome::Ok
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// Exit status when a controller was removed (hot unplug) during the run:
+/// the report covers what completed before.
+const EXIT_REMOVED: i32 = 3;
+
+/// How a run ended.
+enum Outcome {
+    /// I/O done, no errors, no mismatches.
+    Ok,
+    /// Errors or verify mismatches (exit 1).
+    Failed,
+    /// A controller was removed during the run ([`EXIT_REMOVED`]).
+    Removed,
 }

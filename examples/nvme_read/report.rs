@@ -103,6 +103,8 @@ pub struct Counts {
     errors: u64,
     mismatches: u64,
     resubmitted: u64,
+    /// I/Os ended by the controller's removal (the run stopped there).
+    removed: u64,
     doorbell_writes_per_io: f64,
 }
 
@@ -115,6 +117,7 @@ impl Counts {
         let mut hist = Histogram::<u64>::new(3)?;
         let mut m = Mismatches::default();
         let (mut ios, mut reads, mut errors, mut resubmitted, mut doorbells) = (0, 0, 0, 0, 0);
+        let mut removed = 0;
         for r in rs {
             hist.add(&r.hist)?;
             m.merge(&r.mismatches);
@@ -122,6 +125,7 @@ impl Counts {
             reads += r.reads;
             errors += r.errors;
             resubmitted += r.resubmitted;
+            removed += r.removed;
             doorbells += r.doorbell_writes;
         }
         let iops = ios as f64 / seconds.max(1e-9);
@@ -136,6 +140,7 @@ impl Counts {
             errors,
             mismatches: m.total(),
             resubmitted,
+            removed,
             doorbell_writes_per_io: (doorbells as f64 / ios.max(1) as f64 * 1000.0).round()
                 / 1000.0,
         };
@@ -288,6 +293,11 @@ impl Report {
         })
     }
 
+    /// Whether a controller was removed during the run.
+    pub fn removed(&self) -> bool {
+        self.counts.removed > 0
+    }
+
     /// Success: I/O done, no errors, no mismatches.
     pub fn ok(&self) -> bool {
         self.counts.errors == 0 && self.counts.mismatches == 0 && self.counts.ios > 0
@@ -327,6 +337,12 @@ impl Report {
                  {} resubmitted after reset, {:.2} doorbell writes per I/O",
                 c.ios, c.reads, c.writes, c.seconds, c.errors, c.mismatches, c.resubmitted, c.doorbell_writes_per_io
             );
+            if c.removed > 0 {
+                println!(
+                    "{who}controller removed during the run: {} I/Os ended with it; the figures above cover the {} completed before",
+                    c.removed, c.ios
+                );
+            }
             if self.verifying {
                 println!(
                     "{who}verify: {} blocks mismatched: {} absent, {} misplaced, {} corrupt",

@@ -76,6 +76,8 @@ pub struct WorkerResult {
     pub errors: u64,
     /// I/Os failed by a controller reset (redone in exact mode).
     pub resubmitted: u64,
+    /// I/Os ended by the controller's removal (hot unplug); the run stops.
+    pub removed: u64,
     /// Doorbell writes.
     pub doorbell_writes: u64,
     /// Verify classes.
@@ -186,6 +188,7 @@ pub fn run(
         reads: 0,
         errors: 0,
         resubmitted: 0,
+        removed: 0,
         doorbell_writes: 0,
         mismatches: Mismatches::default(),
         finished: Instant::now(),
@@ -211,7 +214,15 @@ pub fn run(
                     qp.write(ns.id, lba, io_blocks, buf, tag as u64)
                 };
                 if let Err(rej) = sub {
-                    return Err(format!("submit: {}", rej.error).into());
+                    if !rej.error.is_removed() {
+                        return Err(format!("submit: {}", rej.error).into());
+                    }
+                    // Unplugged: stop here and report what completed.
+                    r.removed += 1;
+                    stopping = true;
+                    if let Some(buf) = rej.buf {
+                        idle.push((tag, buf));
+                    }
                 }
             }
             std::mem::swap(&mut ready, &mut idle);
@@ -244,6 +255,10 @@ pub fn run(
                     if matches!(job.source, Source::Exact { .. }) {
                         picker.redo.push((lba, read));
                     }
+                }
+                Err(e) if e.is_removed() => {
+                    r.removed += 1;
+                    stopping = true;
                 }
                 Err(e) => {
                     if r.errors < 5 {

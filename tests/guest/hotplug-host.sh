@@ -10,8 +10,8 @@
 #
 # vm/test.sh starts it beside vm/run.sh (FASTLANE_QEMU_EXTRA adds the root
 # port, the drive and the controller; see hotplug_qemu_args there).
-# Exit 0 when both were sent (or the guest never asked: the test then
-# fails on its own), 1 on a QMP error.
+# Any number of unplug/plug cycles, in order. Exit 0 when the guest stops
+# asking (the test fails on its own if it waited in vain), 1 on a QMP error.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 qmp="" token="" timeout_s=1800
@@ -35,20 +35,6 @@ deadline = time.monotonic() + timeout
 def log(msg):
     print(f"hotplug-host: {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
-def seen(marker):
-    try:
-        with open(console, "rb") as f:
-            return marker.encode() in f.read()
-    except FileNotFoundError:
-        return False
-
-def wait_for(marker):
-    while time.monotonic() < deadline:
-        if seen(marker):
-            return True
-        time.sleep(0.2)
-    return False
-
 deleted = False
 
 def command(rf, s, name, fatal=True, **args):
@@ -71,27 +57,49 @@ def command(rf, s, name, fatal=True, **args):
             log(f"{name} {args}: ok")
             return True
 
-if not wait_for(f"NVME-HOTPLUG-DEL {token}"):
-    log("the guest never asked for the unplug")
-    sys.exit(0)
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(60)
-s.connect(qmp)
-rf = s.makefile("r")
-json.loads(rf.readline())
-command(rf, s, "qmp_capabilities")
-command(rf, s, "device_del", id="nvmehp")
-if not wait_for(f"NVME-HOTPLUG-ADD {token}"):
-    log("the guest never asked for the plug-in")
-    sys.exit(0)
-# The old controller must be gone in QEMU (DEVICE_DELETED) before its drive
-# can be given to a new one: the guest lets go first, then QEMU removes it.
-for attempt in range(120):
-    if deleted and command(rf, s, "device_add", fatal=False, driver="nvme", id="nvmehp",
-                           bus="rphp", drive="dhp", serial="fastlanehp01"):
+def count(marker):
+    try:
+        with open(console, "rb") as f:
+            return f.read().count(marker.encode())
+    except FileNotFoundError:
+        return 0
+
+def wait_count(marker, n):
+    while time.monotonic() < deadline:
+        if count(marker) >= n:
+            return True
+        time.sleep(0.2)
+    return False
+
+# Any number of cycles, in order: the n-th unplug ask, then the n-th plug ask.
+rf = s = None
+cycle = 0
+while True:
+    cycle += 1
+    if not wait_count(f"NVME-HOTPLUG-DEL {token}", cycle):
+        log(f"done after {cycle - 1} cycle(s)")
         sys.exit(0)
-    command(rf, s, "query-status")
-    time.sleep(0.5)
-log("FAIL: device_add did not succeed within 60 s")
-sys.exit(1)
+    if s is None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(60)
+        s.connect(qmp)
+        rf = s.makefile("r")
+        json.loads(rf.readline())
+        command(rf, s, "qmp_capabilities")
+    deleted = False
+    command(rf, s, "device_del", id="nvmehp")
+    if not wait_count(f"NVME-HOTPLUG-ADD {token}", cycle):
+        log("the guest never asked for the plug-in")
+        sys.exit(0)
+    # The old controller must be gone in QEMU (DEVICE_DELETED) before its
+    # drive can be given to a new one: the guest lets go, then QEMU removes it.
+    for attempt in range(120):
+        if deleted and command(rf, s, "device_add", fatal=False, driver="nvme", id="nvmehp",
+                               bus="rphp", drive="dhp", serial="fastlanehp01"):
+            break
+        command(rf, s, "query-status")
+        time.sleep(0.5)
+    else:
+        log("FAIL: device_add did not succeed within 60 s")
+        sys.exit(1)
 EOF
