@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use fastlane::framework::{BufferPool, PageSize, Vfio};
 use fastlane::nvme::{pattern, Controller, NvmeError, Options};
 
-const SEED: u64 = 0x5eed_0f_4e;
+const SEED: u64 = 0x5eed_0f4e;
 const BLOCKS: u64 = 256;
 
 fn env(name: &str) -> String {
