@@ -2,11 +2,11 @@
 //! where in the buffer the frame starts.
 //!
 //! A frame is `len` bytes at [`Packet::offset`] in its buffer; what lies in
-//! front of it is headroom, what lies behind it tailroom. Drivers leave
-//! [`HEADROOM`] bytes in front of the frames they receive and allocate, so
-//! a header can be prepended ([`Packet::prepend`]) or stripped
-//! ([`Packet::trim_front`]) without moving the frame; virtio-net writes its
-//! device header into that room. The frame's bytes are read and written in
+//! front of it is headroom, what lies behind it tailroom. Packets the
+//! drivers allocate, and those virtio-net receives (its device header sits
+//! there), have [`HEADROOM`] bytes in front; igb receives at the buffer's
+//! start. A header is prepended ([`Packet::prepend`]) or stripped
+//! ([`Packet::trim_front`]) without moving the frame. The frame's bytes are read and written in
 //! place ([`Packet::data`], [`Packet::data_mut`]); [`Packet::iova`],
 //! [`Packet::to_vec`] and [`Packet::write`] all address the frame, not the
 //! buffer. Transmit paths must use `Packet::iova()`, not the buffer's IOVA.
@@ -34,12 +34,16 @@ use fastlane_framework::{BufferPool, DmaBuf, Iova, PageSize, PoolCache, Vfio};
 
 use crate::{NicError, Result, MAX_FRAME};
 
-/// Bytes the drivers leave in front of the frames they receive and
-/// allocate: room to prepend headers (a VLAN tag, a tunnel) in place.
+/// Bytes the drivers leave in front of the frames they allocate
+/// ([`crate::Nic::alloc_packet`]) and virtio-net in front of those it
+/// receives: room to prepend headers (a VLAN tag, a tunnel) in place. igb
+/// receives at the buffer's start: the NIC may fill the whole 2 KiB.
 pub const HEADROOM: usize = 128;
-/// Bytes per packet buffer: [`HEADROOM`], then 2 KiB for the frame (one
-/// standard frame; igb's receive buffer size counts in KiB).
-pub const PACKET_BUF_SIZE: usize = HEADROOM + 2048;
+/// Bytes per packet buffer: one standard frame plus room. A power of two,
+/// so that no buffer straddles a hugepage: QEMU's igb drops a transmit
+/// buffer it cannot map in one piece through the IOMMU (with 2176-byte
+/// buffers, one frame in 964 never left the port).
+pub const PACKET_BUF_SIZE: usize = 2048;
 
 /// A frame in a DMA buffer.
 #[derive(Debug)]
@@ -115,19 +119,19 @@ impl Packet {
         Ok(Packet { buf, off_tci: u32::from(offset), len_flags: len as u32 })
     }
 
-    /// A received frame of `len` bytes [`HEADROOM`] bytes into `buf`,
+    /// A received frame of `len` bytes at the start of `buf`,
     /// without the checks of [`Packet::new`]: for receive paths that
     /// checked `len` against [`MAX_FRAME`] and whose buffers hold
-    /// `HEADROOM + MAX_FRAME` (the igb queue checks its pool's buffer size
+    /// [`MAX_FRAME`] (the igb queue checks its pool's buffer size
     /// once, at creation). Should a length slip through anyway, the byte
     /// accessors see an empty frame rather than bytes past the buffer.
     /// `flags`: [`rx_status`] bits; `tci`: the stripped VLAN tag.
     #[inline(always)]
     pub(crate) fn received(buf: DmaBuf, len: u16, flags: u16, tci: u16) -> Packet {
-        debug_assert!(HEADROOM + len as usize <= buf.len() && len as usize <= MAX_FRAME);
+        debug_assert!(len as usize <= buf.len() && len as usize <= MAX_FRAME);
         Packet {
             buf,
-            off_tci: HEADROOM as u32 | u32::from(tci) << 16,
+            off_tci: u32::from(tci) << 16,
             len_flags: u32::from(len) | u32::from(flags) << 16,
         }
     }

@@ -192,12 +192,14 @@ impl Port {
         // Checksum verdicts in every write-back (with PCSD too: it moves
         // only the IP id, not the status bits).
         r.write32(regs::RXCSUM, r.read32(regs::RXCSUM) | regs::RXCSUM_IPOFLD | regs::RXCSUM_TUOFLD);
-        // VLAN offloads: strip on receive, insert on VLE.
-        let ctrl = r.read32(regs::CTRL);
-        r.write32(regs::CTRL, if cfg.vlan { ctrl | ctrl::VME } else { ctrl & !ctrl::VME });
-        if r.read32(regs::VET) & 0xffff == 0 {
-            let vet = r.read32(regs::VET) | u32::from(crate::offload::ETHERTYPE_VLAN);
-            r.write32(regs::VET, vet);
+        // VLAN offloads: strip on receive, insert on VLE. CTRL is written
+        // only then (VME is off after the reset).
+        if cfg.vlan {
+            r.write32(regs::CTRL, r.read32(regs::CTRL) | ctrl::VME);
+            if r.read32(regs::VET) & 0xffff == 0 {
+                let vet = r.read32(regs::VET) | u32::from(crate::offload::ETHERTYPE_VLAN);
+                r.write32(regs::VET, vet);
+            }
         }
         // Buffer size comes from SRRCTL; RCTL.BSIZE 00 (2048) agrees.
         let mut rc = rctl::EN | rctl::BAM | rctl::SECRC;

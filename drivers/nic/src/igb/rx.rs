@@ -1,8 +1,8 @@
 //! One receive queue (82576 datasheet 7.1): advanced one-buffer descriptors,
 //! every slot holding a pool buffer. A burst takes the written-back slots
 //! in order, swaps a fresh buffer into each, and moves the tail once. The
-//! device writes each frame [`HEADROOM`] bytes into its buffer, so the
-//! application can prepend headers in place.
+//! device may fill a whole 2 KiB buffer, so frames start at its first byte
+//! (no headroom: strip a header with `trim_front` to make room for one).
 
 use std::sync::atomic::{fence, Ordering};
 
@@ -13,12 +13,12 @@ use super::dma::DescRing;
 use super::regs::{self, dctl, srrctl};
 use super::ring::{Ring, RxIndex};
 use super::wait_for;
-use crate::{NicError, Packet, Result, HEADROOM, MAX_FRAME};
+use crate::{NicError, Packet, Result, MAX_FRAME};
 
 /// Receive thresholds: prefetch when 8 are free, write back each one.
 const RXDCTL: u32 = dctl::enabled(8, 8, 1);
-/// Bytes the device may write per buffer (SRRCTL.BSIZEPKT, in KiB), from
-/// [`HEADROOM`] on: a buffer must hold `HEADROOM + RX_BUF_BYTES`.
+/// Bytes the device may write per buffer (SRRCTL.BSIZEPKT, in KiB): a
+/// buffer must hold that much.
 pub const RX_BUF_BYTES: usize = 2048;
 // A buffer that holds what the device may write holds any frame delivered.
 const _: () = assert!(RX_BUF_BYTES >= MAX_FRAME);
@@ -66,17 +66,17 @@ impl RxQueue {
                     ring.len()
                 ))
             })?;
-            if buf.len() < HEADROOM + RX_BUF_BYTES {
+            if buf.len() < RX_BUF_BYTES {
                 // The device writes up to RX_BUF_BYTES past the headroom,
                 // and bursts wrap frames up to MAX_FRAME long without
                 // looking at the buffer again.
                 return Err(NicError::InvalidArgument(format!(
                     "{}-byte buffers: a receive ring needs at least {}",
                     buf.len(),
-                    HEADROOM + RX_BUF_BYTES
+                    RX_BUF_BYTES
                 )));
             }
-            ring.write(i, RxDescRead::new(buf.iova().get() + HEADROOM as u64));
+            ring.write(i, RxDescRead::new(buf.iova().get()));
             bufs.push(buf);
         }
         Ok(RxQueue {
@@ -156,7 +156,7 @@ impl RxQueue {
         // Every buffer comes from the port's one pool, in one region: one
         // IOVA offset (DmaBuf::iova is the pointer plus it) serves them
         // all; the device writes the frame after the headroom.
-        let offset = cache.iova_offset().wrapping_add(HEADROOM as u64);
+        let offset = cache.iova_offset();
         let mut pos = self.index.next() as usize;
         let mut slots = size - 1;
         let mut received = 0;
@@ -253,7 +253,7 @@ impl RxQueue {
     fn drop_piece(&mut self, slot: u16, st: RxStatus) {
         self.discarding = !st.end_of_packet();
         self.counters.errors += u64::from(st.end_of_packet());
-        let iova = self.bufs[slot as usize].iova().get() + HEADROOM as u64;
+        let iova = self.bufs[slot as usize].iova().get();
         self.ring.write(slot, RxDescRead::new(iova));
     }
 
@@ -329,8 +329,8 @@ mod tests {
             let d = q.ring.read(slot as u16);
             assert_eq!(d.hdr_addr, 0);
             assert_ne!(d.pkt_addr, p.iova().get());
-            assert_eq!(d.pkt_addr, q.bufs[slot].iova().get() + HEADROOM as u64);
-            assert_eq!(p.offset(), HEADROOM);
+            assert_eq!(d.pkt_addr, q.bufs[slot].iova().get());
+            assert_eq!(p.offset(), 0);
         }
         assert_eq!(q.burst(&mut cache, &mut out, 32), 6);
         assert_eq!(q.burst(&mut cache, &mut out, 32), 0);
@@ -385,7 +385,7 @@ mod tests {
             } else {
                 assert!(seen.iter().all(|&v| v == (n, n, None)), "{seen:?}");
             }
-            assert!(out.iter().all(|p| p.len() == 60 && p.offset() == HEADROOM && p.to_vec() == frame(1, 60)));
+            assert!(out.iter().all(|p| p.len() == 60 && p.offset() == 0 && p.to_vec() == frame(1, 60)));
         }
     }
 
