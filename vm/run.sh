@@ -7,7 +7,8 @@
 #                 2 and 3 (metadata and PI) exist detached, see usage()
 #   0000:00:05.0  virtio-net-pci, modern only (1af4:1041)
 #   0000:00:09.0  virtio-net-pci with FASTLANE_VIRTIO_MQ_QUEUES (default 4) queue
-#                 pairs and RSS, on a multi-queue tap bridged to the hub (root only)
+#                 pairs, RSS and packed rings offered (the driver picks split or
+#                 packed), on a multi-queue tap bridged to the hub (root only)
 #   0000:01:00.0  igb (8086:10c9) behind root port 00:06.0
 #   0000:02:00.0  igb (8086:10c9) behind root port 00:07.0
 #
@@ -72,7 +73,7 @@ Attachment and detaches them when done.
 
 In the guest: FASTLANE_NVME=0000:00:04.0 FASTLANE_IGB0=0000:01:00.0
 FASTLANE_IGB1=0000:02:00.0 FASTLANE_VIRTIO=0000:00:05.0 FASTLANE_IN_GUEST=1;
-FASTLANE_VIRTIO_MQ=0000:00:09.0 (virtio-net, mq=on,rss=on, on a host tap
+FASTLANE_VIRTIO_MQ=0000:00:09.0 (virtio-net, mq=on,rss=on,packed=on, on a host tap
 bridged to the hub; only when run.sh can create taps, i.e. as root) and
 FASTLANE_VIRTIO_MQ_QUEUES (its queue pairs, FASTLANE_VIRTIO_MQ_QUEUES on the
 host, default 4);
@@ -228,7 +229,7 @@ if ip tuntap add dev "${vmq_if}a" mode tap multi_queue 2>/dev/null \
     ip link set "${vmq_if}a" master "${vmq_if}br"; ip link set "${vmq_if}b" master "${vmq_if}br"
     for i in "${vmq_if}a" "${vmq_if}b" "${vmq_if}br"; do ip link set "$i" up; done
     vmq_qemu=(-netdev "tap,id=pmq,ifname=${vmq_if}a,queues=$vmq_queues,script=no,downscript=no,vhost=off"
-        -device "virtio-net-pci,netdev=pmq,addr=09.0,disable-legacy=on,romfile=,iommu_platform=on,mq=on,rss=on"
+        -device "virtio-net-pci,netdev=pmq,addr=09.0,disable-legacy=on,romfile=,iommu_platform=on,mq=on,rss=on,packed=on"
         -netdev "tap,id=pmqb,ifname=${vmq_if}b,script=no,downscript=no,vhost=off" -netdev hubport,id=p3,hubid=0,netdev=pmqb)
     echo "export FASTLANE_VIRTIO_MQ=0000:00:09.0 FASTLANE_VIRTIO_MQ_QUEUES=$vmq_queues" >> "$root/etc/fastlane.env"
 else

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use fastlane_framework::DmaArray;
 
+use super::ring::Ring;
 use super::spec::VIRTIO_NET_OK;
-use super::virtqueue::{Segment, Virtqueue};
+use super::virtqueue::Segment;
 use crate::{NicError, Result};
 
 /// Longest command data the driver sends: an RSS setup with a 128-entry
@@ -22,21 +23,24 @@ pub const AREA_LEN: usize = 512;
 const ACK_AT: usize = 448;
 
 pub struct CtrlQueue {
-    vq: Virtqueue<()>,
+    vq: Ring<()>,
     /// The command area: command at 0, ack at [`ACK_AT`].
     area: DmaArray<u8>,
 }
 
 impl CtrlQueue {
     /// `area`: at least [`AREA_LEN`] bytes for commands.
-    pub fn new(vq: Virtqueue<()>, area: DmaArray<u8>) -> Result<CtrlQueue> {
+    pub fn new(vq: impl Into<Ring<()>>, area: DmaArray<u8>) -> Result<CtrlQueue> {
         if area.len() < AREA_LEN {
             return Err(NicError::InvalidArgument(format!(
                 "a control area of {} bytes",
                 area.len()
             )));
         }
-        Ok(CtrlQueue { vq, area })
+        Ok(CtrlQueue {
+            vq: vq.into(),
+            area,
+        })
     }
 
     /// Sends one command and waits for the device's ack.
@@ -89,7 +93,7 @@ impl CtrlQueue {
     /// Waits until the device returned the command in flight.
     fn collect(&mut self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
-        while self.vq.used_pending()? == 0 {
+        while self.vq.pop_used()?.is_none() {
             if start.elapsed() >= timeout {
                 return Err(NicError::Timeout {
                     what: "virtio-net control command",
@@ -97,7 +101,6 @@ impl CtrlQueue {
             }
             std::thread::yield_now();
         }
-        self.vq.pop_used()?;
         Ok(())
     }
 }

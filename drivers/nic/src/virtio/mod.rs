@@ -20,6 +20,7 @@ mod ctrl;
 mod net;
 pub mod packed;
 pub mod pci;
+mod ring;
 pub mod rss;
 mod rx;
 #[cfg(feature = "sim")]
@@ -30,7 +31,7 @@ pub mod virtqueue;
 
 use fastlane_framework::{DmaBuf, PoolCache};
 
-pub use net::{negotiate, negotiate_queues, queue_size, VirtioNet};
+pub use net::{negotiate, negotiate_queues, negotiate_with, queue_size, VirtioNet};
 pub use rss::RssSetup;
 pub use rx::RX_HEADROOM;
 pub use tx::{check_frame, check_packet, MIN_TX_FRAME};

@@ -9,7 +9,9 @@ use std::time::Duration;
 use fastlane_framework::{DmaBuf, DmaRegion, PageSize, PciDevice, PoolCache, Vfio};
 
 use super::ctrl::{self, CtrlQueue};
+use super::packed::{PackedLayout, PackedQueue};
 use super::pci::{find_caps, Transport};
+use super::ring::Ring;
 use super::rss::RssSetup;
 use super::rx::{RxQueue, RX_HEADROOM};
 use super::spec::*;
@@ -46,6 +48,18 @@ pub fn negotiate(offered: u64) -> Result<u64> {
 /// several need VIRTIO_NET_F_MQ, VIRTIO_NET_F_RSS (so that flows spread as
 /// the hash says) and the control queue to set them up.
 pub fn negotiate_queues(offered: u64, queues: u16) -> Result<u64> {
+    negotiate_with(offered, queues, false)
+}
+
+/// [`negotiate_queues`], with packed virtqueues when `packed`.
+pub fn negotiate_with(offered: u64, queues: u16, packed: bool) -> Result<u64> {
+    if packed && offered & VIRTIO_F_RING_PACKED == 0 {
+        return Err(NicError::Negotiation(format!(
+            "packed virtqueues asked for, the device does not offer VIRTIO_F_RING_PACKED \
+             (QEMU: packed=on on -device virtio-net-pci); it offers {}",
+            feature_names(offered)
+        )));
+    }
     if queues > 1 {
         let need = VIRTIO_NET_F_MQ | VIRTIO_NET_F_RSS | VIRTIO_NET_F_CTRL_VQ;
         if offered & need != need {
@@ -73,6 +87,9 @@ pub fn negotiate_queues(offered: u64, queues: u16) -> Result<u64> {
     let mut f = offered & WANTED;
     if queues > 1 {
         f |= VIRTIO_NET_F_MQ | VIRTIO_NET_F_RSS;
+    }
+    if packed {
+        f |= VIRTIO_F_RING_PACKED;
     }
     if f & VIRTIO_NET_F_CTRL_VQ == 0 {
         f &= !VIRTIO_NET_F_CTRL_RX;
@@ -228,7 +245,20 @@ impl VirtioNet {
         pool: &PacketPool,
         cfg: &NicConfig,
     ) -> Result<Vec<VirtioNet>> {
-        Self::open_pairs(vfio, vfio.open(addr)?, pool, cfg)
+        Self::open_pairs(vfio, vfio.open(addr)?, pool, cfg, false)
+    }
+
+    /// [`VirtioNet::open_multi`] with packed virtqueues (VIRTIO_F_RING_PACKED,
+    /// §2.8; QEMU: `packed=on`) instead of split ones: every queue of the
+    /// port, control queue included. Refused (`Negotiation`) when the
+    /// device does not offer them.
+    pub fn open_multi_packed(
+        vfio: &Vfio,
+        addr: &str,
+        pool: &PacketPool,
+        cfg: &NicConfig,
+    ) -> Result<Vec<VirtioNet>> {
+        Self::open_pairs(vfio, vfio.open(addr)?, pool, cfg, true)
     }
 
     /// [`VirtioNet::open`] on a device already opened in `vfio` (what
@@ -245,7 +275,7 @@ impl VirtioNet {
                 cfg.queues
             )));
         }
-        Self::open_pairs(vfio, dev, pool, cfg)?
+        Self::open_pairs(vfio, dev, pool, cfg, false)?
             .pop()
             .ok_or(NicError::Malformed("no queue opened"))
     }
@@ -257,6 +287,7 @@ impl VirtioNet {
         dev: PciDevice,
         pool: &PacketPool,
         cfg: &NicConfig,
+        packed: bool,
     ) -> Result<Vec<VirtioNet>> {
         let addr = dev.address().to_string();
         let (vendor, device) = dev.id()?;
@@ -289,7 +320,7 @@ impl VirtioNet {
         }
         dev.enable_dma()?;
         let transport = Transport::map(&dev, &caps)?;
-        let up = match Self::init(vfio, &dev, &transport, cfg) {
+        let up = match Self::init(vfio, &dev, &transport, cfg, packed) {
             Ok(up) => up,
             Err(e) => {
                 // §3.1.1: tell the device we gave up. It never got DRIVER_OK,
@@ -358,12 +389,18 @@ impl VirtioNet {
 
     /// The initialization sequence from reset up to, not including,
     /// DRIVER_OK (§3.1.1): features, queues, MAC address.
-    fn init(vfio: &Vfio, dev: &PciDevice, t: &Transport, cfg: &NicConfig) -> Result<Bringup> {
+    fn init(
+        vfio: &Vfio,
+        dev: &PciDevice,
+        t: &Transport,
+        cfg: &NicConfig,
+        packed: bool,
+    ) -> Result<Bringup> {
         t.reset(RESET_TIMEOUT)?;
         t.add_status(VIRTIO_STATUS_ACKNOWLEDGE);
         t.add_status(VIRTIO_STATUS_DRIVER);
         let offered = t.device_features();
-        let features = negotiate_queues(offered, cfg.queues)?;
+        let features = negotiate_with(offered, cfg.queues, packed)?;
         let pairs = cfg.queues;
         // Every field past `mac` and `status` exists with the features
         // that add it (§5.1.4); the structure must be long enough for them.
@@ -430,43 +467,56 @@ impl VirtioNet {
         for p in 0..pairs {
             let rx_size = queue_size(cfg.rx_ring, t.queue_max_size(receiveq(p)))?;
             let tx_size = queue_size(cfg.tx_ring, t.queue_max_size(transmitq(p)))?;
-            layouts.push((receiveq(p), QueueLayout::new(rx_size)));
-            layouts.push((transmitq(p), QueueLayout::new(tx_size)));
+            layouts.push((receiveq(p), rx_size));
+            layouts.push((transmitq(p), tx_size));
         }
         if with_ctrl {
             let size = queue_size(CTRL_QUEUE_SIZE, t.queue_max_size(controlq))?;
-            layouts.push((controlq, QueueLayout::new(size)));
+            layouts.push((controlq, size));
         }
         let mut bases = Vec::with_capacity(layouts.len());
         let mut scratch = 0usize;
-        for (_, l) in &layouts {
+        let bytes = |size| match packed {
+            true => PackedLayout::new(size).total,
+            false => QueueLayout::new(size).total,
+        };
+        for &(_, size) in &layouts {
             bases.push(scratch);
             scratch = scratch
-                .checked_add(l.total)
+                .checked_add(bytes(size))
                 .ok_or_else(|| NicError::InvalidArgument("virtqueues too large".into()))?;
         }
         // One page per transmit queue's zero header, and the command area.
         let region = vfio.alloc_region(scratch + 4096 * (pairs as usize + 1), PageSize::Huge2M)?;
         let ctrl_area = region.carve::<u8>(scratch, ctrl::AREA_LEN)?;
 
+        /// Queue `q` of `size` entries at `base`, split or packed.
         fn queue<T>(
             t: &Transport,
             region: &DmaRegion,
             q: u16,
             base: usize,
-            l: QueueLayout,
-        ) -> Result<Virtqueue<T>> {
-            let notifier = t.setup_queue(q, l.size, l.addrs(region, base))?;
-            Virtqueue::new(region, base, l, notifier)
+            size: u16,
+            packed: bool,
+        ) -> Result<Ring<T>> {
+            Ok(if packed {
+                let l = PackedLayout::new(size);
+                let notifier = t.setup_queue(q, size, l.addrs(region, base))?;
+                PackedQueue::new(region, base, l, notifier)?.into()
+            } else {
+                let l = QueueLayout::new(size);
+                let notifier = t.setup_queue(q, size, l.addrs(region, base))?;
+                Virtqueue::new(region, base, l, notifier)?.into()
+            })
         }
         let mut queue_pairs = Vec::with_capacity(pairs as usize);
         for p in 0..pairs as usize {
             let (rq, rl) = layouts[2 * p];
             let (tq, tl) = layouts[2 * p + 1];
             let zero_hdr = region.carve::<u8>(scratch + 4096 * (p + 1), 64)?;
-            let rx = RxQueue::new(queue(t, &region, rq, bases[2 * p], rl)?);
+            let rx = RxQueue::new(queue(t, &region, rq, bases[2 * p], rl, packed)?);
             let tx = TxQueue::new(
-                queue(t, &region, tq, bases[2 * p + 1], tl)?,
+                queue(t, &region, tq, bases[2 * p + 1], tl, packed)?,
                 zero_hdr,
                 vfio.domain(),
             )?;
@@ -474,7 +524,7 @@ impl VirtioNet {
         }
         let ctrl = match layouts.get(2 * pairs as usize) {
             Some(&(q, l)) => Some(CtrlQueue::new(
-                queue(t, &region, q, bases[2 * pairs as usize], l)?,
+                queue(t, &region, q, bases[2 * pairs as usize], l, packed)?,
                 ctrl_area,
             )?),
             None => None,
@@ -687,6 +737,16 @@ mod tests {
             let e = negotiate_queues(all & !missing, 2).unwrap_err().to_string();
             assert!(e.contains("mq=on,rss=on"), "{e}");
         }
+        // Packed rings only when asked and offered.
+        assert_eq!(negotiate(all).unwrap() & VIRTIO_F_RING_PACKED, 0);
+        assert_ne!(
+            negotiate_with(all, 4, true).unwrap() & VIRTIO_F_RING_PACKED,
+            0
+        );
+        let e = negotiate_with(all & !VIRTIO_F_RING_PACKED, 1, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("packed=on"), "{e}");
         // The control queue comes after every pair the device has.
         assert_eq!((receiveq(3), transmitq(3), controlq_mq(4)), (6, 7, 8));
     }

@@ -64,7 +64,7 @@ pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 
 /// Names of the feature bits above, for messages.
-pub const FEATURE_NAMES: [(u64, &str); 10] = [
+pub const FEATURE_NAMES: [(u64, &str); 11] = [
     (VIRTIO_NET_F_MAC, "VIRTIO_NET_F_MAC"),
     (VIRTIO_NET_F_MRG_RXBUF, "VIRTIO_NET_F_MRG_RXBUF"),
     (VIRTIO_NET_F_STATUS, "VIRTIO_NET_F_STATUS"),
@@ -75,6 +75,7 @@ pub const FEATURE_NAMES: [(u64, &str); 10] = [
     (VIRTIO_NET_F_SPEED_DUPLEX, "VIRTIO_NET_F_SPEED_DUPLEX"),
     (VIRTIO_F_VERSION_1, "VIRTIO_F_VERSION_1"),
     (VIRTIO_F_ACCESS_PLATFORM, "VIRTIO_F_ACCESS_PLATFORM"),
+    (VIRTIO_F_RING_PACKED, "VIRTIO_F_RING_PACKED"),
 ];
 
 // PCI capabilities (§4.1.4).

@@ -10,8 +10,9 @@
 
 use fastlane_framework::{DmaArray, DmaBuf, DmaDomain, Iova, PoolCache};
 
+use super::ring::Ring;
 use super::spec::NET_HDR_LEN;
-use super::virtqueue::{Segment, Virtqueue};
+use super::virtqueue::Segment;
 use crate::{NicError, Packet, Result, Stats, MAX_FRAME, MIN_FRAME};
 
 /// Shortest frame accepted for sending: an Ethernet header.
@@ -21,10 +22,16 @@ pub const MIN_TX_FRAME: usize = 14;
 /// least an Ethernet header ([`MIN_TX_FRAME`]).
 pub fn check_frame(len: usize) -> Result<()> {
     if len > MAX_FRAME {
-        return Err(NicError::FrameTooLarge { len, max: MAX_FRAME });
+        return Err(NicError::FrameTooLarge {
+            len,
+            max: MAX_FRAME,
+        });
     }
     if len < MIN_TX_FRAME {
-        return Err(NicError::FrameTooShort { len, min: MIN_TX_FRAME });
+        return Err(NicError::FrameTooShort {
+            len,
+            min: MIN_TX_FRAME,
+        });
     }
     Ok(())
 }
@@ -60,7 +67,7 @@ pub struct TxToken {
 }
 
 pub struct TxQueue {
-    vq: Virtqueue<TxToken>,
+    vq: Ring<TxToken>,
     /// A zeroed header the device only reads; owned here, so nothing else
     /// writes it.
     zero_hdr: DmaArray<u8>,
@@ -72,12 +79,23 @@ pub struct TxQueue {
 impl TxQueue {
     /// `zero_hdr`: at least [`NET_HDR_LEN`] bytes, zeroed here; `domain`:
     /// where the device reaches memory.
-    pub fn new(vq: Virtqueue<TxToken>, zero_hdr: DmaArray<u8>, domain: DmaDomain) -> Result<TxQueue> {
+    pub fn new(
+        vq: impl Into<Ring<TxToken>>,
+        zero_hdr: DmaArray<u8>,
+        domain: DmaDomain,
+    ) -> Result<TxQueue> {
         if zero_hdr.len() < NET_HDR_LEN {
-            return Err(NicError::InvalidArgument(format!("a transmit header of {} bytes", zero_hdr.len())));
+            return Err(NicError::InvalidArgument(format!(
+                "a transmit header of {} bytes",
+                zero_hdr.len()
+            )));
         }
         zero_hdr.fill(0);
-        Ok(TxQueue { vq, zero_hdr, domain })
+        Ok(TxQueue {
+            vq: vq.into(),
+            zero_hdr,
+            domain,
+        })
     }
 
     /// What `burst` requires of a packet: [`check_packet`], in a buffer
@@ -95,35 +113,37 @@ impl TxQueue {
 
     /// Takes back what the device has sent: buffers to the pool, counters up.
     pub fn reclaim(&mut self, cache: &mut PoolCache, stats: &mut Stats) -> usize {
-        let pending = match self.vq.used_pending() {
-            Ok(n) => n,
-            Err(e) => {
-                log::error!("virtio-net transmit queue: {e}");
-                stats.tx_errors += 1;
-                return 0;
-            }
-        };
-        for _ in 0..pending {
+        let mut n = 0;
+        // Ends: each entry returns one chain in flight.
+        loop {
             match self.vq.pop_used() {
-                Ok((t, _)) => {
+                Ok(Some((t, _))) => {
                     stats.tx_packets += 1;
                     stats.tx_bytes += t.len as u64;
                     super::release(cache, t.buf);
+                    n += 1;
                 }
+                Ok(None) => break,
                 Err(e) => {
                     log::error!("virtio-net transmit queue: {e}");
                     stats.tx_errors += 1;
+                    break;
                 }
             }
         }
-        pending as usize
+        n
     }
 
     /// Queues packets from the front of `pkts` while descriptors last and
     /// stops at the first one [`TxQueue::check`] refuses (a foreign buffer
     /// or a bad frame), which stays at the front. The new chains are
     /// published and the device notified before returning.
-    pub fn burst(&mut self, pkts: &mut Vec<Packet>, cache: &mut PoolCache, stats: &mut Stats) -> usize {
+    pub fn burst(
+        &mut self,
+        pkts: &mut Vec<Packet>,
+        cache: &mut PoolCache,
+        stats: &mut Stats,
+    ) -> usize {
         self.reclaim(cache, stats);
         let mut free = self.vq.free_descs();
         let mut n = 0;
@@ -153,7 +173,10 @@ impl TxQueue {
         if wire > len {
             let _ = buf.write(off + len, &ZEROS[..wire - len]);
         }
-        let token = |buf| TxToken { buf, len: wire as u32 };
+        let token = |buf| TxToken {
+            buf,
+            len: wire as u32,
+        };
         let added = if off >= NET_HDR_LEN {
             let _ = buf.write(off - NET_HDR_LEN, &ZEROS[..NET_HDR_LEN]);
             let seg = Segment {
@@ -181,8 +204,8 @@ impl TxQueue {
     }
 
     /// Every buffer back (the device must be reset first).
-    pub fn drain(&mut self) -> impl Iterator<Item = DmaBuf> + '_ {
-        self.vq.drain().map(|t| t.buf)
+    pub fn drain(&mut self) -> Vec<DmaBuf> {
+        self.vq.drain().into_iter().map(|t| t.buf).collect()
     }
 }
 
@@ -206,7 +229,8 @@ mod tests {
 
     fn rig(size: u16, buffers: u32) -> Rig {
         let (vq, dev) = queue_pair(size);
-        let hdr_region = DmaRegion::new_unmapped(4096, fastlane_framework::PageSize::Small).unwrap();
+        let hdr_region =
+            DmaRegion::new_unmapped(4096, fastlane_framework::PageSize::Small).unwrap();
         let hdr = hdr_region.carve::<u8>(0, 64).unwrap();
         let pool = PacketPool::new_unmapped(buffers).unwrap();
         let cache = pool.cache(8);
@@ -231,7 +255,11 @@ mod tests {
         let (head, chain) = dev.pop_avail().unwrap();
         let mut bytes = Vec::new();
         for d in &chain {
-            assert_eq!(d.flags & VIRTQ_DESC_F_WRITE, 0, "transmit buffers are device read-only");
+            assert_eq!(
+                d.flags & VIRTQ_DESC_F_WRITE,
+                0,
+                "transmit buffers are device read-only"
+            );
             bytes.extend(dev.read_buf(d));
         }
         let frame = bytes.split_off(NET_HDR_LEN);
@@ -250,7 +278,11 @@ mod tests {
         assert!(pkts.is_empty());
         assert!(r.dev.notified());
         assert_eq!(r.tx.in_flight(), 2);
-        assert_eq!(r.tx.vq.free_descs(), 8 - 3, "two descriptors without headroom, one with");
+        assert_eq!(
+            r.tx.vq.free_descs(),
+            8 - 3,
+            "two descriptors without headroom, one with"
+        );
 
         let (h1, hdr1, f1) = transmit(&mut r.dev);
         let (h2, hdr2, f2) = transmit(&mut r.dev);
@@ -313,12 +345,24 @@ mod tests {
         ];
         assert_eq!(r.tx.burst(&mut pkts, &mut r.cache, &mut r.stats), 1);
         assert_eq!(pkts.len(), 2);
-        assert!(matches!(check_packet(&pkts[0]), Err(NicError::FrameTooShort { len: 10, min: 14 })));
-        assert!(matches!(check_frame(MAX_FRAME + 1), Err(NicError::FrameTooLarge { len: 1515, max: 1514 })));
+        assert!(matches!(
+            check_packet(&pkts[0]),
+            Err(NicError::FrameTooShort { len: 10, min: 14 })
+        ));
+        assert!(matches!(
+            check_frame(MAX_FRAME + 1),
+            Err(NicError::FrameTooLarge {
+                len: 1515,
+                max: 1514
+            })
+        ));
         assert!(check_frame(MAX_FRAME).is_ok() && check_frame(MIN_TX_FRAME).is_ok());
         // No room to pad at the very end of the buffer.
         let p = packet(&r.pool, PACKET_BUF_SIZE - 20, &[4; 20]);
-        assert!(matches!(check_packet(&p), Err(NicError::InvalidArgument(_))));
+        assert!(matches!(
+            check_packet(&p),
+            Err(NicError::InvalidArgument(_))
+        ));
     }
 
     #[test]

@@ -134,7 +134,9 @@ impl<T> RingState<T> {
     pub fn used_pending(&self, used_idx: u16) -> Result<u16> {
         let n = used_idx.wrapping_sub(self.last_used);
         if n > self.in_flight {
-            return Err(NicError::Malformed("virtqueue used.idx ahead of the buffers in flight"));
+            return Err(NicError::Malformed(
+                "virtqueue used.idx ahead of the buffers in flight",
+            ));
         }
         Ok(n)
     }
@@ -152,7 +154,9 @@ impl<T> RingState<T> {
         let token = (id < self.size as u32)
             .then(|| self.tokens[id as usize].take())
             .flatten()
-            .ok_or(NicError::Malformed("virtqueue used entry names no buffer in flight"))?;
+            .ok_or(NicError::Malformed(
+                "virtqueue used entry names no buffer in flight",
+            ))?;
         let mut d = id as u16;
         loop {
             let n = std::mem::replace(&mut self.next[d as usize], END);
@@ -233,13 +237,20 @@ pub struct Virtqueue<T> {
     /// VIRTIO_F_EVENT_IDX, owned so nothing else is put there).
     _avail_event: DmaArray<u16>,
     notifier: Notifier,
+    /// Used entries seen in `used.idx` and not consumed yet.
+    pending: u16,
 }
 
 impl<T> Virtqueue<T> {
     /// Puts a queue of `layout` at `base` of `region` (zeroing it) and asks
     /// the device for no interrupts. Call before DRIVER_OK. The queue owns
     /// its bytes: a range overlapping memory already carved is refused.
-    pub fn new(region: &DmaRegion, base: usize, layout: QueueLayout, notifier: Notifier) -> Result<Virtqueue<T>> {
+    pub fn new(
+        region: &DmaRegion,
+        base: usize,
+        layout: QueueLayout,
+        notifier: Notifier,
+    ) -> Result<Virtqueue<T>> {
         let size = layout.size as usize;
         let used_ring = base + layout.used + used::RING;
         let vq = Virtqueue {
@@ -250,6 +261,7 @@ impl<T> Virtqueue<T> {
             used: region.carve(used_ring, size)?,
             _avail_event: region.carve(used_ring + 8 * size, 1)?,
             notifier,
+            pending: 0,
         };
         vq.desc.fill(VirtqDesc::default());
         vq.avail.fill(0);
@@ -287,8 +299,11 @@ impl<T> Virtqueue<T> {
             let d = VirtqDesc {
                 addr: s.addr.get(),
                 len: s.len,
-                flags: if s.device_writes { VIRTQ_DESC_F_WRITE } else { 0 }
-                    | if more { VIRTQ_DESC_F_NEXT } else { 0 },
+                flags: if s.device_writes {
+                    VIRTQ_DESC_F_WRITE
+                } else {
+                    0
+                } | if more { VIRTQ_DESC_F_NEXT } else { 0 },
                 next: if more { ids[i + 1] } else { 0 },
             };
             // A free descriptor: the device does not read it.
@@ -336,8 +351,23 @@ impl<T> Virtqueue<T> {
         Ok((self.state.complete(e.id)?, e.len))
     }
 
+    /// The next used entry, if any: [`Virtqueue::pop_used`] behind one
+    /// acquire load of `used.idx` per batch of entries it shows.
+    #[inline]
+    pub fn next_used(&mut self) -> Result<Option<(T, u32)>> {
+        if self.pending == 0 {
+            self.pending = self.used_pending()?;
+            if self.pending == 0 {
+                return Ok(None);
+            }
+        }
+        self.pending -= 1;
+        self.pop_used().map(Some)
+    }
+
     /// Takes every token back; only after the device was reset.
     pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.pending = 0;
         self.state.drain()
     }
 }
@@ -352,7 +382,10 @@ mod tests {
             assert!(RingState::<()>::new(bad).is_err(), "{bad}");
         }
         for good in [1, 2, 256, 32768] {
-            assert_eq!(RingState::<()>::new(good).unwrap().free_descs(), good as usize);
+            assert_eq!(
+                RingState::<()>::new(good).unwrap().free_descs(),
+                good as usize
+            );
         }
     }
 
@@ -381,10 +414,16 @@ mod tests {
         let mut r = RingState::new(8).unwrap();
         let a = r.reserve(2, 1).unwrap();
         // Not a head, out of range, and a second completion of the same head.
-        assert!(matches!(r.complete(a[1] as u32), Err(NicError::Malformed(_))));
+        assert!(matches!(
+            r.complete(a[1] as u32),
+            Err(NicError::Malformed(_))
+        ));
         assert!(matches!(r.complete(99), Err(NicError::Malformed(_))));
         assert_eq!(r.complete(a[0] as u32).unwrap(), 1);
-        assert!(matches!(r.complete(a[0] as u32), Err(NicError::Malformed(_))));
+        assert!(matches!(
+            r.complete(a[0] as u32),
+            Err(NicError::Malformed(_))
+        ));
         assert_eq!(r.free_descs(), 8);
         // used.idx may run ahead only by what is in flight.
         r.reserve(1, 2).unwrap();
