@@ -251,6 +251,69 @@ mod tests {
         assert_eq!(pool.pool().available(), 8, "every buffer home");
     }
 
+    /// Times `BURSTS` receive bursts of `BURST` frames on `rx`: `deliver`
+    /// (the model, untimed) returns that many buffers used, then `burst`
+    /// takes them and refills the ring (timed). Nanoseconds per frame.
+    fn time_bursts(rx: &mut RxQueue, cache: &mut PoolCache, mut deliver: impl FnMut()) -> f64 {
+        const BURST: usize = 32;
+        const BURSTS: usize = 20_000;
+        let (mut stats, mut out) = (Stats::default(), Vec::with_capacity(BURST));
+        rx.refill(cache);
+        let mut timed = std::time::Duration::ZERO;
+        for _ in 0..BURSTS {
+            deliver();
+            let t = std::time::Instant::now();
+            assert_eq!(rx.burst(&mut out, BURST, cache, &mut stats), BURST);
+            cache.free_all(out.drain(..).map(Packet::into_buf));
+            timed += t.elapsed();
+        }
+        timed.as_nanos() as f64 / (BURST * BURSTS) as f64
+    }
+
+    /// Driver cost of receiving on split against packed rings, rounds
+    /// interleaved; prints the medians and their ratio, asserts nothing
+    /// about time. `cargo test -p fastlane-nic --release --lib --
+    /// --ignored --nocapture driver_cost`
+    #[test]
+    #[ignore]
+    fn driver_cost_split_vs_packed() {
+        use super::super::sim::packed_pair;
+        let pool = PacketPool::new_unmapped(1024).unwrap();
+        let written = NET_HDR_LEN as u32 + 60;
+        let mut ns = [Vec::new(), Vec::new()];
+        for round in 0..10 {
+            let mut cache = pool.cache(256);
+            let packed = round % 2 == 1;
+            let t = if packed {
+                let (q, mut dev) = packed_pair(256);
+                time_bursts(&mut RxQueue::new(q), &mut cache, || {
+                    for _ in 0..32 {
+                        let (id, chain) = dev.pop_avail().unwrap();
+                        dev.push_used(id, written, chain.len() as u16);
+                    }
+                })
+            } else {
+                let (q, mut dev) = queue_pair(256);
+                time_bursts(&mut RxQueue::new(q), &mut cache, || {
+                    for _ in 0..32 {
+                        let (head, _) = dev.pop_avail().unwrap();
+                        dev.push_used(head as u32, written);
+                    }
+                })
+            };
+            ns[packed as usize].push(t);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (split, packed) = (median(&mut ns[0]), median(&mut ns[1]));
+        println!(
+            "rx_burst of 32, driver only: split {split:.1} ns/frame, packed {packed:.1} ns/frame, packed/split {:.2}",
+            packed / split
+        );
+    }
+
     #[test]
     fn frame_length_bounds() {
         assert_eq!(frame_len(12, 2048), Some(0));
