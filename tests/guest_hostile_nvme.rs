@@ -186,7 +186,7 @@ fn buffers_of_another_container_are_refused_and_handed_back() {
             let mut data = vec![0u8; LEN];
             buf.read(0, &mut data).unwrap();
             assert!(data.iter().all(|&x| x == 0x5a), "{what}: a refused buffer changed");
-            match ctrl.admin_command_buf(SubmissionEntry::identify_controller(0), &buf) {
+            match ctrl.admin_command_buf(SubmissionEntry::identify_controller(0), &mut buf) {
                 Err(NvmeError::ForeignBuffer) => {}
                 other => panic!("{what}: admin_command_buf took a foreign buffer: {other:?}"),
             }
@@ -241,7 +241,7 @@ fn admin_commands_with_address_fields_are_refused() {
         for r in [
             ctrl.admin_command(cmd, Some(&mut data)),
             ctrl.admin_command(cmd, None),
-            ctrl.admin_command_buf(cmd, &target),
+            ctrl.admin_command_buf(cmd, &mut target),
         ] {
             match r {
                 Err(NvmeError::UnsafeCommand { opcode, .. }) => assert_eq!(opcode, cmd.opcode()),
@@ -263,7 +263,7 @@ fn admin_commands_with_address_fields_are_refused() {
     let kelvin = u16::from_le_bytes([smart[1], smart[2]]);
     assert!((200..400).contains(&kelvin), "SMART temperature {kelvin} K");
     target.fill(0);
-    ctrl.admin_command_buf(SubmissionEntry::get_log_page(0x02, u32::MAX, 128), &target).unwrap();
+    ctrl.admin_command_buf(SubmissionEntry::get_log_page(0x02, u32::MAX, 128), &mut target).unwrap();
     let wc = SubmissionEntry::get_features(feature::VOLATILE_WRITE_CACHE, fastlane::nvme::spec::FeatureSelect::Current, 0);
     ctrl.admin_command(wc, None).unwrap();
 

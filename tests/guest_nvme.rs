@@ -93,7 +93,7 @@ fn identify_matches_qemu_and_lands_in_a_pool_buffer() {
     let mut buf = pool.alloc().unwrap();
     buf.fill(0);
     assert_eq!(buf.iova().get(), buf.as_ptr() as u64 + pool.region().iova_offset());
-    ctrl.admin_command_buf(SubmissionEntry::identify_controller(0), &buf).unwrap();
+    ctrl.admin_command_buf(SubmissionEntry::identify_controller(0), &mut buf).unwrap();
     let mut raw = vec![0u8; 4096];
     buf.read(0, &mut raw).unwrap();
     let idc = IdentifyController::from_bytes(&raw).unwrap();

@@ -95,7 +95,7 @@ fn health_log_is_plausible_and_counts_io() {
     let page_pool = BufferPool::new(&vfio, 4096, 1, PageSize::Huge2M).unwrap();
     let mut page = page_pool.alloc().unwrap();
     page.fill(0xEE);
-    ctrl.admin_command_buf(smart_cmd(), &page).unwrap();
+    ctrl.admin_command_buf(smart_cmd(), &mut page).unwrap();
     let mut bytes = [0u8; SMART_LOG_SIZE];
     page.read(0, &mut bytes).unwrap();
     let via_buf = SmartLog::from_bytes(&bytes).unwrap();

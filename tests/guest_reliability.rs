@@ -608,7 +608,7 @@ fn iommu_confines_admin_dma_to_mapped_regions() {
     let pool = BufferPool::new(&vfio, 4096, 4, PageSize::Huge2M).unwrap();
     let mut buf = pool.alloc().unwrap();
     buf.fill(0);
-    ctrl.admin_command_buf(SubmissionEntry::identify_controller(0), &buf)
+    ctrl.admin_command_buf(SubmissionEntry::identify_controller(0), &mut buf)
         .unwrap();
     let mut raw = vec![0u8; 4096];
     buf.read(0, &mut raw).unwrap();

@@ -427,11 +427,12 @@ impl Controller {
     /// The same commands as [`Controller::admin_command`] are accepted.
     ///
     /// If the command times out, the controller is reset so it cannot
-    /// write the buffer after this returns.
+    /// write the buffer after this returns. The buffer is borrowed
+    /// exclusively: nothing else may read it while the device writes it.
     pub fn admin_command_buf(
         &self,
         mut cmd: SubmissionEntry,
-        buf: &DmaBuf,
+        buf: &mut DmaBuf,
     ) -> Result<CompletionEntry> {
         check_safe_admin(&cmd)?;
         if buf.domain() != self.inner.mem.domain() {

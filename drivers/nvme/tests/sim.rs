@@ -919,7 +919,7 @@ fn admin_commands_with_addresses_are_refused() {
             Err(NvmeError::UnsafeCommand { .. }) => {}
             other => panic!("{what}: accepted by admin_command without data: {other:?}"),
         }
-        match ctrl.admin_command_buf(cmd, &buf) {
+        match ctrl.admin_command_buf(cmd, &mut buf) {
             Err(e @ NvmeError::UnsafeCommand { .. }) => assert!(e.to_string().contains("refused")),
             other => panic!("{what}: accepted by admin_command_buf: {other:?}"),
         }
@@ -936,7 +936,7 @@ fn admin_commands_with_addresses_are_refused() {
         .unwrap();
     let idc = fastlane_nvme::spec::IdentifyController::from_bytes(&raw).unwrap();
     assert_eq!(idc.serial(), "SIM0001");
-    ctrl.admin_command_buf(SubmissionEntry::identify_namespace(1, 0), &buf)
+    ctrl.admin_command_buf(SubmissionEntry::identify_namespace(1, 0), &mut buf)
         .unwrap();
     let mut ns = vec![0u8; 4096];
     buf.read(0, &mut ns).unwrap();
