@@ -177,7 +177,7 @@ fn buffers_of_another_container_are_refused_and_handed_back() {
             let mut buf = p.alloc().unwrap();
             buf.fill(0x5a);
             let index = buf.index();
-            let (buf, r) = io(&mut qp, write, 3000, buf);
+            let (mut buf, r) = io(&mut qp, write, 3000, buf);
             assert!(
                 matches!(r, Err(NvmeError::ForeignBuffer)),
                 "{what}, write {write}: {r:?}"

@@ -847,7 +847,7 @@ fn malformed_completions_finish_nothing() {
 fn admin_commands_with_addresses_are_refused() {
     let (sim, ctrl) = start(small(), Options::default());
     let pool = BufferPool::new_unmapped(4096, 2, PageSize::Small).unwrap();
-    let buf = pool.alloc().unwrap();
+    let mut buf = pool.alloc().unwrap();
     let target = buf.iova().get();
     let admin_before = sim.stats().admin;
 
