@@ -12,6 +12,7 @@ mod plan;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use fastlane::nvme::pattern;
 use plan::{BlockCheck, Class, Mismatches, Order, Plan, Range, Shuffle};
@@ -298,19 +299,21 @@ fn device_lists_refuse_one_controller_named_twice() {
     }
 }
 
-/// target/<profile>/examples/nvme_read, built by cargo when missing.
+/// target/<profile>/examples/nvme_read, built (or found up to date) by
+/// cargo once per test run: a binary left from an older build is never
+/// what is tested.
 fn tool() -> PathBuf {
-    // This test runs as target/[<triple>/]<profile>/deps/nvme_read_args-<hash>.
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let bin = profile.join("examples/nvme_read");
-    if !bin.exists() {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // This test runs as target/[<triple>/]<profile>/deps/nvme_read_args-<hash>.
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target/<profile>");
         let release = profile.file_name().is_some_and(|n| n == "release");
         let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(["build", "--example", "nvme_read"])
+        c.args(["build", "--quiet", "--example", "nvme_read"])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if release {
             c.arg("--release");
@@ -319,8 +322,9 @@ fn tool() -> PathBuf {
             c.status().expect("cargo").success(),
             "cargo build --example nvme_read failed"
         );
-    }
-    bin
+        profile.join("examples/nvme_read")
+    })
+    .clone()
 }
 
 /// Runs the tool; should a command line pass the checks, it fails fast
