@@ -89,12 +89,17 @@ fn listen(fd: EventFd, shared: Weak<Shared>, addr: PciAddress) {
         let bfd = unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) };
         let mut fds = [PollFd::from_borrowed_fd(bfd, PollFlags::IN)];
         let fired = matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0);
-        let Some(shared) = shared.upgrade() else { return };
-        if !shared.lock().devices.contains_key(&addr) {
+        // Never a strong reference just to look: the container's last
+        // handle must drop (and close its devices) in its owner's thread,
+        // at once, or a reopen right after could find the group busy.
+        if shared.strong_count() == 0 {
             return;
         }
         if fired && fd.read().is_ok() {
-            release(&shared, addr);
+            let Some(shared) = shared.upgrade() else { return };
+            if shared.lock().devices.contains_key(&addr) {
+                release(&shared, addr);
+            }
             return;
         }
     }
