@@ -360,6 +360,12 @@ fn kernel_udp_socket_gets_10000_datagrams_back_intact() {
     const WINDOW: usize = 16;
     let ifname = kernel_port();
     let echo = start_udp_echo();
+    // Resolve udp_echo's MAC before the window opens: datagrams sent while
+    // the kernel's ARP request is unanswered wait in a small per-neighbour
+    // queue (unres_qlen_bytes), and 64 large ones can overflow it (seen
+    // once in CI: 1 of 10,000 never left the kernel).
+    let (pinged, out) = sh(&format!("ping -c 1 -W 5 {}", std::net::Ipv4Addr::from(ECHO_IP)));
+    assert!(pinged, "udp_echo does not answer a ping: {out}");
     let before = error_counters(&ifname);
     let socks: Vec<UdpSocket> = ports_per_queue(ECHO_QUEUES, 2)
         .into_iter()

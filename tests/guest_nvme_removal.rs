@@ -27,6 +27,16 @@ fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} not set: run through vm/test.sh"))
 }
 
+/// Asks the host (tests/guest/hotplug-host.sh watches the console) for
+/// an unplug or a plug-in. Straight to stdout, past the test harness's
+/// output capture, which would hold the line until the test ended.
+fn ask_host(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
@@ -109,7 +119,7 @@ fn removal_under_load_ends_every_command_and_the_device_comes_back() {
                 next += 1;
                 late += 1;
             }
-            println!("NVME-HOTPLUG-DEL {token}");
+            ask_host(&format!("NVME-HOTPLUG-DEL {token}"));
             asked = true;
             let t = Instant::now();
             while !ctrl.removal().is_removed() {
@@ -175,7 +185,7 @@ fn removal_under_load_ends_every_command_and_the_device_comes_back() {
 fn plug_back_in(addr: &str, token: &str) {
     let sysfs = format!("/sys/bus/pci/devices/{addr}");
     wait_until("device gone from the bus", Duration::from_secs(30), || !Path::new(&sysfs).exists());
-    println!("NVME-HOTPLUG-ADD {token}");
+    ask_host(&format!("NVME-HOTPLUG-ADD {token}"));
     wait_until("device back on the bus", Duration::from_secs(30), || Path::new(&sysfs).exists());
     let bind = std::process::Command::new("hugepages.sh").args(["bind", addr]).status().unwrap();
     assert!(bind.success());
@@ -191,7 +201,7 @@ fn nvme_read_reports_the_removal_and_exits_with_what_it_completed() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    println!("NVME-HOTPLUG-DEL {token}");
+    ask_host(&format!("NVME-HOTPLUG-DEL {token}"));
     let t = Instant::now();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -53,7 +53,7 @@ fi
 # NVMe surprise removal and hot add of the second controller (vm/test.sh
 # plugs it behind a hot-pluggable root port and drives QMP from the host).
 if [ -n "${FASTLANE_NVME_HOTPLUG:-}" ] && have guest_nvme_removal; then
-    hugepages.sh bind "$FASTLANE_NVME_HOTPLUG" && run /bin/guest_nvme_removal --test-threads=1
+    hugepages.sh bind "$FASTLANE_NVME_HOTPLUG" && run /bin/guest_nvme_removal --test-threads=1 --nocapture
 fi
 
 hugepages.sh reset
