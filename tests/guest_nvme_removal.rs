@@ -7,8 +7,9 @@
 //! its data or `Removed`, within a bounded time; new submissions are refused
 //! with `Removed` and hand their buffer back; no buffer is lost; the kernel
 //! finishes the removal (we let the device go); after the device comes
-//! back, `Controller::open` in the same container works and reads back,
-//! verified, what was written before the removal, into the old pool. And
+//! back, the old container refuses it (`Error::Released`: it let the group
+//! go) while its pool stays valid memory, and a new container opens it and
+//! reads back, verified, what was written before the removal. And
 //! `nvme_read` unplugged mid-run reports the removal and exits with status 3
 //! and what it completed.
 //! Built with `--features guest`, run by tests/guest/run-all.sh.
@@ -160,10 +161,31 @@ fn removal_under_load_ends_every_command_and_the_device_comes_back() {
     wait_until("device gone from the bus", Duration::from_secs(30), || !Path::new(&sysfs).exists());
     assert!(Controller::open(&vfio, &addr, Options::default()).is_err());
     plug_back_in(&addr, &token);
-    let ctrl = Controller::open(&vfio, &addr, Options::default()).unwrap();
+    // The old container let the device's group go: it refuses the device
+    // back with a clear error; a new container takes it.
+    let again = Controller::open(&vfio, &addr, Options::default());
+    assert!(
+        matches!(again, Err(NvmeError::Framework(fastlane::framework::Error::Released(_)))),
+        "the old container must refuse the returning device: {:?}",
+        again.err()
+    );
+    // The old pool is still valid memory.
+    let mut old = pool.alloc().unwrap();
+    old.fill(0x3c);
+    let mut back = vec![0u8; 8 * bs];
+    old.read(0, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0x3c));
+    drop(old);
+    let vfio2 = Vfio::new().unwrap();
+    let ctrl = Controller::open(&vfio2, &addr, Options::default()).unwrap();
+    let pool2 = BufferPool::new(&vfio2, 8 * bs, 8, PageSize::Huge2M).unwrap();
+    // A buffer of the old container is foreign to the new one.
     let mut qp = ctrl.create_qpair(8).unwrap();
+    let foreign = qp.read(1, 0, 8, pool.alloc().unwrap(), 0).unwrap_err();
+    assert!(matches!(foreign.error, NvmeError::ForeignBuffer) && foreign.buf.is_some());
+    drop(foreign);
     for lba in (0..BLOCKS).step_by(8) {
-        let mut buf = pool.alloc().unwrap();
+        let mut buf = pool2.alloc().unwrap();
         buf.fill(0xee);
         qp.read(1, lba, 8, buf, lba).map_err(|r| r.error).unwrap();
         qp.submit();
@@ -177,7 +199,10 @@ fn removal_under_load_ends_every_command_and_the_device_comes_back() {
         c.buf.unwrap().read(0, &mut data).unwrap();
         pattern::check(&data, bs, lba, SEED).unwrap_or_else(|(b, o)| panic!("lba {lba}: block {b} byte {o}"));
     }
-    println!("after the hot add: {BLOCKS} blocks read back and verified through the old pool");
+    drop(qp);
+    drop(ctrl);
+    assert_eq!(pool.available(), 64, "no buffer of the old pool lost");
+    println!("after the hot add: refused by the old container, {BLOCKS} blocks read back verified through a new one");
 }
 
 /// Waits for the controller to come back after `NVME-HOTPLUG-ADD` and binds

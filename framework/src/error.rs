@@ -115,6 +115,11 @@ pub enum Error {
     /// was released so the kernel could finish removing it.
     #[error("PCI device {0} was removed")]
     Removed(PciAddress),
+    /// This container let the device's IOMMU group go in a removal (or
+    /// lost every device to one): a device coming back is opened in a new
+    /// `Vfio`.
+    #[error("PCI device {0}: its VFIO container released the device's group in a removal; open it in a new Vfio")]
+    Released(PciAddress),
     /// The caller asked for something impossible.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

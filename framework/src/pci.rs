@@ -174,6 +174,9 @@ impl PciDevice {
             .and_then(|g| g.parse().ok())
             .ok_or(Error::NoIommu(addr))?;
         let mut st = vfio.shared.lock();
+        if st.detached || st.removed_groups.contains(&group) {
+            return Err(Error::Released(addr));
+        }
         let released = st
             .live
             .get(&addr)

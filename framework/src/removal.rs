@@ -14,10 +14,12 @@
 //!    reach the device;
 //! 4. closes the device's file descriptor, so the kernel can finish.
 //!
-//! Regions and pools stay valid memory. If the device was the container's
-//! last one, the kernel drops the container's IOMMU mappings with it; the
-//! next device opened in the container gets every live region mapped again
-//! at the same IOVA, so buffers keep their addresses.
+//! Regions and pools stay valid memory. A device that comes back (hot add)
+//! is opened in a new [`crate::Vfio`]: its group was released from the old
+//! container (by us or by the kernel, whichever came first, a race that
+//! leaves the old container's bookkeeping unreliable), and a container that
+//! lost its last device lost its IOMMU mappings with it. The old container
+//! refuses such opens with [`crate::Error::Released`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -113,13 +115,20 @@ fn release(shared: &Arc<Shared>, addr: PciAddress) {
         release_handle(inner);
         inner.take_dev()
     });
+    // Read while the device is still there (the kernel waits for us).
+    let group = std::fs::read_link(addr.sysfs_path().join("iommu_group"))
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok());
     let (from_map, emptied) = {
         let mut st = shared.lock();
+        if let Some(g) = group {
+            st.removed_groups.insert(g);
+        }
         let dev = st.devices.remove(&addr);
         let emptied = st.devices.is_empty();
         if emptied {
             // Closing the last device takes the last group out: the kernel
-            // drops the IOMMU with it (see Shared::group_attached).
+            // drops the IOMMU with it.
             st.detached = true;
         }
         (dev, emptied)

@@ -66,9 +66,14 @@ pub(crate) struct State {
     pub(crate) devices: HashMap<PciAddress, Arc<VfioDevice>>,
     /// The live handle of each open device (for a removal).
     pub(crate) live: HashMap<PciAddress, Weak<DeviceInner>>,
-    /// The container lost its last group (a removed device) and with it
-    /// the IOMMU and every mapping: the next device maps `mapped` again.
+    /// The container lost its last group to a removal, and with it the
+    /// IOMMU and every mapping: it takes no new device (whether the kernel
+    /// or vfio-ioctls let the group go first is a race, so the container's
+    /// bookkeeping cannot be trusted). Regions stay valid memory.
     pub(crate) detached: bool,
+    /// IOMMU groups released from this container by a removal: a group of
+    /// the same number coming back is not taken here (see `detached`).
+    pub(crate) removed_groups: HashSet<u32>,
 }
 
 impl Vfio {
@@ -142,20 +147,6 @@ impl Shared {
     /// the regions that were waiting for it.
     pub(crate) fn group_attached(&self) -> Result<()> {
         let mut st = self.lock();
-        if st.detached {
-            st.detached = false;
-            let again: Vec<(u64, u64, u64)> = st.mapped.clone();
-            for (va, len, iova) in again {
-                // SAFETY: `mapped` lists live regions only (a region takes
-                // itself out under this lock before its memory goes), at the
-                // IOVA they had: the same range as before the detach.
-                let res = unsafe { self.container.vfio_dma_map(iova, len as usize, va as *mut u8) };
-                if let Err(e) = res {
-                    return Err(map_error(iova, len as usize, e));
-                }
-            }
-            log::info!("container re-attached: {} regions mapped again", st.mapped.len());
-        }
         if !st.ready {
             let ranges = query_iova_ranges(self.container.as_ref()).unwrap_or_else(|e| {
                 log::warn!("VFIO_IOMMU_GET_INFO: {e}; assuming a 39-bit aperture");
@@ -164,7 +155,7 @@ impl Shared {
             st.space = IovaSpace::new(ranges);
             st.ready = true;
         }
-        // Regions made before the first device, or while detached.
+        // Regions made before the first device.
         let waiting = std::mem::take(&mut st.pending);
         let mut result = Ok(());
         let live: Vec<Arc<RegionInner>> = waiting.iter().filter_map(Weak::upgrade).collect();
