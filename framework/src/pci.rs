@@ -416,7 +416,9 @@ impl PciDevice {
         bars.push(Arc::downgrade(&owner));
         drop(bars);
         // SAFETY: ptr..ptr+size is mapped (page aligned) until BarMapping
-        // drops, and BarMapping keeps the device fd open.
+        // drops: while the device is open, to its BAR (BarMapping keeps the
+        // handle); on a removal, before the device fd closes, to all-ones
+        // memory of the same size (BarMapping::revoke), never unmapped.
         Ok(unsafe { Mmio::new(ptr, size, owner) })
     }
 }

@@ -62,7 +62,8 @@ pub(crate) struct State {
     /// leaves the container when its last device closes, and the type1
     /// IOMMU then drops every mapping; keeping the devices keeps the groups
     /// in, so mappings live exactly as long as their regions. A later open
-    /// of the same device reuses its entry.
+    /// of the same device reuses its entry. A removal takes the entry out
+    /// (the kernel needs the device closed; see `detached`).
     pub(crate) devices: HashMap<PciAddress, Arc<VfioDevice>>,
     /// The live handle of each open device (for a removal).
     pub(crate) live: HashMap<PciAddress, Weak<DeviceInner>>,
