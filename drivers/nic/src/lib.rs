@@ -51,6 +51,10 @@ pub use packet::{rx_status, Packet, PacketPool, RxChecksum, HEADROOM};
 
 /// Largest frame without FCS that the drivers send or accept (standard MTU).
 pub const MAX_FRAME: usize = 1514;
+/// Largest MTU the drivers support (jumbo frames), in IP bytes.
+pub const MAX_MTU: u16 = 9000;
+/// Largest frame without FCS at [`MAX_MTU`]: a multi-buffer [`Packet`].
+pub const MAX_JUMBO_FRAME: usize = MAX_MTU as usize + 14;
 /// Smallest frame without FCS on Ethernet; shorter ones are padded by the NIC.
 pub const MIN_FRAME: usize = 60;
 
@@ -249,6 +253,25 @@ pub struct NicConfig {
     /// instructions per packet on igb, so off unless asked (on with `vlan`
     /// too, which reports the stripped tags the same way).
     pub rx_checksum: bool,
+    /// Largest IP packet per frame, in bytes: 1500 (standard), up to
+    /// [`MAX_MTU`] for jumbo frames. Frames longer than a packet buffer
+    /// ([`MAX_FRAME`] bytes) are received and sent as multi-buffer
+    /// [`Packet`]s; the port takes frames of up to [`NicConfig::max_frame`].
+    pub mtu: u16,
+}
+
+impl NicConfig {
+    /// The longest frame (without FCS) the port sends and accepts: the MTU
+    /// plus the Ethernet header. Refuses an MTU outside 68..=[`MAX_MTU`].
+    pub fn max_frame(&self) -> Result<usize> {
+        if !(68..=MAX_MTU).contains(&self.mtu) {
+            return Err(NicError::InvalidArgument(format!(
+                "MTU {} (68..={MAX_MTU})",
+                self.mtu
+            )));
+        }
+        Ok(usize::from(self.mtu) + 14)
+    }
 }
 
 impl Default for NicConfig {
@@ -260,6 +283,7 @@ impl Default for NicConfig {
             queues: 1,
             vlan: false,
             rx_checksum: false,
+            mtu: 1500,
         }
     }
 }
@@ -276,7 +300,9 @@ pub enum Driver {
 impl Driver {
     /// The driver for `vendor:device`, if any.
     pub fn for_id(vendor: u16, device: u16) -> Option<Driver> {
-        use virtio::spec::{VIRTIO_PCI_DEVICE_NET, VIRTIO_PCI_DEVICE_NET_TRANSITIONAL, VIRTIO_PCI_VENDOR};
+        use virtio::spec::{
+            VIRTIO_PCI_DEVICE_NET, VIRTIO_PCI_DEVICE_NET_TRANSITIONAL, VIRTIO_PCI_VENDOR,
+        };
         if igb::model(vendor, device).is_some() {
             Some(Driver::Igb)
         } else if vendor == VIRTIO_PCI_VENDOR
@@ -299,7 +325,9 @@ pub fn open(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Resu
     let (vendor, device) = dev.id()?;
     match Driver::for_id(vendor, device) {
         Some(Driver::Igb) => Ok(Box::new(igb::Igb::open_one(vfio, dev, pool, cfg)?)),
-        Some(Driver::VirtioNet) => Ok(Box::new(virtio::VirtioNet::open_device(vfio, dev, pool, cfg)?)),
+        Some(Driver::VirtioNet) => Ok(Box::new(virtio::VirtioNet::open_device(
+            vfio, dev, pool, cfg,
+        )?)),
         None => Err(NicError::Unsupported {
             addr: addr.to_string(),
             vendor,
