@@ -181,6 +181,12 @@ impl Packet {
         })
     }
 
+    /// Sets the receive status of a frame a receive path assembled.
+    pub(crate) fn set_rx_status(&mut self, flags: u16, tci: u16) {
+        self.len_flags = self.len_flags & 0xffff | u32::from(flags) << 16;
+        self.off_tci = self.off_tci & 0xffff | u32::from(tci) << 16;
+    }
+
     /// Appends `seg`'s bytes to the frame as a further buffer: how receive
     /// paths assemble a frame the device spread over several buffers, and
     /// how applications build one longer than a buffer. `seg` must be a
@@ -247,10 +253,7 @@ impl Packet {
             .as_mut_slice()
             .get_mut(off..off.saturating_add(head))
             .unwrap_or_default();
-        let rest = more
-            .iter_mut()
-            .flat_map(|c| c.segs.iter_mut())
-            .map(|p| p.data_mut());
+        let rest = more.iter_mut().flat_map(|c| c.segs.iter_mut()).map(|p| p.data_mut());
         std::iter::once(first).chain(rest)
     }
 
@@ -390,10 +393,7 @@ impl Packet {
         }
         let len = self.len() + n;
         if len > self.limit() {
-            return Err(NicError::FrameTooLarge {
-                len,
-                max: self.limit(),
-            });
+            return Err(NicError::FrameTooLarge { len, max: self.limit() });
         }
         let head = self.seg_len() + n;
         self.set_offset(self.offset() - n);
@@ -415,10 +415,7 @@ impl Packet {
         }
         let len = self.len() + n;
         if len > self.limit() {
-            return Err(NicError::FrameTooLarge {
-                len,
-                max: self.limit(),
-            });
+            return Err(NicError::FrameTooLarge { len, max: self.limit() });
         }
         self.set_len_bits(len);
         if !self.is_multi() {
@@ -505,15 +502,10 @@ impl Packet {
     /// [`Packet::append`] and [`Packet::trim_back`] instead.
     pub fn set_len(&mut self, len: usize) -> Result<()> {
         if self.is_multi() {
-            return Err(NicError::InvalidArgument(
-                "set_len on a multi-buffer frame".into(),
-            ));
+            return Err(NicError::InvalidArgument("set_len on a multi-buffer frame".into()));
         }
         if len > self.buf.len() - self.offset() || len > MAX_FRAME {
-            return Err(NicError::FrameTooLarge {
-                len,
-                max: MAX_FRAME,
-            });
+            return Err(NicError::FrameTooLarge { len, max: MAX_FRAME });
         }
         self.set_len_bits(len);
         Ok(())
@@ -573,13 +565,7 @@ impl Packet {
             return Ok(());
         }
         let room = |p: &Packet| p.buf.len() - p.offset();
-        let capacity = room(self)
-            + self
-                .more
-                .iter()
-                .flat_map(|c| c.segs.iter())
-                .map(room)
-                .sum::<usize>();
+        let capacity = room(self) + self.more.iter().flat_map(|c| c.segs.iter()).map(room).sum::<usize>();
         if data.len() > MAX_JUMBO_FRAME || data.len() > capacity {
             return Err(NicError::FrameTooLarge {
                 len: data.len(),
@@ -839,13 +825,7 @@ mod tests {
         }
         for n in [HEADROOM + 1, usize::MAX] {
             assert!(
-                matches!(
-                    p.prepend(n),
-                    Err(NicError::NoRoom {
-                        what: "prepend",
-                        ..
-                    })
-                ),
+                matches!(p.prepend(n), Err(NicError::NoRoom { what: "prepend", .. })),
                 "{n}"
             );
         }
@@ -863,10 +843,7 @@ mod tests {
             Err(NicError::FrameTooLarge { len: 1515, .. })
         ));
         p.set_len(MAX_FRAME).unwrap();
-        assert!(matches!(
-            p.prepend(1),
-            Err(NicError::FrameTooLarge { len: 1515, .. })
-        ));
+        assert!(matches!(p.prepend(1), Err(NicError::FrameTooLarge { len: 1515, .. })));
         assert_eq!((p.offset(), p.len()), (HEADROOM, MAX_FRAME));
         // Trimming everything is an empty frame, not an error.
         p.trim_back(MAX_FRAME).unwrap();
@@ -916,10 +893,7 @@ mod tests {
         let bytes = pattern(MAX_JUMBO_FRAME);
         p.write(&bytes).unwrap();
         // The first buffer is filled to its end now; fewer buffers needed.
-        assert_eq!(
-            (p.seg_len(), p.segment_count()),
-            (PACKET_BUF_SIZE - HEADROOM, 5)
-        );
+        assert_eq!((p.seg_len(), p.segment_count()), (PACKET_BUF_SIZE - HEADROOM, 5));
         assert_eq!(p.to_vec(), bytes);
         let lens: Vec<usize> = p.segments_mut().map(|s| s.len()).collect();
         assert_eq!(lens.iter().sum::<usize>(), MAX_JUMBO_FRAME);
@@ -931,10 +905,7 @@ mod tests {
             p.read(MAX_JUMBO_FRAME - 2, &mut [0; 3]),
             Err(NicError::NoRoom { .. })
         ));
-        assert!(matches!(
-            p.read(usize::MAX, &mut [0; 3]),
-            Err(NicError::NoRoom { .. })
-        ));
+        assert!(matches!(p.read(usize::MAX, &mut [0; 3]), Err(NicError::NoRoom { .. })));
         // A shorter frame gives back the buffers it no longer needs.
         p.write(&bytes[..3000]).unwrap();
         assert_eq!(
@@ -943,11 +914,7 @@ mod tests {
         );
         assert_eq!(pool.pool().available(), 16 - 2);
         drop(p);
-        assert_eq!(
-            pool.pool().available(),
-            16,
-            "every buffer of a chain goes home"
-        );
+        assert_eq!(pool.pool().available(), 16, "every buffer of a chain goes home");
     }
 
     #[test]
@@ -970,10 +937,7 @@ mod tests {
         assert_eq!(p.to_vec(), bytes);
         // trim_front stays in the first buffer; trim_back in the last one
         // (which keeps a byte); set_len is for one-buffer frames.
-        assert!(matches!(
-            p.trim_front(head + 1),
-            Err(NicError::NoRoom { .. })
-        ));
+        assert!(matches!(p.trim_front(head + 1), Err(NicError::NoRoom { .. })));
         let last = 5000 - head - (PACKET_BUF_SIZE);
         assert!(matches!(p.trim_back(last), Err(NicError::NoRoom { .. })));
         assert!(matches!(p.set_len(100), Err(NicError::InvalidArgument(_))));
@@ -988,9 +952,7 @@ mod tests {
         let (back, e) = p.push_segment(empty).unwrap_err();
         assert!(back.is_empty() && matches!(e, NicError::InvalidArgument(_)));
         let mut chain = jumbo(&pool, 3000);
-        let (back, _) = p
-            .push_segment(std::mem::replace(&mut chain, back))
-            .unwrap_err();
+        let (back, _) = p.push_segment(std::mem::replace(&mut chain, back)).unwrap_err();
         assert_eq!(back.segment_count(), 2, "a chain is not a segment");
         drop(chain);
         // Past MAX_JUMBO_FRAME: refused, the frame keeps its length.
@@ -1005,10 +967,7 @@ mod tests {
             Err(NicError::Malformed(_))
         ));
         let bytes = pattern(MAX_JUMBO_FRAME + 1);
-        assert!(matches!(
-            big.write(&bytes),
-            Err(NicError::FrameTooLarge { .. })
-        ));
+        assert!(matches!(big.write(&bytes), Err(NicError::FrameTooLarge { .. })));
         let alloc = || pool.pool().alloc().map_err(NicError::from);
         assert!(matches!(
             alloc_frame(alloc, HEADROOM, 3000, MAX_FRAME),

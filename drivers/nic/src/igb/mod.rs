@@ -79,6 +79,17 @@ pub fn check_frame(pkt: &Packet) -> Result<()> {
     }
 }
 
+/// The longest frame a jumbo port accepts: its maximum plus one VLAN tag
+/// (the kernel's igb driver allows the same); standard ports stay at
+/// [`MAX_FRAME`].
+fn rx_max_frame(max_frame: usize) -> usize {
+    if max_frame > MAX_FRAME {
+        max_frame + 4
+    } else {
+        MAX_FRAME
+    }
+}
+
 /// Polls `done` until it holds or `timeout` passes.
 fn poll(what: &'static str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
@@ -203,6 +214,13 @@ impl Port {
         }
         // Buffer size comes from SRRCTL; RCTL.BSIZE 00 (2048) agrees.
         let mut rc = rctl::EN | rctl::BAM | rctl::SECRC;
+        let max_frame = cfg.max_frame()?;
+        if max_frame > MAX_FRAME {
+            // Long frames, spread over several 2 KiB buffers; RLPML counts
+            // the FCS.
+            rc |= rctl::LPE;
+            r.write32(regs::RLPML, (rx_max_frame(max_frame) + 4) as u32);
+        }
         if cfg.promiscuous {
             rc |= rctl::UPE | rctl::MPE;
         }
@@ -281,6 +299,9 @@ pub struct Igb {
     tx: TxQueue,
     cache: PoolCache,
     queue: usize,
+    /// Longest frame sent or received ([`NicConfig::max_frame`]); above
+    /// [`MAX_FRAME`], multi-buffer packets.
+    max_frame: usize,
     port: Arc<Port>,
 }
 
@@ -333,6 +354,7 @@ impl Igb {
     /// it as it was.
     pub(crate) fn open_device(vfio: &Vfio, dev: PciDevice, pool: &PacketPool, cfg: &NicConfig) -> Result<Vec<Igb>> {
         let queues = cfg.queues as usize;
+        let max_frame = cfg.max_frame()?;
         if !(1..=regs::MAX_QUEUES).contains(&queues) {
             return Err(NicError::InvalidArgument(format!(
                 "{queues} queues: the igb driver takes 1 to {}",
@@ -394,11 +416,13 @@ impl Igb {
                 tx,
                 cache,
                 queue: n,
+                max_frame,
                 port: port.clone(),
             });
         }
         for h in &mut handles {
             h.rx.report(cfg.rx_checksum || cfg.vlan);
+            h.rx.set_max_frame(rx_max_frame(max_frame));
         }
         port.start(device, cfg, &handles)?;
         let link = handles[0].wait_link(LINK_TIMEOUT);
@@ -419,6 +443,7 @@ impl Igb {
         // A model reaches memory by address: only unmapped memory (IOVA ==
         // VA) means the same thing to it as to the driver.
         crate::check_pool(pool, DmaDomain::UNMAPPED)?;
+        let max_frame = cfg.max_frame()?;
         let (rx_n, tx_n) = (Ring::new(cfg.rx_ring)?.size(), Ring::new(cfg.tx_ring)?.size());
         mask_interrupts(&regs);
         let mut port = Port {
@@ -437,8 +462,9 @@ impl Igb {
         let r = port.regs.clone();
         let rx = RxQueue::new(0, r.clone(), DescRing::new(&region, 0, rx_n)?, &mut cache)?;
         let tx = TxQueue::new(0, r, DescRing::new(&region, rx_bytes, tx_n)?, DmaDomain::UNMAPPED)?;
-        let mut handles = vec![Igb { rx, tx, cache, queue: 0, port: port.clone() }];
+        let mut handles = vec![Igb { rx, tx, cache, queue: 0, max_frame, port: port.clone() }];
         handles[0].rx.report(cfg.rx_checksum || cfg.vlan);
+        handles[0].rx.set_max_frame(rx_max_frame(max_frame));
         port.start(0x10c9, cfg, &handles)?;
         Ok(handles.into_iter().next().expect("one queue pair"))
     }
@@ -457,7 +483,11 @@ impl Igb {
     /// [`Nic::alloc_packet`], callable without the trait in scope.
     #[inline]
     pub fn alloc_packet(&mut self, len: usize) -> Result<Packet> {
-        Packet::with_offset(self.cache.alloc()?, HEADROOM, len)
+        if len <= MAX_FRAME {
+            return Packet::with_offset(self.cache.alloc()?, HEADROOM, len);
+        }
+        let cache = &mut self.cache;
+        crate::packet::alloc_frame(|| Ok(cache.alloc()?), HEADROOM, len, self.max_frame)
     }
 
     /// [`Nic::recycle`], callable without the trait in scope. Buffers of

@@ -112,6 +112,8 @@ pub const EIAC: usize = 0x152c;
 pub const RCTL: usize = 0x0100;
 /// Receive Checksum Control.
 pub const RXCSUM: usize = 0x5000;
+/// Receive long packet maximum length (with FCS), used when RCTL.LPE is set.
+pub const RLPML: usize = 0x5004;
 /// Multicast Table Array: 128 words.
 pub const MTA: usize = 0x5200;
 pub const MTA_WORDS: usize = 128;

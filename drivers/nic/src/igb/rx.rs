@@ -3,6 +3,11 @@
 //! in order, swaps a fresh buffer into each, and moves the tail once. The
 //! device may fill a whole 2 KiB buffer, so frames start at its first byte
 //! (no headroom: strip a header with `trim_front` to make room for one).
+//!
+//! A port opened with a jumbo MTU lets the device spread a long frame over
+//! several descriptors (RCTL.LPE); those pieces leave the common path and
+//! are assembled into one multi-buffer [`Packet`] ([`RxQueue::piece`]),
+//! across bursts if the device is still writing the frame.
 
 use std::sync::atomic::{fence, Ordering};
 
@@ -37,6 +42,18 @@ pub struct RxCounters {
     pub no_buffer: u64,
 }
 
+/// What became of a descriptor off the common receive path.
+enum Piece {
+    /// Part of a frame still being assembled.
+    Kept,
+    /// The last piece: a frame of this many bytes went to the caller.
+    Frame(usize),
+    /// Dropped (counted when its frame ends); the buffer stays in the slot.
+    Dropped,
+    /// No buffer to put in the slot: left for the next burst.
+    NoBuffer,
+}
+
 pub struct RxQueue {
     queue: usize,
     regs: Mmio,
@@ -46,6 +63,11 @@ pub struct RxQueue {
     bufs: Box<[DmaBuf]>,
     /// Inside a multi-descriptor frame that is being dropped.
     discarding: bool,
+    /// The pieces so far of a multi-descriptor frame (jumbo ports).
+    pending: Option<Packet>,
+    /// Longest frame delivered; above [`MAX_FRAME`] the device may spread
+    /// frames over several descriptors and they are assembled.
+    max_frame: usize,
     /// Keep each frame's checksum verdicts and VLAN tag ([`RxQueue::report`]).
     report: bool,
     pub counters: RxCounters,
@@ -86,6 +108,8 @@ impl RxQueue {
             index: RxIndex::new(shape),
             bufs: bufs.into_boxed_slice(),
             discarding: false,
+            pending: None,
+            max_frame: MAX_FRAME,
             report: false,
             counters: RxCounters::default(),
         })
@@ -163,13 +187,13 @@ impl RxQueue {
         let mut bytes = 0;
         while left > 0 && slots > 0 {
             let mut stop = None;
-            if !self.discarding {
+            if !self.discarding && self.pending.is_none() {
                 let run = left.min(slots).min(size - pos);
                 let bufs = &mut self.bufs[pos..pos + run];
                 let took = self.ring.status_run(pos, run, |k, q| {
                     let st = RxStatus::from_qword(q);
                     if !st.done_and_good() {
-                        stop = Some(st);
+                        stop = Some(q);
                         return false;
                     }
                     // `ensure` put `left` buffers in the stash.
@@ -206,16 +230,22 @@ impl RxQueue {
                     break;
                 }
             }
-            // A bad descriptor, a piece of a frame being dropped, or not done.
-            let st = match stop {
-                Some(st) => st,
-                None => RxStatus::from_qword(self.ring.status_qword(pos as u16)),
-            };
-            if !st.done() {
+            // A bad descriptor, a piece of a multi-descriptor frame (kept
+            // on a jumbo port, dropped otherwise), or not done.
+            let q = stop.unwrap_or_else(|| self.ring.status_qword(pos as u16));
+            if !RxStatus::from_qword(q).done() {
                 break;
             }
             fence(Ordering::Acquire);
-            self.drop_piece(pos as u16, st);
+            match self.piece::<REPORT>(pos as u16, q, cache, out) {
+                Piece::NoBuffer => break,
+                Piece::Frame(n) => {
+                    received += 1;
+                    left -= 1;
+                    bytes += n as u64;
+                }
+                Piece::Kept | Piece::Dropped => {}
+            }
             slots -= 1;
             pos += 1;
             if pos == size {
@@ -243,6 +273,71 @@ impl RxQueue {
         if RxStatus::from_qword(self.ring.status_qword(pos as u16)).done() {
             self.counters.no_buffer += 1;
         }
+    }
+
+    /// A written-back descriptor off the common path: on a jumbo port a
+    /// piece of a multi-descriptor frame is kept (its slot gets a fresh
+    /// buffer) and the frame delivered at its last piece; anything else,
+    /// or a frame that breaks a limit (a piece longer than its buffer, an
+    /// empty piece, the whole longer than the port's maximum), is dropped
+    /// and counted once, every buffer kept.
+    #[cold]
+    #[inline(never)]
+    fn piece<const REPORT: bool>(&mut self, slot: u16, q: u64, cache: &mut PoolCache, out: &mut Vec<Packet>) -> Piece {
+        let st = RxStatus::from_qword(q);
+        let len = usize::from(st.length);
+        let sane = len > 0 && len <= RX_BUF_BYTES && !st.frame_error();
+        if self.max_frame <= MAX_FRAME || self.discarding || !sane {
+            // A frame being assembled goes with it (counted once, by
+            // drop_piece at its last piece).
+            self.pending = None;
+            self.drop_piece(slot, st);
+            return Piece::Dropped;
+        }
+        let Ok(fresh) = cache.alloc() else {
+            self.counters.no_buffer += 1;
+            return Piece::NoBuffer;
+        };
+        let buf = std::mem::replace(&mut self.bufs[slot as usize], fresh);
+        self.ring.write(slot, RxDescRead::new(self.bufs[slot as usize].iova().get()));
+        let Ok(piece) = Packet::piece(buf, len) else {
+            // `sane` bounded the length by the buffer.
+            return Piece::Dropped;
+        };
+        let too_long = match self.pending.as_mut() {
+            None => {
+                self.pending = Some(piece);
+                false
+            }
+            Some(frame) => frame.push_segment(piece).is_err(),
+        };
+        if too_long || self.pending.as_ref().is_some_and(|f| f.len() > self.max_frame) {
+            // The rest of the frame is dropped as it comes.
+            self.pending = None;
+            self.discarding = !st.end_of_packet();
+            self.counters.errors += u64::from(st.end_of_packet());
+            return Piece::Dropped;
+        }
+        if !st.end_of_packet() {
+            return Piece::Kept;
+        }
+        let Some(mut frame) = self.pending.take() else {
+            return Piece::Dropped;
+        };
+        if REPORT {
+            let (flags, tci) = RxStatus::packet_status(q);
+            frame.set_rx_status(flags, tci);
+        }
+        let n = frame.len();
+        out.push(frame);
+        Piece::Frame(n)
+    }
+
+    /// Frames longer than [`MAX_FRAME`] (up to `max_frame`) arrive over
+    /// several descriptors and are assembled; the port sets RCTL.LPE and
+    /// RLPML to match.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame.max(MAX_FRAME);
     }
 
     /// Drops a frame (or this piece of one) the device marked bad, or a
@@ -401,6 +496,103 @@ mod tests {
         assert_eq!(out[0].to_vec(), frame(4, 64));
         assert_eq!(q.counters.errors, 2);
         assert_eq!(dev.regs.read32(regs::rdt(0)), 3);
+    }
+
+    /// Delivers `frame` as the device does on a jumbo port: 2 KiB pieces,
+    /// EOP on the last; `last` is ORed into the last piece's status.
+    fn deliver_pieces(dev: &mut FakeDevice, frame: &[u8], last: u32) {
+        let pieces: Vec<&[u8]> = frame.chunks(RX_BUF_BYTES).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            let st = if i + 1 == pieces.len() { rx::DD | rx::EOP | last } else { rx::DD };
+            assert!(deliver(dev, piece, st));
+        }
+    }
+
+    #[test]
+    fn a_jumbo_port_assembles_multi_descriptor_frames_into_one_packet() {
+        let (mut q, mut dev, pool, mut cache) = setup(32, 96);
+        q.set_max_frame(9018);
+        let sizes = [60, 9014, 2048, 2049, 1600, 4096 + 1, 100];
+        for (i, &n) in sizes.iter().enumerate() {
+            deliver_pieces(&mut dev, &frame(i as u8, n), 0);
+        }
+        let mut out = Vec::new();
+        let mut got = 0;
+        while got < sizes.len() {
+            let n = q.burst(&mut cache, &mut out, 3);
+            assert!(n > 0, "every frame arrives");
+            got += n;
+        }
+        for (i, p) in out.iter().enumerate() {
+            assert_eq!(p.len(), sizes[i]);
+            assert_eq!(p.segment_count(), sizes[i].div_ceil(RX_BUF_BYTES));
+            assert_eq!(p.to_vec(), frame(i as u8, sizes[i]), "frame {i} byte-exact");
+        }
+        assert_eq!((q.counters.packets, q.counters.errors), (sizes.len() as u64, 0));
+        // Every buffer is in a packet, a slot, or the cache/pool.
+        let held: usize = out.iter().map(|p| p.segment_count()).sum();
+        assert_eq!(pool.pool().available() + cache.cached() + q.bufs.len() + held, 96);
+        out.clear();
+        assert_eq!(pool.pool().available() + cache.cached() + q.bufs.len(), 96);
+    }
+
+    #[test]
+    fn a_frame_the_device_is_still_writing_waits_for_its_last_piece() {
+        let (mut q, mut dev, _pool, mut cache) = setup(16, 64);
+        q.set_max_frame(9018);
+        let f = frame(7, 5000);
+        assert!(deliver(&mut dev, &f[..2048], rx::DD));
+        let mut out = Vec::new();
+        assert_eq!(q.burst(&mut cache, &mut out, 8), 0, "half a frame is not a frame");
+        assert!(deliver(&mut dev, &f[2048..4096], rx::DD));
+        assert_eq!(q.burst(&mut cache, &mut out, 8), 0);
+        assert!(deliver(&mut dev, &f[4096..], rx::DD | rx::EOP));
+        assert!(deliver(&mut dev, &frame(9, 64), rx::DD | rx::EOP));
+        assert_eq!(q.burst(&mut cache, &mut out, 8), 2);
+        assert_eq!((out[0].to_vec(), out[1].to_vec()), (f, frame(9, 64)));
+    }
+
+    #[test]
+    fn hostile_pieces_drop_their_frame_once_and_keep_every_buffer() {
+        let (mut q, mut dev, pool, mut cache) = setup(32, 96);
+        q.set_max_frame(6000);
+        let err = 1 << 31; // RXE
+        // Too long for the port (7000 > 6000); an error bit on the last
+        // piece; an error in the middle; an empty middle piece; a piece
+        // longer than its buffer; then a good frame.
+        deliver_pieces(&mut dev, &frame(1, 7000), 0);
+        deliver_pieces(&mut dev, &frame(2, 5000), err);
+        assert!(deliver(&mut dev, &frame(3, 2048), rx::DD));
+        assert!(deliver(&mut dev, &frame(3, 2048), rx::DD | err));
+        assert!(deliver(&mut dev, &frame(3, 100), rx::DD | rx::EOP));
+        assert!(deliver(&mut dev, &frame(4, 2048), rx::DD));
+        assert!(deliver(&mut dev, &[], rx::DD));
+        assert!(deliver(&mut dev, &frame(4, 10), rx::DD | rx::EOP));
+        let mut out = Vec::new();
+        while q.burst(&mut cache, &mut out, 32) > 0 {}
+        assert!(out.is_empty(), "no bad frame comes out: {:?}", out.iter().map(|p| (p.len(), p.segment_count())).collect::<Vec<_>>());
+        assert_eq!(q.counters.errors, 4);
+        // A write-back claiming more than a buffer holds.
+        let d = dev.next::<RxDescRead>().unwrap();
+        dev.dma.write(d.pkt_addr, &frame(5, 64)).unwrap();
+        dev.write_back(RxDescWb { status_error: rx::DD | rx::EOP, length: 4000, ..Default::default() });
+        deliver_pieces(&mut dev, &frame(6, 3000), 0);
+        while q.burst(&mut cache, &mut out, 32) > 0 {}
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to_vec(), frame(6, 3000));
+        assert_eq!(q.counters.errors, 5);
+        out.clear();
+        assert_eq!(pool.pool().available() + cache.cached() + q.bufs.len(), 96, "no buffer lost");
+    }
+
+    #[test]
+    fn a_standard_port_still_drops_multi_descriptor_frames() {
+        let (mut q, mut dev, _pool, mut cache) = setup(16, 64);
+        deliver_pieces(&mut dev, &frame(1, 3000), 0);
+        assert!(deliver(&mut dev, &frame(2, 60), rx::DD | rx::EOP));
+        let mut out = Vec::new();
+        assert_eq!(q.burst(&mut cache, &mut out, 8), 1);
+        assert_eq!((out[0].to_vec(), q.counters.errors), (frame(2, 60), 1));
     }
 
     #[test]
