@@ -95,6 +95,9 @@ fn refuse(why: &'static str) -> NicError {
 /// 7.2.5 and DPDK's Intel drivers expect). Returns the header lengths. A
 /// refused frame is not changed.
 pub fn prepare(p: &mut Packet, off: &TxOffload) -> Result<Layout> {
+    // The whole frame (all buffers of a jumbo one); the headers must be in
+    // the first buffer, `f`.
+    let frame_len = p.len();
     let f = p.data_mut();
     let eth: EthHdr = read(f, 0).ok_or(refuse("shorter than an Ethernet header"))?;
     let mut l2_len = ETH_HLEN;
@@ -114,7 +117,7 @@ pub fn prepare(p: &mut Packet, off: &TxOffload) -> Result<Layout> {
     let l3_len = ip.header_len();
     let total = usize::from(ip.total_len.get());
     let l4_at = l2_len + l3_len;
-    if ip.ver_ihl >> 4 != 4 || l3_len < IPV4_HLEN || total < l3_len || l2_len + total > f.len() {
+    if ip.ver_ihl >> 4 != 4 || l3_len < IPV4_HLEN || total < l3_len || l2_len + total > frame_len {
         return Err(refuse("bad IPv4 header (version, IHL or total length)"));
     }
     if let Some(l4) = off.l4_checksum {
@@ -130,6 +133,9 @@ pub fn prepare(p: &mut Packet, off: &TxOffload) -> Result<Layout> {
         let l4_len = total - l3_len;
         if at + 2 > l2_len + total {
             return Err(refuse("truncated TCP/UDP header"));
+        }
+        if at + 2 > f.len() {
+            return Err(refuse("the TCP/UDP header is not in the frame's first buffer"));
         }
         // `total` fits 16 bits, so does `l4_len`.
         let seed = !checksum_fold(pseudo_header_sum(ip.src, ip.dst, l4.proto(), l4_len as u16));
@@ -162,6 +168,8 @@ pub fn apply_in_software(p: &mut Packet, off: &TxOffload, layout: Layout) -> Res
         return Ok(());
     }
     let l2_len = layout.l2_len + if off.vlan.is_some() { VLAN_HLEN } else { 0 };
+    let multi = p.is_multi();
+    let whole = if multi { p.to_vec() } else { Vec::new() };
     let f = p.data_mut();
     let ip: Ipv4Hdr = read(f, l2_len).ok_or(refuse("truncated IPv4 header"))?;
     let (l4_at, end) = (
@@ -170,9 +178,15 @@ pub fn apply_in_software(p: &mut Packet, off: &TxOffload, layout: Layout) -> Res
     );
     if let Some(l4) = off.l4_checksum {
         // The field holds the pseudo-header sum: adding the segment and
-        // complementing gives the checksum, as the NIC would.
+        // complementing gives the checksum, as the NIC would. A jumbo
+        // frame's segment spans buffers: summed from a copy (a slow path).
         let at = l4_at + l4.csum_at();
-        let mut c = checksum_fold(checksum_add(0, &f[l4_at..end]));
+        let sum = if multi {
+            checksum_add(0, whole.get(l4_at..end).ok_or(refuse("truncated IPv4 payload"))?)
+        } else {
+            checksum_add(0, f.get(l4_at..end).ok_or(refuse("truncated IPv4 payload"))?)
+        };
+        let mut c = checksum_fold(sum);
         if c == 0 && l4 == L4::Udp {
             c = 0xffff;
         }
@@ -291,6 +305,40 @@ mod tests {
             pseudo_header_sum(SRC, DST, proto, seg.len() as u16),
             seg,
         )) == 0
+    }
+
+    #[test]
+    fn jumbo_frames_get_the_checksum_of_every_buffer() {
+        let pool = PacketPool::new_unmapped(16).unwrap();
+        let off = TxOffload { ip_checksum: true, l4_checksum: Some(L4::Udp), vlan: None };
+        for n in [1473usize, 2000, 4001, 8972] {
+            let payload: Vec<u8> = (0..n).map(|i| (i * 13 + i / 256) as u8).collect();
+            let f = frame(IPPROTO_UDP, 8, &payload, false);
+            let alloc = || pool.pool().alloc().map_err(NicError::from);
+            let mut p = crate::packet::alloc_frame(alloc, HEADROOM, f.len(), crate::MAX_JUMBO_FRAME).unwrap();
+            p.write(&f).unwrap();
+            // The first buffer takes 1920 bytes after the headroom.
+            assert_eq!(p.is_multi(), f.len() > 2048 - HEADROOM, "{n}");
+            let layout = prepare(&mut p, &off).unwrap();
+            apply_in_software(&mut p, &off, layout).unwrap();
+            let out = p.to_vec();
+            assert!(l4_sum_ok(&out, 14, IPPROTO_UDP), "{n}-byte payload over {} buffers", p.segment_count());
+            assert_eq!(internet_checksum(&out[14..34]), 0);
+            assert_eq!(&out[42..], &payload[..], "payload untouched");
+        }
+        // Headers that are not all in the first buffer: refused, unchanged.
+        let f = frame(IPPROTO_UDP, 8, &[5; 3000], false);
+        let mut p = Packet::with_offset(pool.pool().alloc().unwrap(), 0, 0).unwrap();
+        p.write(&f[..30]).unwrap();
+        let mut tail = Packet::with_offset(pool.pool().alloc().unwrap(), 0, 0).unwrap();
+        tail.write(&f[30..1500]).unwrap();
+        p.push_segment(tail).map_err(|(_, e)| e).unwrap();
+        let mut buf = pool.pool().alloc().unwrap();
+        buf.write(0, &f[1500..]).unwrap();
+        p.push_segment(Packet::piece(buf, f.len() - 1500).unwrap()).map_err(|(_, e)| e).unwrap();
+        assert_eq!(p.to_vec(), f);
+        assert!(matches!(prepare(&mut p, &off), Err(NicError::Offload(_))));
+        assert_eq!(p.to_vec(), f);
     }
 
     #[test]
