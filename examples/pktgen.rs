@@ -18,7 +18,7 @@ use clap::Parser;
 use common::{args, net, Tick, Ticker};
 use fastlane::framework::{PciAddress, Vfio};
 use fastlane::nic::proto::{self, UDP_OFFSET, UDP_PAYLOAD_OFFSET};
-use fastlane::nic::{NicConfig, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
+use fastlane::nic::{NicConfig, Packet, PacketPool, MAX_FRAME, MAX_JUMBO_FRAME, MIN_FRAME};
 
 /// Transmits frames as fast as the port takes them and prints packets/s and
 /// bits/s every second, then a summary.
@@ -36,9 +36,10 @@ struct Cli {
     /// Port bound to vfio-pci, e.g. 0000:01:00.0
     #[arg(long, value_name = "BDF", value_parser = args::pci_address)]
     device: PciAddress,
-    /// Frame size without CRC, 60..1514
+    /// Frame size without CRC, 60..9014 (above 1514: jumbo frames, the
+    /// port opened with MTU = size - 14, each frame a multi-buffer packet)
     #[arg(long, value_name = "BYTES", default_value_t = MIN_FRAME, allow_hyphen_values = true,
-          value_parser = |s: &str| args::int_in::<usize>(s, MIN_FRAME as u64, MAX_FRAME as u64))]
+          value_parser = |s: &str| args::int_in::<usize>(s, MIN_FRAME as u64, MAX_JUMBO_FRAME as u64))]
     size: usize,
     /// Stop after N frames
     #[arg(long, value_name = "N", conflicts_with = "time", allow_hyphen_values = true,
@@ -274,9 +275,17 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
     let pool = PacketPool::new(&vfio, 4096)?;
     // The port's MAC is the default UDP source: open first, then fill the
     // buffers the port did not take for its receive ring.
-    let mut port = common::open_port(&vfio, o.device, &pool, &NicConfig::default())?;
-    let frame = template(o, port.mac_address())?;
-    prefill(&pool, &frame)?;
+    let jumbo = o.size > MAX_FRAME;
+    let cfg = NicConfig {
+        // A jumbo frame carries size - 14 bytes of IP.
+        mtu: o.size.saturating_sub(14).max(1500) as u16,
+        ..NicConfig::default()
+    };
+    let mut port = common::open_port(&vfio, o.device, &pool, &cfg)?;
+    let mut frame = template(o, port.mac_address())?;
+    if !jumbo {
+        prefill(&pool, &frame)?;
+    }
     let stamp = match &o.udp {
         Some(u) => Some(UdpStamp::new(&frame, u)?),
         None => None,
@@ -342,6 +351,19 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
             want = p.allowed(Duration::from_secs_f64(ticker.elapsed()), made, want as u64) as usize;
         }
         for _ in 0..want {
+            if jumbo {
+                // Several buffers a frame, from the port's cache; the
+                // whole frame is written each time (no prefilled buffers).
+                let Ok(mut p) = port.alloc_packet(o.size) else { break };
+                match &stamp {
+                    Some(s) => frame[UDP_OFFSET..UDP_OFFSET + 16].copy_from_slice(&s.stamp(made)),
+                    None => frame[SEQ_OFFSET..SEQ_OFFSET + 8].copy_from_slice(&made.to_be_bytes()),
+                }
+                p.write(&frame)?;
+                batch.push(p);
+                made += 1;
+                continue;
+            }
             let Ok(buf) = cache.alloc() else { break };
             let mut p = Packet::new(buf, o.size)?;
             match &stamp {

@@ -19,7 +19,7 @@ use common::net::{self, SeqTracker};
 use common::{args, Tick, Ticker};
 use fastlane::framework::{PciAddress, Vfio};
 use fastlane::nic::proto::{self, Parsed, ProtoError, Udp, UdpChecksum};
-use fastlane::nic::{NicConfig, PacketPool, MAX_FRAME};
+use fastlane::nic::{NicConfig, PacketPool, MAX_MTU};
 
 /// Receives frames (promiscuous) and counts them; prints packets/s and
 /// bits/s every second and the totals, with the device's own counters, at
@@ -48,6 +48,11 @@ struct Cli {
     #[arg(long, value_name = "N", default_value = "16", allow_hyphen_values = true,
           value_parser = |s: &str| args::int_in::<usize>(s, 0, MAX_FLOWS as u64))]
     show_flows: usize,
+    /// Largest IP packet per frame: 1500, up to 9000 to receive jumbo
+    /// frames (multi-buffer packets)
+    #[arg(long, value_name = "BYTES", default_value = "1500", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<u16>(s, 68, u64::from(MAX_MTU)))]
+    mtu: u16,
     /// End with a JSON summary line
     #[arg(long)]
     json: bool,
@@ -174,15 +179,12 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let vfio = Vfio::new()?;
     let pool = PacketPool::new(&vfio, 8192)?;
     // The largest receive ring, to ride out bursts.
-    let mut port = common::open_port(
-        &vfio,
-        device,
-        &pool,
-        &NicConfig {
-            rx_ring: 4096,
-            ..NicConfig::default()
-        },
-    )?;
+    let cfg = NicConfig {
+        rx_ring: 4096,
+        mtu: cli.mtu,
+        ..NicConfig::default()
+    };
+    let mut port = common::open_port(&vfio, device, &pool, &cfg)?;
     let mut cache = pool.cache(2 * BURST);
     println!(
         "rxcount: {device} mac {} link {:?}",
@@ -194,7 +196,8 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let (mut last_packets, mut last_bytes) = (0u64, 0u64);
     let mut verdicts = Verdicts::default();
     let mut flows: HashMap<FlowKey, Flow> = HashMap::new();
-    let mut frame = vec![0u8; MAX_FRAME];
+    // Up to a VLAN tag more than the MTU says.
+    let mut frame = vec![0u8; cfg.max_frame()? + 4];
     let mut ticker = Ticker::new(CLOCK_EVERY, Some(cli.time));
     let limit = cli.count.unwrap_or(u64::MAX);
     while packets < limit {
@@ -203,8 +206,11 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             packets += pkts.len() as u64;
             for p in &pkts {
                 bytes += p.len() as u64;
-                let f = &mut frame[..p.len()];
-                p.buf().read(p.offset(), f)?;
+                let Some(f) = frame.get_mut(..p.len()) else {
+                    *verdicts.malformed.entry("longer than the MTU").or_default() += 1;
+                    continue;
+                };
+                p.read(0, f)?;
                 account(f, &mut verdicts, &mut flows);
             }
             common::recycle(&mut cache, &mut pkts);

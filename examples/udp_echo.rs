@@ -19,7 +19,7 @@ use clap::Parser;
 use common::{args, net};
 use fastlane::framework::{PciAddress, Vfio};
 use fastlane::nic::proto::{self, Answered, ProtoError};
-use fastlane::nic::{Nic, NicConfig, Packet, PacketPool, MAX_FRAME, MIN_FRAME};
+use fastlane::nic::{Nic, NicConfig, Packet, PacketPool, TxOffload, L4, MAX_MTU, MIN_FRAME};
 
 /// Answers ARP and ping for `--ip` and echoes UDP datagrams sent to it.
 #[derive(Parser)]
@@ -41,6 +41,15 @@ struct Cli {
     #[arg(long, value_name = "N", default_value = "1", allow_hyphen_values = true,
           value_parser = |s: &str| args::int_in::<u16>(s, 1, 8))]
     queues: u16,
+    /// Largest IP packet per frame: 1500, up to 9000 for jumbo frames
+    /// (received and echoed as multi-buffer packets)
+    #[arg(long, value_name = "BYTES", default_value = "1500", allow_hyphen_values = true,
+          value_parser = |s: &str| args::int_in::<u16>(s, 68, u64::from(MAX_MTU)))]
+    mtu: u16,
+    /// Leave the UDP replies' IPv4 and UDP checksums to the NIC (igb:
+    /// context descriptors; virtio-net: the device where it offers it)
+    #[arg(long)]
+    tx_offload: bool,
     #[command(flatten)]
     run: common::RunControl,
 }
@@ -83,13 +92,17 @@ impl std::ops::AddAssign for Counts {
 fn serve(
     mut q: Box<dyn Nic>,
     ip: [u8; 4],
+    max_frame: usize,
+    offload: TxOffload,
     stop: &AtomicBool,
 ) -> Result<Counts, fastlane::nic::NicError> {
     let mac = q.mac_address();
     let mut c = Counts::default();
     let mut rx: Vec<Packet> = Vec::with_capacity(BURST);
     let mut tx: Vec<Packet> = Vec::with_capacity(BURST);
-    let mut frame = [0u8; MAX_FRAME];
+    // UDP replies whose checksums the NIC fills in (--tx-offload).
+    let mut tx_udp: Vec<Packet> = Vec::with_capacity(BURST);
+    let mut frame = vec![0u8; max_frame];
     let mut polls = 0u32;
     loop {
         polls = polls.wrapping_add(1);
@@ -105,8 +118,11 @@ fn serve(
         c.rx += rx.len() as u64;
         for mut p in rx.drain(..) {
             let len = p.len();
-            let f = &mut frame[..len];
-            p.buf().read(p.offset(), f)?;
+            let Some(f) = frame.get_mut(..len) else {
+                c.malformed += 1; // longer than the port's MTU allows
+                continue;
+            };
+            p.read(0, f)?;
             match proto::respond(f, mac, ip) {
                 Ok(Some((what, n))) => {
                     match what {
@@ -123,24 +139,32 @@ fn serve(
                         n
                     };
                     p.write(&frame[..n])?;
-                    tx.push(p);
+                    if what == Answered::Udp && !offload.is_empty() {
+                        tx_udp.push(p);
+                    } else {
+                        tx.push(p);
+                    }
                 }
                 Ok(None) => c.ignored += 1,
                 Err(ProtoError::BadIpChecksum | ProtoError::BadChecksum(_)) => c.bad_checksum += 1,
                 Err(_) => c.malformed += 1,
             }
         }
-        if !tx.is_empty() {
+        for (pkts, off) in [(&mut tx, TxOffload::default()), (&mut tx_udp, offload)] {
+            if pkts.is_empty() {
+                continue;
+            }
             // A full ring gets a few more tries; what still does not fit
-            // is dropped (counted) rather than holding up receive.
+            // (or what the offload refuses) is dropped and counted rather
+            // than holding up receive.
             for _ in 0..64 {
-                c.tx += q.tx_burst(&mut tx) as u64;
-                if tx.is_empty() {
+                c.tx += q.tx_burst_offload(pkts, &off) as u64;
+                if pkts.is_empty() {
                     break;
                 }
             }
-            c.tx_dropped += tx.len() as u64;
-            tx.clear();
+            c.tx_dropped += pkts.len() as u64;
+            q.recycle(pkts);
         }
     }
     // Let the last replies leave.
@@ -156,7 +180,14 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let pool = PacketPool::new(&vfio, 2048 * u32::from(cli.queues))?;
     let cfg = NicConfig {
         promiscuous: false,
+        mtu: cli.mtu,
         ..NicConfig::default()
+    };
+    let max_frame = cfg.max_frame()?;
+    let offload = if cli.tx_offload {
+        TxOffload { ip_checksum: true, l4_checksum: Some(L4::Udp), vlan: None }
+    } else {
+        TxOffload::default()
     };
     let queues = common::open_queues(&vfio, cli.device, &pool, &cfg, cli.queues)?;
     let mac = queues[0].mac_address();
@@ -175,7 +206,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         .map(|q| {
             let stop = stop.clone();
             let ip = cli.ip;
-            std::thread::spawn(move || serve(q, ip, &stop))
+            std::thread::spawn(move || serve(q, ip, max_frame, offload, &stop))
         })
         .collect();
     cli.run.wait(start, &stop);

@@ -111,7 +111,7 @@ fn pktgen_refuses_bad_addresses_ports_flows_and_rates() {
         (&["--rate", "0"], "--rate"),
         (&["--rate", "1e30"], "--rate"),
         (&["--rate", "-5"], "--rate"),
-        (&["--size", "1515", "--ip", "10.0.0.1,10.0.0.2"], "--size"),
+        (&["--size", "9015", "--ip", "10.0.0.1,10.0.0.2"], "--size"),
     ];
     for (args, says) in cases {
         let mut a = vec!["--device", DEV];

@@ -181,9 +181,10 @@ impl Packet {
         })
     }
 
-    /// Sets the receive status of a frame a receive path assembled.
-    pub(crate) fn set_rx_status(&mut self, flags: u16, tci: u16) {
-        self.len_flags = self.len_flags & 0xffff | u32::from(flags) << 16;
+    /// Sets the receive status and stripped VLAN tag of a frame a receive
+    /// path assembled from several buffers.
+    pub(crate) fn set_rx_status_and_tag(&mut self, flags: u16, tci: u16) {
+        self.set_rx_status(flags);
         self.off_tci = self.off_tci & 0xffff | u32::from(tci) << 16;
     }
 
@@ -290,6 +291,15 @@ impl Packet {
     /// by a port not asked to report them: [`crate::NicConfig::rx_checksum`]).
     pub fn rx_status(&self) -> u16 {
         (self.len_flags >> 16) as u16
+    }
+
+    /// Sets the [`rx_status`] flags of a received packet, keeping its
+    /// offset and length: for virtio-net, which receives frames at an
+    /// offset ([`Packet::received`] builds them at the buffer's start) and
+    /// learns their checksum status from its net header.
+    #[inline]
+    pub(crate) fn set_rx_status(&mut self, flags: u16) {
+        self.len_flags = self.len_flags & 0xffff | u32::from(flags) << 16;
     }
 
     /// Sets the headroom, keeping the tag half.

@@ -326,7 +326,7 @@ impl RxQueue {
         };
         if REPORT {
             let (flags, tci) = RxStatus::packet_status(q);
-            frame.set_rx_status(flags, tci);
+            frame.set_rx_status_and_tag(flags, tci);
         }
         let n = frame.len();
         out.push(frame);
