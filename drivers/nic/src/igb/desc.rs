@@ -227,12 +227,34 @@ impl TxDescRead {
     /// insert FCS, report status.
     #[inline(always)]
     pub const fn frame(iova: u64, len: u16) -> TxDescRead {
-        let cmd_type_len = len as u32 | tx::DTYP_DATA | tx::DCMD_DEXT | tx::DCMD_EOP | tx::DCMD_IFCS | tx::DCMD_RS;
+        TxDescRead::frame_unreported(iova, len).reported()
+    }
+
+    /// [`TxDescRead::frame`] without RS: the device writes no status back
+    /// for it (one DMA write fewer); a later descriptor with RS reports it,
+    /// since descriptors complete in order.
+    #[inline(always)]
+    pub const fn frame_unreported(iova: u64, len: u16) -> TxDescRead {
+        let cmd_type_len = len as u32 | tx::DTYP_DATA | tx::DCMD_DEXT | tx::DCMD_EOP | tx::DCMD_IFCS;
         let olinfo_status = (len as u32) << tx::PAYLEN_SHIFT;
         TxDescRead {
             buffer_addr: iova,
             cmd_olinfo: cmd_type_len as u64 | (olinfo_status as u64) << 32,
         }
+    }
+
+    /// This descriptor with RS: DD is written back when it is done.
+    #[inline(always)]
+    pub const fn reported(self) -> TxDescRead {
+        TxDescRead {
+            buffer_addr: self.buffer_addr,
+            cmd_olinfo: self.cmd_olinfo | tx::DCMD_RS as u64,
+        }
+    }
+
+    /// Whether the device will write DD back for this descriptor (RS).
+    pub const fn is_reported(&self) -> bool {
+        self.cmd_type_len() & tx::DCMD_RS != 0
     }
 
     /// A frame that uses the context written just before it: `cmd` and
@@ -328,6 +350,11 @@ mod tests {
             assert_ne!(d.cmd_type_len() & bit, 0);
         }
         assert_eq!(d.olinfo_status() >> tx::PAYLEN_SHIFT, 60);
+        let u = TxDescRead::frame_unreported(0x1000, 60);
+        assert!(d.is_reported() && !u.is_reported());
+        assert_eq!(u.cmd_type_len(), d.cmd_type_len() & !tx::DCMD_RS, "only RS differs");
+        assert_eq!((u.buffer_addr, u.olinfo_status()), (d.buffer_addr, d.olinfo_status()));
+        assert_eq!(u.reported(), d);
         assert_eq!(d.olinfo_status() & tx::STA_DD, 0, "a new descriptor is not done");
         let b = bytemuck::bytes_of(&d);
         assert_eq!(u64::from_le_bytes(b[..8].try_into().unwrap()), 0x1000);
