@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use common::{args, UsageError};
 use fastlane::framework::{PciAddress, Vfio};
+use fastlane::nvme::qpair::DoorbellOrder;
 use fastlane::nvme::spec::SglSupport;
 use fastlane::nvme::{Controller, DataPointer, Namespace, Options, QueueSize};
 
@@ -118,6 +119,11 @@ struct Cli {
     /// (depth + 1), or maximum (CAP.MQES + 1)
     #[arg(long, value_enum, default_value = "spare")]
     queue_size: QueueSizeArg,
+    /// Doorbell order after a poll that found completions: sq-first (the
+    /// next submission's SQ tail, then the CQ head) or cq-first (the CQ head
+    /// at the end of the poll)
+    #[arg(long, value_enum, default_value = "sq-first")]
+    doorbell_order: DoorbellOrderArg,
     /// Print the result as one JSON object
     #[arg(long)]
     json: bool,
@@ -137,6 +143,12 @@ enum DataMode {
     Auto,
     Prp,
     Sgl,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum DoorbellOrderArg {
+    SqFirst,
+    CqFirst,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -352,6 +364,10 @@ fn run(cli: &Cli, addrs: &[String], opts: Options) -> Result<Outcome, Box<dyn st
                 verify: cli.workload == Workload::Verify,
                 seed: cli.seed,
                 source,
+                doorbell_order: match cli.doorbell_order {
+                    DoorbellOrderArg::SqFirst => DoorbellOrder::SqFirst,
+                    DoorbellOrderArg::CqFirst => DoorbellOrder::CqFirst,
+                },
             };
             let counters = Arc::new(Counters::default());
             all_counters.push(counters.clone());

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use fastlane::framework::{BufferPool, DmaBuf, PageSize, Vfio};
+use fastlane::nvme::qpair::DoorbellOrder;
 use fastlane::nvme::{pattern, Controller, Namespace, NvmeError};
 use hdrhistogram::Histogram;
 
@@ -27,6 +28,8 @@ pub struct Job {
     pub seed: u64,
     /// How the LBAs are picked.
     pub source: Source,
+    /// Doorbell order after a poll with completions.
+    pub doorbell_order: DoorbellOrder,
 }
 
 /// How a queue pair picks its I/Os.
@@ -171,6 +174,7 @@ pub fn run(
     let depth = usize::from(job.depth);
     let pool = BufferPool::new(vfio, job.io_size, u32::from(job.depth), PageSize::Huge2M)?;
     let mut qp = ctrl.create_qpair(job.entries)?;
+    qp.set_doorbell_order(job.doorbell_order);
     let mut picker = Picker::new(job.source);
     let mut started = vec![Instant::now(); depth];
     let mut slot_io = vec![(0u64, true); depth];

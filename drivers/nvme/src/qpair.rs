@@ -74,6 +74,22 @@ pub struct QpairStats {
     pub doorbell_writes: u64,
 }
 
+/// Which doorbell goes first when a poll consumed completions and the
+/// caller then submits: the CQ head write at the end of the poll, or the SQ
+/// tail write of the next [`IoQueuePair::submit`] with the CQ head right
+/// after it (the head write waits for the next `submit` or `poll`,
+/// whichever comes first). Under an emulated controller the SQ doorbell
+/// first lets the device start the next command while the guest is still
+/// in the CQ doorbell's exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DoorbellOrder {
+    /// CQ head at the end of each poll that consumed completions.
+    #[default]
+    CqFirst,
+    /// CQ head after the next SQ tail (or at the next poll).
+    SqFirst,
+}
+
 /// A command in flight. A request split into several commands has one
 /// head (the first command: tag and buffer) and children that name it.
 struct Slot {
@@ -179,6 +195,10 @@ pub struct IoQueuePair {
     irq: Option<Interrupt>,
     /// Set when the controller is being removed.
     removal: Removal,
+    /// Completions consumed whose CQ head doorbell is still to write
+    /// ([`DoorbellOrder::SqFirst`]).
+    cq_unrung: bool,
+    order: DoorbellOrder,
 }
 
 impl IoQueuePair {
@@ -242,7 +262,27 @@ impl IoQueuePair {
             epoch: 0,
             epoch_started: Instant::now(),
             stats: QpairStats::default(),
+            cq_unrung: false,
+            order: DoorbellOrder::default(),
         })
+    }
+
+    /// Chooses the doorbell order (default [`DoorbellOrder::CqFirst`]).
+    pub fn set_doorbell_order(&mut self, order: DoorbellOrder) {
+        self.order = order;
+        self.ring_cq_late();
+    }
+
+    /// Writes a CQ head doorbell left for later, if any.
+    #[inline(always)]
+    fn ring_cq_late(&mut self) {
+        if self.cq_unrung {
+            self.cq_unrung = false;
+            // After a reset the head belongs to a queue that is gone.
+            if !self.stale() {
+                self.ring.ring_cq();
+            }
+        }
     }
 
     /// Queue id on the controller.
@@ -509,10 +549,12 @@ impl IoQueuePair {
         )
     }
 
-    /// Rings the SQ doorbell for everything submitted since the last time.
+    /// Rings the SQ doorbell for everything submitted since the last time,
+    /// then the CQ head doorbell of the last poll ([`DoorbellOrder`]).
     #[inline]
     pub fn submit(&mut self) {
         self.ring.ring_sq();
+        self.ring_cq_late();
     }
 
     /// Rings the doorbell if needed, then hands up to `max` completions to
@@ -527,6 +569,7 @@ impl IoQueuePair {
             n = self.deliver_orphans(max, &mut f);
         }
         self.ring.ring_sq();
+        self.ring_cq_late();
         let mut consumed = false;
         while n < max {
             // An I/O completion is its second quadword (DW0/DW1 carry
@@ -597,7 +640,11 @@ impl IoQueuePair {
             }
         }
         if consumed {
-            self.ring.ring_cq();
+            if self.order == DoorbellOrder::SqFirst {
+                self.cq_unrung = true;
+            } else {
+                self.ring.ring_cq();
+            }
         } else if self.removal.is_removed() {
             // Bus mastering is off and the device is going: nothing more
             // will complete. Everything ends with `Removed` (next poll).
@@ -1217,7 +1264,10 @@ impl IoQueuePair {
         if csts == u32::MAX && !self.removal.is_removed() {
             // All ones: the controller left the bus without notice (a
             // surprise removal the kernel has not reported yet).
-            log::error!("queue {}: controller registers read all ones: removed", self.qid);
+            log::error!(
+                "queue {}: controller registers read all ones: removed",
+                self.qid
+            );
             self.end_outstanding(true);
             return;
         }
@@ -1293,6 +1343,7 @@ impl IoQueuePair {
         self.stats.resets_seen += 1;
         self.epoch_started = Instant::now();
         // Zeroes the queues and this pair's shadow slots (which it keeps).
+        self.cq_unrung = false;
         self.ring.reinit()?;
         let entries = self.ring.sq.size();
         create_queues(&mut admin, &inner, &self.ring, self.qid, entries)?;
@@ -1538,5 +1589,118 @@ mod tests {
             let got = rw_words(opcode, cid, nsid, slba, nlb, DataPtr { psdt, dptr });
             assert_eq!(got, want, "opcode {opcode} cid {cid}");
         }
+    }
+}
+
+#[cfg(all(test, feature = "sim"))]
+mod doorbell_order_tests {
+    use super::DoorbellOrder;
+    use crate::sim::{SimConfig, SimController};
+    use crate::{Controller, Options};
+    use fastlane_framework::{BufferPool, PageSize};
+
+    /// The driver's doorbell writes (SQ + CQ) so far.
+    fn writes(qp: &super::IoQueuePair) -> u64 {
+        qp.stats().doorbell_writes
+    }
+
+    /// SqFirst: a poll that consumed completions writes no doorbell; the
+    /// next submit writes the SQ tail and then the CQ head; a poll with
+    /// nothing submitted in between writes the late head itself. CqFirst
+    /// writes the head at the end of the poll. Data and tags stay right.
+    #[test]
+    fn sq_first_writes_the_cq_head_with_the_next_submission() {
+        let (mut sim, mmio) = SimController::start(SimConfig::default());
+        let ctrl = Controller::with_registers(mmio, Options::default()).unwrap();
+        let pool = BufferPool::new_unmapped(4096, 4, PageSize::Small).unwrap();
+        let mut qp = ctrl.create_qpair(4).unwrap();
+        sim.set_synchronous(true);
+        qp.set_doorbell_order(DoorbellOrder::SqFirst);
+        let mut tags = Vec::new();
+        let done = |qp: &mut super::IoQueuePair, tags: &mut Vec<u64>| {
+            qp.poll(4, |c| {
+                assert!(c.result.is_ok() && c.buf.is_some());
+                tags.push(c.tag);
+            })
+        };
+        qp.read(1, 0, 1, pool.alloc().unwrap(), 1)
+            .map_err(|r| r.error)
+            .unwrap();
+        qp.submit();
+        assert_eq!(writes(&qp), 1, "SQ tail");
+        assert!(sim.process());
+        assert_eq!(done(&mut qp, &mut tags), 1);
+        assert_eq!(writes(&qp), 1, "the CQ head waits for the next submission");
+        qp.read(1, 8, 1, pool.alloc().unwrap(), 2)
+            .map_err(|r| r.error)
+            .unwrap();
+        qp.submit();
+        assert_eq!(writes(&qp), 3, "SQ tail, then the late CQ head");
+        let cq_seen = sim.stats().cq_doorbell_writes;
+        assert!(sim.process());
+        assert_eq!(done(&mut qp, &mut tags), 1);
+        assert_eq!(writes(&qp), 3);
+        // No submission: the next poll writes the late head, once.
+        assert_eq!(done(&mut qp, &mut tags), 0);
+        assert_eq!(writes(&qp), 4);
+        assert_eq!(done(&mut qp, &mut tags), 0);
+        qp.submit();
+        assert_eq!(writes(&qp), 4, "nothing left to write");
+        sim.process();
+        assert!(
+            sim.stats().cq_doorbell_writes > cq_seen,
+            "the model saw the head move"
+        );
+        // CqFirst: the head at the end of the poll.
+        qp.set_doorbell_order(DoorbellOrder::CqFirst);
+        qp.read(1, 16, 1, pool.alloc().unwrap(), 3)
+            .map_err(|r| r.error)
+            .unwrap();
+        qp.submit();
+        assert!(sim.process());
+        assert_eq!(done(&mut qp, &mut tags), 1);
+        assert_eq!(writes(&qp), 6);
+        qp.submit();
+        assert_eq!(writes(&qp), 6);
+        assert_eq!(tags, [1, 2, 3]);
+        assert_eq!(qp.outstanding(), 0);
+    }
+
+    /// A late CQ head is dropped, not written, when a controller reset
+    /// comes between the poll and the submission (it belongs to a queue
+    /// that is gone); the recreated pair keeps working.
+    #[test]
+    fn a_reset_drops_the_late_cq_head() {
+        let (mut sim, mmio) = SimController::start(SimConfig::default());
+        let ctrl = Controller::with_registers(mmio, Options::default()).unwrap();
+        let pool = BufferPool::new_unmapped(4096, 4, PageSize::Small).unwrap();
+        let mut qp = ctrl.create_qpair(4).unwrap();
+        qp.set_doorbell_order(DoorbellOrder::SqFirst);
+        sim.set_synchronous(true);
+        qp.read(1, 0, 1, pool.alloc().unwrap(), 1)
+            .map_err(|r| r.error)
+            .unwrap();
+        qp.submit();
+        assert!(sim.process());
+        assert_eq!(qp.poll(4, |c| assert!(c.result.is_ok())), 1);
+        let before = writes(&qp);
+        sim.set_synchronous(false); // the reset's admin commands need the model's thread
+        ctrl.reset().unwrap();
+        qp.submit();
+        assert_eq!(writes(&qp), before, "no head written for the old queue");
+        let mut got = Vec::new();
+        qp.read(1, 8, 1, pool.alloc().unwrap(), 2)
+            .map_err(|r| r.error)
+            .unwrap();
+        qp.submit();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no completion after the reset"
+            );
+            qp.poll(4, |c| got.push((c.tag, c.result.is_ok())));
+        }
+        assert_eq!(got, [(2, true)]);
     }
 }
