@@ -293,6 +293,13 @@ impl Packet {
         (self.len_flags >> 16) as u16
     }
 
+    /// The buffers of a multi-buffer frame after the first, in frame
+    /// order (none for a one-buffer frame): for transmit paths that check
+    /// each one (its DMA domain) before giving it to a device.
+    pub(crate) fn further_bufs(&self) -> impl Iterator<Item = &DmaBuf> {
+        self.more.iter().flat_map(|c| c.segs.iter()).map(|p| &p.buf)
+    }
+
     /// Sets the [`rx_status`] flags of a received packet, keeping its
     /// offset and length: for virtio-net, which receives frames at an
     /// offset ([`Packet::received`] builds them at the buffer's start) and

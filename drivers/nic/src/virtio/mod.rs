@@ -16,6 +16,7 @@
 //! in QEMU `-device virtio-net-pci,...,iommu_platform=on`), since every
 //! address the driver hands it is an IOVA.
 
+mod cost;
 mod ctrl;
 mod net;
 pub mod packed;
@@ -31,7 +32,7 @@ pub mod virtqueue;
 
 use fastlane_framework::{DmaBuf, PoolCache};
 
-pub use net::{negotiate, negotiate_queues, negotiate_with, queue_size, VirtioNet};
+pub use net::{negotiate, negotiate_for, negotiate_queues, negotiate_with, queue_size, VirtioNet};
 pub use rss::RssSetup;
 pub use rx::RX_HEADROOM;
 pub use tx::{check_frame, check_packet, MIN_TX_FRAME};

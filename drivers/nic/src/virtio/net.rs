@@ -13,12 +13,14 @@ use super::packed::{PackedLayout, PackedQueue};
 use super::pci::{find_caps, Transport};
 use super::ring::Ring;
 use super::rss::RssSetup;
-use super::rx::{RxQueue, RX_HEADROOM};
+use super::rx::{mergeable_buffers, RxMode, RxQueue, RX_HEADROOM};
 use super::spec::*;
 use super::tx::{self, TxQueue};
 use super::virtqueue::{QueueLayout, Virtqueue};
+use crate::offload::{TxOffload, VLAN_HLEN};
 use crate::{
     LinkStatus, Nic, NicConfig, NicError, Packet, PacketPool, Result, Stats, HEADROOM, MAX_FRAME,
+    MAX_JUMBO_FRAME,
 };
 
 /// How long the device may take to finish a reset.
@@ -97,6 +99,48 @@ pub fn negotiate_with(offered: u64, queues: u16, packed: bool) -> Result<u64> {
     Ok(f)
 }
 
+/// The features to accept from those `offered` for a port configured as
+/// `cfg` ([`negotiate_with`] for its queues and ring layout), plus:
+/// VIRTIO_NET_F_CSUM when offered (transmit checksums by the device);
+/// VIRTIO_NET_F_GUEST_CSUM when offered and `cfg.rx_checksum` asks (so a
+/// port that does not ask never gets frames with partial checksums);
+/// VIRTIO_NET_F_MRG_RXBUF for an MTU above 1500, which needs it (frames
+/// over several receive buffers); VIRTIO_NET_F_MTU when offered (the
+/// device's limit is then honored). QEMU's virtio-net offers no checksum
+/// feature behind a hub (`-netdev hubport`: no vnet header on the peer),
+/// and offers MRG_RXBUF by default (`mrg_rxbuf=on`).
+pub fn negotiate_for(offered: u64, cfg: &NicConfig, packed: bool) -> Result<u64> {
+    let mut f = negotiate_with(offered, cfg.queues, packed)?;
+    f |= offered & (VIRTIO_NET_F_CSUM | VIRTIO_NET_F_MTU);
+    if cfg.rx_checksum {
+        f |= offered & VIRTIO_NET_F_GUEST_CSUM;
+    }
+    if cfg.max_frame()? > MAX_FRAME {
+        if offered & VIRTIO_NET_F_MRG_RXBUF == 0 {
+            return Err(NicError::Negotiation(format!(
+                "MTU {} needs VIRTIO_NET_F_MRG_RXBUF (QEMU: mrg_rxbuf=on, its default); the \
+                 device offers {}",
+                cfg.mtu,
+                feature_names(offered)
+            )));
+        }
+        f |= VIRTIO_NET_F_MRG_RXBUF;
+    }
+    Ok(f)
+}
+
+/// The longest frame a port of `max_frame` ([`NicConfig::max_frame`])
+/// receives: above [`MAX_FRAME`], with room for a VLAN tag (as igb's and
+/// the kernel's drivers allow) up to what a packet holds
+/// ([`MAX_JUMBO_FRAME`]); otherwise [`MAX_FRAME`].
+fn rx_max_frame(max_frame: usize) -> usize {
+    if max_frame > MAX_FRAME {
+        (max_frame + VLAN_HLEN).min(MAX_JUMBO_FRAME)
+    } else {
+        MAX_FRAME
+    }
+}
+
 /// The queue size to use: `wanted` rounded up to a power of two, at most
 /// the device's largest (rounded down to a power of two).
 pub fn queue_size(wanted: u16, device_max: u16) -> Result<u16> {
@@ -136,18 +180,35 @@ pub fn queue_size(wanted: u16, device_max: u16) -> Result<u16> {
 /// headroom writes the virtio header into it (one descriptor instead of
 /// two). Frames shorter than 60 bytes are padded with zeros.
 ///
-/// Invalid frames: `tx_burst` stops at a packet that
-/// [`VirtioNet::check_packet`] refuses (longer than [`MAX_FRAME`], shorter
-/// than an Ethernet header, or no room to pad it) and leaves it at the front
-/// of the vector, unsent and uncounted. When `tx_burst` takes fewer packets
-/// than offered, `check_packet(&pkts[0])` tells a full ring (`Ok`) from an
-/// invalid frame (the typed error: `FrameTooLarge`, `FrameTooShort`).
+/// Jumbo frames: with [`NicConfig::mtu`] above 1500 (up to
+/// [`crate::MAX_MTU`]) the port negotiates mergeable receive buffers and
+/// a frame longer than [`MAX_FRAME`] arrives as one multi-buffer
+/// [`Packet`] (at most the MTU plus a VLAN tag); multi-buffer packets of
+/// up to the MTU are sent as one descriptor chain, on split and packed
+/// rings. QEMU needs nothing on its command line for this (`mrg_rxbuf=on`
+/// is its default); a device that offers VIRTIO_NET_F_MTU (`host_mtu`)
+/// refuses a larger MTU at open.
+///
+/// Checksums: [`Nic::tx_burst_offload`] leaves TCP/UDP checksums to a
+/// device that offers VIRTIO_NET_F_CSUM and does the rest in software;
+/// with [`NicConfig::rx_checksum`], VIRTIO_NET_F_GUEST_CSUM's header flags
+/// become [`Packet::rx_l4_checksum`] verdicts (see the `rx` module for
+/// what QEMU reports).
+///
+/// Invalid frames: `tx_burst` stops at a packet that [`Nic::check_tx`]
+/// refuses (longer than the port's largest frame, shorter than an Ethernet
+/// header, no room to pad it, over more than 8 buffers, a buffer of
+/// another container) and leaves it at the front of the vector, unsent and
+/// uncounted. When `tx_burst` takes fewer packets than offered,
+/// `check_tx(&pkts[0])` tells a full ring (`Ok`) from an invalid frame
+/// (the typed error: `FrameTooLarge`, `FrameTooShort`, ...).
 ///
 /// Counters are kept by the driver (virtio has no statistics registers),
 /// per queue pair: `tx_*` count frames the device has consumed (padded
 /// length), `rx_*` frames delivered (without the virtio header);
-/// `rx_errors` counts frames longer than [`MAX_FRAME`] or shorter than the
-/// header, and used entries the driver refused; `rx_dropped` stays 0 (the
+/// `rx_errors` counts frames longer than the port takes or shorter than the
+/// header, frames the device described wrongly (one per frame, its buffers
+/// kept), and used entries the driver refused; `rx_dropped` stays 0 (the
 /// device does not report drops).
 pub struct VirtioNet {
     rx: RxQueue,
@@ -155,6 +216,8 @@ pub struct VirtioNet {
     cache: PoolCache,
     stats: Stats,
     queue: usize,
+    /// The longest frame sent ([`NicConfig::max_frame`]).
+    max_frame: usize,
     port: Arc<Port>,
 }
 
@@ -210,6 +273,7 @@ impl Drop for Port {
 /// What [`VirtioNet::init`] sets up.
 struct Bringup {
     pairs: Vec<(RxQueue, TxQueue)>,
+    max_frame: usize,
     ctrl: Option<CtrlQueue>,
     features: u64,
     mac: [u8; 6],
@@ -320,7 +384,7 @@ impl VirtioNet {
         }
         dev.enable_dma()?;
         let transport = Transport::map(&dev, &caps)?;
-        let up = match Self::init(vfio, &dev, &transport, cfg, packed) {
+        let up = match Self::init(vfio, &dev, &transport, cfg, packed, pool.pool().buf_size()) {
             Ok(up) => up,
             Err(e) => {
                 // §3.1.1: tell the device we gave up. It never got DRIVER_OK,
@@ -352,6 +416,7 @@ impl VirtioNet {
                 cache: pool.cache(CACHE_SIZE),
                 stats: Stats::default(),
                 queue,
+                max_frame: up.max_frame,
                 port: port.clone(),
             })
             .collect();
@@ -395,12 +460,14 @@ impl VirtioNet {
         t: &Transport,
         cfg: &NicConfig,
         packed: bool,
+        buf_size: usize,
     ) -> Result<Bringup> {
         t.reset(RESET_TIMEOUT)?;
         t.add_status(VIRTIO_STATUS_ACKNOWLEDGE);
         t.add_status(VIRTIO_STATUS_DRIVER);
         let offered = t.device_features();
-        let features = negotiate_with(offered, cfg.queues, packed)?;
+        let features = negotiate_for(offered, cfg, packed)?;
+        let max_frame = cfg.max_frame()?;
         let pairs = cfg.queues;
         // Every field past `mac` and `status` exists with the features
         // that add it (§5.1.4); the structure must be long enough for them.
@@ -445,6 +512,22 @@ impl VirtioNet {
             feature_names(features)
         );
         t.disable_config_vector();
+        if features & VIRTIO_NET_F_MTU != 0 && t.device_config_len() >= net_config::MTU + 2 {
+            // §5.1.4.1: the driver sends no frame longer than this allows.
+            let mtu = t.read_config(|c| c.read16(net_config::MTU));
+            if cfg.mtu > mtu {
+                return Err(NicError::InvalidArgument(format!(
+                    "MTU {}: the device allows at most {mtu} (QEMU: host_mtu on -device \
+                     virtio-net-pci)",
+                    cfg.mtu
+                )));
+            }
+        }
+        let rx_mode = RxMode {
+            mergeable: features & VIRTIO_NET_F_MRG_RXBUF != 0,
+            checksum: cfg.rx_checksum && features & VIRTIO_NET_F_GUEST_CSUM != 0,
+            max_frame: rx_max_frame(max_frame),
+        };
 
         let with_ctrl = features & VIRTIO_NET_F_CTRL_VQ != 0;
         let controlq = match &rss {
@@ -466,6 +549,14 @@ impl VirtioNet {
         let mut layouts = Vec::with_capacity(2 * pairs as usize + 1);
         for p in 0..pairs {
             let rx_size = queue_size(cfg.rx_ring, t.queue_max_size(receiveq(p)))?;
+            // The device waits for room for a whole frame (QEMU: forever).
+            let frame_bufs = mergeable_buffers(rx_mode.max_frame);
+            if rx_mode.mergeable && usize::from(rx_size) < frame_bufs {
+                return Err(NicError::InvalidArgument(format!(
+                    "a receive ring of {rx_size}: MTU {} needs at least {frame_bufs} buffers",
+                    cfg.mtu
+                )));
+            }
             let tx_size = queue_size(cfg.tx_ring, t.queue_max_size(transmitq(p)))?;
             layouts.push((receiveq(p), rx_size));
             layouts.push((transmitq(p), tx_size));
@@ -514,12 +605,17 @@ impl VirtioNet {
             let (rq, rl) = layouts[2 * p];
             let (tq, tl) = layouts[2 * p + 1];
             let zero_hdr = region.carve::<u8>(scratch + 4096 * (p + 1), 64)?;
-            let rx = RxQueue::new(queue(t, &region, rq, bases[2 * p], rl, packed)?);
-            let tx = TxQueue::new(
+            let rx = RxQueue::with_mode(
+                queue(t, &region, rq, bases[2 * p], rl, packed)?,
+                rx_mode,
+                buf_size,
+            );
+            let mut tx = TxQueue::new(
                 queue(t, &region, tq, bases[2 * p + 1], tl, packed)?,
                 zero_hdr,
                 vfio.domain(),
             )?;
+            tx.set_max_frame(max_frame);
             queue_pairs.push((rx, tx));
         }
         let ctrl = match layouts.get(2 * pairs as usize) {
@@ -546,6 +642,7 @@ impl VirtioNet {
         };
         Ok(Bringup {
             pairs: queue_pairs,
+            max_frame,
             ctrl,
             features,
             mac,
@@ -627,6 +724,20 @@ impl Nic for VirtioNet {
         self.tx.check(pkt)
     }
 
+    /// The TCP/UDP checksum by the device when it took VIRTIO_NET_F_CSUM
+    /// (through the net header, for frames with 12 bytes of headroom after
+    /// any tag), everything else in software (virtio has no IPv4 header
+    /// checksum or VLAN insertion): the same bytes on the wire either way.
+    /// The whole burst is queued at once, with one notification.
+    fn tx_burst_offload(&mut self, pkts: &mut Vec<Packet>, offload: &TxOffload) -> usize {
+        if offload.is_empty() {
+            return self.tx_burst(pkts);
+        }
+        let device_csum = self.port.features & VIRTIO_NET_F_CSUM != 0;
+        self.tx
+            .burst_offload(pkts, offload, device_csum, &mut self.cache, &mut self.stats)
+    }
+
     fn mac_address(&self) -> [u8; 6] {
         self.port.mac
     }
@@ -681,8 +792,14 @@ impl Nic for VirtioNet {
 
     /// With [`HEADROOM`] in front of the frame, the virtio header goes
     /// there when it is sent: one descriptor per frame.
+    /// A frame longer than [`MAX_FRAME`] (up to the port's MTU) is a
+    /// multi-buffer packet.
     fn alloc_packet(&mut self, len: usize) -> Result<Packet> {
-        Packet::with_offset(self.cache.alloc()?, HEADROOM, len)
+        if len <= MAX_FRAME {
+            return Packet::with_offset(self.cache.alloc()?, HEADROOM, len);
+        }
+        let cache = &mut self.cache;
+        crate::packet::alloc_frame(|| Ok(cache.alloc()?), HEADROOM, len, self.max_frame)
     }
 
     fn recycle(&mut self, pkts: &mut Vec<Packet>) {
@@ -749,6 +866,59 @@ mod tests {
         assert!(e.contains("packed=on"), "{e}");
         // The control queue comes after every pair the device has.
         assert_eq!((receiveq(3), transmitq(3), controlq_mq(4)), (6, 7, 8));
+    }
+
+    #[test]
+    fn checksum_mergeable_and_mtu_features_follow_the_configuration() {
+        let all = u64::MAX;
+        let std = NicConfig::default();
+        let f = negotiate_for(all, &std, false).unwrap();
+        // Transmit checksums whenever offered; receive ones only when asked;
+        // merged buffers only for jumbo frames.
+        assert_eq!(
+            f & (VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_CSUM | VIRTIO_NET_F_MRG_RXBUF),
+            VIRTIO_NET_F_CSUM
+        );
+        assert_ne!(f & VIRTIO_NET_F_MTU, 0);
+        let rx_csum = NicConfig {
+            rx_checksum: true,
+            ..NicConfig::default()
+        };
+        assert_ne!(
+            negotiate_for(all, &rx_csum, false).unwrap() & VIRTIO_NET_F_GUEST_CSUM,
+            0
+        );
+        let jumbo = NicConfig {
+            mtu: 9000,
+            ..NicConfig::default()
+        };
+        assert_ne!(
+            negotiate_for(all, &jumbo, false).unwrap() & VIRTIO_NET_F_MRG_RXBUF,
+            0
+        );
+        let e = negotiate_for(all & !VIRTIO_NET_F_MRG_RXBUF, &jumbo, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mrg_rxbuf=on"), "{e}");
+        // Behind a QEMU hub: no checksum features offered, none taken.
+        let hub = all & !(VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_CSUM);
+        assert_eq!(
+            negotiate_for(hub, &rx_csum, false).unwrap()
+                & (VIRTIO_NET_F_CSUM | VIRTIO_NET_F_GUEST_CSUM),
+            0
+        );
+        let bad_mtu = NicConfig {
+            mtu: 9001,
+            ..NicConfig::default()
+        };
+        assert!(matches!(
+            negotiate_for(all, &bad_mtu, false),
+            Err(NicError::InvalidArgument(_))
+        ));
+        assert_eq!(rx_max_frame(1514), MAX_FRAME);
+        assert_eq!(rx_max_frame(1000), MAX_FRAME);
+        assert_eq!(rx_max_frame(4014), 4018);
+        assert_eq!(rx_max_frame(MAX_JUMBO_FRAME), MAX_JUMBO_FRAME);
     }
 
     #[test]

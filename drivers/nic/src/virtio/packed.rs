@@ -26,7 +26,7 @@ use super::spec::{
     RING_EVENT_FLAGS_DISABLE, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED,
     VIRTQ_DESC_F_WRITE, VIRTQ_MAX_SIZE,
 };
-use super::virtqueue::{Segment, MAX_CHAIN};
+use super::virtqueue::{Segment, MAX_CHAIN, SHORT_CHAIN};
 use crate::{NicError, Result};
 
 /// The AVAIL/USED bits that make a descriptor available in a lap whose
@@ -72,11 +72,11 @@ pub struct PackedState<T> {
 /// Where one chain goes: its buffer id, and per descriptor its slot and
 /// the wrap counter of that slot's lap (a chain may cross the ring's end).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Placement {
+pub struct Placement<const N: usize = MAX_CHAIN> {
     /// Buffer id, written in every descriptor of the chain.
     pub id: u16,
     /// (slot, wrap counter) per descriptor, in chain order.
-    pub slots: [(u16, bool); MAX_CHAIN],
+    pub slots: [(u16, bool); N],
 }
 
 impl<T> PackedState<T> {
@@ -115,13 +115,24 @@ impl<T> PackedState<T> {
     /// Takes `n` (1..=MAX_CHAIN) slots and a buffer id for a chain carrying
     /// `token`; without room the token is handed back.
     pub fn reserve(&mut self, n: usize, token: T) -> std::result::Result<Placement, T> {
-        if n == 0 || n > MAX_CHAIN || (self.free_slots as usize) < n {
+        self.reserve_n(n, token)
+    }
+
+    /// [`PackedState::reserve`] for chains of at most `N` descriptors: the
+    /// common short chains keep a small array.
+    #[inline(always)]
+    pub fn reserve_n<const N: usize>(
+        &mut self,
+        n: usize,
+        token: T,
+    ) -> std::result::Result<Placement<N>, T> {
+        if n == 0 || n > N || (self.free_slots as usize) < n {
             return Err(token);
         }
         let Some(id) = self.free_ids.pop() else {
             return Err(token);
         };
-        let mut slots = [(0, false); MAX_CHAIN];
+        let mut slots = [(0, false); N];
         for s in slots.iter_mut().take(n) {
             *s = (self.next_avail, self.avail_wrap);
             self.next_avail += 1;
@@ -269,9 +280,18 @@ impl<T> PackedQueue<T> {
     /// Writes a chain of `segs` carrying `token`; the device may take it at
     /// once, and is told by [`PackedQueue::kick`]. Without room the token
     /// comes back.
-    #[inline]
+    #[inline(always)]
     pub fn add(&mut self, segs: &[Segment], token: T) -> std::result::Result<(), T> {
-        let p = self.state.reserve(segs.len(), token)?;
+        if segs.len() <= SHORT_CHAIN {
+            self.add_n::<SHORT_CHAIN>(segs, token)
+        } else {
+            self.add_n::<MAX_CHAIN>(segs, token)
+        }
+    }
+
+    #[inline(always)]
+    fn add_n<const N: usize>(&mut self, segs: &[Segment], token: T) -> std::result::Result<(), T> {
+        let p = self.state.reserve_n::<N>(segs.len(), token)?;
         let mut head_flags = 0;
         for (i, (s, &(slot, wrap))) in segs.iter().zip(&p.slots).enumerate() {
             let flags = if s.device_writes {

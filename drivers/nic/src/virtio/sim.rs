@@ -11,8 +11,9 @@ use fastlane_framework::{DmaRegion, Iova, Mmio};
 use super::packed::{PackedLayout, PackedQueue};
 use super::pci::Notifier;
 use super::spec::{
-    avail, used, PvirtqDesc, PvirtqEventSuppress, VirtqDesc, VirtqUsedElem, VIRTQ_DESC_F_AVAIL,
-    VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED, VIRTQ_USED_F_NO_NOTIFY,
+    avail, used, PvirtqDesc, PvirtqEventSuppress, VirtioNetHdr, VirtqDesc, VirtqUsedElem,
+    NET_HDR_NUM_BUFFERS, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_USED,
+    VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
 };
 use super::virtqueue::{QueueLayout, Virtqueue};
 
@@ -136,6 +137,41 @@ impl SimQueue {
         v
     }
 
+    /// What the device sends for a transmit chain: every descriptor's
+    /// bytes in chain order (net header first), checked device-readable.
+    pub fn read_chain(&mut self, chain: &[VirtqDesc]) -> Vec<u8> {
+        chain_bytes(
+            &mut self.dma,
+            chain.iter().map(|d| (d.addr, d.len, d.flags)),
+        )
+    }
+
+    /// Receives `frame` behind `hdr` as a device with mergeable receive
+    /// buffers does (virtio spec §5.1.6.4): fills posted buffers in turn,
+    /// the header (with `num_buffers` set to the count, unless
+    /// `hdr.num_buffers` is non-zero: then as given, for hostile tests)
+    /// in the first, and returns them used in one batch, one entry each
+    /// with the bytes written in it. Returns the buffers taken; the first
+    /// `publish` entries only are made visible (None: all), for a chain
+    /// the ring cuts.
+    pub fn receive_mergeable(
+        &mut self,
+        hdr: VirtioNetHdr,
+        frame: &[u8],
+        publish: Option<usize>,
+    ) -> usize {
+        let mut dma = SimDma::new();
+        let used = fill_mergeable(&mut dma, hdr, frame, || {
+            let (head, chain) = self.pop_avail()?;
+            Some((head, chain[0].addr, chain[0].len))
+        });
+        let taken = used.len();
+        for &(head, len) in used.iter().take(publish.unwrap_or(taken)) {
+            self.push_used(head as u32, len);
+        }
+        taken
+    }
+
     /// Writes `data` into a device-writable buffer.
     pub fn write_buf(&mut self, d: &VirtqDesc, data: &[u8]) {
         assert!(
@@ -148,6 +184,78 @@ impl SimQueue {
             .write(d.addr, data)
             .unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// Writes `hdr` and `frame` into the buffers `next` hands out (id,
+/// address, length), in turn, as a device with mergeable receive buffers
+/// does; sets `num_buffers` unless `hdr` has one. Returns (id, bytes
+/// written) per buffer.
+fn fill_mergeable(
+    dma: &mut SimDma,
+    hdr: VirtioNetHdr,
+    frame: &[u8],
+    mut next: impl FnMut() -> Option<(u16, u64, u32)>,
+) -> Vec<(u16, u32)> {
+    let mut bytes = bytemuck::bytes_of(&hdr).to_vec();
+    bytes.extend_from_slice(frame);
+    let (mut used, mut first) = (Vec::new(), None);
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let (id, addr, len) = next().expect("not enough buffers posted");
+        let n = rest.len().min(len as usize);
+        dma.write(addr, &rest[..n])
+            .unwrap_or_else(|e| panic!("{e}"));
+        first.get_or_insert(addr);
+        used.push((id, n as u32));
+        rest = &rest[n..];
+    }
+    if let (0, Some(addr)) = (hdr.num_buffers, first) {
+        let count = (used.len() as u16).to_le_bytes();
+        dma.write(addr + NET_HDR_NUM_BUFFERS as u64, &count)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    used
+}
+
+/// The bytes of the buffers (address, length, flags) of a transmit chain,
+/// in order; each must be device-readable.
+fn chain_bytes(dma: &mut SimDma, descs: impl Iterator<Item = (u64, u32, u16)>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (addr, len, flags) in descs {
+        assert_eq!(
+            flags & VIRTQ_DESC_F_WRITE,
+            0,
+            "a transmit buffer the device may write"
+        );
+        let at = bytes.len();
+        bytes.resize(at + len as usize, 0);
+        dma.read(addr, &mut bytes[at..])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    bytes
+}
+
+/// An IPv4/UDP frame (10.0.0.1:7 to 10.0.0.2:9) carrying `payload` bytes
+/// of [`pattern`], both checksums right, for tests.
+pub fn udp_frame(payload: usize) -> Vec<u8> {
+    let mut f = Vec::new();
+    crate::proto::build_udp(
+        &mut f,
+        [2; 6],
+        [4; 6],
+        [10, 0, 0, 1],
+        [10, 0, 0, 2],
+        7,
+        9,
+        &pattern(payload, 5),
+    )
+    .unwrap();
+    f
+}
+
+/// Frame bytes of `len` that differ from one seed to another, for tests.
+pub fn pattern(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + seed) as u8).collect()
 }
 
 /// The device's view of one packed queue (§2.8): takes available chains in
@@ -275,6 +383,28 @@ impl SimPacked {
         self.next_used = (next % self.layout.size as u32) as u16;
     }
 
+    /// [`SimQueue::receive_mergeable`] on a packed ring: each buffer a
+    /// chain of one descriptor, returned used in ring order.
+    pub fn receive_mergeable(&mut self, hdr: VirtioNetHdr, frame: &[u8]) -> usize {
+        let mut dma = SimDma::new();
+        let used = fill_mergeable(&mut dma, hdr, frame, || {
+            let (id, chain) = self.pop_avail()?;
+            Some((id, chain[0].addr, chain[0].len))
+        });
+        for &(id, len) in &used {
+            self.push_used(id, len, 1);
+        }
+        used.len()
+    }
+
+    /// [`SimQueue::read_chain`] on a packed ring.
+    pub fn read_chain(&mut self, chain: &[PvirtqDesc]) -> Vec<u8> {
+        chain_bytes(
+            &mut self.dma,
+            chain.iter().map(|d| (d.addr, d.len, d.flags)),
+        )
+    }
+
     /// Bytes of a buffer the device reads.
     pub fn read_buf(&mut self, d: &PvirtqDesc) -> Vec<u8> {
         let mut v = vec![0u8; d.len as usize];
@@ -287,7 +417,7 @@ impl SimPacked {
 
 #[cfg(test)]
 mod tests {
-    use super::super::spec::{VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_WRITE};
+    use super::super::spec::VIRTQ_AVAIL_F_NO_INTERRUPT;
     use super::super::virtqueue::Segment;
     use super::*;
 

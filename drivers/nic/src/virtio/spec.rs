@@ -35,9 +35,18 @@ pub const VIRTIO_STATUS_DEVICE_NEEDS_RESET: u8 = 0x40;
 pub const VIRTIO_STATUS_FAILED: u8 = 0x80;
 
 // Feature bits, as masks of the 64-bit feature word (§5.1.3, §6).
+/// Device takes frames with a partial checksum: the driver asks it to
+/// finish the TCP/UDP checksum through the net header (bit 0).
+pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
+/// Driver takes frames with a partial checksum, and the device may mark
+/// checksums it validated (bit 1).
+pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
+/// Device reports the largest MTU the driver may use in `mtu` (bit 3).
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// Device has a given MAC address (bit 5).
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
-/// Driver can merge receive buffers (bit 15); not used: one buffer per frame.
+/// Driver can merge receive buffers (bit 15): a frame longer than one
+/// buffer spans `num_buffers` of them.
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
 /// Configuration status field is available (bit 16).
 pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
@@ -64,7 +73,10 @@ pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 1 << 33;
 pub const VIRTIO_F_RING_PACKED: u64 = 1 << 34;
 
 /// Names of the feature bits above, for messages.
-pub const FEATURE_NAMES: [(u64, &str); 11] = [
+pub const FEATURE_NAMES: [(u64, &str); 14] = [
+    (VIRTIO_NET_F_CSUM, "VIRTIO_NET_F_CSUM"),
+    (VIRTIO_NET_F_GUEST_CSUM, "VIRTIO_NET_F_GUEST_CSUM"),
+    (VIRTIO_NET_F_MTU, "VIRTIO_NET_F_MTU"),
     (VIRTIO_NET_F_MAC, "VIRTIO_NET_F_MAC"),
     (VIRTIO_NET_F_MRG_RXBUF, "VIRTIO_NET_F_MRG_RXBUF"),
     (VIRTIO_NET_F_STATUS, "VIRTIO_NET_F_STATUS"),
@@ -264,6 +276,8 @@ pub mod net_config {
     pub const SPEED: usize = 12; // le32, Mbit/s
     /// With VIRTIO_NET_F_MQ or VIRTIO_NET_F_RSS.
     pub const MAX_VIRTQUEUE_PAIRS: usize = 8; // le16
+    /// With VIRTIO_NET_F_MTU.
+    pub const MTU: usize = 10; // le16
     pub const DUPLEX: usize = 16; // u8
     /// Bytes up to and including `duplex`.
     pub const LEN_SPEED_DUPLEX: usize = 17;
@@ -294,6 +308,16 @@ pub struct VirtioNetHdr {
     pub csum_offset: u16,
     pub num_buffers: u16,
 }
+/// `flags` of [`VirtioNetHdr`] (§5.1.6): the checksum from `csum_start`
+/// to the end of the frame is to be stored at `csum_start + csum_offset`
+/// (partial: the field holds the pseudo-header sum).
+pub const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
+/// Received: the device validated the frame's checksum.
+pub const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+/// `gso_type`: no segmentation.
+pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
+/// Byte offset of `num_buffers` in the header.
+pub const NET_HDR_NUM_BUFFERS: usize = offset_of!(VirtioNetHdr, num_buffers);
 /// Bytes of the header.
 pub const NET_HDR_LEN: usize = size_of::<VirtioNetHdr>();
 const _: () = assert!(NET_HDR_LEN == 12);

@@ -22,8 +22,15 @@ use super::spec::{
 };
 use crate::{NicError, Result};
 
-/// Longest descriptor chain the driver builds (net header + frame).
-pub const MAX_CHAIN: usize = 2;
+/// Longest descriptor chain the driver builds: a net header and the
+/// buffers of a frame.
+pub const MAX_CHAIN: usize = 1 + MAX_TX_BUFFERS;
+/// Most buffers of one multi-buffer frame sent as a chain: a 9014-byte
+/// frame takes 5 or 6 (see `Packet`), so 8 leave room.
+pub const MAX_TX_BUFFERS: usize = 8;
+/// Chains of up to this many descriptors (a frame in one buffer, with or
+/// without a separate header) take the short path.
+pub const SHORT_CHAIN: usize = 2;
 /// `next` of a descriptor that ends its chain (shadow only).
 const END: u16 = u16::MAX;
 
@@ -97,10 +104,21 @@ impl<T> RingState<T> {
     /// trailing ids are END). Without enough free descriptors the token
     /// is handed back.
     pub fn reserve(&mut self, n: usize, token: T) -> std::result::Result<[u16; MAX_CHAIN], T> {
-        if n == 0 || n > MAX_CHAIN || self.free.len() < n {
+        self.reserve_n(n, token)
+    }
+
+    /// [`RingState::reserve`] for chains of at most `N` descriptors: the
+    /// common one- and two-descriptor chains keep a small array.
+    #[inline(always)]
+    pub fn reserve_n<const N: usize>(
+        &mut self,
+        n: usize,
+        token: T,
+    ) -> std::result::Result<[u16; N], T> {
+        if n == 0 || n > N || self.free.len() < n {
             return Err(token);
         }
-        let mut ids = [END; MAX_CHAIN];
+        let mut ids = [END; N];
         for id in ids.iter_mut().take(n) {
             // Cannot fail: checked above.
             *id = self.free.pop().unwrap_or(END);
@@ -291,9 +309,18 @@ impl<T> Virtqueue<T> {
     /// Writes a chain of `segs` carrying `token` and puts its head in the
     /// available ring; the device sees it after [`Virtqueue::kick`]. Without
     /// enough free descriptors the token comes back.
-    #[inline]
+    #[inline(always)]
     pub fn add(&mut self, segs: &[Segment], token: T) -> std::result::Result<(), T> {
-        let ids = self.state.reserve(segs.len(), token)?;
+        if segs.len() <= SHORT_CHAIN {
+            self.add_n::<SHORT_CHAIN>(segs, token)
+        } else {
+            self.add_n::<MAX_CHAIN>(segs, token)
+        }
+    }
+
+    #[inline(always)]
+    fn add_n<const N: usize>(&mut self, segs: &[Segment], token: T) -> std::result::Result<(), T> {
+        let ids = self.state.reserve_n::<N>(segs.len(), token)?;
         for (i, s) in segs.iter().enumerate() {
             let more = i + 1 < segs.len();
             let d = VirtqDesc {
@@ -353,7 +380,7 @@ impl<T> Virtqueue<T> {
 
     /// The next used entry, if any: [`Virtqueue::pop_used`] behind one
     /// acquire load of `used.idx` per batch of entries it shows.
-    #[inline]
+    #[inline(always)]
     pub fn next_used(&mut self) -> Result<Option<(T, u32)>> {
         if self.pending == 0 {
             self.pending = self.used_pending()?;

@@ -1,0 +1,109 @@
+//! Driver cost per packet of the receive and transmit bursts against the
+//! in-process model, for callgrind (instructions are stable on a busy
+//! machine, time is not). The model's work runs outside the counted
+//! functions `cg_virtio_rx` and `cg_virtio_tx`; `benches/callgrind-virtio.sh`
+//! is not needed: run the ignored test under callgrind twice with two
+//! packet counts and subtract, as `benches/callgrind-nic.sh` does for igb:
+//!
+//! ```text
+//! FASTLANE_BENCH_ITERS=64000 valgrind --tool=callgrind <fastlane_nic test binary> \
+//!     --ignored --exact virtio::cost::tests::callgrind_virtio_bursts
+//! ```
+
+#[cfg(all(test, feature = "sim"))]
+mod tests {
+    use fastlane_framework::{DmaDomain, DmaRegion, PageSize, PoolCache};
+
+    use super::super::rx::{RxQueue, RX_HEADROOM};
+    use super::super::sim::queue_pair;
+    use super::super::spec::{VirtioNetHdr, NET_HDR_LEN};
+    use super::super::tx::TxQueue;
+    use crate::{Packet, PacketPool, Stats, HEADROOM};
+
+    const BURST: usize = 32;
+
+    #[inline(never)]
+    fn cg_virtio_rx(
+        rx: &mut RxQueue,
+        out: &mut Vec<Packet>,
+        cache: &mut PoolCache,
+        stats: &mut Stats,
+    ) -> usize {
+        rx.burst(out, BURST, cache, stats)
+    }
+
+    #[inline(never)]
+    fn cg_virtio_tx(
+        tx: &mut TxQueue,
+        pkts: &mut Vec<Packet>,
+        cache: &mut PoolCache,
+        stats: &mut Stats,
+    ) -> usize {
+        tx.burst(pkts, cache, stats)
+    }
+
+    /// Receives and sends `FASTLANE_BENCH_ITERS` one-buffer 60-byte frames
+    /// (default 3200) in bursts of 32 on split rings; prints the count.
+    #[test]
+    #[ignore]
+    fn callgrind_virtio_bursts() {
+        let iters: usize = std::env::var("FASTLANE_BENCH_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3200);
+        let bursts = iters.div_ceil(BURST);
+        let pool = PacketPool::new_unmapped(2048).unwrap();
+        let mut cache = pool.cache(256);
+        let mut stats = Stats::default();
+        let (q, mut dev) = queue_pair(256);
+        let mut rx = RxQueue::new(q);
+        rx.refill(&mut cache);
+        let mut bytes = bytemuck::bytes_of(&VirtioNetHdr {
+            num_buffers: 1,
+            ..Default::default()
+        })
+        .to_vec();
+        bytes.extend_from_slice(&[0x5a; 60]);
+        let mut out = Vec::with_capacity(BURST);
+        for _ in 0..bursts {
+            for _ in 0..BURST {
+                let (head, chain) = dev.pop_avail().unwrap();
+                dev.write_buf(&chain[0], &bytes);
+                dev.push_used(head as u32, bytes.len() as u32);
+            }
+            assert_eq!(
+                cg_virtio_rx(&mut rx, &mut out, &mut cache, &mut stats),
+                BURST
+            );
+            assert_eq!(out[0].offset(), RX_HEADROOM);
+            cache.free_all(out.drain(..).map(Packet::into_buf));
+        }
+
+        let (q, mut dev) = queue_pair(256);
+        let hdr_region = DmaRegion::new_unmapped(4096, PageSize::Small).unwrap();
+        let mut tx = TxQueue::new(
+            q,
+            hdr_region.carve::<u8>(0, 64).unwrap(),
+            DmaDomain::UNMAPPED,
+        )
+        .unwrap();
+        let mut pkts = Vec::with_capacity(BURST);
+        for _ in 0..bursts {
+            for _ in 0..BURST {
+                let mut p = Packet::with_offset(cache.alloc().unwrap(), HEADROOM, 60).unwrap();
+                p.data_mut()[..12].fill(0xa5);
+                pkts.push(p);
+            }
+            assert_eq!(
+                cg_virtio_tx(&mut tx, &mut pkts, &mut cache, &mut stats),
+                BURST
+            );
+            for _ in 0..BURST {
+                let (head, chain) = dev.pop_avail().unwrap();
+                assert_eq!(chain[0].len as usize, NET_HDR_LEN + 60);
+                dev.push_used(head as u32, 0);
+            }
+        }
+        println!("callgrind mode: {} packets per direction", bursts * BURST);
+    }
+}
