@@ -120,9 +120,10 @@ struct Cli {
     #[arg(long, value_enum, default_value = "spare")]
     queue_size: QueueSizeArg,
     /// Doorbell order after a poll that found completions: sq-first (the
-    /// next submission's SQ tail, then the CQ head) or cq-first (the CQ head
-    /// at the end of the poll)
-    #[arg(long, value_enum, default_value = "sq-first")]
+    /// next submission's SQ tail, then the CQ head), cq-first (the CQ head
+    /// at the end of the poll), or auto (the driver's default: sq-first
+    /// unless --queue-size leaves the completion queue no room for it)
+    #[arg(long, value_enum, default_value = "auto")]
     doorbell_order: DoorbellOrderArg,
     /// Print the result as one JSON object
     #[arg(long)]
@@ -147,6 +148,7 @@ enum DataMode {
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum DoorbellOrderArg {
+    Auto,
     SqFirst,
     CqFirst,
 }
@@ -365,8 +367,9 @@ fn run(cli: &Cli, addrs: &[String], opts: Options) -> Result<Outcome, Box<dyn st
                 seed: cli.seed,
                 source,
                 doorbell_order: match cli.doorbell_order {
-                    DoorbellOrderArg::SqFirst => DoorbellOrder::SqFirst,
-                    DoorbellOrderArg::CqFirst => DoorbellOrder::CqFirst,
+                    DoorbellOrderArg::Auto => None,
+                    DoorbellOrderArg::SqFirst => Some(DoorbellOrder::SqFirst),
+                    DoorbellOrderArg::CqFirst => Some(DoorbellOrder::CqFirst),
                 },
             };
             let counters = Arc::new(Counters::default());

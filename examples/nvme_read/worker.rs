@@ -28,8 +28,8 @@ pub struct Job {
     pub seed: u64,
     /// How the LBAs are picked.
     pub source: Source,
-    /// Doorbell order after a poll with completions.
-    pub doorbell_order: DoorbellOrder,
+    /// Doorbell order after a poll with completions (None: the driver's).
+    pub doorbell_order: Option<DoorbellOrder>,
 }
 
 /// How a queue pair picks its I/Os.
@@ -174,7 +174,9 @@ pub fn run(
     let depth = usize::from(job.depth);
     let pool = BufferPool::new(vfio, job.io_size, u32::from(job.depth), PageSize::Huge2M)?;
     let mut qp = ctrl.create_qpair(job.entries)?;
-    qp.set_doorbell_order(job.doorbell_order);
+    if let Some(order) = job.doorbell_order {
+        qp.set_doorbell_order(order);
+    }
     let mut picker = Picker::new(job.source);
     let mut started = vec![Instant::now(); depth];
     let mut slot_io = vec![(0u64, true); depth];

@@ -78,13 +78,15 @@ pub struct QpairStats {
 /// caller then submits: the CQ head write at the end of the poll, or the SQ
 /// tail write of the next [`IoQueuePair::submit`] with the CQ head right
 /// after it (the head write waits for the next `submit` or `poll`,
-/// whichever comes first). Under an emulated controller the SQ doorbell
-/// first lets the device start the next command while the guest is still
-/// in the CQ doorbell's exit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// whichever comes first). SQ first lets the device start the next
+/// command while the CQ head write is still under way (under QEMU an MMIO
+/// exit of 8-13 us, measured by `benches/vm/nvme-trace-timeline.sh`); the
+/// head then lags by one poll, so the default needs a CQ with room for two
+/// rounds of commands in flight (`QueueSize::Spare` or `Maximum`), else it
+/// is CQ first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DoorbellOrder {
     /// CQ head at the end of each poll that consumed completions.
-    #[default]
     CqFirst,
     /// CQ head after the next SQ tail (or at the next poll).
     SqFirst,
@@ -263,11 +265,17 @@ impl IoQueuePair {
             epoch_started: Instant::now(),
             stats: QpairStats::default(),
             cq_unrung: false,
-            order: DoorbellOrder::default(),
+            // In flight at most depth - 1, consumed and not yet released
+            // as many again.
+            order: if u32::from(entries) >= 2 * u32::from(depth) {
+                DoorbellOrder::SqFirst
+            } else {
+                DoorbellOrder::CqFirst
+            },
         })
     }
 
-    /// Chooses the doorbell order (default [`DoorbellOrder::CqFirst`]).
+    /// Chooses the doorbell order (default: see [`DoorbellOrder`]).
     pub fn set_doorbell_order(&mut self, order: DoorbellOrder) {
         self.order = order;
         self.ring_cq_late();
@@ -1596,7 +1604,7 @@ mod tests {
 mod doorbell_order_tests {
     use super::DoorbellOrder;
     use crate::sim::{SimConfig, SimController};
-    use crate::{Controller, Options};
+    use crate::{Controller, Options, QueueSize};
     use fastlane_framework::{BufferPool, PageSize};
 
     /// The driver's doorbell writes (SQ + CQ) so far.
@@ -1664,6 +1672,30 @@ mod doorbell_order_tests {
         assert_eq!(writes(&qp), 6);
         assert_eq!(tags, [1, 2, 3]);
         assert_eq!(qp.outstanding(), 0);
+    }
+
+    /// The default: SQ first with spare queue entries, CQ first when the
+    /// CQ has no room for a head that lags by one poll (`Minimal`).
+    #[test]
+    fn the_default_order_follows_the_queue_size() {
+        for (size, late) in [(QueueSize::Spare, true), (QueueSize::Minimal, false)] {
+            let (mut sim, mmio) = SimController::start(SimConfig::default());
+            let options = Options {
+                queue_size: size,
+                ..Options::default()
+            };
+            let ctrl = Controller::with_registers(mmio, options).unwrap();
+            let pool = BufferPool::new_unmapped(4096, 4, PageSize::Small).unwrap();
+            let mut qp = ctrl.create_qpair(4).unwrap();
+            sim.set_synchronous(true);
+            qp.read(1, 0, 1, pool.alloc().unwrap(), 1)
+                .map_err(|r| r.error)
+                .unwrap();
+            qp.submit();
+            assert!(sim.process());
+            assert_eq!(qp.poll(4, |c| assert!(c.result.is_ok())), 1);
+            assert_eq!(writes(&qp), if late { 1 } else { 2 }, "{size:?}");
+        }
     }
 
     /// A late CQ head is dropped, not written, when a controller reset
