@@ -1612,17 +1612,33 @@ mod doorbell_order_tests {
         qp.stats().doorbell_writes
     }
 
+    /// A model in synchronous mode and a 4-deep pair on it.
+    fn open(options: Options) -> (SimController, Controller, super::IoQueuePair, BufferPool) {
+        let (mut sim, mmio) = SimController::start(SimConfig::default());
+        let ctrl = Controller::with_registers(mmio, options).unwrap();
+        let pool = BufferPool::new_unmapped(4096, 4, PageSize::Small).unwrap();
+        let qp = ctrl.create_qpair(4).unwrap();
+        sim.set_synchronous(true);
+        (sim, ctrl, qp, pool)
+    }
+
+    /// One read submitted, executed by the model and polled back.
+    fn one_read(sim: &mut SimController, qp: &mut super::IoQueuePair, pool: &BufferPool) {
+        qp.read(1, 0, 1, pool.alloc().unwrap(), 1)
+            .map_err(|r| r.error)
+            .unwrap();
+        qp.submit();
+        assert!(sim.process());
+        assert_eq!(qp.poll(4, |c| assert!(c.result.is_ok())), 1);
+    }
+
     /// SqFirst: a poll that consumed completions writes no doorbell; the
     /// next submit writes the SQ tail and then the CQ head; a poll with
     /// nothing submitted in between writes the late head itself. CqFirst
     /// writes the head at the end of the poll. Data and tags stay right.
     #[test]
     fn sq_first_writes_the_cq_head_with_the_next_submission() {
-        let (mut sim, mmio) = SimController::start(SimConfig::default());
-        let ctrl = Controller::with_registers(mmio, Options::default()).unwrap();
-        let pool = BufferPool::new_unmapped(4096, 4, PageSize::Small).unwrap();
-        let mut qp = ctrl.create_qpair(4).unwrap();
-        sim.set_synchronous(true);
+        let (mut sim, _ctrl, mut qp, pool) = open(Options::default());
         qp.set_doorbell_order(DoorbellOrder::SqFirst);
         let mut tags = Vec::new();
         let done = |qp: &mut super::IoQueuePair, tags: &mut Vec<u64>| {
@@ -1679,21 +1695,11 @@ mod doorbell_order_tests {
     #[test]
     fn the_default_order_follows_the_queue_size() {
         for (size, late) in [(QueueSize::Spare, true), (QueueSize::Minimal, false)] {
-            let (mut sim, mmio) = SimController::start(SimConfig::default());
-            let options = Options {
+            let (mut sim, _ctrl, mut qp, pool) = open(Options {
                 queue_size: size,
                 ..Options::default()
-            };
-            let ctrl = Controller::with_registers(mmio, options).unwrap();
-            let pool = BufferPool::new_unmapped(4096, 4, PageSize::Small).unwrap();
-            let mut qp = ctrl.create_qpair(4).unwrap();
-            sim.set_synchronous(true);
-            qp.read(1, 0, 1, pool.alloc().unwrap(), 1)
-                .map_err(|r| r.error)
-                .unwrap();
-            qp.submit();
-            assert!(sim.process());
-            assert_eq!(qp.poll(4, |c| assert!(c.result.is_ok())), 1);
+            });
+            one_read(&mut sim, &mut qp, &pool);
             assert_eq!(writes(&qp), if late { 1 } else { 2 }, "{size:?}");
         }
     }
@@ -1703,18 +1709,9 @@ mod doorbell_order_tests {
     /// that is gone); the recreated pair keeps working.
     #[test]
     fn a_reset_drops_the_late_cq_head() {
-        let (mut sim, mmio) = SimController::start(SimConfig::default());
-        let ctrl = Controller::with_registers(mmio, Options::default()).unwrap();
-        let pool = BufferPool::new_unmapped(4096, 4, PageSize::Small).unwrap();
-        let mut qp = ctrl.create_qpair(4).unwrap();
+        let (mut sim, ctrl, mut qp, pool) = open(Options::default());
         qp.set_doorbell_order(DoorbellOrder::SqFirst);
-        sim.set_synchronous(true);
-        qp.read(1, 0, 1, pool.alloc().unwrap(), 1)
-            .map_err(|r| r.error)
-            .unwrap();
-        qp.submit();
-        assert!(sim.process());
-        assert_eq!(qp.poll(4, |c| assert!(c.result.is_ok())), 1);
+        one_read(&mut sim, &mut qp, &pool);
         let before = writes(&qp);
         sim.set_synchronous(false); // the reset's admin commands need the model's thread
         ctrl.reset().unwrap();
