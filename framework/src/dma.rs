@@ -264,6 +264,23 @@ impl<T: Pod> DmaArray<T> {
         Ok(())
     }
 
+    /// Stores `f(&src[k])` into element `at + k` for every `k` of `src`:
+    /// [`DmaArray::write_run`] over a slice without an index check per
+    /// element (a burst of descriptors built from its packets).
+    #[inline]
+    pub fn write_mapped<S>(&self, at: usize, src: &[S], mut f: impl FnMut(&S) -> T) -> Result<()> {
+        self.check(at, src.len())?;
+        // SAFETY: at + src.len() <= len (checked above), so every `at + k`
+        // with k < src.len() is in bounds; see `read` for liveness and
+        // aliasing.
+        let base = unsafe { self.base.as_ptr().add(at) };
+        for (k, s) in src.iter().enumerate() {
+            // SAFETY: k < src.len(), inside the checked run.
+            unsafe { base.add(k).write_volatile(f(s)) };
+        }
+        Ok(())
+    }
+
     /// Calls `f(k, field)` with the `U` at byte `byte` of element `at + k`
     /// for `k` in `0..n`, in order, until `f` returns false; one bounds
     /// check for the run. Returns how many fields `f` accepted. For a

@@ -583,6 +583,14 @@ impl PoolCache {
         self.pool.id()
     }
 
+    /// Whether `buf` is a buffer of this cache's pool: one pointer
+    /// compare, for per-packet fast paths (such a buffer's IOVA is its
+    /// pointer plus [`PoolCache::iova_offset`], without reaching its pool).
+    #[inline(always)]
+    pub fn owns(&self, buf: &DmaBuf) -> bool {
+        buf.pool == self.pool.handle.inner
+    }
+
     /// Returns every buffer `bufs` yields: this pool's into the stash,
     /// another pool's home to that pool, without an
     /// error value. For reclaiming a run of transmitted buffers; the stash

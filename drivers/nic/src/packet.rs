@@ -62,14 +62,20 @@ pub struct Packet {
     /// receiving NIC stripped (high 16).
     off_tci: u32,
     /// Frame bytes, all buffers together (low 16 bits); the receiving
-    /// NIC's [`rx_status`] flags (high 16), 0 for a packet not received.
-    /// Halves of two words, so that a burst that reports nothing builds a
-    /// packet exactly as before: two 32-bit stores.
+    /// NIC's [`rx_status`] flags (bits 16-30), 0 for a packet not received;
+    /// [`MULTI`] (bit 31) set exactly when `more` is. Halves of two words,
+    /// so that a burst that reports nothing builds a packet exactly as
+    /// before: two 32-bit stores.
     len_flags: u32,
     /// The further buffers of a multi-buffer frame; `None` for the common
     /// one-buffer frame (one pointer, so that case stays small).
     more: Option<Box<Chain>>,
 }
+
+/// In `len_flags`: the frame has further buffers. Kept beside the length
+/// so that a transmit path's length check also refuses multi-buffer frames
+/// ([`Packet::len_or_multi`]) without a second test.
+const MULTI: u32 = 1 << 31;
 
 /// The buffers behind the first one of a multi-buffer frame.
 #[derive(Debug)]
@@ -222,6 +228,7 @@ impl Packet {
             .segs
             .push(seg);
         self.set_len_bits(len);
+        self.len_flags |= MULTI;
         Ok(())
     }
 
@@ -266,6 +273,7 @@ impl Packet {
             None => Vec::new(),
             Some(c) => {
                 self.set_len_bits(usize::from(c.head_len));
+                self.len_flags &= !MULTI;
                 c.segs
             }
         }
@@ -290,7 +298,7 @@ impl Packet {
     /// The [`rx_status`] flags (0 for a packet not received, or received
     /// by a port not asked to report them: [`crate::NicConfig::rx_checksum`]).
     pub fn rx_status(&self) -> u16 {
-        (self.len_flags >> 16) as u16
+        (self.len_flags >> 16) as u16 & !(MULTI >> 16) as u16
     }
 
     /// The buffers of a multi-buffer frame after the first, in frame
@@ -306,7 +314,7 @@ impl Packet {
     /// learns their checksum status from its net header.
     #[inline]
     pub(crate) fn set_rx_status(&mut self, flags: u16) {
-        self.len_flags = self.len_flags & 0xffff | u32::from(flags) << 16;
+        self.len_flags = self.len_flags & (0xffff | MULTI) | u32::from(flags & 0x7fff) << 16;
     }
 
     /// Sets the headroom, keeping the tag half.
@@ -503,6 +511,14 @@ impl Packet {
         }
     }
 
+    /// The frame length, or a number above every length (bit 31 set) for
+    /// a multi-buffer frame: one test for "a one-buffer frame of these
+    /// bytes" on a transmit path.
+    #[inline(always)]
+    pub(crate) fn len_or_multi(&self) -> u32 {
+        self.len_flags & (MULTI | 0xffff)
+    }
+
     /// Frame length in bytes (every buffer of a multi-buffer frame).
     #[inline]
     pub fn len(&self) -> usize {
@@ -547,8 +563,27 @@ impl Packet {
 
     /// Takes the (first) buffer back; the other buffers of a multi-buffer
     /// frame go back to their pool.
+    #[inline(always)]
     pub fn into_buf(self) -> DmaBuf {
-        self.buf
+        let Packet { buf, more, .. } = self;
+        // Out of line: transmit and recycle loops call this per packet, and
+        // the chain's drop glue inlined there costs them every time.
+        if let Some(chain) = more {
+            drop_chain(chain);
+        }
+        buf
+    }
+
+    /// [`Packet::into_buf`] for a packet known to be one buffer (checked
+    /// with [`Packet::is_multi`]): nothing to drop but the handle, so a
+    /// transmit loop keeps its state in registers. Were it a chain after
+    /// all, the further buffers would be leaked, never reused.
+    #[inline(always)]
+    pub(crate) fn into_single_buf(self) -> DmaBuf {
+        let Packet { buf, more, .. } = self;
+        debug_assert!(more.is_none());
+        std::mem::forget(more);
+        buf
     }
 
     /// Copies the frame out (every buffer's part).
@@ -564,18 +599,20 @@ impl Packet {
         v
     }
 
-    /// Replaces the frame with `data`. A frame longer than the first
-    /// buffer holds continues in the packet's further buffers, each filled
-    /// from its frame offset to its end; buffers it does not need go back
-    /// to their pool. Refused (the packet unchanged) when `data` is longer
-    /// than [`MAX_FRAME`] for a one-buffer packet, or than the buffers hold.
+    /// Replaces the frame with `data`. A one-buffer packet takes up to
+    /// [`MAX_FRAME`] bytes, or as many as its buffer holds past the
+    /// headroom (a jumbo port's frame may fit one). A frame longer than the
+    /// first buffer holds continues in the packet's further buffers, each
+    /// filled from its frame offset to its end; buffers it does not need go
+    /// back to their pool. Refused (the packet unchanged) when `data` is
+    /// longer than that, or than the buffers hold.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         if !self.is_multi() {
-            if data.len() > MAX_FRAME {
-                return Err(NicError::FrameTooLarge {
-                    len: data.len(),
-                    max: MAX_FRAME,
-                });
+            // A jumbo port's frame may fit one buffer (the port checks its
+            // MTU when sending); a standard frame always does.
+            let max = (self.buf.len() - self.offset()).clamp(MAX_FRAME, MAX_JUMBO_FRAME);
+            if data.len() > max {
+                return Err(NicError::FrameTooLarge { len: data.len(), max });
             }
             self.buf.write(self.offset(), data)?;
             self.set_len_bits(data.len());
@@ -608,6 +645,7 @@ impl Packet {
             c.segs.truncate(used);
             if used == 0 {
                 self.more = None;
+                self.len_flags &= !MULTI;
             }
         }
         self.set_len_bits(data.len());
@@ -678,6 +716,13 @@ pub(crate) fn alloc_frame(
         pkt.push_segment(seg).map_err(|(_, e)| e)?;
     }
     Ok(pkt)
+}
+
+/// Returns the further buffers of a multi-buffer frame to their pool.
+#[cold]
+#[inline(never)]
+fn drop_chain(chain: Box<Chain>) {
+    drop(chain);
 }
 
 fn verdict(status: u16, checked: u16, bad: u16) -> RxChecksum {

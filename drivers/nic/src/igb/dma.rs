@@ -75,6 +75,14 @@ impl<T: Pod> DescRing<T> {
         self.descs.write_run(at, n, f).is_ok()
     }
 
+    /// Stores `f(&src[k])` into descriptors `at + k` (a part of the ring
+    /// between its wrap points), one bounds check for the run; false (and
+    /// nothing written) for a run past the end.
+    #[inline(always)]
+    pub fn write_mapped<S>(&self, at: usize, src: &[S], f: impl FnMut(&S) -> T) -> bool {
+        self.descs.write_mapped(at, src, f).is_ok()
+    }
+
     /// Calls `f(k, qword)` with the status quadword of descriptors
     /// `at + k`, `k` in `0..n`, until `f` returns false; one bounds check
     /// for the run. Returns how many `f` accepted (0 for a run past the

@@ -193,7 +193,7 @@ impl RxQueue {
                 let took = self.ring.status_run(pos, run, |k, q| {
                     let st = RxStatus::from_qword(q);
                     if !st.done_and_good() {
-                        stop = Some(q);
+                        stop = Some(st);
                         return false;
                     }
                     // `ensure` put `left` buffers in the stash.
@@ -232,12 +232,15 @@ impl RxQueue {
             }
             // A bad descriptor, a piece of a multi-descriptor frame (kept
             // on a jumbo port, dropped otherwise), or not done.
-            let q = stop.unwrap_or_else(|| self.ring.status_qword(pos as u16));
-            if !RxStatus::from_qword(q).done() {
+            let st = match stop {
+                Some(st) => st,
+                None => RxStatus::from_qword(self.ring.status_qword(pos as u16)),
+            };
+            if !st.done() {
                 break;
             }
             fence(Ordering::Acquire);
-            match self.piece::<REPORT>(pos as u16, q, cache, out) {
+            match self.piece::<REPORT>(pos as u16, cache, out) {
                 Piece::NoBuffer => break,
                 Piece::Frame(n) => {
                     received += 1;
@@ -283,7 +286,9 @@ impl RxQueue {
     /// and counted once, every buffer kept.
     #[cold]
     #[inline(never)]
-    fn piece<const REPORT: bool>(&mut self, slot: u16, q: u64, cache: &mut PoolCache, out: &mut Vec<Packet>) -> Piece {
+    fn piece<const REPORT: bool>(&mut self, slot: u16, cache: &mut PoolCache, out: &mut Vec<Packet>) -> Piece {
+        // Done (the caller saw DD and fenced): the device no longer writes it.
+        let q = self.ring.status_qword(slot);
         let st = RxStatus::from_qword(q);
         let len = usize::from(st.length);
         let sane = len > 0 && len <= RX_BUF_BYTES && !st.frame_error();

@@ -166,9 +166,21 @@ impl TxQueue {
         self.reclaim(cache);
         let room = (self.index.free() as usize).min(pkts.len());
         let domain = self.domain;
+        // Buffers of the port's own pool are recognised by one pointer
+        // compare, and their IOVA is the pointer plus the cache's offset;
+        // other pools' (mapped in the same container) take the long way.
+        let mut others = false;
         let n = pkts[..room]
             .iter()
-            .take_while(|p| p.buf().domain() == domain && (MIN_TX_FRAME..=MAX_FRAME).contains(&p.len()))
+            .take_while(|p| {
+                // Multi-buffer frames fail the length test too.
+                let len_ok = (MIN_TX_FRAME as u32..=MAX_FRAME as u32).contains(&p.len_or_multi());
+                if cache.owns(p.buf()) {
+                    return len_ok;
+                }
+                others = true;
+                p.buf().domain() == domain && len_ok
+            })
             .count();
         if n == 0 {
             return 0;
@@ -177,15 +189,20 @@ impl TxQueue {
         let run = n.min(self.bufs.len() - first);
         let (a, b) = pkts[..n].split_at(run);
         let mut bytes = 0;
+        let offset = cache.iova_offset();
         let mut desc = |p: &Packet| {
             bytes += p.len() as u64;
-            TxDescRead::frame_unreported(p.iova().get(), p.len() as u16)
+            let iova = if others {
+                p.iova().get()
+            } else {
+                (p.buf().as_ptr() as u64).wrapping_add(offset) + p.offset() as u64
+            };
+            TxDescRead::frame_unreported(iova, p.len() as u16)
         };
         // Both parts lie inside the ring (first < size, run <= size - first,
         // n - run < size): neither write is refused, and if one were, the
         // tail would not move.
-        let written = self.ring.write_run(first, run, |k| desc(&a[k]))
-            && (b.is_empty() || self.ring.write_run(0, b.len(), |k| desc(&b[k])));
+        let written = self.ring.write_mapped(first, a, &mut desc) && (b.is_empty() || self.ring.write_mapped(0, b, &mut desc));
         if !written || self.index.reserve(n as u16).is_none() {
             return 0;
         }
@@ -264,7 +281,8 @@ fn free_slots(cache: &mut PoolCache, slots: &mut [Option<DmaBuf>]) {
 #[inline(never)]
 fn fill_slots(slots: &mut [Option<DmaBuf>], pkts: &mut std::vec::Drain<'_, Packet>) {
     for (slot, pkt) in slots.iter_mut().zip(pkts) {
-        let buf = pkt.into_buf();
+        // `burst` took one-buffer frames only.
+        let buf = pkt.into_single_buf();
         // Reclaimed slots are empty: storing into one drops nothing (and
         // keeps the drop call, with its spills, out of the loop).
         if slot.is_none() {
@@ -640,5 +658,38 @@ mod tests {
         q.reclaim(&mut cache);
         assert_eq!(other.pool().available(), 8);
         assert_eq!(pool.pool().available(), 32);
+    }
+
+    /// Own-pool packets take the short IOVA path, other pools' the long
+    /// one: in one burst, at several frame offsets, the device reads each
+    /// frame's own bytes. A multi-buffer frame is not for this path: it
+    /// stops the burst and stays first.
+    #[test]
+    fn own_and_other_pool_frames_in_one_burst_are_read_from_the_right_bytes() {
+        let mut sent = Vec::new();
+        let (mut q, mut dev, pool, mut cache) = setup(32, 32);
+        let other = PacketPool::new_unmapped(8).unwrap();
+        let mut pkts: Vec<Packet> = (0..12u32)
+            .map(|i| {
+                let from = if i % 3 == 1 { other.pool() } else { pool.pool() };
+                let mut p = Packet::with_offset(from.alloc().unwrap(), (i as usize * 37) % 300, 0).unwrap();
+                let mut f = vec![i as u8; 60 + i as usize];
+                f[..4].copy_from_slice(&i.to_le_bytes());
+                p.write(&f).unwrap();
+                p
+            })
+            .collect();
+        assert_eq!(q.burst(&mut cache, &mut pkts), 12);
+        run(&mut dev, &mut sent, usize::MAX);
+        for (i, f) in sent.iter().enumerate() {
+            assert_eq!((seq(f), f.len(), f[5]), (i as u32, 60 + i, i as u8));
+        }
+        let mut big = Packet::with_offset(pool.pool().alloc().unwrap(), 0, 100).unwrap();
+        let seg = Packet::piece(pool.pool().alloc().unwrap(), 100).unwrap();
+        big.push_segment(seg).map_err(|(_, e)| e).unwrap();
+        let mut pkts = vec![big];
+        pkts.extend(packets(&pool, 0..2));
+        assert_eq!(q.burst(&mut cache, &mut pkts), 0, "a 200-byte frame over two buffers");
+        assert_eq!((pkts.len(), pkts[0].segment_count()), (3, 2));
     }
 }
