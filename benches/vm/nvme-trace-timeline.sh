@@ -278,7 +278,7 @@ GUEST
 
 events="pci_cfg_read pci_nvme_mmio_doorbell_sq pci_nvme_mmio_doorbell_cq pci_nvme_create_sq pci_nvme_create_cq
 pci_nvme_io_cmd pci_nvme_read bdrv_co_preadv_part pci_nvme_rw_cb pci_nvme_enqueue_req_completion pci_nvme_irq_masked
-pci_nvme_irq_msix pci_nvme_update_cq_eventidx"
+pci_nvme_irq_msix"
 echo "$events" | tr ' ' '\n' | grep . > "$out/trace-events"
 trace="$out/trace.log"
 case "$backend" in
