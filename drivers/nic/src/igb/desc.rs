@@ -230,6 +230,29 @@ impl TxDescRead {
         TxDescRead::frame_unreported(iova, len).reported()
     }
 
+    /// One buffer of a frame spread over several descriptors (82576
+    /// 7.2.1.1): `len` bytes at `iova`; the payload length (`total`, the
+    /// whole frame) in every one; end of packet on the last. Each asks for
+    /// status (RS), so any of them may end a reclaim batch.
+    pub const fn piece(iova: u64, len: u16, total: u16, last: bool) -> TxDescRead {
+        let eop = if last { tx::DCMD_EOP } else { 0 };
+        let cmd_type_len = len as u32 | tx::DTYP_DATA | tx::DCMD_DEXT | eop | tx::DCMD_IFCS | tx::DCMD_RS;
+        let olinfo_status = (total as u32) << tx::PAYLEN_SHIFT;
+        TxDescRead {
+            buffer_addr: iova,
+            cmd_olinfo: cmd_type_len as u64 | (olinfo_status as u64) << 32,
+        }
+    }
+
+    /// This data descriptor with command bits `cmd` (VLE) and options
+    /// `popts` (IXSM, TXSM) added: the first one of an offloaded frame.
+    pub const fn with_options(self, cmd: u32, popts: u32) -> TxDescRead {
+        TxDescRead {
+            buffer_addr: self.buffer_addr,
+            cmd_olinfo: self.cmd_olinfo | cmd as u64 | (popts as u64) << 32,
+        }
+    }
+
     /// [`TxDescRead::frame`] without RS: the device writes no status back
     /// for it (one DMA write fewer); a later descriptor with RS reports it,
     /// since descriptors complete in order.
@@ -261,11 +284,7 @@ impl TxDescRead {
     /// `popts` are added to [`TxDescRead::frame`]'s (VLE; IXSM, TXSM).
     #[inline]
     pub const fn frame_with(iova: u64, len: u16, cmd: u32, popts: u32) -> TxDescRead {
-        let d = TxDescRead::frame(iova, len);
-        TxDescRead {
-            buffer_addr: d.buffer_addr,
-            cmd_olinfo: d.cmd_olinfo | cmd as u64 | (popts as u64) << 32,
-        }
+        TxDescRead::frame(iova, len).with_options(cmd, popts)
     }
 
     /// A context descriptor (context 0) in the ring's slot type: MAC and

@@ -39,6 +39,7 @@ mod rx;
 pub mod sim;
 mod stats;
 mod tx;
+mod tx_jumbo;
 mod tx_offload;
 
 use std::sync::{Arc, Mutex};
@@ -480,6 +481,27 @@ impl Igb {
         self.tx.domain()
     }
 
+    /// The rest of a burst on a jumbo port: runs of long frames and of
+    /// standard ones in turn, until one makes no progress (ring full, or a
+    /// frame the checks refuse, which stays first).
+    #[cold]
+    #[inline(never)]
+    fn tx_jumbo(&mut self, pkts: &mut Vec<Packet>, off: Option<&TxOffload>) -> usize {
+        let mut total = 0;
+        loop {
+            let long = self.tx.burst_jumbo(&mut self.cache, pkts, self.max_frame, off);
+            let short = match (pkts.is_empty(), off) {
+                (true, _) => 0,
+                (false, None) => self.tx.burst(&mut self.cache, pkts),
+                (false, Some(o)) => self.tx.burst_offload(&mut self.cache, pkts, o),
+            };
+            total += long + short;
+            if long + short == 0 || pkts.is_empty() {
+                return total;
+            }
+        }
+    }
+
     /// [`Nic::alloc_packet`], callable without the trait in scope.
     #[inline]
     pub fn alloc_packet(&mut self, len: usize) -> Result<Packet> {
@@ -577,11 +599,21 @@ impl Nic for Igb {
     /// [`Nic::check_tx`] refuses (a frame [`check_frame`] refuses, or a
     /// buffer of another VFIO container) and leaves it first in `pkts`. An
     /// empty `pkts` only reclaims.
+    #[inline]
     fn tx_burst(&mut self, pkts: &mut Vec<Packet>) -> usize {
-        self.tx.burst(&mut self.cache, pkts)
+        let n = self.tx.burst(&mut self.cache, pkts);
+        // Per burst, not per frame: a jumbo port's long frames stop the
+        // plain burst and go through their own.
+        if pkts.is_empty() || self.max_frame <= MAX_FRAME {
+            return n;
+        }
+        n + self.tx_jumbo(pkts, None)
     }
 
     fn check_tx(&self, pkt: &Packet) -> Result<()> {
+        if self.max_frame > MAX_FRAME && tx_jumbo::is_jumbo(pkt) {
+            return self.tx.check_jumbo(pkt, self.max_frame);
+        }
         self.tx.check(pkt)
     }
 
@@ -629,9 +661,13 @@ impl Nic for Igb {
     /// checksum fields are prepared by [`crate::offload::prepare`].
     fn tx_burst_offload(&mut self, pkts: &mut Vec<Packet>, offload: &TxOffload) -> usize {
         if offload.is_empty() {
-            return self.tx.burst(&mut self.cache, pkts);
+            return Nic::tx_burst(self, pkts);
         }
-        self.tx.burst_offload(&mut self.cache, pkts, offload)
+        let n = self.tx.burst_offload(&mut self.cache, pkts, offload);
+        if pkts.is_empty() || self.max_frame <= MAX_FRAME {
+            return n;
+        }
+        n + self.tx_jumbo(pkts, Some(offload))
     }
 }
 

@@ -302,7 +302,7 @@ fn replace_slot(slot: &mut Option<DmaBuf>, buf: DmaBuf) {
 }
 
 #[cfg(all(test, feature = "sim"))]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::igb::desc::{tx, TxContextDesc, TxDescWb};
     use crate::offload::{TxOffload, L4};
@@ -333,7 +333,7 @@ mod tests {
         rs
     }
 
-    fn setup(size: u16, pool_bufs: u32) -> (TxQueue, FakeDevice, PacketPool, PoolCache) {
+    pub(in crate::igb) fn setup(size: u16, pool_bufs: u32) -> (TxQueue, FakeDevice, PacketPool, PoolCache) {
         let pool = PacketPool::new_unmapped(pool_bufs).unwrap();
         let cache = pool.cache(16);
         let region = DmaRegion::new_unmapped(4096 * 4, PageSize::Small).unwrap();

@@ -28,16 +28,7 @@ impl TxQueue {
     ) -> usize {
         self.reclaim_with(cache, |c, slots| c.free_slots(slots));
         let (mut n, mut bytes) = (0, 0);
-        let (vlan, cmd) = match off.vlan {
-            Some(tci) => (tci, tx::DCMD_VLE),
-            None => (0, 0),
-        };
-        let popts = if off.ip_checksum { tx::POPTS_IXSM } else { 0 }
-            | if off.l4_checksum.is_some() {
-                tx::POPTS_TXSM
-            } else {
-                0
-            };
+        let (vlan, cmd, popts) = data_bits(off);
         for p in pkts.iter_mut() {
             if self.index.free() < 2 || self.check(p).is_err() {
                 break;
@@ -48,8 +39,7 @@ impl TxQueue {
             let Some(first) = self.index.reserve(2) else {
                 break;
             };
-            let tcp = off.l4_checksum == Some(L4::Tcp);
-            let ctx = TxDescRead::context(l.l2_len, l.l3_len, vlan, off.checksums(), tcp);
+            let ctx = context(off, l, vlan);
             let data = TxDescRead::frame_with(p.iova().get(), p.len() as u16, cmd, popts);
             let second = self.index.ring().add(first, 1);
             // Both slots are the device's only once the tail moves.
@@ -76,4 +66,21 @@ impl TxQueue {
             .write32(regs::tdt(self.queue), self.index.tail() as u32);
         n
     }
+}
+
+/// What a frame's data descriptors carry for `off`: the VLAN tag for the
+/// context, the VLE command bit, the IXSM/TXSM options.
+pub(super) fn data_bits(off: &TxOffload) -> (u16, u32, u32) {
+    let (vlan, cmd) = match off.vlan {
+        Some(tci) => (tci, tx::DCMD_VLE),
+        None => (0, 0),
+    };
+    let ip = if off.ip_checksum { tx::POPTS_IXSM } else { 0 };
+    let l4 = if off.l4_checksum.is_some() { tx::POPTS_TXSM } else { 0 };
+    (vlan, cmd, ip | l4)
+}
+
+/// The context descriptor of a frame prepared for `off` (layout `l`).
+pub(super) fn context(off: &TxOffload, l: offload::Layout, vlan: u16) -> TxDescRead {
+    TxDescRead::context(l.l2_len, l.l3_len, vlan, off.checksums(), off.l4_checksum == Some(L4::Tcp))
 }
