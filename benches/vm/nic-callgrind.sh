@@ -18,14 +18,16 @@
 #        seeded with FWD_SEED (4096) frames from the virtio-net port; the
 #        hub loops forwarded frames back (see nic-vs-testpmd.sh)
 #
-# Each tool and mode runs twice under callgrind, a short and a long run;
-# the per-packet figure is (Ir long - Ir short) / (packets long - packets
-# short), so that start-up and teardown cancel. Packets: pktgen's and
-# rxcount's --count (fixed), fwd's forwarded total, testpmd's own final
-# statistics (TX-packets or RX-packets, summed over its ports) after it is
-# stopped with SIGINT once it has printed CG_SECS statistics periods (short,
-# long). The whole process is counted (testpmd: its main lcore, which
-# prints the statistics, too). The callgrind files come back over the
+# Ours runs twice under callgrind, a short and a long run; the per-packet
+# figure is (Ir long - Ir short) / (packets long - packets short), so that
+# start-up and teardown cancel (packets: pktgen's and rxcount's --count,
+# fixed; fwd's forwarded total), the whole process counted. testpmd runs
+# once (under valgrind and TCG its start-up takes minutes), with
+# --separate-threads=yes: its figure is the forwarding lcore's thread (the
+# busiest; start-up and statistics are on the main lcore) divided by the
+# packets of its own final statistics (accumulated TX- or RX-packets) after
+# it is stopped with SIGINT once it has printed CG_SECS[0] statistics
+# periods after the load started. The callgrind files come back over the
 # console (gzip, base64); callgrind_annotate on the host gives the
 # inclusive cost per packet of the top functions.
 #
@@ -55,7 +57,8 @@ VG="valgrind --tool=callgrind --dump-instr=no"
 
 for mode in $(echo "$CG_MODES" | tr , ' '); do
   for tool in $(echo "$CG_TOOLS" | tr , ' '); do
-    for len in short long; do
+    lens="short long"; [ $tool = testpmd ] && lens=one
+    for len in $lens; do
       n=$NS t=$TS; [ $len = long ] && n=$NL t=$TL
       f="/tmp/cg-$tool-$mode-$len.out"
       rc=0 pk=0 gen=""
@@ -65,10 +68,10 @@ for mode in $(echo "$CG_MODES" | tr , ' '); do
           taskset 2 $VG --callgrind-out-file="$f" /bin/pktgen --device "$P0" --size "$S" --count "$n" > /tmp/out 2>&1 || rc=$?
           pk="$(sed -n 's/^total: \([0-9][0-9]*\) frames.*/\1/p' /tmp/out)" ;;
         tx-testpmd)
-          TP_PREFIX="$VG --callgrind-out-file=$f"; tp_start /tmp/out -a "$P0" -- $TP_OPTS --forward-mode=txonly --txpkts="$S"
+          TP_PREFIX="$VG --separate-threads=yes --callgrind-out-file=$f"; tp_start /tmp/out -a "$P0" -- $TP_OPTS --forward-mode=txonly --txpkts="$S"
           tp_wait $((t + 1)) || rc=1
           tp_stop || rc=$?
-          pk="$(tp_total /tmp/out TX 1)" ;;
+          pk="$(tp_total /tmp/out TX)" ;;
         rx-ours)
           # The load starts once the receiver is up (TCG runs both vCPUs on
           # one host thread: a generator waiting for valgrind's start-up
@@ -82,7 +85,7 @@ for mode in $(echo "$CG_MODES" | tr , ' '); do
           kill $gen 2>/dev/null; wait $gen
           pk="$(sed -n 's/^total: \([0-9][0-9]*\) frames.*/\1/p' /tmp/out)" ;;
         rx-testpmd)
-          TP_PREFIX="$VG --callgrind-out-file=$f"; tp_start /tmp/out -a "$P1" -- $TP_OPTS --forward-mode=rxonly
+          TP_PREFIX="$VG --separate-threads=yes --callgrind-out-file=$f"; tp_start /tmp/out -a "$P1" -- $TP_OPTS --forward-mode=rxonly
           if tp_wait 1; then
               taskset 1 /bin/pktgen --device "$P0" --size "$S" --time 3600 > /tmp/gen 2>&1 &
               gen=$!
@@ -92,7 +95,7 @@ for mode in $(echo "$CG_MODES" | tr , ' '); do
               rc=1
           fi
           tp_stop || rc=$?
-          pk="$(tp_total /tmp/out RX 1)" ;;
+          pk="$(tp_total /tmp/out RX)" ;;
         fwd-ours)
           taskset 2 $VG --callgrind-out-file="$f" /bin/fwd --ports "$P0,$P1" --time "$t" > /tmp/out 2>&1 &
           pid=$!
@@ -101,7 +104,7 @@ for mode in $(echo "$CG_MODES" | tr , ' '); do
           wait $pid || rc=$?
           pk="$(sed -n 's/^total in .* A->B \([0-9][0-9]*\) forwarded.* B->A \([0-9][0-9]*\) forwarded.*/\1 \2/p' /tmp/out | awk '{ print $1 + $2 }')" ;;
         fwd-testpmd)
-          TP_PREFIX="$VG --callgrind-out-file=$f"; tp_start /tmp/out -a "$P0" -a "$P1" -- $TP_OPTS --forward-mode=io
+          TP_PREFIX="$VG --separate-threads=yes --callgrind-out-file=$f"; tp_start /tmp/out -a "$P0" -a "$P1" -- $TP_OPTS --forward-mode=io
           if tp_wait 2; then
               taskset 1 /bin/pktgen --device "$V" --size "$S" --count "$SEED" > /tmp/gen 2>&1 || rc=1
               tp_wait $(($(blocks /tmp/out) + 2 * t)) || rc=1
@@ -109,9 +112,17 @@ for mode in $(echo "$CG_MODES" | tr , ' '); do
               rc=1
           fi
           tp_stop || rc=$?
-          pk="$(tp_total /tmp/out TX 2)" ;;
+          pk="$(tp_total /tmp/out TX)" ;;
       esac
       s1="$(cut -d' ' -f1 /proc/uptime)"
+      if [ $tool = testpmd ]; then
+          # One file per thread: keep the forwarding lcore's, the busiest.
+          best=0
+          for g in "$f"-*; do
+              v="$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$g" 2>/dev/null)"
+              if [ "${v:-0}" -gt "$best" ]; then best=$v; mv "$g" "$f"; else rm -f "$g"; fi
+          done
+      fi
       ir="$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$f" 2>/dev/null)"
       [ -n "$ir" ] || rc=98
       [ "${pk:-0}" -gt 0 ] 2>/dev/null || rc=99
@@ -136,7 +147,7 @@ for f in "$out"/cg/*.out; do
     [ -f "$f" ] || continue
     callgrind_annotate --inclusive=yes --tree=none --auto=no --threshold=99.9 "$f" 2>/dev/null |
         sed -n '/^Ir *file:function/,$p' | sed 1d |
-        awk '$1 ~ /^[0-9,]+$/ && $2 ~ /^\(/ { ir = $1; gsub(",", "", ir); $1 = $2 = ""; sub(/^ +/, ""); print ir "\t" $0 }' \
+        awk 'match($0, /^ *[0-9,]+ +\( *[0-9.]+%\) +/) { ir = $1; gsub(",", "", ir); print ir "\t" substr($0, RLENGTH + 1) }' \
         > "${f%.out}.incl.tsv" || true
 done
 
@@ -152,38 +163,46 @@ def incl(path):
     if os.path.exists(path):
         for line in open(path, errors="replace"):
             ir, _, fn = line.rstrip("\n").partition("\t")
-            fn = re.sub(r"^/rustc/[0-9a-f]+/|^/root/.cargo/registry/src/[^/]+/|^/work/main/|\s+\[[^]]*\]$", "", fn)
+            # Paths shortened; an unnamed function keeps its object's name.
+            fn = re.sub(r"^/rustc/[0-9a-f]+/|^/root/.cargo/registry/src/[^/]+/|^/work/main/", "", fn)
+            fn = re.sub(r"\s+\[(?:[^]]*/)?([^]/]*)\]$", r" [\1]" if fn.startswith("???") else "", fn)
             res[fn] = res.get(fn, 0) + int(ir or 0)
     return res
 label = {"tx": "tx (pktgen / txonly)", "rx": "rx (rxcount / rxonly)", "fwd": "io forwarding (fwd / io)"}
 tname = {"ours": "fastlane", "testpmd": "testpmd"}
 print(f"fastlane: {built}. testpmd: Debian dpdk-dev 22.11, igb PMD, vfio-pci, --iova-mode=va. {size}-byte frames.")
-print("valgrind --tool=callgrind in the guest, whole process. Ir per packet = (Ir long - Ir short) / (packets long - packets short).\n")
-print("| mode | tool | Ir per packet | packets short / long | Ir short / long |")
+print("valgrind --tool=callgrind in the guest. fastlane: whole process, (Ir long - Ir short) / (packets long - packets short);")
+print("testpmd: its forwarding lcore's thread, Ir / packets (one run).\n")
+print("| mode | tool | Ir per packet | packets | Ir |")
 print("|---|---|---:|---:|---:|")
 pairs = []
 for mode in ["tx", "rx", "fwd"]:
     for tool in ["ours", "testpmd"]:
-        s, l = runs.get((tool, mode, "short")), runs.get((tool, mode, "long"))
-        if not s and not l:
+        got = [runs[k] for k in [(tool, mode, "short"), (tool, mode, "long"), (tool, mode, "one")] if k in runs]
+        if not got:
             continue
-        if not s or not l or s["rc"] != "0" or l["rc"] != "0":
-            print(f"| {label[mode]} | {tname[tool]} | failed: see console.log | {s and s['pkts']} / {l and l['pkts']} | |")
+        pk, ir = " / ".join(r["pkts"] for r in got), " / ".join(f"{int(r['ir']):,}" for r in got)
+        if any(r["rc"] != "0" for r in got) or len(got) == 1 and tool == "ours":
+            print(f"| {label[mode]} | {tname[tool]} | failed: see console.log | {pk} | {ir} |")
             continue
-        dp = int(l["pkts"]) - int(s["pkts"])
+        # (first, last): the run subtracted (none for testpmd's one run) and the run.
+        base = got[0] if len(got) == 2 else {"pkts": "0", "ir": "0", "len": None}
+        dp = int(got[-1]["pkts"]) - int(base["pkts"])
         if dp <= 0:
-            print(f"| {label[mode]} | {tname[tool]} | no more packets in the long run | {s['pkts']} / {l['pkts']} | |")
+            print(f"| {label[mode]} | {tname[tool]} | no more packets in the long run | {pk} | {ir} |")
             continue
-        d = (int(l["ir"]) - int(s["ir"])) / dp
-        print(f"| {label[mode]} | {tname[tool]} | {d:,.1f} | {s['pkts']} / {l['pkts']} | {int(s['ir']):,} / {int(l['ir']):,} |")
-        pairs.append((tool, mode, dp, d))
-print("\nWhere the instructions go: the top functions by inclusive Ir per packet ((long - short) / (packets long -")
-print("packets short)), those with at least 2% of the whole, for each tool and mode.\n")
-for tool, mode, dp, tot in pairs:
-    short = incl(f"{out}/cg/cg-{tool}-{mode}-short.incl.tsv")
-    long_ = incl(f"{out}/cg/cg-{tool}-{mode}-long.incl.tsv")
+        d = (int(got[-1]["ir"]) - int(base["ir"])) / dp
+        print(f"| {label[mode]} | {tname[tool]} | {d:,.1f} | {pk} | {ir} |")
+        pairs.append((tool, mode, dp, d, base["len"], got[-1]["len"]))
+print("\nWhere the instructions go: the top functions by inclusive Ir per packet (as above), those with at")
+print("least 2% of the whole, for each tool and mode (testpmd's Debian build has no symbols: addresses).\n")
+for tool, mode, dp, tot, first, last in pairs:
+    short = incl(f"{out}/cg/cg-{tool}-{mode}-{first}.incl.tsv") if first else {}
+    long_ = incl(f"{out}/cg/cg-{tool}-{mode}-{last}.incl.tsv")
     per = {fn: (ir - short.get(fn, 0)) / dp for fn, ir in long_.items()}
-    top = [fn for fn in sorted(per, key=per.get, reverse=True) if per[fn] >= 0.02 * tot][:25]
+    # Leave out the runtime's frames around main (all of it, or more with recursion).
+    outer = re.compile(r"^\?\?\?:\(below main\)|^\?\?\?:main$|^library/(std|core)/src/(rt|sys/backtrace|ops/function)\.rs:std::")
+    top = [fn for fn in sorted(per, key=per.get, reverse=True) if per[fn] >= 0.02 * tot and not outer.search(fn)][:25]
     print(f"| {label[mode]}, {tname[tool]} | Ir per packet | share |\n|---|---:|---:|")
     print("\n".join(f"| `{fn[:110]}` | {per[fn]:,.1f} | {per[fn] / tot:.0%} |" for fn in top) + "\n")
 PY
