@@ -149,7 +149,8 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         {
             want
         } else {
-            1
+            // virtio-net: several only when asked (the device needs MQ).
+            cli.queues.unwrap_or(1)
         };
         for a in pair {
             opened.push(common::open_queues(&vfio, *a, &pool, &cfg, q)?);

@@ -1,8 +1,8 @@
 //! A network service other stacks can talk to: on one IPv4 address (and
 //! the port's MAC) it answers ARP requests and ICMP echo requests (ping)
 //! and sends every UDP datagram back to where it came from (addresses and
-//! ports swapped, checksums recomputed). One thread per queue: on igb
-//! several queues with RSS spreading the flows, on virtio-net one.
+//! ports swapped, checksums recomputed). One thread per queue: several
+//! queues with RSS spreading the flows (igb; virtio-net with MQ and RSS).
 //!
 //! ```text
 //! sudo ./hugepages.sh setup && sudo ./hugepages.sh bind 0000:02:00.0
@@ -28,7 +28,7 @@ use fastlane::nic::{Nic, NicConfig, Packet, PacketPool, TxOffload, L4, MAX_MTU, 
     after_help = "Frames not for --ip (or not ARP, ICMP echo or UDP) are dropped and counted; so are\n\
                   malformed ones, fragments and any with a bad IP, ICMP or UDP checksum.\n\
                   Runs until --time passes, standard input closes (--until-stdin-closes) or it is killed.\n\
-                  Ports: Intel igb (several queues) or virtio-net (one)."
+                  Ports: Intel igb or virtio-net (several queues where the device offers MQ + RSS)."
 )]
 struct Cli {
     /// Port bound to vfio-pci, e.g. 0000:02:00.0
@@ -37,7 +37,7 @@ struct Cli {
     /// The IPv4 address to answer for
     #[arg(long, value_name = "ADDR", value_parser = net::ipv4)]
     ip: [u8; 4],
-    /// Queue pairs, one thread each (igb: 1 to 8; other NICs use 1)
+    /// Queue pairs, one thread each (igb: 1 to 8; virtio-net: up to the device's pairs)
     #[arg(long, value_name = "N", default_value = "1", allow_hyphen_values = true,
           value_parser = |s: &str| args::int_in::<u16>(s, 1, 8))]
     queues: u16,
@@ -138,7 +138,11 @@ fn serve(
                     } else {
                         n
                     };
-                    p.write(&frame[..n])?;
+                    if p.write(&frame[..n]).is_err() {
+                        // Longer than the packet's buffers hold: dropped.
+                        c.tx_dropped += 1;
+                        continue;
+                    }
                     if what == Answered::Udp && !offload.is_empty() {
                         tx_udp.push(p);
                     } else {

@@ -86,10 +86,10 @@ pub fn open_port(
     nic::open(vfio, &addr.to_string(), pool, cfg)
 }
 
-/// Opens the NIC at `addr` with up to `queues` queue pairs, one [`Nic`]
-/// per queue, queue 0 first: igb through [`fastlane::nic::igb::Igb::open_multi`]
-/// (RSS spreads IPv4 flows over the queues), any other supported NIC
-/// through [`fastlane::nic::open`] with its one queue pair.
+/// Opens the NIC at `addr` with `queues` queue pairs, one [`Nic`] per
+/// queue, queue 0 first, through [`fastlane::nic::open_multi`]: igb with
+/// RSS over up to 8 queues, virtio-net with VIRTIO_NET_F_MQ and RSS (the
+/// device must offer them for more than one).
 pub fn open_queues(
     vfio: &Vfio,
     addr: PciAddress,
@@ -97,18 +97,11 @@ pub fn open_queues(
     cfg: &NicConfig,
     queues: u16,
 ) -> nic::Result<Vec<Box<dyn Nic>>> {
-    if queues > 1 && pci_driver(addr) == Some(nic::Driver::Igb) {
-        let cfg = NicConfig {
-            queues,
-            ..cfg.clone()
-        };
-        let qs = nic::igb::Igb::open_multi(vfio, &addr.to_string(), pool, &cfg)?;
-        return Ok(qs
-            .into_iter()
-            .map(|q| Box::new(q) as Box<dyn Nic>)
-            .collect());
-    }
-    Ok(vec![open_port(vfio, addr, pool, cfg)?])
+    let cfg = NicConfig {
+        queues,
+        ..cfg.clone()
+    };
+    nic::open_multi(vfio, &addr.to_string(), pool, &cfg)
 }
 
 /// The driver a device's PCI id calls for, read from sysfs (without

@@ -258,6 +258,10 @@ pub struct NicConfig {
     /// ([`MAX_FRAME`] bytes) are received and sent as multi-buffer
     /// [`Packet`]s; the port takes frames of up to [`NicConfig::max_frame`].
     pub mtu: u16,
+    /// virtio-net: packed virtqueues (VIRTIO_F_RING_PACKED; QEMU
+    /// `packed=on`) instead of split ones; refused when the device does not
+    /// offer them. igb has no such choice and ignores it.
+    pub packed: bool,
 }
 
 impl NicConfig {
@@ -284,6 +288,7 @@ impl Default for NicConfig {
             vlan: false,
             rx_checksum: false,
             mtu: 1500,
+            packed: false,
         }
     }
 }
@@ -328,6 +333,31 @@ pub fn open(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Resu
         Some(Driver::VirtioNet) => Ok(Box::new(virtio::VirtioNet::open_device(
             vfio, dev, pool, cfg,
         )?)),
+        None => Err(NicError::Unsupported {
+            addr: addr.to_string(),
+            vendor,
+            device,
+            class: dev.class_code()?,
+        }),
+    }
+}
+
+/// Opens the NIC at `addr` with `cfg.queues` queue pairs, one [`Nic`] per
+/// pair, pair 0 first, with the driver its PCI id calls for: igb (RSS over
+/// up to 8 queues, [`igb::Igb::open_multi`]) or virtio-net (VIRTIO_NET_F_MQ
+/// with RSS, split or packed rings per `cfg.packed`,
+/// [`virtio::VirtioNet::open_multi`]). Received IPv4/IPv6 flows are spread
+/// over the pairs by the NIC's hash; each pair sends on its own queue, so
+/// each can be driven by its own thread.
+pub fn open_multi(vfio: &Vfio, addr: &str, pool: &PacketPool, cfg: &NicConfig) -> Result<Vec<Box<dyn Nic>>> {
+    let dev: PciDevice = vfio.open(addr)?;
+    let (vendor, device) = dev.id()?;
+    fn boxed<N: Nic + 'static>(queues: Vec<N>) -> Vec<Box<dyn Nic>> {
+        queues.into_iter().map(|q| Box::new(q) as Box<dyn Nic>).collect()
+    }
+    match Driver::for_id(vendor, device) {
+        Some(Driver::Igb) => Ok(boxed(igb::Igb::open_device(vfio, dev, pool, cfg)?)),
+        Some(Driver::VirtioNet) => Ok(boxed(virtio::VirtioNet::open_pairs(vfio, dev, pool, cfg, cfg.packed)?)),
         None => Err(NicError::Unsupported {
             addr: addr.to_string(),
             vendor,

@@ -339,14 +339,14 @@ impl VirtioNet {
                 cfg.queues
             )));
         }
-        Self::open_pairs(vfio, dev, pool, cfg, false)?
+        Self::open_pairs(vfio, dev, pool, cfg, cfg.packed)?
             .pop()
             .ok_or(NicError::Malformed("no queue opened"))
     }
 
     /// Nothing is written to the device before every argument was
     /// checked: a refused open leaves it as it was.
-    fn open_pairs(
+    pub(crate) fn open_pairs(
         vfio: &Vfio,
         dev: PciDevice,
         pool: &PacketPool,
