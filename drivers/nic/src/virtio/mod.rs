@@ -7,10 +7,14 @@
 //! - `virtqueue`: split rings in DMA memory, with the pure ring bookkeeping
 //!   unit-tested on its own;
 //! - `packed`: packed rings (VIRTIO_F_RING_PACKED), the same way;
-//! - `rx`, `tx`, `ctrl`: the receive, transmit and control queues;
+//! - `rx`, `tx`, `ctrl`: the receive (mergeable buffers for jumbo frames,
+//!   checksum flags), transmit (multi-buffer chains, checksum offload) and
+//!   control queues;
 //! - `rss`: the RSS setup of a multi-queue port and its queue prediction;
 //! - `net`: [`VirtioNet`], device bring-up and the [`crate::Nic`] interface
-//!   on each queue pair.
+//!   on each queue pair;
+//! - `cost`: the bursts' instructions per packet against the model, for
+//!   callgrind (tests only).
 //!
 //! The device must reach memory through the IOMMU (VIRTIO_F_ACCESS_PLATFORM;
 //! in QEMU `-device virtio-net-pci,...,iommu_platform=on`), since every
