@@ -17,7 +17,7 @@ mod tests {
     use fastlane_framework::{DmaDomain, DmaRegion, PageSize, PoolCache};
 
     use super::super::rx::{RxQueue, RX_HEADROOM};
-    use super::super::sim::queue_pair;
+    use super::super::sim::{queue_pair, SimQueue};
     use super::super::spec::{VirtioNetHdr, NET_HDR_LEN};
     use super::super::tx::TxQueue;
     use crate::{Packet, PacketPool, Stats, HEADROOM};
@@ -42,6 +42,15 @@ mod tests {
         stats: &mut Stats,
     ) -> usize {
         tx.burst(pkts, cache, stats)
+    }
+
+    /// A transmit queue of 256 on the model, and its header's region.
+    fn tx_queue() -> (TxQueue, SimQueue, DmaRegion) {
+        let (q, dev) = queue_pair(256);
+        let region = DmaRegion::new_unmapped(4096, PageSize::Small).unwrap();
+        let hdr = region.carve::<u8>(0, 64).unwrap();
+        let tx = TxQueue::new(q, hdr, DmaDomain::UNMAPPED).unwrap();
+        (tx, dev, region)
     }
 
     /// Receives and sends `FASTLANE_BENCH_ITERS` one-buffer 60-byte frames
@@ -81,14 +90,7 @@ mod tests {
             cache.free_all(out.drain(..).map(Packet::into_buf));
         }
 
-        let (q, mut dev) = queue_pair(256);
-        let hdr_region = DmaRegion::new_unmapped(4096, PageSize::Small).unwrap();
-        let mut tx = TxQueue::new(
-            q,
-            hdr_region.carve::<u8>(0, 64).unwrap(),
-            DmaDomain::UNMAPPED,
-        )
-        .unwrap();
+        let (mut tx, mut dev, _hdr) = tx_queue();
         let mut pkts = Vec::with_capacity(BURST);
         for _ in 0..bursts {
             for _ in 0..BURST {
@@ -147,14 +149,7 @@ mod tests {
             assert_eq!(out[0].segment_count(), 6);
             cache.free_all(out.drain(..).map(Packet::into_buf));
         }
-        let (q, mut dev) = queue_pair(256);
-        let hdr_region = DmaRegion::new_unmapped(4096, PageSize::Small).unwrap();
-        let mut tx = TxQueue::new(
-            q,
-            hdr_region.carve::<u8>(0, 64).unwrap(),
-            DmaDomain::UNMAPPED,
-        )
-        .unwrap();
+        let (mut tx, mut dev, _hdr) = tx_queue();
         tx.set_max_frame(crate::MAX_JUMBO_FRAME);
         let mut pkts = Vec::with_capacity(JUMBO_BURST);
         for _ in 0..bursts {
