@@ -81,11 +81,11 @@ pub fn check_frame(pkt: &Packet) -> Result<()> {
 }
 
 /// The longest frame a jumbo port accepts: its maximum plus one VLAN tag
-/// (the kernel's igb driver allows the same); standard ports stay at
-/// [`MAX_FRAME`].
+/// (the kernel's igb driver allows the same) up to what a packet holds
+/// ([`crate::MAX_JUMBO_FRAME`]); standard ports stay at [`MAX_FRAME`].
 fn rx_max_frame(max_frame: usize) -> usize {
     if max_frame > MAX_FRAME {
-        max_frame + 4
+        (max_frame + 4).min(crate::MAX_JUMBO_FRAME)
     } else {
         MAX_FRAME
     }
