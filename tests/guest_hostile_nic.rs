@@ -214,6 +214,51 @@ fn virtio_keeps_packets_of_another_container_with_the_caller() {
     foreign_packet_stays_with_the_caller(&pool_a, virtio_a.as_mut(), &pool_b, igb_b.as_mut(), 0x48_2300);
 }
 
+/// A jumbo (multi-buffer) packet whose second buffer belongs to another
+/// container: igb and virtio-net refuse it whole (`ForeignBuffer`), it
+/// stays first and unchanged, nothing reaches the wire; the same frame
+/// built from the port's own pool arrives intact, one packet.
+#[test]
+fn jumbo_frames_with_a_buffer_of_another_container_stay_with_the_caller() {
+    let (a, b) = (Vfio::new().unwrap(), Vfio::new().unwrap());
+    let (pool_a, pool_b) = (PacketPool::new(&a, POOL).unwrap(), PacketPool::new(&b, POOL).unwrap());
+    let jumbo = NicConfig { mtu: 9000, ..cfg() };
+    let mut igb_b = nic::open(&b, &env("FASTLANE_IGB1"), &pool_b, &jumbo).unwrap();
+    wait_link(igb_b.as_mut());
+    // dst broadcast, src 02:..., a private EtherType; then a pattern.
+    let mut f: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 256) as u8).collect();
+    f[..12].copy_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0x4a, 0x4b]);
+    f[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    let build = |tail_pool: &PacketPool| {
+        let mut head = Packet::new(pool_a.pool().alloc().unwrap(), 0).unwrap();
+        head.write(&f[..1500]).unwrap();
+        for (k, part) in [&f[1500..3500], &f[3500..]].into_iter().enumerate() {
+            // The last buffer is `tail_pool`'s: foreign, or the port's own.
+            let from = if k == 1 { tail_pool } else { &pool_a };
+            let mut seg = Packet::new(from.pool().alloc().unwrap(), 0).unwrap();
+            seg.write(part).unwrap();
+            head.push_segment(seg).map_err(|(_, e)| e).unwrap();
+        }
+        head
+    };
+    for var in ["FASTLANE_IGB0", "FASTLANE_VIRTIO"] {
+        let mut port = nic::open(&a, &env(var), &pool_a, &jumbo).unwrap();
+        drain(port.as_mut());
+        drain(igb_b.as_mut());
+        let mut pkts = vec![build(&pool_b)];
+        assert_eq!(port.tx_burst(&mut pkts), 0, "{var}: a frame with a foreign buffer went");
+        assert!(is_foreign(&port.check_tx(&pkts[0])), "{var}: {:?}", port.check_tx(&pkts[0]));
+        assert_eq!((pkts[0].segment_count(), pkts[0].to_vec()), (3, f.clone()), "{var}: left as it was");
+        assert!(listen(igb_b.as_mut(), 500).is_empty(), "{var}: something reached the wire");
+        // The same frame from the port's own pool: one packet, intact.
+        let mut pkts = vec![build(&pool_a)];
+        assert_eq!(port.tx_burst(&mut pkts), 1, "{var}");
+        let got = listen(igb_b.as_mut(), 1500);
+        assert_eq!(got.len(), 1, "{var}");
+        assert_eq!(got[0], f, "{var}: the jumbo frame arrived changed");
+    }
+}
+
 #[test]
 fn a_second_open_of_an_open_port_is_busy_and_the_first_keeps_working() {
     let vfio = Vfio::new().unwrap();
