@@ -145,7 +145,7 @@ fn bad_numbers_are_usage_errors() {
         ("pktgen", &["--device", DEV, "--count", "1e30"], "--count"),
         ("pktgen", &["--device", DEV, "--count", "18446744073709551616"], "--count"),
         ("pktgen", &["--device", DEV, "--size", "59"], "--size"),
-        ("pktgen", &["--device", DEV, "--size", "1515"], "--size"),
+        ("pktgen", &["--device", DEV, "--size", "9015"], "--size"),
         ("pktgen", &["--device", DEV, "--size", "1e30"], "--size"),
         ("pktgen", &["--device", DEV, "--burst", "0"], "--burst"),
         ("pktgen", &["--device", DEV, "--burst", "65536"], "--burst"),
