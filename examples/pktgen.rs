@@ -18,7 +18,7 @@ use clap::Parser;
 use common::{args, net, Tick, Ticker};
 use fastlane::framework::{PciAddress, Vfio};
 use fastlane::nic::proto::{self, UDP_OFFSET, UDP_PAYLOAD_OFFSET};
-use fastlane::nic::{NicConfig, Packet, PacketPool, MAX_FRAME, MAX_JUMBO_FRAME, MIN_FRAME};
+use fastlane::nic::{Nic, NicConfig, Packet, PacketPool, MAX_FRAME, MAX_JUMBO_FRAME, MIN_FRAME};
 
 /// Transmits frames as fast as the port takes them and prints packets/s and
 /// bits/s every second, then a summary.
@@ -189,14 +189,17 @@ fn template(o: &Opts, port_mac: [u8; 6]) -> Result<Vec<u8>, proto::ProtoError> {
     Ok(frame)
 }
 
-/// Writes `frame` into every buffer of `pool` once; afterwards only the
-/// sequence number (and for UDP the source port and checksum) changes.
-fn prefill(pool: &PacketPool, frame: &[u8]) -> fastlane::nic::Result<()> {
-    let mut all = Vec::with_capacity(pool.pool().capacity() as usize);
-    while let Ok(mut p) = pool.alloc() {
+/// Writes `frame` once into every buffer the port can hand out (its cache
+/// and the pool behind it: all but its receive ring's), where
+/// `alloc_packet` puts frames; afterwards only the sequence number (and
+/// for UDP the source port and checksum) changes.
+fn prefill(port: &mut dyn Nic, frame: &[u8]) -> fastlane::nic::Result<()> {
+    let mut all = Vec::new();
+    while let Ok(mut p) = port.alloc_packet(frame.len()) {
         p.write(frame)?;
         all.push(p);
     }
+    port.recycle(&mut all);
     Ok(())
 }
 
@@ -256,6 +259,14 @@ impl UdpStamp {
     }
 }
 
+/// Writes `bytes` at `at` in `f` (nothing if they do not fit).
+#[inline]
+fn copy_into(f: &mut [u8], at: usize, bytes: &[u8]) {
+    if let Some(d) = f.get_mut(at..at + bytes.len()) {
+        d.copy_from_slice(bytes);
+    }
+}
+
 fn rate_line(label: &str, packets: u64, secs: f64, size: usize) -> (f64, f64, f64) {
     let pps = packets as f64 / secs;
     let bps = pps * (size * 8) as f64;
@@ -270,8 +281,9 @@ fn rate_line(label: &str, packets: u64, secs: f64, size: usize) -> (f64, f64, f6
 
 fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
     let vfio = Vfio::new()?;
-    // Every buffer gets the frame before the port takes some for its
-    // receive ring; frames then cycle between the cache below and the pool.
+    // Frames cycle through the port's own cache: alloc_packet takes them,
+    // the transmit reclaim gives them back, never through the pool's
+    // shared queue.
     let pool = PacketPool::new(&vfio, 4096)?;
     // The port's MAC is the default UDP source: open first, then fill the
     // buffers the port did not take for its receive ring.
@@ -284,15 +296,13 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
     let mut port = common::open_port(&vfio, o.device, &pool, &cfg)?;
     let mut frame = template(o, port.mac_address())?;
     if !jumbo {
-        prefill(&pool, &frame)?;
+        prefill(port.as_mut(), &frame)?;
     }
     let stamp = match &o.udp {
         Some(u) => Some(UdpStamp::new(&frame, u)?),
         None => None,
     };
     let pacer = o.rate.map(net::Pacer::new);
-    // Frames come from this cache; sent buffers go back to the pool.
-    let mut cache = pool.cache(2 * o.burst);
     println!(
         "pktgen: {} mac {} link {:?}, {}-byte frames, burst {}",
         o.device,
@@ -364,11 +374,12 @@ fn run(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
                 made += 1;
                 continue;
             }
-            let Ok(buf) = cache.alloc() else { break };
-            let mut p = Packet::new(buf, o.size)?;
+            let Ok(mut p) = port.alloc_packet(o.size) else { break };
+            // o.size >= MIN_FRAME: both fields are inside the frame.
+            let f = p.data_mut();
             match &stamp {
-                Some(s) => p.buf_mut().write(UDP_OFFSET, &s.stamp(made))?,
-                None => p.buf_mut().write(SEQ_OFFSET, &made.to_be_bytes())?,
+                Some(s) => copy_into(f, UDP_OFFSET, &s.stamp(made)),
+                None => copy_into(f, SEQ_OFFSET, &made.to_be_bytes()),
             }
             batch.push(p);
             made += 1;

@@ -229,9 +229,18 @@ fn oversized_and_runt_frames_get_typed_errors() {
     assert!(matches!(alloc_packet(p.pool.pool(), MAX_FRAME + 1), Err(NicError::FrameTooLarge { len: 1515, max: 1514 })));
     let mut big = alloc_packet(p.pool.pool(), MAX_FRAME).unwrap();
     assert!(matches!(big.set_len(MAX_FRAME + 1), Err(NicError::FrameTooLarge { .. })));
-    assert!(matches!(big.write(&[0u8; MAX_FRAME + 1]), Err(NicError::FrameTooLarge { .. })));
-    assert_eq!(big.len(), MAX_FRAME, "a refused write leaves the packet alone");
     assert!(Igb::check_frame(&big).is_ok());
+    // A buffer holds more than a standard frame (a jumbo port's 1515-2048
+    // byte frames fit one): the packet takes 1515 bytes, but a standard
+    // port refuses to send them and the packet stays first.
+    big.write(&[0u8; MAX_FRAME + 1]).unwrap();
+    assert!(matches!(p.a.check_tx(&big), Err(NicError::FrameTooLarge { len: 1515, max: 1514 })));
+    let mut pkts = vec![big];
+    assert_eq!(p.a.tx_burst(&mut pkts), 0);
+    assert_eq!(pkts.len(), 1);
+    // Past its buffer it cannot be written at all.
+    assert!(matches!(pkts[0].write(&[0u8; 2049]), Err(NicError::FrameTooLarge { .. })));
+    assert_eq!(pkts[0].len(), MAX_FRAME + 1, "a refused write leaves the packet alone");
 
     // A frame shorter than an Ethernet header is refused by the driver, and
     // tx_burst stops in front of it.
