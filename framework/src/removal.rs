@@ -5,13 +5,17 @@
 //! request channel (`VFIO_PCI_REQ_IRQ_INDEX`, an eventfd) from a small
 //! thread per device and, when asked:
 //!
-//! 1. marks the device removed ([`Removal::is_removed`]: drivers check it
-//!    and fail their outstanding and new commands with a typed error);
-//! 2. turns bus mastering off, so the device can no longer write memory
+//! 1. turns bus mastering off, so the device can no longer reach memory
 //!    whose buffers drivers are about to hand back;
-//! 3. puts memory that reads all ones over every BAR mapping, so register
+//! 2. puts memory that reads all ones over every BAR mapping, so register
 //!    accesses through handles still out neither fault (no SIGBUS) nor
 //!    reach the device;
+//! 3. marks the device removed ([`Removal::is_removed`]: drivers check it
+//!    and fail their outstanding and new commands with a typed error).
+//!    Last, so that a driver that sees the mark can no longer reach the
+//!    device: a command it queued unseen stays unseen (a doorbell written
+//!    between a first mark and the BARs' replacement once let the device
+//!    take such commands);
 //! 4. closes the device's file descriptor, so the kernel can finish.
 //!
 //! Regions and pools stay valid memory. A device that comes back (hot add)
@@ -133,17 +137,22 @@ fn release(shared: &Arc<Shared>, addr: PciAddress) {
         }
         (dev, emptied)
     };
-    drop(from_handle);
-    drop(live);
-    drop(from_map); // the last reference: the fd closes, the group leaves
+    // The last reference closes the fd and lets the group go. vfio-ioctls
+    // then looks the group up in sysfs, which the kernel may have cleared
+    // already (it panics there: "InvalidPath"); the fd is closed by then,
+    // so the panic is contained here rather than ending the thread early.
+    let closing = (from_handle, live, from_map);
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(closing))).is_err() {
+        log::warn!("{addr}: the device left sysfs before its group was put back (the kernel finished first)");
+    }
     log::warn!("{addr}: released{}", if emptied { " (container now empty)" } else { "" });
 }
 
 /// Steps 1-3 for a device with a live handle.
 fn release_handle(inner: &DeviceInner) {
-    inner.removed_flag().set();
     if let Err(e) = inner.disable_dma() {
         log::warn!("{}: bus mastering off before removal: {e}", inner.addr());
     }
     inner.revoke_bars();
+    inner.removed_flag().set();
 }
