@@ -265,13 +265,6 @@ impl Packet {
         std::iter::once(first).chain(rest)
     }
 
-    /// The IOMMU domain of each buffer behind the frame, in order: a
-    /// transmit path checks them all before a device sees any.
-    pub(crate) fn segment_domains(&self) -> impl Iterator<Item = fastlane_framework::DmaDomain> + '_ {
-        let rest = self.more.iter().flat_map(|c| c.segs.iter()).map(|p| p.buf.domain());
-        std::iter::once(self.buf.domain()).chain(rest)
-    }
-
     /// Splits off the further buffers of a multi-buffer frame (the packet
     /// keeps its first buffer's part), for transmit paths that give each
     /// buffer its own descriptor.

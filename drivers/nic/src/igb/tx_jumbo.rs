@@ -45,7 +45,7 @@ impl TxQueue {
                 p.segment_count()
             )));
         }
-        if p.segment_domains().any(|d| d != self.domain()) {
+        if std::iter::once(p.buf()).chain(p.further_bufs()).any(|b| b.domain() != self.domain()) {
             return Err(NicError::ForeignBuffer);
         }
         Ok(())
