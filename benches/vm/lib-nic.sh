@@ -14,9 +14,10 @@
 #                      boots the guest (vm/run.sh --peers) on $out/guest.sh
 #                      with the three tools, console into $out/console.log;
 #                      shows the console's MARKER lines, exits if it failed
-#   nic_cg_files OUT   writes the callgrind files a guest printed between
-#                      CG-FILE-BEGIN NAME and CG-FILE-END (gzip, base64) on
-#                      its console (OUT/console.log) to OUT/cg/NAME
+#
+# and lib-cg.sh (cg_send in the guest script, cg_files on the host).
+
+. "$(dirname "${BASH_SOURCE[0]}")/lib-cg.sh"
 
 nic_init() {
     out="$repo/.cache/bench/$1/$(date +%Y%m%d-%H%M%S)"
@@ -68,8 +69,6 @@ tp_wait() {
 tp_stop() { kill -INT $tp 2>/dev/null; wait $tp; }
 # testpmd's final "Accumulated forward statistics for all ports" (DIR TX or RX).
 tp_total() { sed -n "s/.*$2-packets: *\([0-9][0-9]*\).*/\1/p" "$1" | tail -n 1; }
-# cg_send FILE: prints FILE (a callgrind file in /tmp) on the console, removes it.
-cg_send() { [ -f "$1" ] || return 0; echo "CG-FILE-BEGIN ${1#/tmp/}"; gzip -c "$1" | base64; echo CG-FILE-END; rm -f "$1"; }
 # wait_line FILE PREFIX PID: until FILE has a line starting with PREFIX (or PID
 # is gone, or a minute has passed).
 wait_line() {
@@ -79,6 +78,7 @@ wait_line() {
     done
 }
 LIB
+    cg_guest_fns
 }
 
 nic_boot() {
@@ -89,16 +89,3 @@ nic_boot() {
     [ "$rc" = 0 ] || { log "guest failed (rc $rc), see $out/console.log"; tail -30 "$out/console.log" >&2; exit 1; }
 }
 
-nic_cg_files() {
-    local b
-    mkdir -p "$1/cg"
-    awk -v dir="$1/cg" '
-        /CG-FILE-BEGIN / { sub(/.*CG-FILE-BEGIN /, ""); sub(/\r$/, ""); f = dir "/" $0 ".b64"; next }
-        /CG-FILE-END/ { if (f) close(f); f = ""; next }
-        f { sub(/\r$/, ""); print > f }' "$1/console.log"
-    for b in "$1"/cg/*.b64; do
-        [ -f "$b" ] || continue
-        base64 -d "$b" | gzip -dc > "${b%.b64}" || log "${b##*/}: not a whole callgrind file"
-        rm -f "$b"
-    done
-}

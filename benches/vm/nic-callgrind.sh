@@ -142,7 +142,7 @@ nic_boot CG-RUN "${CG_TIMEOUT:-1500}" \
 
 # Callgrind files back from the console; each one's functions with their
 # inclusive Ir, as "Ir<TAB>function" lines.
-nic_cg_files "$out"
+cg_files "$out"
 for f in "$out"/cg/*.out; do
     [ -f "$f" ] || continue
     callgrind_annotate --inclusive=yes --tree=none --auto=no --threshold=99.9 "$f" 2>/dev/null |

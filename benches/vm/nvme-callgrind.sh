@@ -42,12 +42,17 @@ command -v callgrind_annotate >/dev/null || { log "callgrind_annotate not found 
 
 spdk="$("$here/spdk/spdk-dir.sh" "$spdk_src")"
 . "$here/lib-build-nvme-read.sh"
+. "$here/lib-cg.sh"
 build_nvme_read "$out"
 log "nvme_read: $built"
 
-cat > "$out/guest.sh" <<'GUEST'
+{
+cat <<'GUEST'
 #!/bin/sh
 set -u
+GUEST
+cg_guest_fns
+cat <<'GUEST'
 N="$FASTLANE_NVME"
 OURS_ARGS="$(echo "${CG_OURS_ARGS:-}" | tr , ' ')"
 hugepages.sh setup 256 >/dev/null || exit 1
@@ -84,16 +89,12 @@ for name in $(echo "$CG_CASES" | tr , ' '); do
             ir="$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$f" 2>/dev/null)"
             [ $rc = 0 ] || { echo "$tool $name $len failed (rc $rc):"; tail -15 /tmp/err; tail -8 /tmp/out; }
             echo "CG-RUN tool=$tool case=$name len=$len rc=$rc ios=${ios:-0} ir=${ir:-0} secs=$s0,$s1"
-            if [ -f "$f" ]; then
-                echo "CG-FILE-BEGIN ${f#/tmp/}"
-                gzip -c "$f" | base64
-                echo "CG-FILE-END"
-                rm -f "$f"
-            fi
+            cg_send "$f"
         done
     done
 done
 GUEST
+} > "$out/guest.sh"
 
 log "booting the guest (tools: $tools; cases: $cases)"
 set +e
@@ -106,27 +107,7 @@ set -e
 grep -a 'CG-RUN' "$out/console.log" >&2 || true
 [ "$rc" = 0 ] || { log "guest failed (rc $rc), see $out/console.log"; tail -30 "$out/console.log" >&2; exit 1; }
 
-# Callgrind files back from the console.
-python3 - "$out" <<'PY'
-import base64, gzip, re, sys
-out = sys.argv[1]
-name, buf = None, []
-for line in open(f"{out}/console.log", errors="replace"):
-    line = line.strip()
-    m = re.search(r"CG-FILE-BEGIN (\S+)", line)
-    if m:
-        name, buf = m.group(1), []
-        continue
-    if "CG-FILE-END" in line and name:
-        try:
-            open(f"{out}/cg/{name}", "wb").write(gzip.decompress(base64.b64decode("".join(buf))))
-        except Exception as e:
-            print(f"nvme-callgrind: {name}: {e}", file=sys.stderr)
-        name = None
-        continue
-    if name:
-        buf.append(line)
-PY
+cg_files "$out"
 # Inclusive cost per function, for the long and the short runs.
 for f in "$out"/cg/*.out; do
     callgrind_annotate --inclusive=yes --tree=none --auto=no --threshold=99.9 "$f" > "${f%.out}.incl.txt" 2>/dev/null || true
