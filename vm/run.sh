@@ -42,7 +42,7 @@ console_log="$cache/console.log"
 usage() {
     cat <<EOF
 usage: vm/run.sh [--aw-bits 39|48] [--timeout SECONDS] [--mem 1G] [--peers]
-                 [--spdk SPDK_DIR] [--bin PATH]... [--file PATH]... --script GUEST_SCRIPT
+                 [--spdk SPDK_DIR] [--no-tap] [--bin PATH]... [--file PATH]... --script GUEST_SCRIPT
 
 Boots a QEMU q35 guest with an emulated Intel IOMMU, an NVMe controller, two
 igb NICs and a virtio-net NIC, runs GUEST_SCRIPT there with busybox sh and
@@ -61,6 +61,9 @@ exits with its exit code.
                   benches/vm/spdk/build-spdk.sh) as /usr/local/bin and
                   /usr/local/lib, and /var/tmp (SPDK's PCI lock files);
                   needs --peers (DPDK, OpenSSL and the other libraries)
+  --no-tap        no multi-queue virtio-net on a host tap (below): the
+                  benchmarks use it, since the tap's bridge to the hub has the
+                  host kernel take a copy of every frame on the hub
   --script PATH   the guest script, run as 'sh /opt/guest-script.sh'
 
 The NVMe controller (in NVM subsystem nqn.2019-08.org.qemu:fastlane0001) has
@@ -93,7 +96,7 @@ EOF
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 
-aw=39 timeout_s=600 mem=1G script="" peers=0 spdk=""
+aw=39 timeout_s=600 mem=1G script="" peers=0 spdk="" tap=1
 bins=() files=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -104,6 +107,7 @@ while [ $# -gt 0 ]; do
         --file) files+=("${2:?--file needs a path}"); shift 2 ;;
         --script) script="${2:?--script needs a path}"; shift 2 ;;
         --peers) peers=1; shift ;;
+        --no-tap) tap=0; shift ;;
         --spdk) spdk="${2:?--spdk needs a directory}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -220,7 +224,7 @@ vmq_queues="${FASTLANE_VIRTIO_MQ_QUEUES:-4}"
 vmq_if="flmq$$"   # + a (multi-queue, the device's), b (on the hub), br
 vmq_qemu=()
 vmq_cleanup() { for i in "${vmq_if}a" "${vmq_if}b" "${vmq_if}br"; do ip link del "$i" 2>/dev/null || true; done; }
-if ip tuntap add dev "${vmq_if}a" mode tap multi_queue 2>/dev/null \
+if [ "$tap" = 1 ] && ip tuntap add dev "${vmq_if}a" mode tap multi_queue 2>/dev/null \
     && ip tuntap add dev "${vmq_if}b" mode tap && ip link add "${vmq_if}br" type bridge; then
     trap vmq_cleanup EXIT
     for i in "${vmq_if}a" "${vmq_if}b" "${vmq_if}br"; do   # no host traffic on them
@@ -232,7 +236,7 @@ if ip tuntap add dev "${vmq_if}a" mode tap multi_queue 2>/dev/null \
         -device "virtio-net-pci,netdev=pmq,addr=09.0,disable-legacy=on,romfile=,iommu_platform=on,mq=on,rss=on,packed=on"
         -netdev "tap,id=pmqb,ifname=${vmq_if}b,script=no,downscript=no,vhost=off" -netdev hubport,id=p3,hubid=0,netdev=pmqb)
     echo "export FASTLANE_VIRTIO_MQ=0000:00:09.0 FASTLANE_VIRTIO_MQ_QUEUES=$vmq_queues" >> "$root/etc/fastlane.env"
-else
+elif [ "$tap" = 1 ]; then
     vmq_cleanup
     echo "run.sh: no multi-queue tap (needs CAP_NET_ADMIN): no multi-queue virtio-net in the guest" >&2
 fi

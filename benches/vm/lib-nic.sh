@@ -83,7 +83,7 @@ LIB
 
 nic_boot() {
     local rc=0
-    FASTLANE_GUEST_ENV="FWD_SEED=${FWD_SEED:-4096} $3" "$repo/vm/run.sh" --peers --mem 2G --timeout "$2" \
+    FASTLANE_GUEST_ENV="FWD_SEED=${FWD_SEED:-4096} $3" "$repo/vm/run.sh" --peers --no-tap --mem 2G --timeout "$2" \
         --bin "$out/pktgen" --bin "$out/rxcount" --bin "$out/fwd" --script "$out/guest.sh" > "$out/console.log" || rc=$?
     grep -a "$1" "$out/console.log" >&2 || true
     [ "$rc" = 0 ] || { log "guest failed (rc $rc), see $out/console.log"; tail -30 "$out/console.log" >&2; exit 1; }

@@ -177,7 +177,7 @@ GUEST
 log "booting the guest ($rounds rounds, sizes $sizes, modes $modes, ${secs}s per run)"
 set +e
 FASTLANE_GUEST_ENV="FWD_SEED=${FWD_SEED:-4096} BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_SIZES=${sizes// /,} BENCH_MODES=${modes// /,}" \
-    "$repo/vm/run.sh" --peers --mem 2G --timeout 1500 --bin "$out/pktgen" --bin "$out/rxcount" --bin "$out/fwd" \
+    "$repo/vm/run.sh" --peers --no-tap --mem 2G --timeout 1500 --bin "$out/pktgen" --bin "$out/rxcount" --bin "$out/fwd" \
     --script "$out/guest.sh" > "$out/console.log"
 rc=$?
 set -e

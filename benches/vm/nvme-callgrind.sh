@@ -100,7 +100,7 @@ log "booting the guest (tools: $tools; cases: $cases)"
 set +e
 FASTLANE_NVME_DRIVE="driver=null-co,read-zeroes=on,size=1G" \
 FASTLANE_GUEST_ENV="CG_TOOLS=${tools// /,} CG_CASES=${cases// /,} CG_OURS_ARGS=$(echo "${CG_OURS_ARGS:-}" | tr ' ' ,)" \
-    "$repo/vm/run.sh" --peers --spdk "$spdk" --mem 2G --timeout "${CG_TIMEOUT:-1500}" --bin "$out/nvme_read" --script "$out/guest.sh" \
+    "$repo/vm/run.sh" --peers --no-tap --spdk "$spdk" --mem 2G --timeout "${CG_TIMEOUT:-1500}" --bin "$out/nvme_read" --script "$out/guest.sh" \
     > "$out/console.log"
 rc=$?
 set -e

@@ -104,7 +104,7 @@ set +e
 FASTLANE_NVME_DRIVE="$drive" \
 FASTLANE_QEMU_EXTRA="-trace events=$out/trace-events,file=$trace" \
 FASTLANE_GUEST_ENV="TRACE_OURS_ARGS=$(echo "${TRACE_OURS_ARGS:-}" | tr ' ' ,) TRACE_OURS_VARIANT=$(echo "${TRACE_OURS_VARIANT:-}" | tr ' ' ,)" \
-    "$repo/vm/run.sh" --peers --spdk "$spdk" --mem 2G --timeout 900 --bin "$out/nvme_read" --script "$out/guest.sh" \
+    "$repo/vm/run.sh" --peers --no-tap --spdk "$spdk" --mem 2G --timeout 900 --bin "$out/nvme_read" --script "$out/guest.sh" \
     > "$out/console.log"
 rc=$?
 set -e

@@ -291,7 +291,7 @@ set +e
 FASTLANE_NVME_DRIVE="$drive" \
 FASTLANE_QEMU_EXTRA="-msg timestamp=on -trace events=$out/trace-events,file=$trace" \
 FASTLANE_GUEST_ENV="TL_CASES=$(echo "$cases" | tr ' ' ,) TL_ROUNDS=${TIMELINE_ROUNDS:-1} TL_TIME=${TIMELINE_TIME:-1.5} TL_SPDK_IOS=${TIMELINE_SPDK_IOS:-6000} TL_OURS_ARGS=$(echo "${TIMELINE_OURS_ARGS:-}" | tr ' ' ,) TL_OURS_VARIANT=$(echo "${TIMELINE_OURS_VARIANT:-}" | tr ' ' ,)" \
-    "$repo/vm/run.sh" --peers --spdk "$spdk" --mem 2G --timeout 900 --bin "$out/nvme_read" --script "$out/guest.sh" \
+    "$repo/vm/run.sh" --peers --no-tap --spdk "$spdk" --mem 2G --timeout 900 --bin "$out/nvme_read" --script "$out/guest.sh" \
     > "$out/console.log"
 rc=$?
 set -e

@@ -203,7 +203,7 @@ for be in $backends; do
         set +e
         FASTLANE_NVME_DRIVE="$drive" \
         FASTLANE_GUEST_ENV="BENCH_BACKEND=$be BENCH_ROUNDS=$rounds BENCH_TIME=$secs" \
-            "$repo/vm/run.sh" --peers --mem 2G --timeout 1200 --bin "$out/nvme_read" --script "$out/guest.sh" \
+            "$repo/vm/run.sh" --peers --no-tap --mem 2G --timeout 1200 --bin "$out/nvme_read" --script "$out/guest.sh" \
             > "$out/console-$be.log"
         rc=$?
         set -e

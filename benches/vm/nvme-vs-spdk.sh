@@ -31,8 +31,12 @@
 #         --iova-mode=pa: SPDK's base virtual address (2^45) is beyond the
 #         39-bit vIOMMU's reach as an IOVA.
 #
-# CPU time per I/O: non-idle guest CPU time (all vCPUs, /proc/stat, 10 ms
-# ticks), the same measure for both tools:
+# IOPS come from runs with nothing else in the guest meanwhile (the tool in
+# the foreground): under single-threaded TCG both vCPUs run in one host
+# thread, so any process the script starts during a run takes the polling
+# vCPU's time. CPU time per I/O comes from one more run per tool and case
+# after the IOPS rounds (its IOPS are not counted): non-idle guest CPU time
+# (all vCPUs, /proc/stat, 10 ms ticks), the same measure for both tools:
 #   steady    over a window inside the tool's measured run (BENCH_TIME - 1.6
 #             s long, from nvme_read's first progress line, 1 s into its run,
 #             and from 0.5 s after spdk_nvme_perf's "Launching workers."),
@@ -97,19 +101,19 @@ ready_ours() { grep -q -E ' s\] .*IOPS' /tmp/err 2>/dev/null; }
 # measured run starts; half a second more for the workers to get going.
 ready_spdk() { grep -q 'Launching workers' /tmp/out 2>/dev/null && sleep 0.5; }
 
+# measure TOOL CASE ROUND READY WINDOW COMMAND...: WINDOW 1 samples the CPU
+# window inside the run, 0 runs the command alone in the foreground.
 measure() {
-    tool=$1 case=$2 round=$3 ready=$4; shift 4
+    tool=$1 case=$2 round=$3 ready=$4 window=$5; shift 5
     rm -f /tmp/out /tmp/err
     c0="$(cpu)"; u0="$(uptime_s)"
+    w0="- -" w1="- -" uw0=- uw1=- inside=0
     "$@" > /tmp/out 2> /tmp/err &
     pid=$!
-    # nvme_read measures from its start, and every check below forks: none
-    # in its first second (single-threaded TCG runs both vCPUs in one host
-    # thread, so a process started on the other vCPU takes the polling one's
-    # time; the peers' checks fall in their start-up, outside their runs).
-    [ $tool = ours ] && sleep 1.1
-    w0="- -" w1="- -" uw0=- uw1=- inside=0
-    while kill -0 $pid 2>/dev/null; do
+    # nvme_read measures from its start: no check in its first second (the
+    # peers' checks fall in their start-up, outside their runs).
+    [ "$window" = 1 ] && [ $tool = ours ] && sleep 1.1
+    while [ "$window" = 1 ] && kill -0 $pid 2>/dev/null; do
         if $ready; then
             w0="$(cpu)"; uw0="$(uptime_s)"
             sleep "$WIN"
@@ -130,7 +134,7 @@ measure() {
         [ -n "$json" ] || rc=99
     fi
     [ $rc = 0 ] || { echo "$tool $case round $round failed (rc $rc):"; tail -8 /tmp/err; tail -8 /tmp/out; }
-    echo "BENCH backend=$BENCH_BACKEND tool=$tool case=$case round=$round rc=$rc cpu0=${c0% *},${c0#* } cpu1=${c1% *},${c1#* } up=$u0,$u1 win0=${w0% *},${w0#* } win1=${w1% *},${w1#* } winup=$uw0,$uw1 inside=$inside hz=100 json=$json"
+    echo "BENCH backend=$BENCH_BACKEND tool=$tool case=$case round=$round window=$window rc=$rc cpu0=${c0% *},${c0#* } cpu1=${c1% *},${c1#* } up=$u0,$u1 win0=${w0% *},${w0#* } win1=${w1% *},${w1#* } winup=$uw0,$uw1 inside=$inside hz=100 json=$json"
 }
 
 first=1
@@ -139,17 +143,19 @@ for spec in "randread4k_qd1 1 4096 rand randread" "randread4k_qd32 32 4096 rand 
     set -- $spec
     name=$1 qd=$2 bs=$3 pat=$4 w=$5
     r=1
-    while [ $r -le "$ROUNDS" ]; do
+    # ROUNDS rounds for IOPS, then one with the CPU window.
+    while [ $r -le $((ROUNDS + 1)) ]; do
         # A B B A A B ...
         if [ $((r % 2)) = 1 ]; then order="ours spdk"; else order="spdk ours"; fi
+        window=0; [ $r -gt "$ROUNDS" ] && window=1
         for tool in $order; do
             if [ $tool = ours ]; then
                 # shellcheck disable=SC2086
-                measure ours "$name" $r ready_ours \
+                measure ours "$name" $r ready_ours $window \
                     /bin/nvme_read --json --time "$T" --queue-depth "$qd" --io-size "$bs" --pattern "$pat" $OURS_ARGS
             else
                 # shellcheck disable=SC2086
-                measure spdk "$name" $r ready_spdk \
+                measure spdk "$name" $r ready_spdk $window \
                     /usr/local/bin/spdk_nvme_perf -q "$qd" -o "$bs" -w "$w" -t "$T" -c 0x1 --iova-mode=pa \
                     -r "trtype:PCIe traddr:$N" $SPDK_ARGS
                 if [ $first = 1 ]; then first=0; echo "--- first spdk_nvme_perf output:"; head -40 /tmp/out; tail -5 /tmp/err; echo "---"; fi
@@ -172,7 +178,7 @@ for be in $backends; do
         set +e
         FASTLANE_NVME_DRIVE="$drive" \
         FASTLANE_GUEST_ENV="BENCH_BACKEND=$be BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_OURS_ARGS=$(echo "${BENCH_OURS_ARGS:-}" | tr ' ' ,) BENCH_SPDK_ARGS=$(echo "${BENCH_SPDK_ARGS:-}" | tr ' ' ,)" \
-            "$repo/vm/run.sh" --peers --spdk "$spdk" --mem 2G --timeout 1200 --bin "$out/nvme_read" --script "$out/guest.sh" \
+            "$repo/vm/run.sh" --peers --no-tap --spdk "$spdk" --mem 2G --timeout 1200 --bin "$out/nvme_read" --script "$out/guest.sh" \
             > "$out/console-$be.log"
         rc=$?
         set -e
@@ -212,6 +218,7 @@ for be in backends:
             win = w1 - w0
             steady = busy("win0", "win1") * 1e6 / (iops * win)
         runs.append(dict(backend=kv["backend"], tool=kv["tool"], case=kv["case"], round=int(kv["round"]),
+                         window=kv.get("window", "1") == "1",
                          iops=iops, ios=ios, wall=u1 - u0, win=win, steady=steady,
                          whole=whole * 1e6 / ios if ios else nan))
 
@@ -225,23 +232,27 @@ label = {"randread4k_qd1": "4 KiB random read, QD1", "randread4k_qd32": "4 KiB r
 bename = {"image": "image", "null": "null-co"}
 print(f"nvme_read: {built}{' ' + ours_args if ours_args else ''}. SPDK {spdk_ver} spdk_nvme_perf (Debian DPDK 22.11, "
       f"--iova-mode=pa{' ' + spdk_args if spdk_args else ''}).")
-print("Medians over the rounds (A B B A). CPU: guest non-idle CPU time (2 vCPUs) per I/O, steady state inside the run;")
+print("IOPS: medians over the rounds (A B B A), each tool alone in the guest. CPU: guest non-idle CPU time (2 vCPUs)")
+print("per I/O from one more run per tool with the CPU window, steady state inside the run;")
 print("in parentheses over the whole command, start-up included. Best: each tool's fastest round (interference from")
 print("the host only ever slows a run down, so the best round is the least disturbed one).\n")
 print("| case | backend | ours IOPS | SPDK IOPS | ours/SPDK | best ours/SPDK | ours CPU µs/IO | SPDK CPU µs/IO | rounds |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for be in backends:
     for c in cases:
-        o = [r for r in runs if r["backend"] == be and r["case"] == c and r["tool"] == "ours"]
-        s = [r for r in runs if r["backend"] == be and r["case"] == c and r["tool"] == "spdk"]
+        oa = [r for r in runs if r["backend"] == be and r["case"] == c and r["tool"] == "ours"]
+        sa = [r for r in runs if r["backend"] == be and r["case"] == c and r["tool"] == "spdk"]
+        # IOPS from the runs without the CPU window (all of them in results from before it).
+        o = [r for r in oa if not r["window"]] or oa
+        s = [r for r in sa if not r["window"]] or sa
         oi, si = med([r["iops"] for r in o]), med([r["iops"] for r in s])
-        oc, sc = med([r["steady"] for r in o]), med([r["steady"] for r in s])
-        ow, sw = med([r["whole"] for r in o]), med([r["whole"] for r in s])
+        oc, sc = med([r["steady"] for r in oa]), med([r["steady"] for r in sa])
+        ow, sw = med([r["whole"] for r in oa]), med([r["whole"] for r in sa])
         ob, sb = max([r["iops"] for r in o], default=nan), max([r["iops"] for r in s], default=nan)
         print(f"| {label[c]} | {bename[be]} | {oi:,.0f} | {si:,.0f} | {oi / si:.2f} | {ob / sb:.2f} | {oc:.1f} ({ow:.1f}) | {sc:.1f} ({sw:.1f}) "
               f"| {len(o)}+{len(s)} |")
 print("\nEvery run:\n")
-print("| backend | case | round | tool | IOPS | I/Os | wall s | window s | CPU µs/IO steady | CPU µs/IO whole |")
+print("| backend | case | round | tool | IOPS | I/Os | wall s | CPU window s | CPU µs/IO steady | CPU µs/IO whole |")
 print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
 for r in runs:
     print(f"| {r['backend']} | {r['case']} | {r['round']} | {r['tool']} | {r['iops']:,.0f} | {r['ios']} "
