@@ -45,7 +45,8 @@
 #             it reports (start-up and teardown included: DPDK's EAL init is
 #             slow under emulation)
 #
-# Environment: BENCH_BACKENDS (image null), BENCH_ROUNDS (3), BENCH_TIME
+# Environment: BENCH_BACKENDS (image null), BENCH_CASES (randread4k_qd1
+# randread4k_qd32 seqread128k_qd32), BENCH_ROUNDS (3), BENCH_TIME
 # (seconds per run, 5, at least 3), BENCH_SOURCE (auto: build the working
 # tree, and if it does not compile, the last commit; tree; head),
 # BENCH_OURS_ARGS, BENCH_SPDK_ARGS, FASTLANE_VM_CACHE.
@@ -57,6 +58,7 @@ cd "$repo"
 
 spdk_src="${1:?usage: benches/vm/nvme-vs-spdk.sh SPDK_SRC (a git clone/mirror of spdk/spdk, or a built SPDK tree)}"
 backends="${BENCH_BACKENDS:-image null}"
+cases="${BENCH_CASES:-randread4k_qd1 randread4k_qd32 seqread128k_qd32}"
 rounds="${BENCH_ROUNDS:-3}"
 secs="${BENCH_TIME:-5}"
 source_mode="${BENCH_SOURCE:-auto}"
@@ -142,17 +144,21 @@ first=1
 for spec in "randread4k_qd1 1 4096 rand randread" "randread4k_qd32 32 4096 rand randread" "seqread128k_qd32 32 131072 seq read"; do
     set -- $spec
     name=$1 qd=$2 bs=$3 pat=$4 w=$5
+    case ",$BENCH_CASES," in *",$name,"*) ;; *) continue ;; esac
     r=1
     # ROUNDS rounds for IOPS, then one with the CPU window.
     while [ $r -le $((ROUNDS + 1)) ]; do
         # A B B A A B ...
         if [ $((r % 2)) = 1 ]; then order="ours spdk"; else order="spdk ours"; fi
-        window=0; [ $r -gt "$ROUNDS" ] && window=1
+        # Silent like spdk_nvme_perf, except where the CPU window needs
+        # nvme_read's first progress line.
+        window=0 quiet=--quiet; [ $r -gt "$ROUNDS" ] && window=1 quiet=
+
         for tool in $order; do
             if [ $tool = ours ]; then
                 # shellcheck disable=SC2086
                 measure ours "$name" $r ready_ours $window \
-                    /bin/nvme_read --json --time "$T" --queue-depth "$qd" --io-size "$bs" --pattern "$pat" $OURS_ARGS
+                    /bin/nvme_read --json $quiet --time "$T" --queue-depth "$qd" --io-size "$bs" --pattern "$pat" $OURS_ARGS
             else
                 # shellcheck disable=SC2086
                 measure spdk "$name" $r ready_spdk $window \
@@ -177,7 +183,7 @@ for be in $backends; do
     for try in 1 2 3 4; do
         set +e
         FASTLANE_NVME_DRIVE="$drive" \
-        FASTLANE_GUEST_ENV="BENCH_BACKEND=$be BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_OURS_ARGS=$(echo "${BENCH_OURS_ARGS:-}" | tr ' ' ,) BENCH_SPDK_ARGS=$(echo "${BENCH_SPDK_ARGS:-}" | tr ' ' ,)" \
+        FASTLANE_GUEST_ENV="BENCH_BACKEND=$be BENCH_CASES=${cases// /,} BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_OURS_ARGS=$(echo "${BENCH_OURS_ARGS:-}" | tr ' ' ,) BENCH_SPDK_ARGS=$(echo "${BENCH_SPDK_ARGS:-}" | tr ' ' ,)" \
             "$repo/vm/run.sh" --peers --no-tap --spdk "$spdk" --mem 2G --timeout 1200 --bin "$out/nvme_read" --script "$out/guest.sh" \
             > "$out/console-$be.log"
         rc=$?
@@ -242,6 +248,8 @@ for be in backends:
     for c in cases:
         oa = [r for r in runs if r["backend"] == be and r["case"] == c and r["tool"] == "ours"]
         sa = [r for r in runs if r["backend"] == be and r["case"] == c and r["tool"] == "spdk"]
+        if not oa and not sa:
+            continue
         # IOPS from the runs without the CPU window (all of them in results from before it).
         o = [r for r in oa if not r["window"]] or oa
         s = [r for r in sa if not r["window"]] or sa
