@@ -18,7 +18,8 @@
 # libaio-dev libncurses-dev python3 pkg-config meson ninja-build). Nothing
 # goes into the repository.
 #
-# One guest boot per NVMe backend:
+# One guest boot per NVMe backend and case (a case's place in a boot
+# mattered: later runs were slower, for each tool by its own amount):
 #   image  the raw sparse image file vm/run.sh creates (256 MiB)
 #   null   QEMU's null-co driver (reads return zeroes at almost no cost)
 # Cases: 4 KiB random read at queue depth 1 and 32, 128 KiB sequential read
@@ -179,21 +180,28 @@ for be in $backends; do
         null) drive="driver=null-co,read-zeroes=on,size=1G" ;;
         *) log "unknown backend $be (image, null)"; exit 2 ;;
     esac
-    log "backend $be: booting the guest ($rounds rounds x 3 cases x 2 tools x ${secs}s)"
+  # A fresh guest per case: later runs in one boot were slower for both
+  # tools, by different amounts (SPDK at 128 KiB on the image: 24k IOPS in
+  # its first round, 16k in its sixth), so a case's place in the boot
+  # mattered.
+  for c in $cases; do
+    con="$out/console-$be-$c.log"
+    log "backend $be, $c: booting the guest ($rounds + 1 rounds x 2 tools x ${secs}s)"
     for try in 1 2 3 4; do
         set +e
         FASTLANE_NVME_DRIVE="$drive" \
-        FASTLANE_GUEST_ENV="BENCH_BACKEND=$be BENCH_CASES=${cases// /,} BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_OURS_ARGS=$(echo "${BENCH_OURS_ARGS:-}" | tr ' ' ,) BENCH_SPDK_ARGS=$(echo "${BENCH_SPDK_ARGS:-}" | tr ' ' ,)" \
+        FASTLANE_GUEST_ENV="BENCH_BACKEND=$be BENCH_CASES=$c BENCH_ROUNDS=$rounds BENCH_TIME=$secs BENCH_OURS_ARGS=$(echo "${BENCH_OURS_ARGS:-}" | tr ' ' ,) BENCH_SPDK_ARGS=$(echo "${BENCH_SPDK_ARGS:-}" | tr ' ' ,)" \
             "$repo/vm/run.sh" --peers --no-tap --spdk "$spdk" --mem 2G --timeout 1200 --bin "$out/nvme_read" --script "$out/guest.sh" \
-            > "$out/console-$be.log"
+            > "$con"
         rc=$?
         set -e
-        [ "$rc" = 125 ] && grep -aq 'Assertion' "$out/console-$be.log" || break
-        mv "$out/console-$be.log" "$out/console-$be.crash$try.log"
-        log "QEMU aborted: $(grep -a Assertion "$out/console-$be.crash$try.log" | head -1); booting again"
+        [ "$rc" = 125 ] && grep -aq 'Assertion' "$con" || break
+        mv "$con" "${con%.log}.crash$try.log"
+        log "QEMU aborted: $(grep -a Assertion "${con%.log}.crash$try.log" | head -1); booting again"
     done
-    grep -a -o 'BENCH backend=.*' "$out/console-$be.log" | cut -c1-150 >&2 || true
-    [ "$rc" = 0 ] || { log "guest failed (rc $rc), see $out/console-$be.log"; tail -30 "$out/console-$be.log" >&2; exit 1; }
+    grep -a -o 'BENCH backend=.*' "$con" | cut -c1-150 >&2 || true
+    [ "$rc" = 0 ] || { log "guest failed (rc $rc), see $con"; tail -30 "$con" >&2; exit 1; }
+  done
 done
 
 # --- table --------------------------------------------------------------------------
@@ -202,8 +210,13 @@ import json, re, statistics, sys
 out, built, spdk_ver, ours_args, spdk_args, backends = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
 nan = float("nan")
 runs = []
+import glob
 for be in backends:
-    for line in open(f"{out}/console-{be}.log", errors="replace"):
+  # One console per backend and case (per backend in results from before).
+  for con in sorted(glob.glob(f"{out}/console-{be}-*.log")) or [f"{out}/console-{be}.log"]:
+    if ".crash" in con:
+        continue
+    for line in open(con, errors="replace"):
         m = re.search(r"BENCH (backend=.*)", line)
         if not m:
             continue
