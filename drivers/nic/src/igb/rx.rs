@@ -25,8 +25,9 @@ const RXDCTL: u32 = dctl::enabled(8, 8, 1);
 /// Refilled slots handed back to the device per RDT write, at most (a
 /// quarter of the ring when that is less). A tail write is an MMIO exit
 /// under a hypervisor and a posted PCIe write on hardware; the device
-/// keeps at least three quarters of the ring meanwhile, and DPDK's igb PMD
-/// holds back the same (its `rx_free_thresh`, 32, passed before it writes).
+/// keeps at least three quarters of the ring meanwhile. DPDK's igb PMD
+/// holds back as many (it writes once more than its `rx_free_thresh`, 32,
+/// are held: every second burst of 32).
 const RDT_BATCH: u16 = 64;
 /// Bytes the device may write per buffer (SRRCTL.BSIZEPKT, in KiB): a
 /// buffer must hold that much.
