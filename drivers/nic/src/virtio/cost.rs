@@ -53,15 +53,20 @@ mod tests {
         (tx, dev, region)
     }
 
+    /// Frames per run: `FASTLANE_BENCH_ITERS`, else `default`.
+    fn bench_iters(default: usize) -> usize {
+        std::env::var("FASTLANE_BENCH_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     /// Receives and sends `FASTLANE_BENCH_ITERS` one-buffer 60-byte frames
     /// (default 3200) in bursts of 32 on split rings; prints the count.
     #[test]
     #[ignore]
     fn callgrind_virtio_bursts() {
-        let iters: usize = std::env::var("FASTLANE_BENCH_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3200);
+        let iters = bench_iters(3200);
         let bursts = iters.div_ceil(BURST);
         let pool = PacketPool::new_unmapped(2048).unwrap();
         let mut cache = pool.cache(256);
@@ -122,10 +127,7 @@ mod tests {
         use super::super::rx::RxMode;
         use super::super::sim::pattern;
         const JUMBO_BURST: usize = 8;
-        let iters: usize = std::env::var("FASTLANE_BENCH_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(800);
+        let iters = bench_iters(800);
         let bursts = iters.div_ceil(JUMBO_BURST);
         let pool = PacketPool::new_unmapped(2048).unwrap();
         let mut cache = pool.cache(256);
