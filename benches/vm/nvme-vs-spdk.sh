@@ -206,11 +206,10 @@ done
 
 # --- table --------------------------------------------------------------------------
 python3 - "$out" "$built" "$(git -C "$spdk" describe --tags 2>/dev/null || echo '?')" "${BENCH_OURS_ARGS:-}" "${BENCH_SPDK_ARGS:-}" $backends > "$out/results.md" <<'PY'
-import json, re, statistics, sys
+import glob, json, re, statistics, sys
 out, built, spdk_ver, ours_args, spdk_args, backends = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
 nan = float("nan")
 runs = []
-import glob
 for be in backends:
   # One console per backend and case (per backend in results from before).
   for con in sorted(glob.glob(f"{out}/console-{be}-*.log")) or [f"{out}/console-{be}.log"]:
