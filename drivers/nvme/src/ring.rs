@@ -125,6 +125,8 @@ pub(crate) struct Ring {
     /// Values last published through the shadow buffer.
     shadow_sq: u16,
     shadow_cq: u16,
+    /// The CQ head the device was last told (register or shadow slot).
+    cq_released: u16,
     /// Register writes made (doorbells rung).
     pub mmio_writes: u64,
 }
@@ -161,6 +163,7 @@ impl Ring {
             shadow: None,
             shadow_sq: 0,
             shadow_cq: 0,
+            cq_released: 0,
             mmio_writes: 0,
         };
         ring.clear();
@@ -183,6 +186,7 @@ impl Ring {
         self.unrung = 0;
         self.shadow_sq = 0;
         self.shadow_cq = 0;
+        self.cq_released = 0;
         self.clear();
         Ok(())
     }
@@ -315,10 +319,23 @@ impl Ring {
         Some(w)
     }
 
+    /// Completions consumed since the device was last told the head: the
+    /// entries it still counts as occupied beside those it has yet to post.
+    #[inline(always)]
+    pub fn cq_lag(&self) -> u16 {
+        let (head, size) = (self.cq.head(), self.cq.size());
+        if head >= self.cq_released {
+            head - self.cq_released
+        } else {
+            head + size - self.cq_released
+        }
+    }
+
     /// Tells the device how far completions were consumed.
     #[inline]
     pub fn ring_cq(&mut self) {
         let head = self.cq.head();
+        self.cq_released = head;
         if let Some(sh) = &self.shadow {
             if !Self::shadow_update(&sh.cq_db, &sh.cq_ei, &mut self.shadow_cq, head) {
                 return;

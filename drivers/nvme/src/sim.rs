@@ -150,6 +150,10 @@ pub struct SimStats {
     pub prp_commands: u64,
     /// Read and write commands whose data pointer was an SGL descriptor.
     pub sgl_commands: u64,
+    /// Times the model had a command to fetch and found its completion
+    /// queue full (a head doorbell it waited for): never, from a driver
+    /// that keeps room for what it has in flight.
+    pub cq_full_waits: u64,
 }
 
 impl SimStats {
@@ -193,6 +197,7 @@ struct Shared {
     faults: AtomicU64,
     prp: AtomicU64,
     sgl: AtomicU64,
+    cq_full: AtomicU64,
 }
 
 /// Single-writer counter increment: only the model thread counts.
@@ -275,6 +280,7 @@ impl SimController {
             faults: AtomicU64::new(0),
             prp: AtomicU64::new(0),
             sgl: AtomicU64::new(0),
+            cq_full: AtomicU64::new(0),
         });
         let model = Model::new(cfg, mmio.clone(), shared.clone());
         let ctrl = SimController {
@@ -381,6 +387,7 @@ impl SimController {
             dma_faults: load(&s.faults),
             prp_commands: load(&s.prp),
             sgl_commands: load(&s.sgl),
+            cq_full_waits: load(&s.cq_full),
         }
     }
 }
@@ -844,6 +851,7 @@ impl Model {
             }
             let (base, head, cqid) = (sq.base, sq.head, sq.cqid);
             if !self.cq_has_room(cqid) {
+                bump(&self.shared.cq_full);
                 return true;
             }
             let Some(sq) = self.sqs[qid as usize].as_mut() else {
