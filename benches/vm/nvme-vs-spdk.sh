@@ -22,6 +22,8 @@
 # mattered: later runs were slower, for each tool by its own amount):
 #   image  the raw sparse image file vm/run.sh creates (256 MiB)
 #   null   QEMU's null-co driver (reads return zeroes at almost no cost)
+#   nullnz null-co with read-zeroes=off: QEMU writes no data at all, so
+#          the device's cost per byte (a memset of each buffer) drops out
 # Cases: 4 KiB random read at queue depth 1 and 32, 128 KiB sequential read
 # at queue depth 32. One queue, one thread for both.
 #
@@ -178,7 +180,8 @@ for be in $backends; do
     case "$be" in
         image) drive="" ;;
         null) drive="driver=null-co,read-zeroes=on,size=1G" ;;
-        *) log "unknown backend $be (image, null)"; exit 2 ;;
+        nullnz) drive="driver=null-co,read-zeroes=off,size=1G" ;;
+        *) log "unknown backend $be (image, null, nullnz)"; exit 2 ;;
     esac
   # A fresh guest per case: later runs in one boot were slower for both
   # tools, by different amounts (SPDK at 128 KiB on the image: 24k IOPS in
@@ -247,7 +250,7 @@ def med(xs):
 cases = ["randread4k_qd1", "randread4k_qd32", "seqread128k_qd32"]
 label = {"randread4k_qd1": "4 KiB random read, QD1", "randread4k_qd32": "4 KiB random read, QD32",
          "seqread128k_qd32": "128 KiB sequential read, QD32"}
-bename = {"image": "image", "null": "null-co"}
+bename = {"image": "image", "null": "null-co", "nullnz": "null-co, no data"}
 print(f"nvme_read: {built}{' ' + ours_args if ours_args else ''}. SPDK {spdk_ver} spdk_nvme_perf (Debian DPDK 22.11, "
       f"--iova-mode=pa{' ' + spdk_args if spdk_args else ''}).")
 print("IOPS: medians over the rounds (A B B A), each tool alone in the guest. CPU: guest non-idle CPU time (2 vCPUs)")
