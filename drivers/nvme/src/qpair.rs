@@ -307,6 +307,8 @@ impl IoQueuePair {
     }
 
     /// Chooses the doorbell order (default: see [`DoorbellOrder`]).
+    /// Any lagging CQ head is written first: the lag the old order allowed
+    /// may be more than the new one leaves room for.
     pub fn set_doorbell_order(&mut self, order: DoorbellOrder) {
         self.order = order;
         self.cq_release_at = cq_release_at(
@@ -315,6 +317,9 @@ impl IoQueuePair {
             order,
             self.irq.is_some(),
         );
+        if self.ring.cq_lag() != 0 {
+            self.cq_unrung = true;
+        }
         self.ring_cq_late();
     }
 
@@ -1774,17 +1779,24 @@ mod doorbell_order_tests {
         assert_eq!(done(&mut qp, &mut tags), 0);
         qp.submit();
         assert_eq!(writes(&qp), 6, "nothing left to write");
-        // CqFirst: the head at the end of the poll that reached 4.
+        // One completion of lag, then a change of order: the head goes
+        // out at once (the new order's room is counted from 0).
+        read(&mut qp, 9);
+        assert!(sim.process());
+        assert_eq!(done(&mut qp, &mut tags), 1);
+        assert_eq!(writes(&qp), 7);
         qp.set_doorbell_order(DoorbellOrder::CqFirst);
+        assert_eq!(writes(&qp), 8, "the lag released when the order changes");
+        // CqFirst: the head at the end of the poll that reached 4.
         for tag in 5..=8 {
             read(&mut qp, tag);
             assert!(sim.process());
             assert_eq!(done(&mut qp, &mut tags), 1);
         }
-        assert_eq!(writes(&qp), 11, "four SQ tails, one CQ head");
+        assert_eq!(writes(&qp), 13, "four SQ tails, one CQ head");
         qp.submit();
-        assert_eq!(writes(&qp), 11);
-        assert_eq!(tags, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(writes(&qp), 13);
+        assert_eq!(tags, [1, 2, 3, 4, 9, 5, 6, 7, 8]);
         assert_eq!(qp.outstanding(), 0);
         assert_eq!(sim.stats().cq_full_waits, 0);
         sim.set_synchronous(false); // the queues' deletion needs the model's thread
