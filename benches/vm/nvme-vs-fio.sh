@@ -10,7 +10,8 @@
 #
 # Order within a case: ours fio, fio ours, ours fio, ... (each switch moves
 # the controller between vfio-pci and the kernel driver).
-# One guest boot per NVMe backend:
+# One guest boot per NVMe backend and case (as nvme-vs-spdk.sh: a case's
+# place in a boot mattered):
 #   image  the raw sparse image file vm/run.sh creates (256 MiB)
 #   null   QEMU's null-co driver (reads return zeroes at almost no cost)
 # Cases: 4 KiB random read at queue depth 1 and 32, 128 KiB sequential read
@@ -21,8 +22,12 @@
 #         --hipri --direct=1 on /dev/nvmeXn1 (the only polled path on this
 #         kernel; the guest checks queue/io_poll)
 #
-# CPU time per I/O: non-idle guest CPU time (all vCPUs, /proc/stat, 10 ms
-# ticks), the same measure for both tools:
+# IOPS come from runs with nothing else in the guest meanwhile (under
+# single-threaded TCG a process the script starts during a run takes the
+# polling vCPU's time); nvme_read runs --quiet there. CPU time per I/O
+# comes from one more run per tool and case after the IOPS rounds (its
+# IOPS are not counted): non-idle guest CPU time (all vCPUs, /proc/stat,
+# 10 ms ticks), the same measure for both tools:
 #   steady    over a window inside the tool's measured run (BENCH_TIME - 1.6
 #             s long, from nvme_read's first progress line, 1 s into its run,
 #             and from 0.5 s after fio forks its job process), divided by the
@@ -32,7 +37,8 @@
 #             and queue creation for ours; loading about 100 shared libraries
 #             and job setup for fio, which is slow under emulation)
 #
-# Environment: BENCH_BACKENDS (image null), BENCH_ROUNDS (3), BENCH_TIME
+# Environment: BENCH_BACKENDS (image null), BENCH_CASES (randread4k_qd1
+# randread4k_qd32 seqread128k_qd32), BENCH_ROUNDS (3), BENCH_TIME
 # (seconds per run, 5, at least 3), BENCH_SOURCE (auto: build the working tree, and if it
 # does not compile, the last commit; tree; head), FASTLANE_VM_CACHE.
 # Results: .cache/bench/nvme-vs-fio/<time>/{console-*.log,results.md}
@@ -42,6 +48,7 @@ repo="$(cd "$here/../.." && pwd)"
 cd "$repo"
 
 backends="${BENCH_BACKENDS:-image null}"
+cases="${BENCH_CASES:-randread4k_qd1 randread4k_qd32 seqread128k_qd32}"
 rounds="${BENCH_ROUNDS:-3}"
 secs="${BENCH_TIME:-5}"
 source_mode="${BENCH_SOURCE:-auto}"
@@ -126,12 +133,13 @@ ready_ours() { grep -q -E ' s\] .*IOPS' /tmp/err 2>/dev/null; }
 # stdio-buffered, so no use here); wait half a second more for job setup.
 ready_fio() { awk -v p="$pid" '$4 == p { f = 1 } END { exit !f }' /proc/[0-9]*/stat 2>/dev/null && sleep 0.5; }
 
-# measure TOOL CASE ROUND READY RESULT-FILE CMD...: runs CMD (stdout to
-# /tmp/out, stderr to /tmp/err), samples /proc/stat at its start and end and
-# over the window that opens when the shell function READY succeeds, and
-# prints the marker line with RESULT-FILE's JSON.
+# measure TOOL CASE ROUND READY WINDOW RESULT-FILE CMD...: runs CMD (stdout
+# to /tmp/out, stderr to /tmp/err), samples /proc/stat at its start and end
+# and, with WINDOW=1, over the window that opens when the shell function
+# READY succeeds; prints the marker line with RESULT-FILE's JSON. WINDOW=0:
+# nothing else runs in the guest until CMD exits.
 measure() {
-    tool=$1 case=$2 round=$3 ready=$4 result=$5; shift 5
+    tool=$1 case=$2 round=$3 ready=$4 window=$5 result=$6; shift 6
     rm -f /tmp/out /tmp/err "$result"
     c0="$(cpu)"; u0="$(uptime_s)"
     "$@" > /tmp/out 2> /tmp/err &
@@ -140,9 +148,9 @@ measure() {
     # in its first second (single-threaded TCG runs both vCPUs in one host
     # thread, so a process started on the other vCPU takes the polling one's
     # time; the peers' checks fall in their start-up, outside their runs).
-    [ $tool = ours ] && sleep 1.1
+    [ "$window" = 1 ] && [ $tool = ours ] && sleep 1.1
     w0="- -" w1="- -" uw0=- uw1=- inside=0
-    while kill -0 $pid 2>/dev/null; do
+    while [ "$window" = 1 ] && kill -0 $pid 2>/dev/null; do
         if $ready; then
             w0="$(cpu)"; uw0="$(uptime_s)"
             sleep "$WIN"
@@ -156,7 +164,7 @@ measure() {
     rc=$?
     c1="$(cpu)"; u1="$(uptime_s)"
     [ $rc = 0 ] || { echo "$tool $case round $round failed (rc $rc):"; tail -5 /tmp/err; }
-    echo "BENCH backend=$BENCH_BACKEND tool=$tool case=$case round=$round rc=$rc cpu0=${c0% *},${c0#* } cpu1=${c1% *},${c1#* } up=$u0,$u1 win0=${w0% *},${w0#* } win1=${w1% *},${w1#* } winup=$uw0,$uw1 inside=$inside hz=100 extra=${EXTRA:-} json=$(tr -d '\n' < "$result")"
+    echo "BENCH backend=$BENCH_BACKEND tool=$tool case=$case round=$round window=$window rc=$rc cpu0=${c0% *},${c0#* } cpu1=${c1% *},${c1#* } up=$u0,$u1 win0=${w0% *},${w0#* } win1=${w1% *},${w1#* } winup=$uw0,$uw1 inside=$inside hz=100 extra=${EXTRA:-} json=$(tr -d '\n' < "$result")"
 }
 
 owner=vfio   # who has the controller: vfio (ours) or kernel (fio)
@@ -164,21 +172,26 @@ owner=vfio   # who has the controller: vfio (ours) or kernel (fio)
 for spec in "randread4k_qd1 1 4096 rand randread" "randread4k_qd32 32 4096 rand randread" "seqread128k_qd32 32 131072 seq read"; do
     set -- $spec
     name=$1 qd=$2 bs=$3 pat=$4 rw=$5
+    case " $BENCH_CASES " in *" $name "*) ;; *) continue ;; esac
     r=1
-    while [ $r -le "$ROUNDS" ]; do
+    # ROUNDS rounds for IOPS, then one with the CPU window.
+    while [ $r -le $((ROUNDS + 1)) ]; do
+        window=0; quiet=--quiet
+        [ $r -gt "$ROUNDS" ] && { window=1; quiet=""; }
         # Interleaved A B B A A B ...: half the driver switches of A B A B.
         if [ "$owner" = vfio ]; then order="ours fio"; else order="fio ours"; fi
         for tool in $order; do
             if [ $tool = ours ]; then
                 [ "$owner" = vfio ] || { to_vfio || exit 1; owner=vfio; }
                 EXTRA=""
-                measure ours "$name" $r ready_ours /tmp/out \
-                    /bin/nvme_read --json --time "$T" --queue-depth "$qd" --io-size "$bs" --pattern "$pat"
+                # shellcheck disable=SC2086
+                measure ours "$name" $r ready_ours $window /tmp/out \
+                    /bin/nvme_read --json $quiet --time "$T" --queue-depth "$qd" --io-size "$bs" --pattern "$pat"
             else
                 [ "$owner" = kernel ] || { to_kernel || exit 1; owner=kernel; }
                 b="${DEV#/dev/}"
                 EXTRA="dev=$b,io_poll=$(cat /sys/block/$b/queue/io_poll 2>/dev/null)"
-                measure fio "$name" $r ready_fio /tmp/fio.json \
+                measure fio "$name" $r ready_fio $window /tmp/fio.json \
                     fio --name=x --filename="$DEV" --direct=1 --ioengine=io_uring --hipri \
                     --rw="$rw" --bs="$bs" --iodepth="$qd" --time_based --runtime="$T" --norandommap --randrepeat=0 \
                     --output-format=json --output=/tmp/fio.json
@@ -196,33 +209,40 @@ for be in $backends; do
         null) drive="driver=null-co,read-zeroes=on,size=1G" ;;
         *) log "unknown backend $be (image, null)"; exit 2 ;;
     esac
-    log "backend $be: booting the guest ($rounds rounds x 3 cases x 2 tools x ${secs}s)"
+  for c in $cases; do
+    con="$out/console-$be-$c.log"
+    log "backend $be, $c: booting the guest ($rounds + 1 rounds x 2 tools x ${secs}s)"
     # QEMU 10's multi-threaded TCG sometimes aborts when the controller moves
     # between drivers ("iotlb_to_section: Assertion ... failed"): boot again.
     for try in 1 2 3 4; do
         set +e
         FASTLANE_NVME_DRIVE="$drive" \
-        FASTLANE_GUEST_ENV="BENCH_BACKEND=$be BENCH_ROUNDS=$rounds BENCH_TIME=$secs" \
+        FASTLANE_GUEST_ENV="BENCH_BACKEND=$be BENCH_CASES=$c BENCH_ROUNDS=$rounds BENCH_TIME=$secs" \
             "$repo/vm/run.sh" --peers --no-tap --mem 2G --timeout 1200 --bin "$out/nvme_read" --script "$out/guest.sh" \
-            > "$out/console-$be.log"
+            > "$con"
         rc=$?
         set -e
-        [ "$rc" = 125 ] && grep -aq 'Assertion' "$out/console-$be.log" || break
-        mv "$out/console-$be.log" "$out/console-$be.crash$try.log"
-        log "QEMU aborted: $(grep -a Assertion "$out/console-$be.crash$try.log" | head -1); booting again"
+        [ "$rc" = 125 ] && grep -aq 'Assertion' "$con" || break
+        mv "$con" "${con%.log}.crash$try.log"
+        log "QEMU aborted: $(grep -a Assertion "${con%.log}.crash$try.log" | head -1); booting again"
     done
-    grep -a -o 'BENCH backend=.*' "$out/console-$be.log" | cut -c1-150 >&2 || true
-    [ "$rc" = 0 ] || { log "guest failed (rc $rc), see $out/console-$be.log"; tail -30 "$out/console-$be.log" >&2; exit 1; }
+    grep -a -o 'BENCH backend=.*' "$con" | cut -c1-150 >&2 || true
+    [ "$rc" = 0 ] || { log "guest failed (rc $rc), see $con"; tail -30 "$con" >&2; exit 1; }
+  done
 done
 
 # --- table --------------------------------------------------------------------------
 python3 - "$out" "$built" $backends > "$out/results.md" <<'PY'
-import json, re, statistics, sys
+import glob, json, re, statistics, sys
 out, built, backends = sys.argv[1], sys.argv[2], sys.argv[3:]
 nan = float("nan")
 runs = []
 for be in backends:
-    for line in open(f"{out}/console-{be}.log", errors="replace"):
+  # One console per backend and case (per backend in results from before).
+  for con in sorted(glob.glob(f"{out}/console-{be}-*.log")) or [f"{out}/console-{be}.log"]:
+    if ".crash" in con:
+        continue
+    for line in open(con, errors="replace"):
         m = re.search(r"BENCH (backend=.*)", line)
         if not m:
             continue
@@ -247,7 +267,7 @@ for be in backends:
             win = w1 - w0
             steady = busy("win0", "win1") * 1e6 / (iops * win)
         runs.append(dict(backend=kv["backend"], tool=kv["tool"], case=kv["case"], round=int(kv["round"]),
-                         iops=iops, ios=ios, secs=secs, wall=u1 - u0, whole_s=whole, win=win,
+                         window=kv.get("window", "1") == "1", iops=iops, ios=ios, secs=secs, wall=u1 - u0, whole_s=whole, win=win,
                          win_busy=busy("win0", "win1") if win == win else nan,
                          steady=steady, whole=whole * 1e6 / ios if ios else nan, extra=kv.get("extra", "")))
 
@@ -259,7 +279,8 @@ cases = ["randread4k_qd1", "randread4k_qd32", "seqread128k_qd32"]
 label = {"randread4k_qd1": "4 KiB rand read QD1", "randread4k_qd32": "4 KiB rand read QD32",
          "seqread128k_qd32": "128 KiB seq read QD32"}
 print(f"nvme_read: {built}. fio: Debian fio 3.33, io_uring --hipri --direct=1, kernel nvme driver with poll_queues=1.")
-print("Medians over the rounds. CPU: guest non-idle CPU time (2 vCPUs) per I/O, steady state inside the run;")
+print("IOPS: medians over the rounds, each tool alone in the guest. CPU: guest non-idle CPU time (2 vCPUs) per I/O")
+print("from one more run per tool with the CPU window, steady state inside the run;")
 print("in parentheses over the whole command, start-up included.\n")
 print("| case | backend | ours IOPS | fio IOPS | IOPS ours/fio | ours CPU µs/IO | fio CPU µs/IO | CPU ours/fio | rounds |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -267,11 +288,13 @@ for be in backends:
     for c in cases:
         o = [r for r in runs if r["backend"] == be and r["case"] == c and r["tool"] == "ours"]
         f = [r for r in runs if r["backend"] == be and r["case"] == c and r["tool"] == "fio"]
-        oi, fi = med([r["iops"] for r in o]), med([r["iops"] for r in f])
+        # IOPS from the rounds without the window (all rounds in results from before).
+        oq, fq = [r for r in o if not r["window"]] or o, [r for r in f if not r["window"]] or f
+        oi, fi = med([r["iops"] for r in oq]), med([r["iops"] for r in fq])
         oc, fc = med([r["steady"] for r in o]), med([r["steady"] for r in f])
         ow, fw = med([r["whole"] for r in o]), med([r["whole"] for r in f])
         print(f"| {label[c]} | {be} | {oi:,.0f} | {fi:,.0f} | {oi / fi:.2f} | {oc:.1f} ({ow:.1f}) | {fc:.1f} ({fw:.1f}) "
-              f"| {oc / fc:.2f} ({ow / fw:.2f}) | {len(o)}+{len(f)} |")
+              f"| {oc / fc:.2f} ({ow / fw:.2f}) | {len(oq)}+{len(fq)} |")
 print("\nEvery run. run s: the tool's measured run; wall s: the whole command; window: the steady-state CPU sample.\n")
 print("| backend | case | round | tool | IOPS | I/Os | run s | wall s | window s | busy CPU s in window | CPU µs/IO steady | CPU µs/IO whole | note |")
 print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
