@@ -51,7 +51,6 @@ backends="${BENCH_BACKENDS:-image null}"
 cases="${BENCH_CASES:-randread4k_qd1 randread4k_qd32 seqread128k_qd32}"
 rounds="${BENCH_ROUNDS:-3}"
 secs="${BENCH_TIME:-5}"
-source_mode="${BENCH_SOURCE:-auto}"
 case "$rounds$secs" in *[!0-9]*) echo "nvme-vs-fio: BENCH_ROUNDS and BENCH_TIME are whole numbers" >&2; exit 2 ;; esac
 [ "$secs" -ge 3 ] || { echo "nvme-vs-fio: BENCH_TIME must be at least 3 (the CPU window starts 1 s in)" >&2; exit 2; }
 out="$repo/.cache/bench/nvme-vs-fio/$(date +%Y%m%d-%H%M%S)"
@@ -59,31 +58,8 @@ mkdir -p "$out"
 log() { echo "nvme-vs-fio: $*" >&2; }
 
 # --- our binary (static: the guest has no libc of its own for it) ------------
-target=x86_64-unknown-linux-gnu
-build() {   # source dir, target dir
-    (cd "$1" && RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_TARGET_DIR="$2" \
-        cargo build --release --quiet --target "$target" --example nvme_read)
-}
-built=""
-if [ "$source_mode" != head ]; then
-    log "building nvme_read from the working tree"
-    if build "$repo" "$repo/target"; then
-        cp "$repo/target/$target/release/examples/nvme_read" "$out/nvme_read"
-        built="working tree at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo ' + local changes')"
-    elif [ "$source_mode" = tree ]; then
-        exit 1
-    else
-        log "WARNING: the working tree does not compile (someone mid-edit?); measuring the last commit instead"
-    fi
-fi
-if [ -z "$built" ]; then
-    snap="$repo/.cache/bench/head-src"
-    rm -rf "$snap"; mkdir -p "$snap"
-    git archive HEAD | tar -x -C "$snap"
-    build "$snap" "$repo/.cache/bench/head-target"
-    cp "$repo/.cache/bench/head-target/$target/release/examples/nvme_read" "$out/nvme_read"
-    built="commit $(git rev-parse --short HEAD)"
-fi
+. "$here/lib-build-nvme-read.sh"
+build_nvme_read "$out"
 log "nvme_read: $built"
 
 # --- the guest script ----------------------------------------------------------

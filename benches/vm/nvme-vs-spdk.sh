@@ -64,7 +64,6 @@ backends="${BENCH_BACKENDS:-image null}"
 cases="${BENCH_CASES:-randread4k_qd1 randread4k_qd32 seqread128k_qd32}"
 rounds="${BENCH_ROUNDS:-3}"
 secs="${BENCH_TIME:-5}"
-source_mode="${BENCH_SOURCE:-auto}"
 case "$rounds$secs" in *[!0-9]*) echo "nvme-vs-spdk: BENCH_ROUNDS and BENCH_TIME are whole numbers" >&2; exit 2 ;; esac
 [ "$secs" -ge 3 ] || { echo "nvme-vs-spdk: BENCH_TIME must be at least 3 (the CPU window starts 1 s in)" >&2; exit 2; }
 out="$repo/.cache/bench/nvme-vs-spdk/$(date +%Y%m%d-%H%M%S)"
