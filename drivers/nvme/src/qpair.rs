@@ -690,12 +690,14 @@ impl IoQueuePair {
             }
         }
         if consumed {
-            if self.ring.cq_lag() < self.cq_release_at {
-                // The device still has room for everything in flight.
-            } else if self.order == DoorbellOrder::SqFirst {
-                self.cq_unrung = true;
-            } else {
-                self.ring.ring_cq();
+            // Below the release point the device still has room for
+            // everything in flight.
+            if self.ring.cq_lag() >= self.cq_release_at {
+                if self.order == DoorbellOrder::SqFirst {
+                    self.cq_unrung = true;
+                } else {
+                    self.ring.ring_cq();
+                }
             }
         } else if self.removal.is_removed() {
             // Bus mastering is off and the device is going: nothing more
@@ -1849,7 +1851,7 @@ mod doorbell_order_tests {
                 let mut got = 0u64;
                 while got < total {
                     let room = qp.capacity() - qp.outstanding();
-                    let n = (next(room as u64 + 1)).min(total - sent);
+                    let n = next(room as u64 + 1).min(total - sent);
                     for _ in 0..n {
                         qp.read(1, sent % 1000, 1, pool.alloc().unwrap(), sent)
                             .map_err(|r| r.error)
